@@ -1,0 +1,1 @@
+"""jobrelay actors package."""

@@ -1,0 +1,241 @@
+# Every message jobrelay puts on the wire, as msgspec Structs.
+# Invariants: one tagged base (tag field "type"); frames are frozen; every field added after v1
+# gets a default so old peers still decode (msgspec schema evolution). Data bodies travel inside a
+# sequenced ``Data`` envelope; session frames are never sequenced or stored.
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Generic, TypeVar
+
+import msgspec
+
+__all__ = [
+    "MAX_SEQ",
+    "PROTOCOL_VERSION",
+    "TERMINAL_STATUSES",
+    "Ack",
+    "Auth",
+    "Challenge",
+    "Data",
+    "DataBatch",
+    "Error",
+    "FacilitatorBody",
+    "FacilitatorFrame",
+    "Heartbeat",
+    "Hello",
+    "JobCancel",
+    "JobRequest",
+    "JobStatus",
+    "JobStatusUpdate",
+    "MachineSpecs",
+    "Request",
+    "Response",
+    "Seq",
+    "Welcome",
+    "WorkerBody",
+    "WorkerEvent",
+    "WorkerFrame",
+]
+
+PROTOCOL_VERSION = 1
+# 2**53 - 1: the largest integer every JSON implementation represents exactly.
+MAX_SEQ = 2**53 - 1
+
+Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+Mark = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=512)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+Progress = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class JobStatus(enum.StrEnum):
+    """A job's lifecycle: accepted → running (with progress) → one terminal status."""
+
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REJECTED, JobStatus.CANCELLED}
+)
+
+
+class _Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    """Base of every frame and data body."""
+
+
+# ---------------------------------------------------------------- data bodies (sequenced)
+
+
+class JobRequest(_Message, tag="job_request", frozen=True):
+    """Facilitator → worker: run a job of ``kind`` with ``payload``."""
+
+    job_id: Id
+    kind: Id
+    payload: Any = None
+    submitted_at: Timestamp = 0.0
+    resumable: bool = False
+
+
+class JobCancel(_Message, tag="job_cancel", frozen=True):
+    """Facilitator → worker: stop a job that was sent earlier."""
+
+    job_id: Id
+    reason: str = ""
+
+
+class JobStatusUpdate(_Message, tag="job_status", frozen=True):
+    """Worker → facilitator: a job moved to ``status``."""
+
+    job_id: Id
+    status: JobStatus
+    at: Timestamp
+    progress: Progress | None = None
+    detail: str = ""
+
+
+class MachineSpecs(_Message, tag="machine_specs", frozen=True):
+    """Worker → facilitator: what the worker's machine offers (free-form, JSON-safe)."""
+
+    specs: dict[str, Any]
+    at: Timestamp
+
+
+class WorkerEvent(_Message, tag="worker_event", frozen=True):
+    """Worker → facilitator: something the operator should see (started, draining, new epoch…)."""
+
+    event: Id
+    at: Timestamp
+    detail: str = ""
+
+
+WorkerBody = JobStatusUpdate | MachineSpecs | WorkerEvent
+FacilitatorBody = JobRequest | JobCancel
+
+B = TypeVar("B", WorkerBody, FacilitatorBody)
+
+
+class Data(_Message, Generic[B], tag="data", frozen=True):
+    """One sequenced data message of the sender's stream."""
+
+    seq: Seq
+    body: B
+
+
+class DataBatch(_Message, Generic[B], tag="batch", frozen=True):
+    """Several data messages with contiguous seqs in one frame (sent when a backlog exists)."""
+
+    items: Annotated[list[Data[B]], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+# ---------------------------------------------------------------- session frames
+
+
+class Hello(_Message, tag="hello", frozen=True):
+    """Worker → facilitator, first frame of every connection."""
+
+    version: int
+    worker_id: Id
+    codecs: tuple[str, ...] = ("json",)
+
+
+class Challenge(_Message, tag="challenge", frozen=True):
+    """Facilitator → worker: a fresh nonce to sign."""
+
+    version: int
+    nonce: Hex
+    codec: str = "json"
+
+
+class Auth(_Message, tag="auth", frozen=True):
+    """Worker → facilitator: the signed challenge plus the worker's durable stream state.
+
+    ``signature`` is Ed25519 over ``auth_payload(nonce, worker_id, timestamp_ms)``.
+    ``out_*`` describe the worker's outgoing stream, ``in_*`` what it accepted of the
+    facilitator's stream (``in_epoch`` empty when it has never accepted anything).
+    """
+
+    worker_id: Id
+    public_key: Hex
+    nonce: Hex
+    timestamp_ms: Millis
+    signature: Hex
+    out_epoch: Id
+    out_acked: Mark = 0
+    in_epoch: str = ""
+    in_hwm: Mark = 0
+
+
+class Welcome(_Message, tag="welcome", frozen=True):
+    """Facilitator → worker: the session is open; where each stream resumes.
+
+    ``ack`` is the facilitator's high-water mark of the worker's stream (the worker replays
+    after it); ``out_epoch``/``out_acked`` describe the facilitator's stream to this worker.
+    """
+
+    session_id: Id
+    ack: Mark
+    out_epoch: Id
+    out_acked: Mark = 0
+    new_stream: bool = False
+    heartbeat_interval_ms: Millis = 5_000
+    heartbeat_timeout_ms: Millis = 20_000
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1_000
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+
+
+class Ack(_Message, tag="ack", frozen=True):
+    """Cumulative acknowledgement: every seq ≤ ``upto`` of the peer's stream is durable here."""
+
+    upto: Mark
+
+
+class Heartbeat(_Message, tag="heartbeat", frozen=True):
+    """Liveness, both directions. ``draining`` tells the facilitator to send no new jobs."""
+
+    at: Timestamp
+    draining: bool = False
+
+
+class Error(_Message, tag="error", frozen=True):
+    """A typed error; the sender closes the connection after an error frame."""
+
+    code: str
+    detail: str = ""
+
+
+class Request(_Message, tag="request", frozen=True):
+    """A request–reply call outside the data streams (not durable, not replayed)."""
+
+    id: Id
+    method: Id
+    params: Any = None
+    timeout_ms: Millis = 10_000
+
+
+class Response(_Message, tag="response", frozen=True):
+    """The answer to ``Request`` with the same ``id``: ``result`` when ``ok``, else ``error``."""
+
+    id: Id
+    ok: bool = True
+    result: Any = None
+    error: str = ""
+
+
+_Session = Ack | Heartbeat | Error | Request | Response
+
+# What a facilitator can receive (sent by workers) and what a worker can receive.
+WorkerFrame = Hello | Auth | _Session | Data[WorkerBody] | DataBatch[WorkerBody]
+FacilitatorFrame = (
+    Challenge | Welcome | _Session | Data[FacilitatorBody] | DataBatch[FacilitatorBody]
+)
