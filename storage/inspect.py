@@ -1,0 +1,75 @@
+# Read-only summary of a jobrelay database, for `jobrelay status` and operators.
+# Invariants: opens the file with mode=ro (no migrations, no writes, no new streams), so it is
+# safe against a running worker's database from another process or thread; the summary is one
+# consistent snapshot (read in one read transaction).
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from jobrelay.storage.database import open_database
+from jobrelay.storage.inbox import Inbox, InboxState
+from jobrelay.storage.ledger import JobLedger
+from jobrelay.storage.outbox import OutboxStats, outbox_streams
+
+__all__ = ["DatabaseSummary", "inspect_database"]
+
+
+class DatabaseSummary(NamedTuple):
+    """What a jobrelay database holds right now.
+
+    Attributes:
+        path: The file.
+        schema_version: Its schema version.
+        file_bytes: Size of the main file.
+        wal_bytes: Size of its -wal file.
+        outbox: Stats of each outgoing stream.
+        inbox: Epoch, hwm and unconsumed rows of each remote stream.
+        jobs_total: Jobs in the ledger.
+        jobs_unfinished: Jobs without a terminal status.
+    """
+
+    path: str
+    schema_version: int
+    file_bytes: int
+    wal_bytes: int
+    outbox: list[OutboxStats]
+    inbox: list[InboxState]
+    jobs_total: int
+    jobs_unfinished: int
+
+
+def inspect_database(path: str | Path, *, now: float | None = None) -> DatabaseSummary:
+    """Summarise a jobrelay database without modifying it.
+
+    Args:
+        path: The database file (may be in use by a running worker).
+        now: The current time for ages (default: time.time()).
+
+    Returns:
+        The summary.
+
+    Raises:
+        StorageError: The file is missing, corrupt, not a jobrelay database or of another
+            schema version.
+    """
+    with open_database(path, readonly=True, check=False) as db:
+        with db.guard("begin read snapshot"):
+            db.conn.execute("BEGIN")
+        try:
+            ledger = JobLedger(db)
+            summary = DatabaseSummary(
+                path=str(db.path),
+                schema_version=db.schema_version,
+                file_bytes=db.file_sizes()[0],
+                wal_bytes=db.file_sizes()[1],
+                outbox=outbox_streams(db, now=time.time() if now is None else now),
+                inbox=Inbox(db).streams(),
+                jobs_total=ledger.count(),
+                jobs_unfinished=ledger.count(unfinished=True),
+            )
+        finally:
+            with db.guard("end read snapshot"):
+                db.conn.execute("COMMIT")
+    return summary

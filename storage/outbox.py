@@ -1,0 +1,357 @@
+# The durable outgoing stream: append → seq, cumulative ack, streamed replay, bounds.
+# Invariants (per stream name within one database file):
+# - Seqs start at 1, are assigned contiguously in append order and never reused: ``last_seq``
+#   lives in outbox_streams and survives deleting every row and restarting the process.
+# - Stored rows are exactly the unacknowledged ones: seqs last_acked+1 … last_seq, contiguous.
+# - depth_rows/depth_bytes in outbox_streams equal the count and payload bytes of stored rows,
+#   and never exceed max_rows/max_bytes through append (OutboxFull instead; nothing stored).
+# - Every public call is one transaction: it happens completely or not at all.
+# - ``epoch`` is created with the stream and changes only through restart_epoch().
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, NamedTuple
+
+from jobrelay.storage.database import Database
+from jobrelay.storage.errors import AckOutOfRange, OutboxFull, StorageError
+
+__all__ = ["Outbox", "OutboxRow", "OutboxStats", "outbox_streams"]
+
+_CHUNK: Final = 1000  # rows fetched per query while streaming pending()
+_RECLAIM_EVERY_BYTES: Final = 8 << 20  # check for free pages after this many deleted bytes
+
+_INSERT: Final = "INSERT INTO outbox (stream_id, seq, kind, payload, created_at) VALUES (?,?,?,?,?)"
+_STREAM: Final = (
+    "SELECT id, epoch, last_seq, last_acked, depth_rows, depth_bytes FROM outbox_streams WHERE stream = ?"
+)
+_SET_APPENDED: Final = (
+    "UPDATE outbox_streams SET last_seq = ?, depth_rows = depth_rows + ?, "
+    "depth_bytes = depth_bytes + ? WHERE id = ?"
+)
+_PENDING: Final = (
+    "SELECT seq, kind, payload, created_at FROM outbox WHERE stream_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+class OutboxRow(NamedTuple):
+    """One unacknowledged message."""
+
+    seq: int
+    kind: str
+    payload: bytes
+    created_at: float
+
+
+class OutboxStats(NamedTuple):
+    """A stream's depth and position.
+
+    Attributes:
+        stream: The stream name.
+        epoch: The stream's epoch.
+        depth_rows: Unacknowledged rows stored.
+        depth_bytes: Payload bytes of those rows.
+        oldest_unacked_age: Seconds since the oldest unacknowledged row was appended, or None.
+        last_seq: The last assigned seq (0 before the first append).
+        last_acked: The highest acknowledged seq (0 before the first ack).
+    """
+
+    stream: str
+    epoch: str
+    depth_rows: int
+    depth_bytes: int
+    oldest_unacked_age: float | None
+    last_seq: int
+    last_acked: int
+
+
+class Outbox:
+    """One outgoing stream of a database (a file may hold several, e.g. one per worker).
+
+    Use from one thread: the one that opened ``db``. Another thread or process may read the
+    same file through its own read-only Database.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        stream: str = "out",
+        *,
+        max_rows: int = 1_000_000,
+        max_bytes: int = 1 << 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open the stream, creating it (with a fresh epoch) if the file does not have it.
+
+        Args:
+            db: An open Database.
+            stream: The stream name.
+            max_rows: Most unacknowledged rows; appending beyond raises OutboxFull.
+            max_bytes: Most unacknowledged payload bytes; appending beyond raises OutboxFull.
+            clock: Returns the current time in seconds (for created_at and ages).
+
+        Raises:
+            ValueError: A bound is not positive or the stream name is empty.
+            StorageError: The stream could not be read or created (on a read-only
+                Database: it does not exist).
+        """
+        if not stream:
+            raise ValueError("stream name must not be empty")
+        if max_rows < 1 or max_bytes < 1:
+            raise ValueError("max_rows and max_bytes must be positive")
+        self._db = db
+        self._conn = db.conn
+        self.stream = stream
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._deleted_bytes = 0
+        self._action_append = f"append to outbox {stream!r}"
+        rows = db.query(_STREAM, (stream,), f"open outbox {stream!r}")
+        if not rows:
+            if db.readonly:
+                raise StorageError(f"{db.path} has no outbox stream {stream!r}", path=db.path)
+            with db.transaction(f"create outbox {stream!r}") as conn:
+                conn.execute(
+                    "INSERT INTO outbox_streams (stream, epoch, last_seq, last_acked, depth_rows,"
+                    " depth_bytes, created_at) VALUES (?, ?, 0, 0, 0, 0, ?)",
+                    (stream, secrets.token_hex(8), clock()),
+                )
+            rows = db.query(_STREAM, (stream,), f"open outbox {stream!r}")
+        self._id: int = rows[0][0]
+
+    def __repr__(self) -> str:
+        return f"<Outbox {self.stream!r} of {self._db.path}>"
+
+    def _state(self) -> tuple[int, str, int, int, int, int]:
+        row: tuple[int, str, int, int, int, int] = self._conn.execute(_STREAM, (self.stream,)).fetchone()
+        if row is None:
+            raise StorageError(
+                f"outbox stream {self.stream!r} vanished from {self._db.path}", path=self._db.path
+            )
+        return row
+
+    @property
+    def epoch(self) -> str:
+        """The stream's epoch (random id made with the stream; see restart_epoch).
+
+        Raises:
+            StorageError: It could not be read.
+        """
+        with self._db.guard(f"read outbox {self.stream!r}"):
+            return self._state()[1]
+
+    @property
+    def last_seq(self) -> int:
+        """The last assigned seq (0 before the first append).
+
+        Raises:
+            StorageError: It could not be read.
+        """
+        with self._db.guard(f"read outbox {self.stream!r}"):
+            return self._state()[2]
+
+    @property
+    def last_acked(self) -> int:
+        """The highest acknowledged seq.
+
+        Raises:
+            StorageError: It could not be read.
+        """
+        with self._db.guard(f"read outbox {self.stream!r}"):
+            return self._state()[3]
+
+    def append(self, kind: str, payload: bytes) -> int:
+        """Durably append one message (one commit).
+
+        Args:
+            kind: The message kind (e.g. ``"job_status"``).
+            payload: The encoded message.
+
+        Returns:
+            Its seq.
+
+        Raises:
+            OutboxFull: The bounds would be exceeded; nothing was stored.
+            StorageError: The write failed (disk full, locked, corrupt…); nothing was stored.
+        """
+        return self.append_many(((kind, payload),))[0]
+
+    def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Durably append several messages in one transaction (group commit): all or nothing.
+
+        Args:
+            items: ``(kind, payload)`` pairs in sending order.
+
+        Returns:
+            Their seqs, contiguous, in the same order.
+
+        Raises:
+            OutboxFull: The bounds would be exceeded; nothing was stored.
+            StorageError: The write failed; nothing was stored.
+        """
+        n = len(items)
+        if n == 0:
+            return []
+        nbytes = sum(len(p) for _, p in items)
+        now = self._clock()
+        with self._db.transaction(self._action_append) as conn:
+            sid, _, last_seq, _, depth_rows, depth_bytes = self._state()
+            if depth_rows + n > self.max_rows or depth_bytes + nbytes > self.max_bytes:
+                raise OutboxFull(
+                    self.stream,
+                    depth_rows=depth_rows,
+                    depth_bytes=depth_bytes,
+                    max_rows=self.max_rows,
+                    max_bytes=self.max_bytes,
+                    adding_rows=n,
+                    adding_bytes=nbytes,
+                )
+            first = last_seq + 1
+            if n == 1:
+                kind, payload = items[0]
+                conn.execute(_INSERT, (sid, first, kind, payload, now))
+            else:
+                conn.executemany(
+                    _INSERT,
+                    [(sid, seq, k, p, now) for seq, (k, p) in enumerate(items, first)],
+                )
+            conn.execute(_SET_APPENDED, (last_seq + n, n, nbytes, sid))
+        return list(range(first, first + n))
+
+    def ack(self, upto: int) -> int:
+        """Record that the peer durably holds every seq ≤ ``upto``; delete those rows.
+
+        Cumulative and idempotent: ``upto ≤ last_acked`` changes nothing.
+
+        Args:
+            upto: The peer's cumulative acknowledgement.
+
+        Returns:
+            The number of rows deleted.
+
+        Raises:
+            AckOutOfRange: ``upto`` is beyond the last assigned seq (nothing changed).
+            ValueError: ``upto`` is negative.
+            StorageError: The write failed; nothing changed.
+        """
+        if upto < 0:
+            raise ValueError(f"ack must be >= 0, not {upto}")
+        with self._db.transaction(f"ack outbox {self.stream!r}") as conn:
+            sid, _, last_seq, last_acked, _, _ = self._state()
+            if upto > last_seq:
+                raise AckOutOfRange(self.stream, upto, last_seq, path=self._db.path)
+            if upto <= last_acked:
+                return 0
+            count, nbytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox "
+                "WHERE stream_id = ? AND seq <= ?",
+                (sid, upto),
+            ).fetchone()
+            conn.execute("DELETE FROM outbox WHERE stream_id = ? AND seq <= ?", (sid, upto))
+            conn.execute(
+                "UPDATE outbox_streams SET last_acked = ?, depth_rows = depth_rows - ?, "
+                "depth_bytes = depth_bytes - ? WHERE id = ?",
+                (upto, count, nbytes, sid),
+            )
+        self._deleted_bytes += nbytes
+        if self._deleted_bytes >= _RECLAIM_EVERY_BYTES:
+            self._deleted_bytes = 0
+            self._db.reclaim_space()
+        return int(count)
+
+    def pending(self, after: int = 0, limit: int | None = None) -> Iterator[OutboxRow]:
+        """Stream the unacknowledged rows with seq > max(after, last_acked), in seq order.
+
+        Rows are fetched in chunks of 1000 with no transaction held between chunks, so memory
+        stays flat however deep the backlog; rows acknowledged while iterating may still be
+        yielded from the current chunk.
+
+        Args:
+            after: Skip seqs up to and including this one (e.g. already in flight).
+            limit: Yield at most this many rows (None: all).
+
+        Yields:
+            OutboxRow in seq order.
+
+        Raises:
+            StorageError: A read failed.
+        """
+        action = f"read pending rows of outbox {self.stream!r}"
+        with self._db.guard(action):
+            cursor = max(after, self._state()[3])
+        remaining = limit if limit is not None else -1
+        while remaining != 0:
+            chunk = _CHUNK if remaining < 0 else min(_CHUNK, remaining)
+            with self._db.guard(action):
+                rows = self._conn.execute(_PENDING, (self._id, cursor, chunk)).fetchall()
+            for row in rows:
+                yield OutboxRow._make(row)
+            if len(rows) < chunk:
+                return
+            cursor = rows[-1][0]
+            if remaining > 0:
+                remaining -= len(rows)
+
+    def stats(self) -> OutboxStats:
+        """Depth, age and position of the stream.
+
+        Raises:
+            StorageError: A read failed.
+        """
+        with self._db.guard(f"read stats of outbox {self.stream!r}"):
+            sid, epoch, last_seq, last_acked, depth_rows, depth_bytes = self._state()
+            oldest = self._conn.execute(
+                "SELECT created_at FROM outbox WHERE stream_id = ? ORDER BY seq LIMIT 1", (sid,)
+            ).fetchone()
+        age = max(0.0, self._clock() - oldest[0]) if oldest else None
+        return OutboxStats(self.stream, epoch, depth_rows, depth_bytes, age, last_seq, last_acked)
+
+    def restart_epoch(self) -> str:
+        """Start a new epoch: pending rows are renumbered 1… in order, last_acked becomes 0.
+
+        Used when the peer proves this store regressed (e.g. restored from a backup): the old
+        numbering means nothing to it any more.
+
+        Returns:
+            The new epoch.
+
+        Raises:
+            StorageError: The write failed; nothing changed.
+        """
+        epoch = secrets.token_hex(8)
+        with self._db.transaction(f"restart epoch of outbox {self.stream!r}") as conn:
+            sid, _, last_seq, last_acked, _, _ = self._state()
+            # Two steps through negative seqs so no intermediate row collides with another.
+            conn.execute("UPDATE outbox SET seq = -seq WHERE stream_id = ?", (sid,))
+            conn.execute("UPDATE outbox SET seq = -seq - ? WHERE stream_id = ?", (last_acked, sid))
+            conn.execute(
+                "UPDATE outbox_streams SET epoch = ?, last_seq = ?, last_acked = 0 WHERE id = ?",
+                (epoch, last_seq - last_acked, sid),
+            )
+        return epoch
+
+
+def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStats]:
+    """Stats of every outbox stream in the file (works on a read-only Database).
+
+    Args:
+        db: An open Database.
+        now: The current time for ages (default: time.time()).
+
+    Raises:
+        StorageError: A read failed.
+    """
+    now = time.time() if now is None else now
+    rows = db.query(
+        "SELECT s.stream, s.epoch, s.depth_rows, s.depth_bytes, "
+        "(SELECT created_at FROM outbox o WHERE o.stream_id = s.id ORDER BY seq LIMIT 1), "
+        "s.last_seq, s.last_acked FROM outbox_streams s ORDER BY s.stream",
+        (),
+        "list outbox streams",
+    )
+    return [
+        OutboxStats(r[0], r[1], r[2], r[3], None if r[4] is None else max(0.0, now - r[4]), r[5], r[6])
+        for r in rows
+    ]

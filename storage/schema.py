@@ -1,0 +1,162 @@
+# The jobrelay schema and its ordered forward migrations.
+# Invariants: ``jobrelay_schema`` holds one row per applied migration; the file's version is the
+# highest applied. Migrations only move forward, run in order inside the caller's transaction,
+# and are never edited once released: a change is a new entry at the end of MIGRATIONS.
+# Tables (v1):
+#   outbox_streams(id, stream UNIQUE, epoch, last_seq, last_acked, depth_rows, depth_bytes, created_at)
+#   outbox(stream_id, seq, kind, payload, created_at)  PK (stream_id, seq), WITHOUT ROWID
+#   inbox_streams(stream PK, epoch, generation, hwm, updated_at)
+#   inbox(stream, generation, seq, epoch, kind, payload, accepted_at)  PK (stream, generation, seq)
+#   jobs(job_id PK, kind, payload, peer, status, detail, progress, attempts, created_at, updated_at)
+#   job_history(id PK, job_id -> jobs, status, detail, progress, at)
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+import sqlite_utils
+
+__all__ = [
+    "APPLICATION_ID",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "migrate",
+    "read_schema_version",
+]
+
+# PRAGMA application_id: "JRLY", so `file` and jobrelay itself recognise the file.
+APPLICATION_ID: Final = 0x4A524C59
+
+
+class Migration(NamedTuple):
+    """One forward schema step."""
+
+    version: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+def _v1_initial(db: sqlite_utils.Database) -> None:
+    db.create_table(
+        "outbox_streams",
+        {
+            "id": int,
+            "stream": str,
+            "epoch": str,
+            "last_seq": int,
+            "last_acked": int,
+            "depth_rows": int,
+            "depth_bytes": int,
+            "created_at": float,
+        },
+        pk="id",
+        not_null=["stream", "epoch", "last_seq", "last_acked", "depth_rows", "depth_bytes"],
+    )
+    db.table("outbox_streams").create_index(["stream"], unique=True)
+    # WITHOUT ROWID (which sqlite-utils cannot declare): rows are clustered by (stream, seq), so
+    # appends, cumulative deletes and replays are each a single walk of one b-tree.
+    db.execute(
+        """CREATE TABLE outbox (
+            stream_id INTEGER NOT NULL REFERENCES outbox_streams(id),
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (stream_id, seq)
+        ) WITHOUT ROWID"""
+    )
+    db.create_table(
+        "inbox_streams",
+        {"stream": str, "epoch": str, "generation": int, "hwm": int, "updated_at": float},
+        pk="stream",
+        not_null=["epoch", "generation", "hwm"],
+    )
+    db.execute(
+        """CREATE TABLE inbox (
+            stream TEXT NOT NULL REFERENCES inbox_streams(stream),
+            generation INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            epoch TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            accepted_at REAL NOT NULL,
+            PRIMARY KEY (stream, generation, seq)
+        ) WITHOUT ROWID"""
+    )
+    db.create_table(
+        "jobs",
+        {
+            "job_id": str,
+            "kind": str,
+            "payload": bytes,
+            "peer": str,
+            "status": str,
+            "detail": str,
+            "progress": float,
+            "attempts": int,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="job_id",
+        not_null=["kind", "payload", "peer", "detail", "attempts", "created_at", "updated_at"],
+    )
+    db.table("jobs").create_index(["status"])
+    db.create_table(
+        "job_history",
+        {
+            "id": int,
+            "job_id": str,
+            "status": str,
+            "detail": str,
+            "progress": float,
+            "at": float,
+        },
+        pk="id",
+        not_null=["job_id", "status", "detail", "at"],
+        foreign_keys=[("job_id", "jobs", "job_id")],
+    )
+    db.table("job_history").create_index(["job_id", "id"])
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "initial", _v1_initial),)
+SCHEMA_VERSION: Final = MIGRATIONS[-1].version
+
+
+def read_schema_version(db: sqlite_utils.Database) -> int:
+    """The highest applied migration (0 for a fresh file)."""
+    if not db.table("jobrelay_schema").exists():
+        return 0
+    row = db.conn.execute("SELECT max(version) FROM jobrelay_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: sqlite_utils.Database) -> list[int]:
+    """Apply every migration newer than the file's version, in order (caller holds a transaction).
+
+    Args:
+        db: The sqlite-utils handle, inside a write transaction.
+
+    Returns:
+        The versions applied (empty when already current).
+    """
+    if not db.table("jobrelay_schema").exists():
+        db.create_table(
+            "jobrelay_schema",
+            {"version": int, "name": str, "applied_at": float},
+            pk="version",
+            not_null=["name", "applied_at"],
+        )
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    current = read_schema_version(db)
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        migration.apply(db)
+        db.table("jobrelay_schema").insert(
+            {"version": migration.version, "name": migration.name, "applied_at": time.time()}
+        )
+        applied.append(migration.version)
+    return applied
