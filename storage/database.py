@@ -31,7 +31,8 @@ Durability = Literal["full", "normal"]
 _DURABILITIES: Final[frozenset[str]] = frozenset({"full", "normal"})
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _WAL_SIZE_LIMIT: Final = 16 << 20  # the -wal file is truncated back to this after big bursts
-_RECLAIM_FREE_PAGES: Final = 256  # incremental vacuum once this many pages are free
+# Free pages kept for reuse by the next appends; beyond twice this, the rest is vacuumed.
+_KEEP_FREE_PAGES: Final = 512
 
 # Primary SQLite result codes (https://www.sqlite.org/rescode.html).
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB, _PERM = (
@@ -226,7 +227,7 @@ class Database:
             return read_schema_version(self.su)
 
     def reclaim_space(self) -> int:
-        """Return free pages to the file system when many are free (incremental vacuum).
+        """Return free pages beyond a small reserve to the file system (incremental vacuum).
 
         Called by the stores after large deletions; cheap when there is nothing to do.
 
@@ -240,8 +241,9 @@ class Database:
             return 0
         with self.guard("reclaim free space"):
             free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
-            if free >= _RECLAIM_FREE_PAGES:
-                self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+            if free > 2 * _KEEP_FREE_PAGES:
+                # executescript steps the pragma to completion (execute() frees one page).
+                self.conn.executescript(f"PRAGMA incremental_vacuum({free - _KEEP_FREE_PAGES});")
             return free
 
     def file_sizes(self) -> tuple[int, int]:
@@ -266,6 +268,14 @@ def _corrupt(path: Path, why: str) -> StorageError:
         "aside and restore it from a backup, or point --db at another file",
         path=path,
     )
+
+
+def _open_error(exc: sqlite3.DatabaseError, path: Path) -> StorageError:
+    """Corruption found while validating, or another failure (permissions, locks…)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (_CORRUPT, _NOTADB):
+        return _corrupt(path, str(exc))
+    return translate_error(exc, "open", path)
 
 
 def _check_header(path: Path) -> None:
@@ -377,7 +387,7 @@ def _prepare(db: Database, *, existed: bool, check: bool) -> None:
         app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
-        raise _corrupt(path, str(exc)) from exc
+        raise _open_error(exc, path) from exc
     fresh = not tables and app_id == 0
     if not fresh:
         if app_id != APPLICATION_ID or "jobrelay_schema" not in tables:
@@ -400,7 +410,7 @@ def _prepare(db: Database, *, existed: bool, check: bool) -> None:
             try:
                 result = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
             except sqlite3.DatabaseError as exc:
-                raise _corrupt(path, str(exc)) from exc
+                raise _open_error(exc, path) from exc
             if result != ["ok"]:
                 raise _corrupt(path, "integrity check: " + "; ".join(map(str, result)))
         if db.readonly:

@@ -71,7 +71,12 @@ class Outbox:
 
     Use from one thread: the one that opened ``db``. Another thread or process may read the
     same file through its own read-only Database.
+
+    Attributes:
+        chunk_rows: Rows fetched per query by pending() (memory per chunk).
     """
+
+    chunk_rows: int = _CHUNK
 
     def __init__(
         self,
@@ -264,8 +269,8 @@ class Outbox:
     def pending(self, after: int = 0, limit: int | None = None) -> Iterator[OutboxRow]:
         """Stream the unacknowledged rows with seq > max(after, last_acked), in seq order.
 
-        Rows are fetched in chunks of 1000 with no transaction held between chunks, so memory
-        stays flat however deep the backlog; rows acknowledged while iterating may still be
+        Rows are fetched in chunks of ``chunk_rows`` (1000) with no transaction held between
+        chunks, so memory stays flat however deep the backlog; rows acknowledged while iterating may still be
         yielded from the current chunk.
 
         Args:
@@ -283,7 +288,8 @@ class Outbox:
             cursor = max(after, self._state()[3])
         remaining = limit if limit is not None else -1
         while remaining != 0:
-            chunk = _CHUNK if remaining < 0 else min(_CHUNK, remaining)
+            size = self.chunk_rows
+            chunk = size if remaining < 0 else min(size, remaining)
             with self._db.guard(action):
                 rows = self._conn.execute(_PENDING, (self._id, cursor, chunk)).fetchall()
             for row in rows:
