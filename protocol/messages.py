@@ -150,7 +150,7 @@ class Hello(_Message, tag="hello", frozen=True):
 
 
 class Challenge(_Message, tag="challenge", frozen=True):
-    """Facilitator → worker: a fresh nonce to sign."""
+    """Facilitator → worker: a fresh nonce to sign, and the codec both sides use after welcome."""
 
     version: int
     nonce: Hex
@@ -208,10 +208,12 @@ class Heartbeat(_Message, tag="heartbeat", frozen=True):
 
 
 class Error(_Message, tag="error", frozen=True):
-    """A typed error; the sender closes the connection after an error frame."""
+    """A typed error. After a ``fatal`` error the sender closes the connection; a non-fatal one
+    (for example ``job_not_yours``) reports a refused data message and the session goes on."""
 
     code: str
     detail: str = ""
+    fatal: bool = True
 
 
 class Request(_Message, tag="request", frozen=True):
@@ -236,6 +238,4 @@ _Session = Ack | Heartbeat | Error | Request | Response
 
 # What a facilitator can receive (sent by workers) and what a worker can receive.
 WorkerFrame = Hello | Auth | _Session | Data[WorkerBody] | DataBatch[WorkerBody]
-FacilitatorFrame = (
-    Challenge | Welcome | _Session | Data[FacilitatorBody] | DataBatch[FacilitatorBody]
-)
+FacilitatorFrame = Challenge | Welcome | _Session | Data[FacilitatorBody] | DataBatch[FacilitatorBody]

@@ -1,0 +1,111 @@
+# Bytes ⇄ typed frames. The only place that touches msgspec's decode errors.
+# Invariants: the size limit is checked before any parsing; decode() returns a frame of the
+# direction's union or raises RemoteProtocolError — never another exception, never a hang.
+# Encoders/decoders are built once per (format, direction) and reused.
+from __future__ import annotations
+
+from typing import Generic, Literal, TypeVar, cast
+
+import msgspec
+
+from jobrelay.protocol.errors import ErrorCode, RemoteProtocolError
+from jobrelay.protocol.messages import FacilitatorFrame, WorkerFrame
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "FORMATS",
+    "Codec",
+    "Format",
+    "facilitator_codec",
+    "worker_codec",
+]
+
+Format = Literal["json", "msgpack"]
+FORMATS: tuple[Format, ...] = ("json", "msgpack")
+DEFAULT_MAX_FRAME_BYTES = 1_048_576
+
+F = TypeVar("F", WorkerFrame, FacilitatorFrame)
+
+_JSON_ENCODER = msgspec.json.Encoder()
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: dict[tuple[Format, object], msgspec.json.Decoder[object] | msgspec.msgpack.Decoder[object]] = {
+    ("json", WorkerFrame): msgspec.json.Decoder(WorkerFrame),
+    ("json", FacilitatorFrame): msgspec.json.Decoder(FacilitatorFrame),
+    ("msgpack", WorkerFrame): msgspec.msgpack.Decoder(WorkerFrame),
+    ("msgpack", FacilitatorFrame): msgspec.msgpack.Decoder(FacilitatorFrame),
+}
+
+
+def _classify(exc: msgspec.ValidationError) -> ErrorCode:
+    text = str(exc)
+    # msgspec reports an unknown tag value as "Invalid value 'x' - at `$.type`" (or `$.body.type`).
+    if text.startswith("Invalid value") and text.endswith(".type`"):
+        return ErrorCode.UNKNOWN_TYPE
+    if "missing required field `type`" in text:
+        return ErrorCode.UNKNOWN_TYPE
+    return ErrorCode.INVALID_FIELD
+
+
+class Codec(Generic[F]):
+    """Encodes outgoing frames and decodes incoming ones for one direction and format.
+
+    Args:
+        incoming: the union of frames this side receives (``WorkerFrame`` on a facilitator,
+            ``FacilitatorFrame`` on a worker).
+        fmt: ``"json"`` (text frames) or ``"msgpack"`` (binary frames).
+        max_frame_bytes: frames larger than this are refused before parsing.
+    """
+
+    __slots__ = ("_decoder", "_encode", "binary", "fmt", "max_frame_bytes")
+
+    def __init__(
+        self, incoming: object, fmt: Format = "json", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        self.fmt: Format = fmt
+        self.binary = fmt == "msgpack"
+        self.max_frame_bytes = max_frame_bytes
+        self._decoder = _DECODERS[(fmt, incoming)]
+        self._encode = _MSGPACK_ENCODER.encode if self.binary else _JSON_ENCODER.encode
+
+    def encode(self, frame: msgspec.Struct) -> bytes:
+        """Serialise one frame (any direction: the encoder is not restricted)."""
+        return self._encode(frame)
+
+    def decode(self, data: bytes | str) -> F:
+        """Parse one received frame.
+
+        Raises:
+            RemoteProtocolError: FRAME_TOO_LARGE, MALFORMED_FRAME, UNKNOWN_TYPE or INVALID_FIELD.
+        """
+        size = len(data)
+        if isinstance(data, str) and size * 4 > self.max_frame_bytes:
+            # A str of n characters is n..4n UTF-8 bytes: encode only when it matters.
+            size = len(data.encode("utf-8", "surrogatepass"))
+        if size > self.max_frame_bytes:
+            raise RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"{size} bytes > limit {self.max_frame_bytes}"
+            )
+        if self.binary and isinstance(data, str):
+            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "text frame on a msgpack session")
+        try:
+            return cast(F, self._decoder.decode(data))  # type: ignore[arg-type]  # str is fine for json
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(_classify(exc), str(exc)) from None
+        except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
+            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, str(exc)[:200]) from None
+
+
+def worker_codec(
+    fmt: Format = "json", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Codec[FacilitatorFrame]:
+    """The codec a worker uses: decodes frames sent by a facilitator."""
+    return Codec(FacilitatorFrame, fmt, max_frame_bytes)
+
+
+def facilitator_codec(
+    fmt: Format = "json", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Codec[WorkerFrame]:
+    """The codec a facilitator uses: decodes frames sent by a worker."""
+    return Codec(WorkerFrame, fmt, max_frame_bytes)

@@ -1,0 +1,151 @@
+"""Codec: every frame round-trips; any input decodes to a valid frame or raises ProtocolError."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobrelay.protocol import messages as m
+from jobrelay.protocol.codec import Codec, Format, facilitator_codec, worker_codec
+from jobrelay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
+
+from . import strategies as s
+
+FORMATS: list[Format] = ["json", "msgpack"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@given(frame=s.worker_frames)
+def test_worker_frames_round_trip(fmt: Format, frame: Any) -> None:
+    codec = facilitator_codec(fmt)
+    assert codec.decode(codec.encode(frame)) == frame
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@given(frame=s.facilitator_frames)
+def test_facilitator_frames_round_trip(fmt: Format, frame: Any) -> None:
+    codec = worker_codec(fmt)
+    assert codec.decode(codec.encode(frame)) == frame
+
+
+def _decode_or_protocol_error(codec: Codec[Any], data: bytes | str) -> None:
+    try:
+        frame = codec.decode(data)
+    except ProtocolError as exc:
+        assert isinstance(exc.code, ErrorCode)
+        return
+    # Whatever decodes must be a frame this side may receive and must re-encode cleanly.
+    assert isinstance(frame, msgspec.Struct)
+    assert codec.decode(codec.encode(frame)) == frame
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@given(data=st.binary(max_size=2048))
+def test_arbitrary_bytes_never_crash(fmt: Format, data: bytes) -> None:
+    _decode_or_protocol_error(facilitator_codec(fmt), data)
+    _decode_or_protocol_error(worker_codec(fmt), data)
+
+
+@given(value=s.json_values)
+def test_arbitrary_json_never_crashes(value: Any) -> None:
+    data = json.dumps(value).encode()
+    _decode_or_protocol_error(facilitator_codec(), data)
+    _decode_or_protocol_error(worker_codec(), data)
+
+
+@given(frame=s.worker_frames, key=st.text(max_size=10), value=s.json_values)
+def test_mutated_frames_decode_or_raise_typed(frame: Any, key: str, value: Any) -> None:
+    """Valid frames with one field replaced by an arbitrary JSON value (wrong types, junk)."""
+    doc = json.loads(msgspec.json.encode(frame))
+    doc[key if key in doc or not doc else next(iter(doc))] = value
+    _decode_or_protocol_error(facilitator_codec(), json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"{not json", ErrorCode.MALFORMED_FRAME),
+        (b"\xff\xfe", ErrorCode.MALFORMED_FRAME),
+        (b'{"type": "launch_missiles"}', ErrorCode.UNKNOWN_TYPE),
+        (b'{"version": 1}', ErrorCode.UNKNOWN_TYPE),
+        (b'{"type": "ack", "upto": "7"}', ErrorCode.INVALID_FIELD),
+        (b'{"type": "ack"}', ErrorCode.INVALID_FIELD),
+        (b'{"type": "ack", "upto": -1}', ErrorCode.INVALID_FIELD),
+        (
+            b'{"type": "data", "seq": 0, "body": {"type": "worker_event", "event": "x", "at": 1}}',
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            b'{"type": "data", "seq": 9007199254740992, '
+            b'"body": {"type": "worker_event", "event": "x", "at": 1}}',
+            ErrorCode.INVALID_FIELD,
+        ),
+        (
+            b'{"type": "data", "seq": 1, "body": {"type": "job_request", "job_id": "j", "kind": "k"}}',
+            ErrorCode.UNKNOWN_TYPE,
+        ),
+        (b'{"type": "challenge", "version": 1, "nonce": "00"}', ErrorCode.UNKNOWN_TYPE),
+        (b"[1, 2, 3]", ErrorCode.INVALID_FIELD),
+        (
+            b'{"type":"data","seq":1,"body":{"type":"machine_specs","at":1,"specs":{"a":'
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}}}",
+            ErrorCode.MALFORMED_FRAME,
+        ),
+    ],
+)
+def test_bad_frames_get_their_documented_code(data: bytes, code: ErrorCode) -> None:
+    """A facilitator decoding worker frames: a job_request body or a challenge is the wrong direction."""
+    with pytest.raises(RemoteProtocolError) as info:
+        facilitator_codec().decode(data)
+    assert info.value.code is code, info.value
+
+
+def test_oversized_frame_refused_before_parsing() -> None:
+    codec = facilitator_codec(max_frame_bytes=1024)
+    frame = m.Data(seq=1, body=m.WorkerEvent(event="e", at=0.0, detail="x" * 2000))
+    data = codec.encode(frame)
+    with pytest.raises(RemoteProtocolError) as info:
+        codec.decode(data)
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(RemoteProtocolError) as info:
+        codec.decode(data.decode())  # the same frame as a text message
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    # Multi-byte characters: 300 chars but 1200 bytes.
+    with pytest.raises(RemoteProtocolError) as info:
+        codec.decode('{"type":"worker_event","detail":"' + "€" * 400 + '"}')
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_text_frame_on_msgpack_session_is_malformed() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        facilitator_codec("msgpack").decode('{"type": "ack", "upto": 1}')
+    assert info.value.code is ErrorCode.MALFORMED_FRAME
+
+
+def test_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown format"):
+        Codec(m.WorkerFrame, "xml")  # type: ignore[arg-type]
+
+
+def test_literal_example_frames_from_protocol_doc() -> None:
+    """The examples in docs/PROTOCOL.md decode as documented."""
+    codec = facilitator_codec()
+    frame = codec.decode(
+        b'{"type":"data","seq":42,"body":{"type":"job_status","job_id":"job-7",'
+        b'"status":"running","at":1700000000.5,"progress":0.25,"detail":"step 1 of 4"}}'
+    )
+    assert frame == m.Data(
+        seq=42,
+        body=m.JobStatusUpdate(
+            job_id="job-7", status=m.JobStatus.RUNNING, at=1700000000.5, progress=0.25, detail="step 1 of 4"
+        ),
+    )
+    assert codec.decode(b'{"type":"ack","upto":41}') == m.Ack(upto=41)
+    assert m.JobStatus.FAILED.terminal and not m.JobStatus.RUNNING.terminal
