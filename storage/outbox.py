@@ -26,9 +26,9 @@ _INSERT: Final = "INSERT INTO outbox (stream_id, seq, kind, payload, created_at)
 _STREAM: Final = (
     "SELECT id, epoch, last_seq, last_acked, depth_rows, depth_bytes FROM outbox_streams WHERE stream = ?"
 )
-_SET_APPENDED: Final = (
-    "UPDATE outbox_streams SET last_seq = ?, depth_rows = depth_rows + ?, "
-    "depth_bytes = depth_bytes + ? WHERE id = ?"
+_RESERVE: Final = (
+    "UPDATE outbox_streams SET last_seq = last_seq + ?, depth_rows = depth_rows + ?, "
+    "depth_bytes = depth_bytes + ? WHERE id = ? RETURNING last_seq, depth_rows, depth_bytes"
 )
 _PENDING: Final = (
     "SELECT seq, kind, payload, created_at FROM outbox WHERE stream_id = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -202,27 +202,31 @@ class Outbox:
         nbytes = sum(len(p) for _, p in items)
         now = self._clock()
         with self._db.transaction(self._action_append) as conn:
-            sid, _, last_seq, _, depth_rows, depth_bytes = self._state()
-            if depth_rows + n > self.max_rows or depth_bytes + nbytes > self.max_bytes:
+            # Reserve the seqs and grow the depth in one statement; undone by the rollback
+            # if the bounds are exceeded.
+            row = conn.execute(_RESERVE, (n, n, nbytes, self._id)).fetchone()
+            if row is None:
+                self._state()  # raises: the stream row is gone
+            last_seq, depth_rows, depth_bytes = row
+            if depth_rows > self.max_rows or depth_bytes > self.max_bytes:
                 raise OutboxFull(
                     self.stream,
-                    depth_rows=depth_rows,
-                    depth_bytes=depth_bytes,
+                    depth_rows=depth_rows - n,
+                    depth_bytes=depth_bytes - nbytes,
                     max_rows=self.max_rows,
                     max_bytes=self.max_bytes,
                     adding_rows=n,
                     adding_bytes=nbytes,
                 )
-            first = last_seq + 1
+            first = last_seq - n + 1
             if n == 1:
                 kind, payload = items[0]
-                conn.execute(_INSERT, (sid, first, kind, payload, now))
+                conn.execute(_INSERT, (self._id, first, kind, payload, now))
             else:
                 conn.executemany(
                     _INSERT,
-                    [(sid, seq, k, p, now) for seq, (k, p) in enumerate(items, first)],
+                    [(self._id, seq, k, p, now) for seq, (k, p) in enumerate(items, first)],
                 )
-            conn.execute(_SET_APPENDED, (last_seq + n, n, nbytes, sid))
         return list(range(first, first + n))
 
     def ack(self, upto: int) -> int:
@@ -249,12 +253,11 @@ class Outbox:
                 raise AckOutOfRange(self.stream, upto, last_seq, path=self._db.path)
             if upto <= last_acked:
                 return 0
-            count, nbytes = conn.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox "
-                "WHERE stream_id = ? AND seq <= ?",
+            sizes = conn.execute(
+                "DELETE FROM outbox WHERE stream_id = ? AND seq <= ? RETURNING length(payload)",
                 (sid, upto),
-            ).fetchone()
-            conn.execute("DELETE FROM outbox WHERE stream_id = ? AND seq <= ?", (sid, upto))
+            ).fetchall()
+            count, nbytes = len(sizes), sum(size for (size,) in sizes)
             conn.execute(
                 "UPDATE outbox_streams SET last_acked = ?, depth_rows = depth_rows - ?, "
                 "depth_bytes = depth_bytes - ? WHERE id = ?",
