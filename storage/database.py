@@ -248,11 +248,14 @@ class Database:
 
     def file_sizes(self) -> tuple[int, int]:
         """Bytes of the main file and of its -wal file (0 when absent)."""
-        wal = Path(f"{self.path}-wal")
-        return (
-            self.path.stat().st_size if self.path.exists() else 0,
-            wal.stat().st_size if wal.exists() else 0,
-        )
+
+        def size(path: Path) -> int:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+        return size(self.path), size(Path(f"{self.path}-wal"))
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

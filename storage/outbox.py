@@ -9,6 +9,7 @@
 # - ``epoch`` is created with the stream and changes only through restart_epoch().
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -266,7 +267,9 @@ class Outbox:
         self._deleted_bytes += nbytes
         if self._deleted_bytes >= _RECLAIM_EVERY_BYTES:
             self._deleted_bytes = 0
-            self._db.reclaim_space()
+            # Best effort: the ack is committed; a failed vacuum is retried after the next 8 MB.
+            with contextlib.suppress(StorageError):
+                self._db.reclaim_space()
         return int(count)
 
     def pending(self, after: int = 0, limit: int | None = None) -> Iterator[OutboxRow]:
