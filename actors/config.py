@@ -1,0 +1,137 @@
+# The worker's typed configuration. Invariant: a WorkerConfig that passed check() has every
+# value in range, a readable key and a ws:// or wss:// URL; errors name the field.
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from jobrelay.actors.errors import ConfigError
+from jobrelay.protocol.session import SessionConfig
+
+__all__ = ["WorkerConfig", "generate_key", "load_key"]
+
+
+class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything a worker needs. Only ``url``, ``worker_id``, a key and ``db_path`` are required.
+
+    Attributes:
+        url: the facilitator, ``ws://host:port`` or ``wss://host:port``.
+        worker_id: this worker's id, as listed in the facilitator's authorized keys.
+        key: Ed25519 private key as 64 hex characters (or use ``key_file``).
+        key_file: a file holding that hex key (written by ``jobrelay keygen``).
+        db_path: the worker's SQLite file (outbox, inbox, job ledger).
+        durability: ``full`` (fsync per commit) or ``normal`` (may lose the last commits on
+            power loss, never on a process crash).
+        max_outbox_rows / max_outbox_bytes: outbox bounds; a full outbox blocks publishers.
+        publish_timeout: how long a publish waits for room before failing with OutboxFull.
+        max_concurrent_jobs: handlers running at once; further jobs wait in order.
+        backoff_base / backoff_cap: full-jitter reconnect delays, seconds.
+        max_attempts: consecutive failed connection attempts before giving up (None: forever).
+        connect_timeout: TCP + WebSocket handshake timeout, seconds.
+        ca_file: CA bundle for ``wss://`` (default: the system store).
+        formats: codecs offered to the facilitator, in order of preference.
+        stop_timeout: default bound for Worker.stop().
+    """
+
+    url: str
+    worker_id: str
+    db_path: str
+    key: str = ""
+    key_file: str = ""
+    durability: Literal["full", "normal"] = "full"
+    max_outbox_rows: int = 1_000_000
+    max_outbox_bytes: int = 1 << 30
+    publish_timeout: float = 30.0
+    max_concurrent_jobs: int = 4
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_attempts: int | None = None
+    connect_timeout: float = 10.0
+    ca_file: str = ""
+    formats: tuple[Literal["json", "msgpack"], ...] = ("json", "msgpack")
+    max_frame_bytes: int = 1_048_576
+    max_batch: int = 500
+    handshake_timeout: float = 10.0
+    stop_timeout: float = 5.0
+
+    def check(self) -> None:
+        """Validate every field.
+
+        Raises:
+            ConfigError: naming the first invalid field and what it should be.
+        """
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+            _bad("url", f"expected ws://host:port or wss://host:port, got {self.url!r}")
+        try:
+            parsed.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            _bad("url", f"bad port in {self.url!r}")
+        if not self.worker_id or len(self.worker_id) > 256 or any(c.isspace() for c in self.worker_id):
+            _bad("worker_id", f"1-256 characters without spaces, got {self.worker_id!r}")
+        if not self.db_path:
+            _bad("db_path", "a file path is required")
+        if bool(self.key) == bool(self.key_file):
+            _bad("key", "set exactly one of key and key_file")
+        for name in (
+            "max_outbox_rows",
+            "max_outbox_bytes",
+            "max_concurrent_jobs",
+            "max_frame_bytes",
+            "max_batch",
+        ):
+            if getattr(self, name) < 1:
+                _bad(name, f"must be ≥ 1, got {getattr(self, name)}")
+        for name in ("publish_timeout", "backoff_base", "backoff_cap", "connect_timeout", "stop_timeout"):
+            if not getattr(self, name) > 0:
+                _bad(name, f"must be > 0, got {getattr(self, name)}")
+        if self.backoff_cap < self.backoff_base:
+            _bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base}), got {self.backoff_cap}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            _bad("max_attempts", f"must be ≥ 1 or None (forever), got {self.max_attempts}")
+        if self.ca_file and not Path(self.ca_file).is_file():
+            _bad("ca_file", f"no such file: {self.ca_file}")
+        if not self.formats:
+            _bad("formats", "offer at least one of json, msgpack")
+        load_key(self)
+
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(
+            max_frame_bytes=self.max_frame_bytes,
+            max_batch=self.max_batch,
+            handshake_timeout=self.handshake_timeout,
+            formats=self.formats,
+        )
+
+
+def _bad(field: str, why: str) -> None:
+    raise ConfigError(f"WorkerConfig.{field}: {why}")
+
+
+def load_key(config: WorkerConfig) -> Ed25519PrivateKey:
+    """The worker's private key from ``key`` or ``key_file``.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or the key is not 32 bytes of hex.
+    """
+    field, text = "key", config.key
+    if config.key_file:
+        field = "key_file"
+        try:
+            text = Path(config.key_file).read_text().strip()
+        except OSError as exc:
+            _bad(field, f"cannot read {config.key_file}: {exc.strerror or exc}")
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.strip()))
+    except ValueError:
+        _bad(field, "expected an Ed25519 private key as 64 hex characters")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def generate_key() -> str:
+    """A new Ed25519 private key as 64 hex characters."""
+    return Ed25519PrivateKey.generate().private_bytes_raw().hex()

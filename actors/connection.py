@@ -1,0 +1,425 @@
+# Connection actor: owns the transport and the protocol session of the current connection.
+# Invariants: the session is touched only in this actor's thread; connecting and reading happen
+# in a per-attempt I/O thread that only `tell`s this actor, so the mailbox never waits on the
+# network; messages from an older attempt or session are dropped by their attempt/session id.
+# Connection retry (backoff) lives here; message retry does not exist: replay is the Outbox's,
+# driven by the session's resume point.
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pykka
+from loguru import logger
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from jobrelay.actors.config import WorkerConfig, load_key
+from jobrelay.actors.messages import (
+    Beat,
+    ConnectionState,
+    Count,
+    Incoming,
+    IoClosed,
+    IoConnected,
+    IoFailed,
+    IoReceived,
+    NewInStream,
+    PeerAcked,
+    Persisted,
+    Reconnect,
+    SendData,
+    SessionClosed,
+    SessionOpened,
+    StateChanged,
+)
+from jobrelay.actors.transport import Transport, TransportError, WebSocketTransport
+from jobrelay.protocol import events as ev
+from jobrelay.protocol.backoff import full_jitter
+from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
+from jobrelay.protocol.session import SessionState, WorkerSession
+from jobrelay.protocol.streams import StreamMarks
+
+__all__ = ["CLOSE_CODES", "ConnectionActor", "ConnectionProxy"]
+
+# WebSocket close codes per docs/PROTOCOL.md.
+CLOSE_CODES: dict[ErrorCode | None, int] = {
+    None: 1000,
+    ErrorCode.FRAME_TOO_LARGE: 1009,
+    ErrorCode.HEARTBEAT_TIMEOUT: 4002,
+    ErrorCode.HANDSHAKE_TIMEOUT: 4003,
+    ErrorCode.UNSUPPORTED_VERSION: 4004,
+    ErrorCode.UNSUPPORTED_CODEC: 4004,
+}
+AUTH_CODES = frozenset(
+    {
+        ErrorCode.UNKNOWN_KEY,
+        ErrorCode.WRONG_KEY,
+        ErrorCode.BAD_SIGNATURE,
+        ErrorCode.STALE_TIMESTAMP,
+        ErrorCode.REPLAYED_NONCE,
+        ErrorCode.NOT_AUTHENTICATED,
+    }
+)
+
+
+class ConnectionActor(pykka.ThreadingActor):
+    """Keeps one authenticated session to the facilitator up, reconnecting with backoff.
+
+    Args:
+        config: the worker configuration (checked).
+        marks: called from the I/O thread before each connection attempt to read the durable
+            stream marks (outbox and inbox state).
+        outbox / router / metrics: actor refs this actor `tell`s.
+        transport_factory: makes a Transport per attempt (tests pass an in-memory one).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        marks: Callable[[], StreamMarks],
+        outbox: pykka.ActorRef[Any],
+        router: pykka.ActorRef[Any],
+        metrics: pykka.ActorRef[Any],
+        transport_factory: Callable[[], Transport] | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._key = load_key(config)
+        self._marks = marks
+        self._outbox = outbox
+        self._router = router
+        self._metrics = metrics
+        self._factory = transport_factory or (lambda: WebSocketTransport(config.ca_file))
+        self._clock = clock
+        self._rand = rand
+        self._state = ConnectionState.DISCONNECTED
+        self._attempt = 0
+        self._failures = 0
+        self._transport: Transport | None = None
+        self._session: WorkerSession | None = None
+        self._timer: threading.Timer | None = None
+        self._subscribers: list[pykka.ActorRef[Any]] = []
+        self._connected = threading.Event()
+        self._last_contact = 0.0
+        self._draining = False
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        self._connect()
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        self._shutdown("worker stopping", 1001)
+        self._set_state(ConnectionState.CLOSED, "stopped")
+
+    def on_failure(self, *args: object) -> None:
+        self._stopping = True
+        self._shutdown("worker crashed", 1001)
+
+    # ------------------------------------------------------------ public (proxy) API
+
+    def subscribe(self, ref: pykka.ActorRef[Any]) -> None:
+        """``ref`` gets a StateChanged message on every state change."""
+        self._subscribers.append(ref)
+
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def last_contact(self) -> float:
+        """When a frame last arrived from the facilitator (0 if never)."""
+        return self._last_contact
+
+    def connected_event(self) -> threading.Event:
+        """Set while the session is open (for ``Worker.wait_connected``)."""
+        return self._connected
+
+    def drain(self) -> None:
+        """Tell the facilitator we are draining (no new jobs), now and in every heartbeat."""
+        self._draining = True
+        session = self._session
+        if session is not None and session.is_open:
+            session.send_heartbeat(self._clock(), draining=True)
+            self._flush()
+
+    def drop(self, reason: str = "dropped on request") -> None:
+        """Close the current connection and reconnect (used by tests and chaos tools)."""
+        if self._session is not None:
+            self._session.connection_lost(reason)
+            self._handle_events()
+
+    # ------------------------------------------------------------ messages
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case IoReceived(attempt=a, data=data) if a == self._attempt:
+                self._on_data(data)
+            case IoConnected(attempt=a, marks=marks) if a == self._attempt:
+                self._on_connected(marks)
+            case IoFailed(attempt=a, error=error) if a == self._attempt:
+                logger.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
+                self._backoff(error)
+            case IoClosed(attempt=a, detail=detail) if a == self._attempt:
+                if self._session is not None:
+                    self._session.connection_lost(detail)
+                    self._handle_events()
+                else:
+                    self._backoff(detail)
+            case SendData(session_id=sid, items=items):
+                self._on_send(sid, items)
+            case Persisted(session_id=sid, upto=upto):
+                session = self._session
+                if session is not None and session.is_open and session.session_id == sid:
+                    session.acknowledge(upto)
+                    self._flush()
+            case Beat(at=now):
+                self._on_beat(now)
+            case Reconnect(attempt=a) if a == self._attempt and self._session is None:
+                self._connect()
+            case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
+                pass  # from an attempt that was already given up
+            case _:
+                logger.error("Connection got an unknown message {!r}", message)
+
+    # ------------------------------------------------------------ internals
+
+    def _connect(self) -> None:
+        if self._stopping:
+            return
+        self._attempt += 1
+        attempt = self._attempt
+        self._set_state(ConnectionState.CONNECTING)
+        transport = self._factory()
+        self._transport = transport
+        ref = self.actor_ref
+        thread = threading.Thread(
+            target=_io_loop,
+            args=(ref, attempt, transport, self.config.url, self.config.connect_timeout, self._marks),
+            name=f"jobrelay-io-{attempt}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _on_connected(self, marks: StreamMarks) -> None:
+        self._set_state(ConnectionState.AUTHENTICATING)
+        self._session = WorkerSession(
+            worker_id=self.config.worker_id,
+            key=self._key,
+            marks=marks,
+            now=self._clock(),
+            config=self.config.session_config(),
+        )
+        self._flush()
+
+    def _on_data(self, data: bytes | str) -> None:
+        session = self._session
+        if session is None:
+            return
+        now = self._clock()
+        self._last_contact = now
+        session.receive_data(data, now)
+        self._handle_events()
+
+    def _on_send(self, session_id: str, items: list[tuple[int, Any]]) -> None:
+        session = self._session
+        if session is None or not session.is_open or session.session_id != session_id:
+            return  # the Outbox replays these on the next session
+        try:
+            session.send_data(items)
+        except LocalProtocolError as exc:
+            # A bug on our side (window/order); drop the session so a clean replay follows.
+            logger.error("refusing to send data: {}", exc)
+            session.close(ErrorCode.INTERNAL, str(exc))
+            self._handle_events()
+            return
+        self._tell_metrics(Count("data_sent", len(items)))
+        self._flush()
+
+    def _on_beat(self, now: float) -> None:
+        session = self._session
+        if session is None:
+            return
+        session.tick(now)
+        if session.heartbeat_due(now):
+            session.send_heartbeat(now, draining=self._draining)
+        self._handle_events()
+
+    def _handle_events(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        incoming: list[tuple[int, Any]] = []
+        for event in session.events_received():
+            match event:
+                case ev.DataReceived(seq=seq, body=body):
+                    incoming.append((seq, body))
+                case ev.Acked(upto=upto):
+                    self._outbox.tell(PeerAcked(session.session_id, upto))
+                case ev.DuplicateDropped():
+                    self._tell_metrics(Count("duplicates_dropped"))
+                case ev.Opened():
+                    self._on_opened(event)
+                case ev.PeerWarning(code=code, detail=detail):
+                    logger.warning("facilitator refused a message: {} {}", code, detail)
+                    self._tell_metrics(Count("refused_by_peer"))
+                case ev.Closed():
+                    if incoming:
+                        self._router.tell(Incoming(session.session_id, incoming))
+                        incoming = []
+                    self._on_closed(event)
+                    return
+                case _:
+                    pass
+        if incoming:
+            self._router.tell(Incoming(session.session_id, incoming))
+            self._tell_metrics(Count("data_received", len(incoming)))
+        self._flush()
+
+    def _on_opened(self, event: ev.Opened) -> None:
+        session = self._session
+        assert session is not None
+        self._failures = 0
+        if event.new_in_stream:
+            logger.warning(
+                "facilitator stream has a new epoch {} (its store is new); resuming after {}",
+                event.in_epoch,
+                event.in_hwm,
+            )
+            self._tell_metrics(Count("new_streams"))
+        self._router.tell(NewInStream(event.in_epoch, event.in_hwm))
+        self._outbox.tell(SessionOpened(session.session_id, event.resume_after, session.sender.window))
+        self._connected.set()
+        self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
+        if self._draining:
+            session.send_heartbeat(self._clock(), draining=True)
+
+    def _on_closed(self, event: ev.Closed) -> None:
+        session = self._session
+        self._session = None
+        self._connected.clear()
+        code = CLOSE_CODES.get(event.code, 4001 if event.code in AUTH_CODES else 4000)
+        self._flush_to_transport(session)
+        self._shutdown(event.detail, code)
+        if session is not None:
+            self._outbox.tell(SessionClosed(session.session_id))
+        who = "facilitator" if event.by_peer else "we"
+        log = logger.warning if event.code is not None else logger.info
+        log("connection closed ({} ended it): {} {}", who, event.code or "", event.detail)
+        if event.code in AUTH_CODES:
+            logger.error("authentication refused ({}): check worker_id and key", event.code)
+        self._backoff(event.detail)
+
+    def _backoff(self, why: str) -> None:
+        self._connected.clear()
+        self._shutdown(why, 1000)
+        if self._stopping:
+            return
+        self._failures += 1
+        limit = self.config.max_attempts
+        if limit is not None and self._failures >= limit:
+            logger.error("giving up after {} failed connection attempts", self._failures)
+            self._set_state(ConnectionState.CLOSED, f"gave up after {self._failures} attempts")
+            return
+        delay = full_jitter(
+            self._failures - 1, base=self.config.backoff_base, cap=self.config.backoff_cap, rand=self._rand()
+        )
+        self._tell_metrics(Count("reconnects"))
+        self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}")
+        self._timer = threading.Timer(delay, _tell, (self.actor_ref, Reconnect(self._attempt)))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _flush(self) -> None:
+        self._flush_to_transport(self._session)
+
+    def _flush_to_transport(self, session: WorkerSession | None) -> None:
+        transport = self._transport
+        if session is None or transport is None:
+            return
+        frames = session.data_to_send()
+        if not frames:
+            return
+        try:
+            for frame in frames:
+                transport.send(frame.data, frame.binary)
+        except TransportError as exc:
+            if session.state is not SessionState.CLOSED:
+                session.connection_lost(str(exc))
+                self._handle_events()
+
+    def _shutdown(self, reason: str, code: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close(code, reason)
+
+    def _set_state(self, state: ConnectionState, detail: str = "") -> None:
+        if state is self._state and state is not ConnectionState.BACKOFF:
+            return
+        self._state = state
+        logger.bind(state=state.value).info("connection {}{}", state.value, f": {detail}" if detail else "")
+        message = StateChanged(state, self._clock(), detail)
+        for ref in self._subscribers:
+            ref.tell(message)
+
+    def _tell_metrics(self, message: Any) -> None:
+        self._metrics.tell(message)
+
+
+def _io_loop(
+    ref: pykka.ActorRef[Any],
+    attempt: int,
+    transport: Transport,
+    url: str,
+    timeout: float,
+    marks: Callable[[], StreamMarks],
+) -> None:
+    """One connection attempt: read marks, connect, then read until the connection ends."""
+    try:
+        stream_marks = marks()
+        transport.connect(url, timeout)
+    except Exception as exc:
+        _tell(ref, IoFailed(attempt, str(exc)))
+        return
+    _tell(ref, IoConnected(attempt, stream_marks))
+    while True:
+        try:
+            data = transport.recv()
+        except TransportError as exc:
+            _tell(ref, IoClosed(attempt, str(exc)))
+            return
+        if not _tell(ref, IoReceived(attempt, data)):
+            transport.close(1001, "worker stopped")
+            return
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
+
+
+class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
+    """Typed proxy of ConnectionActor (every call returns a pykka Future)."""
+
+    subscribe = proxy_method(ConnectionActor.subscribe)
+    state = proxy_method(ConnectionActor.state)
+    last_contact = proxy_method(ConnectionActor.last_contact)
+    connected_event = proxy_method(ConnectionActor.connected_event)
+    drain = proxy_method(ConnectionActor.drain)
+    drop = proxy_method(ConnectionActor.drop)
+
+
+def connection_proxy(ref: pykka.ActorRef[ConnectionActor]) -> ConnectionProxy:
+    return cast(ConnectionProxy, ref.proxy())

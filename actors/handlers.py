@@ -1,0 +1,187 @@
+# Job handlers and the context they report through. A handler runs in its own thread; every
+# report becomes a durable status update via the Outbox. Invariant: run_handler() ends every job
+# with exactly one terminal status (completed, failed or cancelled) and then tells the router.
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import pykka
+from loguru import logger
+
+from jobrelay.actors.messages import Count, JobDone, Observe
+from jobrelay.protocol.messages import JobRequest, JobStatus
+
+__all__ = ["CommandHandler", "Handler", "JobCancelled", "JobContext", "run_handler"]
+
+# How long a handler's update waits for its status to become durable (back-pressure).
+_UPDATE_TIMEOUT = 60.0
+
+
+class JobCancelled(Exception):
+    """Raise from a handler (or let ctx.check_cancelled() raise it) to end the job as cancelled."""
+
+
+class JobContext:
+    """What a handler gets besides the job: progress reporting and cancellation."""
+
+    def __init__(
+        self,
+        job: JobRequest,
+        *,
+        publish: Callable[..., pykka.Future[int]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.job = job
+        self._publish = publish
+        self._clock = clock
+        self._cancelled = threading.Event()
+        self.cancel_reason = ""
+        self.started_at = clock()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the facilitator (or a stopping worker) asked this job to stop."""
+        return self._cancelled.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early on cancellation; returns ``cancelled``."""
+        return self._cancelled.wait(timeout)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled."""
+        if self._cancelled.is_set():
+            raise JobCancelled(self.cancel_reason)
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self._cancelled.set()
+
+    def update(
+        self, status: JobStatus = JobStatus.RUNNING, *, progress: float | None = None, detail: str = ""
+    ) -> None:
+        """Report progress; returns once the update is durable (raises if it cannot be stored).
+
+        Raises:
+            ValueError: a terminal status (return from the handler or raise instead).
+        """
+        if status.terminal:
+            raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
+        self._publish(self.job.job_id, status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
+
+
+class Handler(Protocol):
+    def __call__(self, job: JobRequest, ctx: JobContext) -> Any: ...
+
+
+class CommandHandler:
+    """Runs an external command per job: the job as JSON on stdin, one JSON status per stdout line.
+
+    Each stdout line is ``{"status": "running", "progress": 0.5, "detail": "…"}`` (all optional).
+    Exit code 0 completes the job; anything else fails it with the end of stderr. A cancelled job's
+    process is terminated (then killed after ``kill_after`` seconds).
+    """
+
+    def __init__(self, argv: Sequence[str], *, kill_after: float = 3.0) -> None:
+        if not argv:
+            raise ValueError("CommandHandler needs a command")
+        self.argv = list(argv)
+        self.kill_after = kill_after
+
+    def __call__(self, job: JobRequest, ctx: JobContext) -> str:
+        proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        watcher = threading.Thread(target=self._watch, args=(proc, ctx), daemon=True)
+        watcher.start()
+        stderr: list[str] = []
+        reader = threading.Thread(
+            target=lambda: stderr.append(proc.stderr.read() if proc.stderr else ""), daemon=True
+        )
+        reader.start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(msgspec.json.encode(job).decode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        last_detail = ""
+        for line in proc.stdout:
+            last_detail = self._report(line, ctx) or last_detail
+        code = proc.wait()
+        reader.join(timeout=5)
+        ctx.check_cancelled()
+        if code != 0:
+            tail = "".join(stderr).strip()[-500:]
+            raise RuntimeError(f"command exited with {code}" + (f": {tail}" if tail else ""))
+        return last_detail
+
+    @staticmethod
+    def _report(line: str, ctx: JobContext) -> str:
+        line = line.strip()
+        if not line:
+            return ""
+        try:
+            doc = json.loads(line)
+            status = JobStatus(doc.get("status", "running"))
+            progress = doc.get("progress")
+            detail = str(doc.get("detail", ""))
+        except (ValueError, AttributeError, TypeError):
+            logger.warning(
+                "job {}: ignoring a stdout line that is not a status: {!r}", ctx.job.job_id, line[:200]
+            )
+            return ""
+        if status.terminal:
+            return detail  # the exit code decides the terminal status
+        ctx.update(status, progress=progress if isinstance(progress, int | float) else None, detail=detail)
+        return detail
+
+    def _watch(self, proc: subprocess.Popen[str], ctx: JobContext) -> None:
+        while proc.poll() is None:
+            if ctx.wait_cancelled(0.1):
+                proc.terminate()
+                try:
+                    proc.wait(self.kill_after)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return
+
+
+def run_handler(
+    handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
+) -> None:
+    """Run one job to its terminal status (in the job's own thread)."""
+    job = ctx.job
+    status, detail = JobStatus.COMPLETED, ""
+    try:
+        ctx.update(JobStatus.RUNNING)
+        result = handler(job, ctx)
+        if ctx.cancelled:
+            status, detail = JobStatus.CANCELLED, ctx.cancel_reason
+        elif result is not None:
+            detail = str(result)[:2000]
+    except JobCancelled:
+        status, detail = JobStatus.CANCELLED, ctx.cancel_reason or "cancelled"
+    except Exception as exc:
+        if ctx.cancelled:
+            status, detail = JobStatus.CANCELLED, ctx.cancel_reason
+        else:
+            logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
+            status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
+    try:
+        ctx._publish(job.job_id, status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
+    except Exception as exc:
+        logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
+    metrics.tell(Count(f"jobs_{status.value}"))
+    metrics.tell(Observe("job_duration", ctx._clock() - ctx.started_at))
+    with contextlib.suppress(pykka.ActorDeadError):
+        router.tell(JobDone(job.job_id))

@@ -1,0 +1,56 @@
+# Heartbeat actor: a timer thread that beats every `period` seconds. Each beat tells the
+# Connection to send a heartbeat when one is due and to drop a peer silent past the deadline,
+# and tells the Outbox to expire publishes that waited too long for room.
+# Invariant: the timer thread only `tell`s; it stops when the actor stops.
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from jobrelay.actors.messages import Beat
+
+__all__ = ["HeartbeatActor"]
+
+
+class HeartbeatActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        targets: list[pykka.ActorRef[Any]],
+        *,
+        period: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self._targets = targets
+        self._period = period
+        self._clock = clock
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jobrelay-heartbeat", daemon=True)
+
+    def on_start(self) -> None:
+        self._thread.start()
+
+    def on_stop(self) -> None:
+        self._halt.set()
+
+    def on_failure(self, *args: object) -> None:
+        self._halt.set()
+
+    def beats(self) -> int:
+        return self._count
+
+    _count = 0
+
+    def _run(self) -> None:
+        while not self._halt.wait(self._period):
+            beat = Beat(self._clock())
+            for ref in self._targets:
+                try:
+                    ref.tell(beat)
+                except pykka.ActorDeadError:
+                    return
+            self._count += 1

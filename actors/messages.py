@@ -1,0 +1,142 @@
+# Typed messages the actors exchange (never on the wire). Actors `tell` these to each other;
+# a `session_id` on stream messages lets receivers drop what belongs to a session that ended.
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Beat",
+    "ConnectionState",
+    "Count",
+    "Gauge",
+    "Incoming",
+    "IoClosed",
+    "IoConnected",
+    "IoFailed",
+    "IoReceived",
+    "JobDone",
+    "NewInStream",
+    "Observe",
+    "PeerAcked",
+    "Persisted",
+    "Publish",
+    "Reconnect",
+    "SendData",
+    "SessionClosed",
+    "SessionOpened",
+    "StateChanged",
+]
+
+
+class ConnectionState(enum.StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    AUTHENTICATING = "authenticating"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    CLOSED = "closed"
+
+
+class _Msg(msgspec.Struct, frozen=True):
+    pass
+
+
+# --- I/O thread → Connection
+class IoConnected(_Msg, frozen=True):
+    attempt: int
+    marks: Any  # protocol.streams.StreamMarks read by the I/O thread before connecting
+
+
+class IoFailed(_Msg, frozen=True):
+    attempt: int
+    error: str
+
+
+class IoReceived(_Msg, frozen=True):
+    attempt: int
+    data: bytes | str
+
+
+class IoClosed(_Msg, frozen=True):
+    attempt: int
+    detail: str
+
+
+# --- Connection ↔ Outbox
+class SessionOpened(_Msg, frozen=True):
+    session_id: str
+    resume_after: int
+    window: int
+
+
+class SessionClosed(_Msg, frozen=True):
+    session_id: str
+
+
+class PeerAcked(_Msg, frozen=True):
+    session_id: str
+    upto: int
+
+
+class SendData(_Msg, frozen=True):
+    session_id: str
+    items: list[tuple[int, Any]]
+
+
+class Publish(_Msg, frozen=True):
+    body: Any
+    future: Any  # pykka.Future[int], resolved with the seq once durable
+
+
+# --- Connection ↔ JobRouter
+class NewInStream(_Msg, frozen=True):
+    epoch: str
+    hwm: int
+
+
+class Incoming(_Msg, frozen=True):
+    session_id: str
+    items: list[tuple[int, Any]]
+
+
+class Persisted(_Msg, frozen=True):
+    session_id: str
+    upto: int
+
+
+class JobDone(_Msg, frozen=True):
+    job_id: str
+
+
+# --- timers
+class Beat(_Msg, frozen=True):
+    at: float
+
+
+class Reconnect(_Msg, frozen=True):
+    attempt: int
+
+
+# --- anyone → subscribers / Metrics
+class StateChanged(_Msg, frozen=True):
+    state: ConnectionState
+    at: float
+    detail: str = ""
+
+
+class Count(_Msg, frozen=True):
+    name: str
+    n: int = 1
+
+
+class Gauge(_Msg, frozen=True):
+    name: str
+    value: float
+
+
+class Observe(_Msg, frozen=True):
+    name: str
+    value: float

@@ -1,0 +1,93 @@
+# Metrics actor: counters, gauges and histograms reported by the other actors with `tell`.
+# Invariant: reporting never blocks the reporter; snapshot() is a consistent copy.
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, cast
+
+import msgspec
+import pykka
+from loguru import logger
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from jobrelay.actors.messages import Count, Gauge, Observe, StateChanged
+
+__all__ = ["Histogram", "MetricsActor", "MetricsProxy", "MetricsSnapshot"]
+
+_RESERVOIR = 2048
+
+
+class Histogram(msgspec.Struct, frozen=True):
+    count: int
+    sum: float
+    p50: float
+    p99: float
+    max: float
+
+
+class MetricsSnapshot(msgspec.Struct, frozen=True):
+    """A copy of every metric at one instant."""
+
+    at: float
+    state: str
+    counters: dict[str, int]
+    gauges: dict[str, float]
+    histograms: dict[str, Histogram]
+
+    def counter(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+
+class MetricsActor(pykka.ThreadingActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._counters: dict[str, int] = {}
+        self._gauges: dict[str, float] = {}
+        self._samples: dict[str, deque[float]] = {}
+        self._totals: dict[str, tuple[int, float, float]] = {}
+        self._state = "disconnected"
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case Count(name=name, n=n):
+                self._counters[name] = self._counters.get(name, 0) + n
+            case Gauge(name=name, value=value):
+                self._gauges[name] = value
+            case Observe(name=name, value=value):
+                self._samples.setdefault(name, deque(maxlen=_RESERVOIR)).append(value)
+                count, total, peak = self._totals.get(name, (0, 0.0, 0.0))
+                self._totals[name] = (count + 1, total + value, max(peak, value))
+            case StateChanged(state=state):
+                self._state = state.value
+                self._counters[f"state_{state.value}"] = self._counters.get(f"state_{state.value}", 0) + 1
+            case _:
+                logger.error("Metrics got an unknown message {!r}", message)
+
+    def snapshot(self) -> MetricsSnapshot:
+        histograms = {}
+        for name, samples in self._samples.items():
+            ordered = sorted(samples)
+            count, total, peak = self._totals[name]
+            histograms[name] = Histogram(
+                count=count,
+                sum=total,
+                p50=ordered[len(ordered) // 2],
+                p99=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+                max=peak,
+            )
+        return MetricsSnapshot(
+            at=time.time(),
+            state=self._state,
+            counters=dict(self._counters),
+            gauges=dict(self._gauges),
+            histograms=histograms,
+        )
+
+
+class MetricsProxy(ActorMemberMixin, pykka.ActorProxy[MetricsActor]):
+    snapshot = proxy_method(MetricsActor.snapshot)
+
+
+def metrics_proxy(ref: pykka.ActorRef[MetricsActor]) -> MetricsProxy:
+    return cast(MetricsProxy, ref.proxy())

@@ -1,0 +1,349 @@
+# Outbox actor: owns the worker's SQLite connection for outgoing data (storage.Outbox) and the
+# job ledger's status records, so a status update and its ledger entry commit together.
+# Invariants: a publish future resolves only after its row is committed (durable before
+# acknowledged to the caller); concurrent publishes share one commit (group commit); at most
+# `window` seqs are in flight; after a new session, sending resumes right after the
+# facilitator's acknowledged seq, in order; nothing is resent within a session.
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+import pykka
+from loguru import logger
+
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.messages import (
+    Beat,
+    Count,
+    Gauge,
+    Observe,
+    PeerAcked,
+    Publish,
+    SendData,
+    SessionClosed,
+    SessionOpened,
+)
+from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
+from jobrelay.storage import (
+    Database,
+    JobLedger,
+    Outbox,
+    OutboxFull,
+    OutboxStats,
+    StatusResult,
+    StatusUpdate,
+    TerminalStatusError,
+    UnknownJobError,
+    open_database,
+)
+
+__all__ = ["OutboxActor", "OutboxHandle", "decode_body", "encode_body"]
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(WorkerBody)
+_CACHE_LIMIT = 200_000
+
+
+def encode_body(body: WorkerBody) -> tuple[str, bytes]:
+    """``(kind, payload)`` as stored: the body's tag and its JSON encoding."""
+    return type(body).__struct_config__.tag, _ENCODER.encode(body)  # type: ignore[return-value]
+
+
+def decode_body(payload: bytes) -> WorkerBody:
+    body: WorkerBody = _DECODER.decode(payload)
+    return body
+
+
+class _Flush(msgspec.Struct, frozen=True):
+    pass
+
+
+class OutboxActor(pykka.ThreadingActor):
+    """Durable outgoing stream of the worker (status updates, machine specs, worker events)."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        metrics: pykka.ActorRef[Any],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._db: Database | None = None
+        self._outbox: Outbox | None = None
+        self._ledger: JobLedger | None = None
+        self._connection: pykka.ActorRef[Any] | None = None
+        self._batch: list[Publish] = []
+        self._flush_pending = False
+        self._blocked: list[tuple[float, Publish]] = []
+        self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
+        self._session: str | None = None
+        self._window = 0
+        self._sent = 0
+        self._acked = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        self._db = open_database(self.config.db_path, durability=self.config.durability, check=False)
+        self._outbox = Outbox(
+            self._db, "out", max_rows=self.config.max_outbox_rows, max_bytes=self.config.max_outbox_bytes
+        )
+        self._ledger = JobLedger(self._db)
+        self._acked = self._outbox.last_acked
+
+    def on_stop(self) -> None:
+        self._commit()
+        self._close()
+
+    def on_failure(self, *args: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._fail_blocked([p for _, p in self._blocked])
+        if self._db is not None:
+            self._db.close()
+
+    # ------------------------------------------------------------ proxy API
+
+    def attach(self, connection: pykka.ActorRef[Any]) -> None:
+        """Where SendData goes (set before the Connection starts)."""
+        self._connection = connection
+
+    def out_marks(self) -> tuple[str, int, int]:
+        """``(epoch, last_acked, last_seq)`` of the outgoing stream."""
+        outbox = self._store()
+        return outbox.epoch, outbox.last_acked, outbox.last_seq
+
+    def stats(self) -> OutboxStats:
+        return self._store().stats()
+
+    def in_flight(self) -> int:
+        return self._sent - self._acked if self._session else 0
+
+    # ------------------------------------------------------------ messages
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Publish):
+            self._batch.append(message)
+            if self.actor_inbox.empty() or len(self._batch) >= self.config.max_batch:
+                self._commit()
+            elif not self._flush_pending:
+                # More messages are queued: commit after them, together (group commit).
+                self._flush_pending = True
+                self.actor_ref.tell(_Flush())
+            return
+        self._commit()
+        match message:
+            case _Flush():
+                self._flush_pending = False
+            case SessionOpened(session_id=sid, resume_after=after, window=window):
+                self._on_opened(sid, after, window)
+            case SessionClosed(session_id=sid) if sid == self._session:
+                self._session = None
+            case PeerAcked(session_id=sid, upto=upto) if sid == self._session:
+                self._on_acked(upto)
+            case Beat(at=now):
+                self._expire_blocked(now)
+            case SessionClosed() | PeerAcked():
+                pass
+            case _:
+                logger.error("Outbox got an unknown message {!r}", message)
+
+    # ------------------------------------------------------------ internals
+
+    def _store(self) -> Outbox:
+        assert self._outbox is not None, "Outbox actor not started"
+        return self._outbox
+
+    def _commit(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._write(batch)
+        self._fill()
+
+    def _write(self, batch: list[Publish]) -> bool:
+        """Commit ``batch`` in one transaction; False if it had to wait for room."""
+        outbox, ledger, db = self._store(), self._ledger, self._db
+        assert ledger is not None and db is not None
+        encoded = [encode_body(p.body) for p in batch]
+        updates = [
+            (i, StatusUpdate(p.body.job_id, p.body.status.value, p.body.detail, p.body.progress, p.body.at))
+            for i, p in enumerate(batch)
+            if isinstance(p.body, JobStatusUpdate)
+        ]
+        refused: dict[int, Exception] = {}
+        try:
+            with db.transaction("publish"):
+                if updates:
+                    results = ledger.record_statuses([u for _, u in updates])
+                    for (i, update), result in zip(updates, results, strict=True):
+                        if result is not StatusResult.RECORDED:
+                            refused[i] = _refusal(update, result, db)
+                keep = [item for i, item in enumerate(encoded) if i not in refused]
+                seqs = iter(outbox.append_many(keep))
+        except OutboxFull:
+            deadline = self._clock() + self.config.publish_timeout
+            self._blocked.extend((deadline, p) for p in batch)
+            self._metrics.tell(Count("outbox_full"))
+            return False
+        except Exception as exc:
+            for publish in batch:
+                publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+            logger.error("publish of {} messages failed: {}", len(batch), exc)
+            return True
+        now = self._clock()
+        for i, publish in enumerate(batch):
+            if i in refused:
+                refusal = refused[i]
+                logger.warning("refused to publish: {}", refusal)
+                publish.future.set_exception(exc_info=(type(refusal), refusal, None))
+                continue
+            seq = next(seqs)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[seq] = (publish.body, now)
+            publish.future.set(seq)
+        self._metrics.tell(Count("published", len(batch) - len(refused)))
+        self._report_depth()
+        return True
+
+    def _fill(self) -> None:
+        """Send what the window allows, in seq order (fresh rows from memory, older from disk)."""
+        if self._session is None or self._connection is None:
+            return
+        outbox = self._store()
+        capacity = self._window - (self._sent - self._acked)
+        last = outbox.last_seq
+        if capacity <= 0 or self._sent >= last:
+            return
+        upto = min(last, self._sent + capacity)
+        items: list[tuple[int, Any]] = []
+        seq = self._sent + 1
+        if seq in self._cache:
+            while seq <= upto and seq in self._cache:
+                items.append((seq, self._cache[seq][0]))
+                seq += 1
+        else:
+            for row in outbox.pending(after=self._sent, limit=upto - self._sent):
+                items.append((row.seq, decode_body(row.payload)))
+        if items:
+            self._sent = items[-1][0]
+            self._connection.tell(SendData(self._session, items))
+            self._metrics.tell(Gauge("in_flight", self._sent - self._acked))
+
+    def _on_opened(self, session_id: str, resume_after: int, window: int) -> None:
+        outbox = self._store()
+        if resume_after > outbox.last_acked:
+            outbox.ack(resume_after)
+        replay = outbox.last_seq - resume_after
+        self._session, self._window = session_id, window
+        self._sent = self._acked = resume_after
+        self._drop_cached(resume_after)
+        if replay:
+            logger.info("replaying {} messages after seq {}", replay, resume_after)
+            self._metrics.tell(Count("replayed", replay))
+        self._fill()
+
+    def _on_acked(self, upto: int) -> None:
+        self._store().ack(upto)
+        self._metrics.tell(Count("acked", upto - self._acked))
+        self._acked = upto
+        self._drop_cached(upto)
+        self._report_depth()
+        self._retry_blocked()
+        self._fill()
+
+    def _drop_cached(self, upto: int) -> None:
+        now = self._clock()
+        cache = self._cache
+        while cache:
+            seq, (_, at) = next(iter(cache.items()))
+            if seq > upto:
+                break
+            del cache[seq]
+            if seq == upto:  # one sample per ack keeps the histogram cheap
+                self._metrics.tell(Observe("ack_latency", now - at))
+
+    def _retry_blocked(self) -> None:
+        if not self._blocked:
+            return
+        blocked, self._blocked = self._blocked, []
+        if not self._write([p for _, p in blocked]):
+            # Still full: keep the original deadlines (the new entries were appended).
+            self._blocked = blocked
+
+    def _expire_blocked(self, now: float) -> None:
+        self._retry_blocked()
+        expired = [p for deadline, p in self._blocked if deadline <= now]
+        if not expired:
+            return
+        self._blocked = [(d, p) for d, p in self._blocked if d > now]
+        self._fail_blocked(expired)
+
+    def _fail_blocked(self, publishes: list[Publish]) -> None:
+        """Fail publishes that found no room before their deadline (or before the stop)."""
+        if not publishes or self._outbox is None:
+            return
+        stats = self._outbox.stats()
+        exc = OutboxFull(
+            "out",
+            depth_rows=stats.depth_rows,
+            depth_bytes=stats.depth_bytes,
+            max_rows=self.config.max_outbox_rows,
+            max_bytes=self.config.max_outbox_bytes,
+            adding_rows=len(publishes),
+            adding_bytes=0,
+        )
+        for publish in publishes:
+            publish.future.set_exception(exc_info=(OutboxFull, exc, None))
+        self._blocked = [(d, p) for d, p in self._blocked if p not in publishes]
+
+    def _report_depth(self) -> None:
+        outbox = self._store()
+        self._metrics.tell(Gauge("outbox_depth", outbox.last_seq - outbox.last_acked))
+
+
+def _refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:
+    if result is StatusResult.UNKNOWN_JOB:
+        return UnknownJobError(update.job_id, path=db.path)
+    if result is StatusResult.ALREADY_TERMINAL:
+        return TerminalStatusError(update.job_id, "terminal", update.status, path=db.path)
+    return ValueError(f"invalid status update {update!r}")
+
+
+class OutboxHandle:
+    """What callers use: ``publish(body)`` returns a future resolved with the seq once durable.
+
+    Publishing is a `tell` (no blocking ask per message); concurrent publishes share a commit.
+    """
+
+    def __init__(self, ref: pykka.ActorRef[OutboxActor]) -> None:
+        self.actor_ref = ref
+        self._proxy = cast(Any, ref.proxy())
+
+    def publish(self, body: WorkerBody) -> pykka.Future[int]:
+        """Durably queue ``body`` for the facilitator.
+
+        The future fails with OutboxFull when there is no room within ``publish_timeout``,
+        TerminalStatusError for a second terminal status of a job, or StorageError.
+        """
+        future: pykka.ThreadingFuture[int] = pykka.ThreadingFuture()
+        self.actor_ref.tell(Publish(body, future))
+        return future
+
+    def stats(self) -> pykka.Future[OutboxStats]:
+        return cast("pykka.Future[OutboxStats]", self._proxy.stats())
+
+    def in_flight(self) -> pykka.Future[int]:
+        return cast("pykka.Future[int]", self._proxy.in_flight())
+
+    def out_marks(self) -> pykka.Future[tuple[str, int, int]]:
+        return cast("pykka.Future[tuple[str, int, int]]", self._proxy.out_marks())

@@ -1,0 +1,216 @@
+# JobRouter actor: owns the inbox (what the facilitator sent) and routes job requests to
+# handlers. Invariants: data is committed to the inbox before the Connection is told to ack it;
+# a job id is started at most once (ledger dedup); at most `max_concurrent_jobs` handlers run;
+# every job gets exactly one terminal status (the Outbox's ledger check refuses a second one);
+# jobs left unfinished by a crash end as failed: worker_restarted when the router starts.
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+import pykka
+from loguru import logger
+
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.handlers import Handler, JobContext, run_handler
+from jobrelay.actors.messages import Count, Gauge, Incoming, JobDone, NewInStream, Persisted
+from jobrelay.actors.outbox import OutboxHandle
+from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, JobStatusUpdate
+from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
+
+__all__ = ["STREAM", "JobRouter"]
+
+STREAM = "facilitator"
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(FacilitatorBody)
+
+
+class JobRouter(pykka.ThreadingActor):
+    """Accepts job requests and cancels from the facilitator and runs them through handlers."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        handlers: dict[str, Handler],
+        *,
+        outbox: OutboxHandle,
+        metrics: pykka.ActorRef[Any],
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._handlers = dict(handlers)
+        self._outbox = outbox
+        self._metrics = metrics
+        self._clock = clock
+        self._connection: pykka.ActorRef[Any] | None = None
+        self._db: Database | None = None
+        self._inbox: Inbox | None = None
+        self._ledger: JobLedger | None = None
+        self._running: dict[str, JobContext] = {}
+        self._queued: deque[JobRequest] = deque()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_start(self) -> None:
+        self._db = open_database(self.config.db_path, durability=self.config.durability, check=False)
+        self._inbox = Inbox(self._db)
+        self._ledger = JobLedger(self._db)
+        for record in self._ledger.unfinished():
+            logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
+            self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
+            self._metrics.tell(Count("jobs_failed"))
+        for row in self._inbox.unconsumed(STREAM):
+            self._apply(row.seq, _DECODER.decode(row.payload))
+
+    def on_stop(self) -> None:
+        self.cancel_all("worker stopping")
+        if self._db is not None:
+            self._db.close()
+
+    def on_failure(self, *args: object) -> None:
+        self.cancel_all("worker crashed")
+        if self._db is not None:
+            self._db.close()
+
+    # ------------------------------------------------------------ proxy API
+
+    def attach(self, connection: pykka.ActorRef[Any]) -> None:
+        self._connection = connection
+
+    def in_marks(self) -> tuple[str, int]:
+        """``(epoch, high-water mark)`` of the facilitator's stream."""
+        assert self._inbox is not None
+        return self._inbox.state(STREAM)
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def running(self) -> list[str]:
+        return list(self._running)
+
+    def cancel_all(self, reason: str) -> int:
+        """Ask every running handler to stop; queued jobs end as cancelled."""
+        for ctx in self._running.values():
+            ctx.cancel(reason)
+        while self._queued:
+            job = self._queued.popleft()
+            self._finish(job.job_id, JobStatus.CANCELLED, reason)
+        return len(self._running)
+
+    # ------------------------------------------------------------ messages
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case Incoming(session_id=sid, items=items):
+                self._on_incoming(sid, items)
+            case NewInStream(epoch=epoch, hwm=hwm):
+                assert self._inbox is not None
+                if self._inbox.start_epoch(STREAM, epoch, hwm):
+                    logger.info("facilitator stream epoch {} starts after seq {}", epoch, hwm)
+            case JobDone(job_id=job_id):
+                self._running.pop(job_id, None)
+                self._start_queued()
+            case _:
+                logger.error("JobRouter got an unknown message {!r}", message)
+
+    # ------------------------------------------------------------ internals
+
+    def _on_incoming(self, session_id: str, items: list[tuple[int, Any]]) -> None:
+        assert self._inbox is not None and self._connection is not None
+        rows = [(seq, type(body).__struct_config__.tag, _ENCODER.encode(body)) for seq, body in items]
+        results = self._inbox.accept_many(STREAM, rows)
+        accepted = [
+            (seq, body) for (seq, body), r in zip(items, results, strict=True) if r is AcceptResult.ACCEPTED
+        ]
+        if len(accepted) < len(items):
+            self._metrics.tell(Count("duplicates_dropped", len(items) - len(accepted)))
+        # Durable now: the facilitator may forget these.
+        self._connection.tell(Persisted(session_id, items[-1][0]))
+        for seq, body in accepted:
+            self._apply(seq, body)
+
+    def _apply(self, seq: int, body: FacilitatorBody) -> None:
+        assert self._inbox is not None and self._ledger is not None
+        match body:
+            case JobRequest():
+                self._metrics.tell(Count("jobs_received"))
+                if self._ledger.record_request(body.job_id, body.kind, _ENCODER.encode(body)):
+                    self._route(body)
+                else:
+                    logger.info("job {} arrived again; already handled", body.job_id)
+                    self._metrics.tell(Count("jobs_duplicate"))
+            case JobCancel():
+                self._cancel(body.job_id, body.reason or "cancelled by facilitator")
+        self._inbox.mark_consumed(STREAM, seq)
+
+    def _route(self, job: JobRequest) -> None:
+        if job.kind not in self._handlers:
+            logger.warning("job {}: no handler for kind {!r}", job.job_id, job.kind)
+            self._finish(job.job_id, JobStatus.REJECTED, f"unknown job kind {job.kind!r}")
+            self._metrics.tell(Count("jobs_rejected"))
+            return
+        self._publish(job.job_id, JobStatus.ACCEPTED)
+        self._queued.append(job)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        while self._queued and len(self._running) < self.config.max_concurrent_jobs:
+            job = self._queued.popleft()
+            ctx = JobContext(job, publish=self._publish, clock=self._clock)
+            self._running[job.job_id] = ctx
+            self._metrics.tell(Count("jobs_started"))
+            threading.Thread(
+                target=run_handler,
+                args=(self._handlers[job.kind], ctx, self.actor_ref, self._metrics),
+                name=f"jobrelay-job-{job.job_id}",
+                daemon=True,
+            ).start()
+        self._metrics.tell(Gauge("running_jobs", len(self._running)))
+
+    def _cancel(self, job_id: str, reason: str) -> None:
+        ctx = self._running.get(job_id)
+        if ctx is not None:
+            ctx.cancel(reason)
+            return
+        for job in self._queued:
+            if job.job_id == job_id:
+                self._queued.remove(job)
+                self._finish(job_id, JobStatus.CANCELLED, reason)
+                return
+        logger.info("cancel for job {} that is not running (finished or unknown)", job_id)
+
+    def _finish(self, job_id: str, status: JobStatus, detail: str) -> None:
+        self._publish(job_id, status, detail=detail)
+        self._metrics.tell(Count(f"jobs_{status.value}"))
+
+    def _publish(
+        self, job_id: str, status: JobStatus, *, detail: str = "", progress: float | None = None
+    ) -> pykka.Future[int]:
+        update = JobStatusUpdate(
+            job_id=job_id, status=status, at=self._clock(), progress=progress, detail=detail
+        )
+        return self._outbox.publish(update)
+
+
+class JobRouterProxy:
+    """Typed handle on the JobRouter (calls return pykka Futures)."""
+
+    def __init__(self, ref: pykka.ActorRef[JobRouter]) -> None:
+        self.actor_ref = ref
+        self._proxy = cast(Any, ref.proxy())
+
+    def register(self, kind: str, handler: Handler) -> pykka.Future[None]:
+        return cast("pykka.Future[None]", self._proxy.register(kind, handler))
+
+    def running(self) -> pykka.Future[list[str]]:
+        return cast("pykka.Future[list[str]]", self._proxy.running())
+
+    def cancel_all(self, reason: str) -> pykka.Future[int]:
+        return cast("pykka.Future[int]", self._proxy.cancel_all(reason))
+
+    def in_marks(self) -> pykka.Future[tuple[str, int]]:
+        return cast("pykka.Future[tuple[str, int]]", self._proxy.in_marks())

@@ -1,0 +1,226 @@
+# The worker's start and stop, as plain functions (Mopidy style): actors start in dependency
+# order — Metrics, Outbox, JobRouter, Connection, Heartbeat — each given the refs it needs, and
+# stop in reverse. A crashed actor is logged with its traceback and stops the whole worker.
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.connection import ConnectionActor, ConnectionProxy, connection_proxy
+from jobrelay.actors.errors import NotConnected
+from jobrelay.actors.handlers import Handler
+from jobrelay.actors.heartbeat import HeartbeatActor
+from jobrelay.actors.logs import route_stdlib_logging
+from jobrelay.actors.messages import ConnectionState
+from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
+from jobrelay.actors.outbox import OutboxActor, OutboxHandle
+from jobrelay.actors.router import JobRouter, JobRouterProxy
+from jobrelay.actors.transport import Transport
+from jobrelay.protocol.streams import StreamMarks
+from jobrelay.storage import open_database
+
+__all__ = ["Worker", "start_worker"]
+
+_START_TIMEOUT = 10.0
+
+
+class Worker:
+    """A running worker: the actor proxies plus start/stop helpers. Use as a context manager."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        metrics: MetricsProxy,
+        outbox: OutboxHandle,
+        router: JobRouterProxy,
+        connection: ConnectionProxy,
+        heartbeat: pykka.ActorRef[HeartbeatActor],
+        refs: list[pykka.ActorRef[Any]],
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.outbox = outbox
+        self.router = router
+        self.connection = connection
+        self.heartbeat = heartbeat
+        self._refs = refs  # in start order
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def wait_connected(self, timeout: float = 10.0) -> None:
+        """Block until a session with the facilitator is open.
+
+        Raises:
+            NotConnected: not connected within ``timeout`` seconds (or the worker stopped).
+        """
+        event = self.connection.connected_event().get(timeout=timeout)
+        if not event.wait(timeout):
+            state = self.connection.state().get(timeout=1.0)
+            raise NotConnected(f"not connected to {self.config.url} after {timeout}s (state: {state})")
+
+    def snapshot(self) -> MetricsSnapshot:
+        return self.metrics.snapshot().get(timeout=5.0)
+
+    def state(self) -> ConnectionState:
+        return self.connection.state().get(timeout=5.0)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and stop within ``timeout`` seconds (default: config.stop_timeout).
+
+        Order: tell the facilitator we are draining; ask running jobs to stop and give them
+        most of the time to report; then stop actors in reverse start order. Everything that
+        was accepted is already durable, so a stop at any point loses nothing.
+        """
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            budget = self.config.stop_timeout if timeout is None else timeout
+            deadline = time.monotonic() + budget
+            try:
+                self.connection.drain().get(timeout=max(0.1, budget * 0.1))
+                self.router.cancel_all("worker stopping").get(timeout=max(0.1, budget * 0.1))
+                # Running handlers report their terminal status while heartbeats go on.
+                while time.monotonic() < deadline - budget * 0.3:
+                    if not self.router.running().get(timeout=1.0):
+                        break
+                    time.sleep(0.05)
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                logger.warning("drain step skipped: {}", exc)
+            for ref in reversed(self._refs):
+                remaining = max(0.1, deadline - time.monotonic())
+                try:
+                    ref.stop(timeout=remaining)
+                except pykka.Timeout:
+                    logger.error("actor {} did not stop in time", ref)
+                except pykka.ActorDeadError:
+                    pass
+            self._stopped.set()
+            logger.info("worker {} stopped", self.config.worker_id)
+
+
+def start_worker(
+    config: WorkerConfig,
+    handlers: Mapping[str, Handler] | None = None,
+    *,
+    transport_factory: Callable[[], Transport] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Worker:
+    """Start a worker's actors and begin connecting to the facilitator.
+
+    Args:
+        config: the worker configuration; checked first.
+        handlers: job kind → handler (``handler(job, ctx)``; see CommandHandler for commands).
+        transport_factory: a Transport per connection attempt (default: WebSocket).
+
+    Raises:
+        ConfigError: a configuration value is invalid (the message names it).
+        StorageError: the database cannot be opened (the message says what to do).
+    """
+    config.check()
+    route_stdlib_logging()
+    # Create or migrate (and integrity-check) the file once, here, so a bad database is the
+    # caller's StorageError and the actors can open it concurrently without a schema race.
+    open_database(config.db_path, durability=config.durability).close()
+    refs: list[pykka.ActorRef[Any]] = []
+    worker: Worker | None = None
+
+    def crashed(name: str) -> None:
+        logger.error("actor {} crashed; stopping the worker", name)
+        if worker is not None:
+            threading.Thread(target=worker.stop, name="jobrelay-crash-stop", daemon=True).start()
+
+    try:
+        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start()
+        refs.append(metrics_ref)
+        outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics_ref, clock=clock)
+        refs.append(outbox_ref)
+        outbox = OutboxHandle(outbox_ref)
+        router_ref = _Supervised.wrap(JobRouter, crashed).start(
+            config, dict(handlers or {}), outbox=outbox, metrics=metrics_ref, clock=clock
+        )
+        refs.append(router_ref)
+        router = JobRouterProxy(router_ref)
+        # Wait for both stores to be open before anything connects.
+        outbox.out_marks().get(timeout=_START_TIMEOUT)
+        router.in_marks().get(timeout=_START_TIMEOUT)
+
+        def marks() -> StreamMarks:
+            epoch, acked, last = outbox.out_marks().get(timeout=_START_TIMEOUT)
+            in_epoch, in_hwm = router.in_marks().get(timeout=_START_TIMEOUT)
+            return StreamMarks(epoch, acked, last, in_epoch, in_hwm)
+
+        connection_ref = _Supervised.wrap(ConnectionActor, crashed).start(
+            config,
+            marks=marks,
+            outbox=outbox_ref,
+            router=router_ref,
+            metrics=metrics_ref,
+            transport_factory=transport_factory,
+            clock=clock,
+        )
+        refs.append(connection_ref)
+        outbox_ref.proxy().attach(connection_ref).get(timeout=_START_TIMEOUT)
+        router_ref.proxy().attach(connection_ref).get(timeout=_START_TIMEOUT)
+        connection = connection_proxy(connection_ref)
+        connection.subscribe(metrics_ref).get(timeout=_START_TIMEOUT)
+        heartbeat_ref = _Supervised.wrap(HeartbeatActor, crashed).start(
+            [connection_ref, outbox_ref], clock=clock
+        )
+        refs.append(heartbeat_ref)
+    except BaseException:
+        for ref in reversed(refs):
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(timeout=_START_TIMEOUT)
+        raise
+    worker = Worker(
+        config,
+        metrics=metrics_proxy(metrics_ref),
+        outbox=outbox,
+        router=router,
+        connection=connection,
+        heartbeat=heartbeat_ref,
+        refs=refs,
+    )
+    logger.info("worker {} started; connecting to {}", config.worker_id, config.url)
+    return worker
+
+
+class _Supervised:
+    """Adds crash reporting to an actor class: on_failure logs and tells the supervisor."""
+
+    @staticmethod
+    def wrap(actor_class: type[pykka.ThreadingActor], crashed: Callable[[str], None]) -> Any:
+        def on_failure(
+            self: pykka.ThreadingActor,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None:
+            logger.opt(exception=(exc_type, exc, tb)).error("{} failed", actor_class.__name__)
+            try:
+                actor_class.on_failure(self, exc_type, exc, tb)
+            finally:
+                crashed(actor_class.__name__)
+
+        return type(actor_class.__name__, (actor_class,), {"on_failure": on_failure})

@@ -1,0 +1,188 @@
+"""Worker actors over the in-memory transport: jobs, statuses, cuts, restarts, stop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from jobrelay.actors import CommandHandler, JobContext, WorkerConfig, start_worker
+from jobrelay.actors.errors import ConfigError
+from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.messages import JobRequest, JobStatus, MachineSpecs
+
+from .memory_facilitator import MemoryFacilitator
+
+KEY = Ed25519PrivateKey.generate()
+KEY_HEX = KEY.private_bytes_raw().hex()
+
+
+@pytest.fixture(autouse=True)
+def _stop_all() -> Iterator[None]:
+    yield
+    leftovers = pykka.ActorRegistry.get_all()
+    pykka.ActorRegistry.stop_all(timeout=5)
+    assert not leftovers, f"actors left running: {leftovers}"
+
+
+@pytest.fixture
+def facilitator() -> Iterator[MemoryFacilitator]:
+    fac = MemoryFacilitator({"w1": public_key_hex(KEY)})
+    yield fac
+    fac.stop()
+
+
+def config(tmp_path: Path, **overrides: object) -> WorkerConfig:
+    fields: dict[str, object] = {
+        "url": "ws://127.0.0.1:1",
+        "worker_id": "w1",
+        "key": KEY_HEX,
+        "db_path": str(tmp_path / "worker.db"),
+        "backoff_base": 0.01,
+        "backoff_cap": 0.05,
+    }
+    fields.update(overrides)
+    return WorkerConfig(**fields)  # type: ignore[arg-type]
+
+
+def echo(job: JobRequest, ctx: JobContext) -> str:
+    for step in range(3):
+        ctx.update(progress=(step + 1) / 3, detail=f"step {step + 1}")
+    return "done"
+
+
+def terminal(fac: MemoryFacilitator, job_id: str) -> list[JobStatus]:
+    return [s.status for s in fac.statuses(job_id) if s.status.terminal]
+
+
+def test_job_runs_and_every_status_arrives_once_in_order(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    with start_worker(config(tmp_path), {"echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("j1", "echo")
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "j1")))
+        statuses = [(s.status, s.progress) for s in facilitator.statuses("j1")]
+        assert statuses == [
+            (JobStatus.ACCEPTED, None),
+            (JobStatus.RUNNING, None),
+            (JobStatus.RUNNING, pytest.approx(1 / 3)),
+            (JobStatus.RUNNING, pytest.approx(2 / 3)),
+            (JobStatus.RUNNING, pytest.approx(1.0)),
+            (JobStatus.COMPLETED, None),
+        ]
+        snap = worker.snapshot()
+        assert snap.state == "connected"
+        assert snap.counter("jobs_completed") == 1
+
+
+def test_terminal_statuses_for_failure_unknown_kind_and_cancel(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    started = threading.Event()
+
+    def boom(job: JobRequest, ctx: JobContext) -> None:
+        raise RuntimeError("disk on fire")
+
+    def slow(job: JobRequest, ctx: JobContext) -> None:
+        started.set()
+        ctx.wait_cancelled(30)
+
+    handlers = {"boom": boom, "slow": slow}
+    with start_worker(config(tmp_path), handlers, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("fail", "boom")
+        facilitator.submit("nope", "no-such-kind")
+        facilitator.submit("long", "slow")
+        assert started.wait(5)
+        with facilitator.lock:
+            from jobrelay.protocol.messages import JobCancel
+
+            facilitator.store.publish(JobCancel(job_id="long", reason="user asked"))
+            facilitator._send_pending()
+        facilitator.wait_for(lambda: all(terminal(facilitator, j) for j in ("fail", "nope", "long")))
+        assert terminal(facilitator, "fail") == [JobStatus.FAILED]
+        assert "disk on fire" in facilitator.statuses("fail")[-1].detail
+        assert terminal(facilitator, "nope") == [JobStatus.REJECTED]
+        assert terminal(facilitator, "long") == [JobStatus.CANCELLED]
+        assert facilitator.statuses("long")[-1].detail == "user asked"
+
+
+def test_command_handler_exit_codes(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    ok = CommandHandler(
+        ["python3", "-c", "import sys,json; json.load(sys.stdin); print(json.dumps({'progress': 0.5}))"]
+    )
+    bad = CommandHandler(["python3", "-c", "import sys; sys.stderr.write('kaput'); sys.exit(3)"])
+    with start_worker(
+        config(tmp_path), {"ok": ok, "bad": bad}, transport_factory=facilitator.network
+    ) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("c1", "ok")
+        facilitator.submit("c2", "bad")
+        facilitator.wait_for(
+            lambda: bool(terminal(facilitator, "c1") and terminal(facilitator, "c2")), timeout=20
+        )
+        assert terminal(facilitator, "c1") == [JobStatus.COMPLETED]
+        assert any(s.progress == 0.5 for s in facilitator.statuses("c1"))
+        assert terminal(facilitator, "c2") == [JobStatus.FAILED]
+        assert "exited with 3" in facilitator.statuses("c2")[-1].detail
+        assert "kaput" in facilitator.statuses("c2")[-1].detail
+
+
+def test_published_data_survives_cuts_in_order(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    with start_worker(config(tmp_path), transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        futures = []
+        for i in range(300):
+            futures.append(worker.outbox.publish(MachineSpecs(specs={"i": i}, at=float(i))))
+            if i in (50, 150, 250):
+                facilitator.cut()
+        for f in futures:
+            f.get(timeout=10)
+        facilitator.wait_for(lambda: len(facilitator.store.delivered) >= 300)
+        assert [b.specs["i"] for b in facilitator.store.delivered] == list(range(300))
+        assert facilitator.sessions >= 2
+
+
+def test_restart_fails_interrupted_jobs_exactly_once(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    started = threading.Event()
+
+    def hang(job: JobRequest, ctx: JobContext) -> None:
+        started.set()
+        threading.Event().wait(60)  # ignores cancellation, like a stuck handler
+
+    worker = start_worker(config(tmp_path), {"hang": hang}, transport_factory=facilitator.network)
+    worker.wait_connected(5)
+    facilitator.submit("stuck", "hang")
+    assert started.wait(5)
+    worker.stop(timeout=1.0)
+    assert not terminal(facilitator, "stuck")
+    with start_worker(config(tmp_path), {"hang": hang}, transport_factory=facilitator.network) as again:
+        again.wait_connected(5)
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "stuck")))
+        assert terminal(facilitator, "stuck") == [JobStatus.FAILED]
+        assert facilitator.statuses("stuck")[-1].detail == "worker_restarted"
+
+
+def test_stop_is_bounded_while_unreachable(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    import time
+
+    facilitator.network.refuse.set()
+    worker = start_worker(config(tmp_path), transport_factory=facilitator.network)
+    worker.outbox.publish(MachineSpecs(specs={}, at=0.0)).get(timeout=5)
+    t0 = time.monotonic()
+    worker.stop(timeout=2.0)
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"WorkerConfig\.url"):
+        start_worker(config(tmp_path, url="http://x"))
+    with pytest.raises(ConfigError, match=r"WorkerConfig\.key"):
+        start_worker(config(tmp_path, key="abc"))
+    with pytest.raises(ConfigError, match=r"WorkerConfig\.max_concurrent_jobs"):
+        start_worker(config(tmp_path, max_concurrent_jobs=0))
