@@ -1,0 +1,435 @@
+# The reference facilitator: a `websockets` threaded server (one handler thread per worker
+# connection) in front of one SQLite database owned by a single store thread (group commit).
+# Invariants:
+# - submit()/cancel() return only after the job (and its request in the worker's outbox) is
+#   committed; a job is routed at most once: to the named worker, else to the connected
+#   non-draining worker with the fewest unfinished jobs, else it stays queued and is routed when
+#   a worker becomes ready.
+# - At most one connection per worker id: a newer authenticated connection replaces the older,
+#   which is closed with 1001 ("replaced by a new connection").
+# - stop() is bounded: connections are closed with 1001, the server stops, the store commits
+#   what is queued and closes the file, all within the timeout.
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+from loguru import logger
+from websockets.sync.server import Server, ServerConnection, serve
+
+from jobrelay.actors.errors import ConfigError
+from jobrelay.actors.facilitator_config import FacilitatorConfig, load_facilitator_config
+from jobrelay.actors.facilitator_conn import Counters, LockedNonceRegistry, WorkerConnection
+from jobrelay.actors.facilitator_store import (
+    ENCODER,
+    JOB_REQUEST,
+    MACHINE_SPECS,
+    Assignment,
+    FacilitatorStore,
+)
+from jobrelay.protocol.auth import NonceRegistry
+from jobrelay.protocol.messages import JobRequest
+from jobrelay.storage.ledger import JobRecord, StatusEntry
+
+__all__ = [
+    "Facilitator",
+    "FacilitatorConfig",
+    "FacilitatorStats",
+    "JobView",
+    "WorkerView",
+    "load_facilitator_config",
+    "start_facilitator",
+]
+
+
+class JobView(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the facilitator knows it.
+
+    Attributes:
+        record: The ledger record (``record.peer`` is the worker it was routed to, "" if queued).
+        history: Every recorded status, oldest first.
+        payload: The payload given to submit().
+    """
+
+    record: JobRecord
+    history: list[StatusEntry]
+    payload: Any = None
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def status(self) -> str | None:
+        return self.record.status
+
+    @property
+    def worker(self) -> str:
+        return self.record.peer
+
+
+class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker as the facilitator knows it.
+
+    Attributes:
+        worker_id: The worker's id.
+        connected: An authenticated session is open now.
+        draining: Its last heartbeat said it is draining (no new jobs are routed to it).
+        last_contact: When a frame last arrived from it (seconds since the epoch), if ever.
+        outbox_depth: Job requests/cancels stored for it and not yet acknowledged.
+        outstanding_jobs: Jobs routed to it without a terminal status.
+        specs: Its latest machine specs, if it sent any.
+        last_event: The name of its latest worker event ("" if none).
+        in_epoch: The epoch of its stream we accept from; in_hwm: our high-water mark there.
+    """
+
+    worker_id: str
+    connected: bool
+    draining: bool
+    last_contact: float | None
+    outbox_depth: int
+    outstanding_jobs: int
+    specs: dict[str, Any] | None = None
+    last_event: str = ""
+    in_epoch: str = ""
+    in_hwm: int = 0
+
+
+class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters since start (see docs/FACILITATOR.md)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    data_accepted: int = 0
+    duplicates_dropped: int = 0
+    new_streams: int = 0
+    refused_updates: int = 0
+    auth_failures: int = 0
+    heartbeat_timeouts: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    connections_replaced: int = 0
+    jobs_submitted: int = 0
+    connected_workers: int = 0
+    store_commits: int = 0
+    store_operations: int = 0
+
+
+class Facilitator:
+    """A running reference facilitator (made by ``start_facilitator``; a context manager).
+
+    Attributes:
+        config: Its configuration.
+        url: ``ws://host:port`` workers connect to.
+        port: The TCP port it listens on.
+    """
+
+    def __init__(
+        self, config: FacilitatorConfig, store: FacilitatorStore, authorized: Mapping[str, str]
+    ) -> None:
+        self.config = config
+        self.session_config = config.session_config()
+        self.store = store
+        self.authorized: Mapping[str, str] = dict(authorized)
+        self.nonces: NonceRegistry = LockedNonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
+        self.counters = Counters()
+        self.stopping = threading.Event()
+        self.port = 0
+        self.url = ""
+        self._lock = threading.Lock()
+        self._conns: dict[str, WorkerConnection] = {}
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<Facilitator {self.url} db={self.config.db_path!r}>"
+
+    def __enter__(self) -> Facilitator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(
+        self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
+    ) -> str:
+        """Durably record a job and route it (see ``submit_many``).
+
+        Args:
+            kind: The job kind (the worker's handler name).
+            payload: JSON-serialisable job input.
+            job_id: The job's id (default: a new random id). Submitting an id that exists
+                changes nothing and returns it (idempotent retries).
+            worker: Send it to this worker only (kept until it connects); default: any.
+
+        Returns:
+            The job id.
+
+        Raises:
+            ValueError: ``kind``/``job_id`` empty or longer than 256, or ``worker`` unknown.
+            TypeError: ``payload`` is not JSON-serialisable.
+            StorageError: The job could not be stored.
+            TimeoutError: The store did not answer in time.
+        """
+        return self.submit_many([(kind, payload, job_id)], worker=worker)[0]
+
+    def submit_many(
+        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+    ) -> list[str]:
+        """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
+        them: to ``worker`` if given, else each to the connected non-draining worker with the
+        fewest unfinished jobs, else queued until a worker is ready.
+
+        Returns:
+            The job ids, in order.
+
+        Raises:
+            ValueError, TypeError, StorageError, TimeoutError: as for ``submit``.
+        """
+        if worker is not None and worker not in self.authorized:
+            raise ValueError(f"worker {worker!r} is not in the authorized keys")
+        now = time.time()
+        requests: list[JobRequest] = []
+        for kind, payload, given_id in jobs:
+            job_id = given_id if given_id is not None else secrets.token_hex(12)
+            for name, value in (("kind", kind), ("job_id", job_id)):
+                if not 1 <= len(value) <= 256:
+                    raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
+            request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
+            ENCODER.encode(request)  # TypeError before anything is stored
+            requests.append(request)
+        assignments = self.store.submit(requests, worker, self._eligible())
+        self.counters.add("jobs_submitted", len(requests))
+        self._notify(assignments)
+        if any(not a.worker for a in assignments):
+            self._dispatch()  # a worker may have become ready while we were routing
+        return [r.job_id for r in requests]
+
+    def cancel(self, job_id: str, reason: str = "") -> bool:
+        """Cancel a job: a routed job gets a durable cancel request to its worker (which then
+        reports ``cancelled``); a queued job is marked ``cancelled`` at once.
+
+        Returns:
+            False when the job is unknown or already finished.
+
+        Raises:
+            StorageError: The cancel could not be stored.
+            TimeoutError: The store did not answer in time.
+        """
+        done, worker, seq = self.store.cancel(job_id, reason)
+        if done and worker:
+            self._notify([Assignment(job_id, worker, seq)])
+        return done
+
+    def job(self, job_id: str) -> JobView | None:
+        """The job's record, status history and payload, or None if unknown.
+
+        Raises:
+            StorageError: The read failed.
+            TimeoutError: The store did not answer in time.
+        """
+        found = self.store.job(job_id)
+        if found is None:
+            return None
+        record, history, payload = found
+        return JobView(record=record, history=history, payload=JOB_REQUEST.decode(payload).payload)
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        """The newest jobs first (at most ``limit``), optionally only with last status ``status``.
+
+        Raises:
+            StorageError: The read failed.
+            TimeoutError: The store did not answer in time.
+        """
+        return self.store.jobs(status, limit)
+
+    def workers(self) -> list[WorkerView]:
+        """Every worker that is authorized, connected or has stored state, by id.
+
+        Raises:
+            StorageError: The read failed.
+            TimeoutError: The store did not answer in time.
+        """
+        facts = self.store.worker_facts()
+        with self._lock:
+            conns = dict(self._conns)
+        records = {r.worker_id: r for r in facts.records}
+        outboxes = {o.stream: o for o in facts.outboxes}
+        inboxes = {i.stream: i for i in facts.inboxes}
+        ids = sorted(set(self.authorized) | set(conns) | set(records) | set(outboxes) | set(inboxes))
+        views: list[WorkerView] = []
+        for worker_id in ids:
+            conn = conns.get(worker_id)
+            record = records.get(worker_id)
+            outbox = outboxes.get(worker_id)
+            inbox = inboxes.get(worker_id)
+            specs = None
+            if record is not None and record.specs is not None:
+                specs = MACHINE_SPECS.decode(record.specs).specs
+            last = conn.last_contact if conn is not None else (record.last_seen if record else None)
+            views.append(
+                WorkerView(
+                    worker_id=worker_id,
+                    connected=conn is not None and conn.is_open,
+                    draining=conn is not None and conn.draining,
+                    last_contact=last,
+                    outbox_depth=outbox.depth_rows if outbox else 0,
+                    outstanding_jobs=facts.outstanding.get(worker_id, 0),
+                    specs=specs,
+                    last_event=record.last_event if record else "",
+                    in_epoch=inbox.epoch if inbox else "",
+                    in_hwm=inbox.hwm if inbox else 0,
+                )
+            )
+        return views
+
+    def stats(self) -> FacilitatorStats:
+        """A snapshot of the counters."""
+        values = self.counters.snapshot()
+        with self._lock:
+            connected = sum(1 for c in self._conns.values() if c.is_open)
+        return FacilitatorStats(
+            **values,
+            connected_workers=connected,
+            store_commits=self.store.commits,
+            store_operations=self.store.operations,
+        )
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Close every connection with 1001, stop the server and close the database.
+
+        Bounded: returns within ``timeout`` seconds (default ``config.stop_timeout``) even if a
+        connection does not close cleanly (it is then abandoned and logged). Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + (self.config.stop_timeout if timeout is None else timeout)
+        self.stopping.set()
+        server = self._server
+        if server is not None:
+            shutdown = threading.Thread(
+                target=server.shutdown,
+                kwargs={"code": 1001, "reason": "facilitator shutting down"},
+                name="facilitator-shutdown",
+                daemon=True,
+            )
+            shutdown.start()
+            shutdown.join(max(0.0, deadline - time.monotonic() - 0.5))
+            if shutdown.is_alive():
+                logger.warning("facilitator: connections did not close in time; abandoning them")
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic() - 0.5))
+        if not self.store.stop(max(0.1, deadline - time.monotonic())):
+            logger.warning("facilitator: the store thread did not stop in time")
+        logger.info("facilitator: stopped url={}", self.url)
+
+    # ------------------------------------------------------------------ connection hub
+
+    def handle(self, ws: ServerConnection) -> None:
+        """The server's handler: serve one worker connection."""
+        WorkerConnection(ws, self).run()
+
+    def attach(self, conn: WorkerConnection) -> None:
+        """Register an authenticated connection; an older one of the same worker is closed."""
+        with self._lock:
+            old = self._conns.get(conn.worker_id)
+            self._conns[conn.worker_id] = conn
+        if old is not None and old is not conn:
+            self.counters.add("connections_replaced")
+            logger.warning("facilitator: connection replaced worker={}", conn.worker_id)
+            old.close(1001, "replaced by a new connection")
+            old.done.wait(2.0)
+
+    def detach(self, conn: WorkerConnection) -> None:
+        """Forget a connection that ended (unless a newer one replaced it)."""
+        with self._lock:
+            if self._conns.get(conn.worker_id) is conn:
+                del self._conns[conn.worker_id]
+        logger.info("facilitator: worker disconnected worker={}", conn.worker_id)
+
+    def worker_ready(self, worker_id: str) -> None:
+        """Route queued jobs now that ``worker_id`` can take them."""
+        self._dispatch()
+
+    def _eligible(self) -> list[str]:
+        if self.stopping.is_set():
+            return []
+        with self._lock:
+            return sorted(w for w, c in self._conns.items() if c.is_open and not c.draining)
+
+    def _dispatch(self) -> None:
+        eligible = self._eligible()
+        if eligible:
+            self._notify(self.store.dispatch_queued(eligible))
+
+    def _notify(self, assignments: Sequence[Assignment]) -> None:
+        workers = {a.worker for a in assignments if a.worker and a.seq}
+        for worker in sorted(workers):
+            with self._lock:
+                conn = self._conns.get(worker)
+            if conn is not None:
+                conn.fill()
+
+    def _serve(self) -> None:
+        config = self.config
+        try:
+            server = serve(
+                self.handle,
+                config.host,
+                config.port,
+                compression=None,
+                max_size=config.max_frame_bytes,
+                ping_interval=None,
+                open_timeout=config.handshake_timeout,
+                close_timeout=1.0,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"FacilitatorConfig.port: cannot listen on {config.host}:{config.port} ({exc})"
+            ) from exc
+        self._server = server
+        self.port = int(server.socket.getsockname()[1])
+        self.url = f"ws://{config.host}:{self.port}"
+        self._thread = threading.Thread(target=server.serve_forever, name="facilitator-server", daemon=True)
+        self._thread.start()
+
+
+def start_facilitator(config: FacilitatorConfig) -> Facilitator:
+    """Open the database, start the server and return once it listens.
+
+    Args:
+        config: The facilitator's settings.
+
+    Returns:
+        The running Facilitator (stop it with ``stop()`` or use it as a context manager).
+
+    Raises:
+        ConfigError: The authorized keys cannot be loaded or the address cannot be bound.
+        StorageError: The database cannot be opened (corrupt, read-only, other application…).
+    """
+    authorized = config.load_authorized_keys()
+    if not authorized:
+        logger.warning("facilitator: no authorized keys; every worker will be refused")
+    store = FacilitatorStore(config.db_path, config.durability)
+    store.start()
+    facilitator = Facilitator(config, store, authorized)
+    try:
+        facilitator._serve()
+    except BaseException:
+        store.stop()
+        raise
+    logger.info(
+        "facilitator: listening url={} db={} workers={}", facilitator.url, config.db_path, len(authorized)
+    )
+    return facilitator

@@ -1,0 +1,249 @@
+# The facilitator's routing facts: which worker a job was sent to, which jobs still wait for a
+# worker, and what each worker reported about itself (machine specs, worker events).
+# Invariants:
+# - A job's owner is ``jobs.peer`` (the worker its request was appended for); "" means the job
+#   is queued: recorded, not yet routed. A job is routed at most once (assign_job() only moves a
+#   job from "" to a worker).
+# - facilitator_workers holds one row per worker that reported anything; its specs are the
+#   latest reported. facilitator_worker_events keeps at most ``keep`` newest events per worker.
+# - Every function runs inside the caller's transaction when there is one (Database.transaction
+#   nests as a savepoint); the tables are created by ensure_schema() with IF NOT EXISTS, beside
+#   the v1 schema (to become a schema migration once storage/schema.py takes one).
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from jobrelay.protocol.messages import TERMINAL_STATUSES
+from jobrelay.storage.database import Database
+
+__all__ = [
+    "QueuedJob",
+    "WorkerRecord",
+    "assign_job",
+    "ensure_schema",
+    "job_owners",
+    "outstanding_by_peer",
+    "queued_jobs",
+    "raise_inbox_hwm",
+    "record_specs",
+    "record_worker_events",
+    "touch_worker",
+    "worker_events",
+    "worker_records",
+]
+
+_TERMINAL_SQL: Final = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
+_UNFINISHED: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}))"
+_CHUNK: Final = 500  # ids per IN (...) query
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS facilitator_workers (
+        worker_id TEXT PRIMARY KEY,
+        specs BLOB,
+        specs_at REAL,
+        last_event TEXT NOT NULL DEFAULT '',
+        last_seen REAL
+    )""",
+    """CREATE TABLE IF NOT EXISTS facilitator_worker_events (
+        id INTEGER PRIMARY KEY,
+        worker_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS facilitator_worker_events_worker "
+    "ON facilitator_worker_events (worker_id, id)",
+)
+
+
+class QueuedJob(NamedTuple):
+    """A recorded job no worker has been chosen for yet."""
+
+    job_id: str
+    payload: bytes
+
+
+class WorkerRecord(NamedTuple):
+    """What a worker reported about itself (``specs`` is the encoded MachineSpecs body)."""
+
+    worker_id: str
+    specs: bytes | None
+    specs_at: float | None
+    last_event: str
+    last_seen: float | None
+
+
+def ensure_schema(db: Database) -> None:
+    """Create the facilitator's tables if the file does not have them yet.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction("create facilitator tables") as conn:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+
+
+def job_owners(db: Database, job_ids: Sequence[str]) -> dict[str, str]:
+    """The owner (``jobs.peer``) of each known job among ``job_ids``; unknown ids are absent.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    owners: dict[str, str] = {}
+    unique = list(dict.fromkeys(job_ids))
+    with db.guard("read job owners"):
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for job_id, peer in db.conn.execute(
+                f"SELECT job_id, peer FROM jobs WHERE job_id IN ({marks})", chunk
+            ):
+                owners[job_id] = peer
+    return owners
+
+
+def assign_job(db: Database, job_id: str, worker_id: str) -> bool:
+    """Route a queued job to ``worker_id``; False when it was not queued (unknown or routed).
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"assign job {job_id!r}") as conn:
+        cur = conn.execute("UPDATE jobs SET peer = ? WHERE job_id = ? AND peer = ''", (worker_id, job_id))
+    return cur.rowcount == 1
+
+
+def queued_jobs(db: Database, limit: int = 1000) -> list[QueuedJob]:
+    """Unfinished jobs not routed to any worker yet, oldest first.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    rows = db.query(
+        f"SELECT job_id, payload FROM jobs WHERE peer = '' AND {_UNFINISHED} ORDER BY rowid LIMIT ?",
+        (limit,),
+        "list queued jobs",
+    )
+    return [QueuedJob(r[0], bytes(r[1])) for r in rows]
+
+
+def outstanding_by_peer(db: Database) -> dict[str, int]:
+    """Unfinished routed jobs per worker.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    rows = db.query(
+        f"SELECT peer, count(*) FROM jobs WHERE peer != '' AND {_UNFINISHED} GROUP BY peer",
+        (),
+        "count outstanding jobs",
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def raise_inbox_hwm(db: Database, stream: str, epoch: str, hwm: int) -> bool:
+    """Raise a remote stream's high-water mark to ``hwm`` within its current epoch.
+
+    Used when the peer proves it holds acknowledgements we no longer have (our store was
+    restored from an older copy): its resume point is then above ours. Never lowers the mark.
+
+    Returns:
+        True when the mark moved.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"raise hwm of inbox {stream!r}") as conn:
+        cur = conn.execute(
+            "UPDATE inbox_streams SET hwm = ? WHERE stream = ? AND epoch = ? AND hwm < ?",
+            (hwm, stream, epoch, hwm),
+        )
+    return cur.rowcount == 1
+
+
+def _upsert_worker(db: Database, worker_id: str) -> None:
+    db.conn.execute("INSERT OR IGNORE INTO facilitator_workers (worker_id) VALUES (?)", (worker_id,))
+
+
+def record_specs(db: Database, worker_id: str, specs: bytes, at: float) -> None:
+    """Keep ``specs`` (an encoded MachineSpecs body) as the worker's latest.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"record specs of {worker_id!r}") as conn:
+        _upsert_worker(db, worker_id)
+        conn.execute(
+            "UPDATE facilitator_workers SET specs = ?, specs_at = ? WHERE worker_id = ?",
+            (specs, at, worker_id),
+        )
+
+
+def record_worker_events(
+    db: Database, worker_id: str, events: Sequence[tuple[str, str, float]], keep: int = 1000
+) -> None:
+    """Append ``(event, detail, at)`` items; keep only the newest ``keep`` per worker.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    if not events:
+        return
+    with db.transaction(f"record events of {worker_id!r}") as conn:
+        _upsert_worker(db, worker_id)
+        conn.executemany(
+            "INSERT INTO facilitator_worker_events (worker_id, event, detail, at) VALUES (?,?,?,?)",
+            [(worker_id, e, d, at) for e, d, at in events],
+        )
+        conn.execute(
+            "UPDATE facilitator_workers SET last_event = ? WHERE worker_id = ?", (events[-1][0], worker_id)
+        )
+        conn.execute(
+            "DELETE FROM facilitator_worker_events WHERE worker_id = ? AND id <= "
+            "(SELECT id FROM facilitator_worker_events WHERE worker_id = ? ORDER BY id DESC "
+            "LIMIT 1 OFFSET ?)",
+            (worker_id, worker_id, keep),
+        )
+
+
+def touch_worker(db: Database, worker_id: str, at: float) -> None:
+    """Record the last time the worker was heard from.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"touch worker {worker_id!r}") as conn:
+        _upsert_worker(db, worker_id)
+        conn.execute("UPDATE facilitator_workers SET last_seen = ? WHERE worker_id = ?", (at, worker_id))
+
+
+def worker_records(db: Database) -> list[WorkerRecord]:
+    """Every worker that reported anything, by id.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    rows = db.query(
+        "SELECT worker_id, specs, specs_at, last_event, last_seen FROM facilitator_workers "
+        "ORDER BY worker_id",
+        (),
+        "list workers",
+    )
+    return [WorkerRecord(r[0], None if r[1] is None else bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+
+def worker_events(db: Database, worker_id: str, limit: int = 100) -> list[tuple[str, str, float]]:
+    """The newest ``limit`` events of a worker as ``(event, detail, at)``, oldest first.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    rows = db.query(
+        "SELECT event, detail, at FROM facilitator_worker_events WHERE worker_id = ? "
+        "ORDER BY id DESC LIMIT ?",
+        (worker_id, limit),
+        f"read events of {worker_id!r}",
+    )
+    return [(r[0], r[1], r[2]) for r in reversed(rows)]
