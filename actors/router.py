@@ -2,7 +2,8 @@
 # handlers. Invariants: data is committed to the inbox before the Connection is told to ack it;
 # a job id is started at most once (ledger dedup); at most `max_concurrent_jobs` handlers run;
 # every job gets exactly one terminal status (the Outbox's ledger check refuses a second one);
-# jobs left unfinished by a crash end as failed: worker_restarted when the router starts.
+# a handler starts only after its `running` status is durable, so at start-up a job that reached
+# `running` before a crash ends as failed: worker_restarted, and one that never did is run now.
 from __future__ import annotations
 
 import threading
@@ -60,6 +61,15 @@ class JobRouter(pykka.ThreadingActor):
         self._inbox = Inbox(self._db)
         self._ledger = JobLedger(self._db)
         for record in self._ledger.unfinished():
+            payload = self._ledger.payload(record.job_id)
+            if record.status in (None, JobStatus.ACCEPTED.value) and payload is not None:
+                # Never started: running it now is its first and only run.
+                job = msgspec.json.decode(payload, type=JobRequest)
+                if record.status is None:
+                    self._route(job)
+                else:
+                    self._queue(job)
+                continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
             self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
             self._metrics.tell(Count("jobs_failed"))
@@ -154,6 +164,9 @@ class JobRouter(pykka.ThreadingActor):
             self._metrics.tell(Count("jobs_rejected"))
             return
         self._publish(job.job_id, JobStatus.ACCEPTED)
+        self._queue(job)
+
+    def _queue(self, job: JobRequest) -> None:
         self._queued.append(job)
         self._start_queued()
 

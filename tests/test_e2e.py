@@ -1,0 +1,198 @@
+"""Worker and reference facilitator over real sockets on loopback: every status update arrives
+exactly once and in order across cuts, facilitator restarts and kill -9 of the worker."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from jobrelay.actors import JobContext, WorkerConfig, start_worker
+from jobrelay.actors.facilitator import Facilitator, start_facilitator
+from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.messages import JobRequest
+
+KEY = Ed25519PrivateKey.generate()
+KEY_HEX = KEY.private_bytes_raw().hex()
+CHILD = Path(__file__).with_name("e2e_worker_child.py")
+
+
+@pytest.fixture(autouse=True)
+def _stop_all() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(timeout=5)
+
+
+def start_fac(db: Path, port: int = 0) -> Facilitator:
+    return start_facilitator(
+        FacilitatorConfig(
+            db_path=str(db), port=port, authorized_keys={"w1": public_key_hex(KEY)}, durability="normal"
+        )
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def expected_history(steps: int) -> list[tuple[str, float | None]]:
+    return (
+        [("accepted", None), ("running", None)]
+        + [("running", pytest.approx((i + 1) / steps)) for i in range(steps)]
+        + [("completed", None)]
+    )
+
+
+def check_histories(fac: Facilitator, job_ids: list[str], steps: dict[str, int]) -> dict[str, int]:
+    """Every job: exactly one terminal status; a completed job's history is exactly the handler's
+    sequence; an interrupted one is a prefix of it followed by failed: worker_restarted."""
+    outcome = {"completed": 0, "worker_restarted": 0}
+    for job_id in job_ids:
+        view = fac.job(job_id)
+        assert view is not None, job_id
+        history = [(h.status, h.progress) for h in view.history]
+        terminal = [h for h in view.history if h.status in ("completed", "failed", "rejected", "cancelled")]
+        assert len(terminal) == 1, f"{job_id}: {history}"
+        want = expected_history(steps[job_id])
+        if terminal[0].status == "completed":
+            assert history == want, f"{job_id}: {history}"
+            outcome["completed"] += 1
+        else:
+            assert terminal[0].status == "failed" and terminal[0].detail == "worker_restarted", history
+            assert history[:-1] == want[: len(history) - 1], f"{job_id}: {history}"
+            outcome["worker_restarted"] += 1
+    return outcome
+
+
+def all_done(fac: Facilitator, job_ids: list[str]) -> bool:
+    return sum(1 for r in fac.jobs(limit=len(job_ids) + 10) if r.status in ("completed", "failed")) >= len(
+        job_ids
+    )
+
+
+def steps_handler(job: JobRequest, ctx: JobContext) -> None:
+    n = int(job.payload["steps"])
+    for i in range(n):
+        ctx.update(progress=(i + 1) / n)
+
+
+@pytest.mark.timeout(120)
+def test_thousand_jobs_every_update_once_in_order(tmp_path: Path) -> None:
+    with start_fac(tmp_path / "fac.db") as fac:
+        config = WorkerConfig(
+            url=fac.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"), max_concurrent_jobs=16
+        )
+        with start_worker(config, {"steps": steps_handler}) as worker:
+            worker.wait_connected(10)
+            rng = random.Random(7)
+            steps = {f"job-{i}": rng.randint(1, 3) for i in range(1000)}  # 4-6 status updates each
+            ids = fac.submit_many([("steps", {"steps": n}, job_id) for job_id, n in steps.items()])
+            wait_until(lambda: all_done(fac, ids), 100, "1000 jobs")
+            assert check_histories(fac, ids, steps) == {"completed": 1000, "worker_restarted": 0}
+            snap = worker.snapshot()
+            assert snap.counter("jobs_completed") == 1000
+
+
+def spawn_worker(url: str, db: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), url, "w1", KEY_HEX, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    return proc
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), True)
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout):
+        raise AssertionError("worker child did not become ready")
+    assert proc.stdout.readline().strip() == "ready"
+
+
+@pytest.mark.timeout(180)
+def test_cuts_facilitator_restart_and_worker_kill9_lose_nothing(tmp_path: Path) -> None:
+    fac_db, worker_db = tmp_path / "fac.db", tmp_path / "w.db"
+    fac = start_fac(fac_db)
+    proxy = TcpProxy(("127.0.0.1", fac.port)).start()
+    proc = spawn_worker(proxy.url, worker_db)
+    try:
+        wait_ready(proc)
+        rng = random.Random(11)
+        steps = {f"job-{i}": rng.randint(1, 3) for i in range(400)}
+        ids = list(steps)
+        for chunk in range(4):
+            part = ids[chunk * 100 : (chunk + 1) * 100]
+            fac.submit_many([("steps", {"steps": steps[j], "pause": 0.01}, j) for j in part])
+            # Chaos between chunks: cut, restart the facilitator, cut, kill -9 the worker.
+            time.sleep(rng.uniform(0.05, 0.3))  # let some work start, at a random point
+            if chunk == 0:
+                proxy.cut()
+            elif chunk == 1:
+                fac.stop()
+                fac = start_fac(fac_db)
+                proxy.target = ("127.0.0.1", fac.port)
+                proxy.cut()
+            elif chunk == 2:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = spawn_worker(proxy.url, worker_db)
+                wait_ready(proc)
+            else:
+                proxy.cut()
+        wait_until(lambda: all_done(fac, ids), 120, "400 jobs through the chaos")
+        outcome = check_histories(fac, ids, steps)
+        assert outcome["completed"] + outcome["worker_restarted"] == 400
+        assert outcome["completed"] >= 300
+        assert proxy.connections >= 4
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proxy.stop()
+        fac.stop()
+
+
+@pytest.mark.timeout(60)
+def test_stop_is_bounded_with_running_handlers_and_no_facilitator(tmp_path: Path) -> None:
+    with start_fac(tmp_path / "fac.db") as fac:
+        proxy = TcpProxy(("127.0.0.1", fac.port)).start()
+        config = WorkerConfig(url=proxy.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"))
+
+        def stubborn(job: JobRequest, ctx: JobContext) -> None:
+            ctx.update(progress=0.0)
+            time.sleep(30)  # ignores cancellation on purpose: stop() must not wait for it
+
+        worker = start_worker(config, {"stubborn": stubborn})
+        worker.wait_connected(10)
+        fac.submit("stubborn", None, job_id="s1")
+        wait_until(lambda: bool(worker.router.running().get(timeout=5)), 10, "handler start")
+        proxy.block()
+        proxy.cut()
+        t0 = time.monotonic()
+        worker.stop(timeout=2.0)
+        assert time.monotonic() - t0 < 3.0
+        proxy.stop()
