@@ -285,3 +285,14 @@ def test_thousand_jobs_four_updates_each_exactly_once_in_order(
         view = fac.job(job_id)
         assert view is not None and [h.status for h in view.history] == [s.value for s in statuses]
     assert len(fac.jobs(status="completed", limit=2000)) == 1000
+
+
+def test_msgpack_worker(fac: Facilitator, workers: list[TestWorker]) -> None:
+    w1 = connect(fac, workers, "w1", formats=("msgpack",))
+    job = fac.submit("echo", {"x": 1}, worker="w1")
+    w1.wait_for(lambda: len(w1.store.received) == 1)
+    assert w1.store.received[0].payload == {"x": 1}
+    w1.status(job, JobStatus.COMPLETED)
+    w1.wait_for(w1.all_acked)
+    view = fac.job(job)
+    assert view is not None and view.status == "completed"
