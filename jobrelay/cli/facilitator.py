@@ -1,0 +1,104 @@
+# `jobrelay facilitator`: the reference facilitator server plus its HTTP API, /healthz and
+# /metrics. Invariants: configuration is checked before anything listens (one-line errors, exit
+# 2); SIGINT/SIGTERM stop within stop_timeout (exit 0), HTTP first so no submit races the stop.
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+from loguru import logger
+
+from jobrelay.actors.errors import ConfigError
+from jobrelay.actors.facilitator import Facilitator, start_facilitator
+from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay.actors.health import FacilitatorHealth, HealthServer
+from jobrelay.cli import logs
+from jobrelay.cli.errors import EXIT_OK
+from jobrelay.cli.service import ServiceLoop, write_ready_file
+from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
+from jobrelay.cli.worker import check_db_path, print_config
+from jobrelay.storage import StorageError
+
+__all__ = ["add_parser", "run"]
+
+EPILOG = """\
+examples:
+  # listen for workers on 127.0.0.1:8765, HTTP API + /healthz + /metrics on 127.0.0.1:8766
+  jobrelay facilitator --authorized-keys authorized_keys --db facilitator.db
+
+  # any free ports; write {url, http_url, pid} to a file once listening
+  jobrelay facilitator --authorized-keys authorized_keys --db f.db \
+      --port 0 --http-port 0 --ready-file ready.json
+
+  # from a config file, workers on every interface (the HTTP API stays on loopback)
+  jobrelay facilitator --config facilitator.toml --host 0.0.0.0
+
+signals: SIGINT or SIGTERM stop within --stop-timeout (exit 0); a second one exits at once with
+code 130. Exit 2: bad configuration.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
+    p = sub.add_parser(
+        "facilitator",
+        help="run the reference facilitator (workers connect to it; jobs are submitted to it)",
+        description="Run the reference facilitator in the foreground until SIGINT/SIGTERM.",
+        epilog=EPILOG,
+        **kw,
+    )
+    add_flags(
+        p,
+        FACILITATOR,
+        title="facilitator settings (flag > JOBRELAY_* env > [facilitator] in --config > default)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    resolved = resolve(FACILITATOR, args, config_path=args.config)
+    log = resolve(LOG, args, config_path=args.config)
+    config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
+    check_db_path(resolved)
+    if args.print_config:
+        print_config(resolved, log)
+        return EXIT_OK
+    logs.configure(log.values["level"], json=log.values["json"])
+    fac = _start(config, resolved)
+    http: HealthServer | None = None
+    try:
+        if resolved.values["http_port"] is not None:
+            try:
+                http = HealthServer(
+                    FacilitatorHealth(fac), resolved.values["http_host"], resolved.values["http_port"]
+                ).start()
+            except OSError as exc:
+                raise resolved.error(
+                    "http_port",
+                    f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
+                    f"{exc.strerror}",
+                ) from None
+        logger.info("facilitator listening on {} (HTTP API {})", fac.url, http.url if http else "off")
+        write_ready_file(resolved.values["ready_file"], url=fac.url, http_url=http.url if http else None)
+
+        def stop(timeout: float) -> None:
+            if http is not None:
+                http.stop()
+            fac.stop(timeout)
+
+        return ServiceLoop("facilitator", stop, config.stop_timeout).run()
+    finally:
+        if http is not None:
+            http.stop()
+        with contextlib.suppress(Exception):
+            fac.stop(config.stop_timeout)
+
+
+def _start(config: FacilitatorConfig, resolved: Resolved) -> Facilitator:
+    try:
+        return start_facilitator(config)
+    except ConfigError as exc:
+        raise config_error(resolved, exc) from None
+    except StorageError as exc:
+        raise resolved.error("db_path", str(exc).splitlines()[0]) from None

@@ -1,0 +1,78 @@
+# The `jobrelay` command's entry point: argparse wiring and the one error boundary.
+# Invariants: a UsageError becomes one line on stderr and exit 2 (never a traceback); other
+# jobrelay errors one line and exit 1; only programming errors show a traceback.
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jobrelay import __version__
+from jobrelay.cli import client, demo, facilitator, keygen, status, worker
+from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from jobrelay.cli.settings import LOG, add_flags
+from jobrelay.protocol.errors import JobrelayError
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+jobrelay: a durable, effectively-once job relay between long-running workers and a facilitator.
+
+Settings come from flags, then JOBRELAY_* environment variables, then the TOML file given with
+--config, then defaults. Each command's --help lists its settings and examples.
+"""
+
+EPILOG = """\
+a five-minute tour (each in its own terminal, or add `&`):
+  jobrelay keygen --worker-id w1 --key-file w1.key >> authorized_keys
+  jobrelay facilitator --authorized-keys authorized_keys --db facilitator.db
+  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db
+  jobrelay submit sleep --payload '{"seconds": 2}'
+  jobrelay jobs
+
+exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 130 forced stop (second signal).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobrelay",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"jobrelay {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="a TOML file with [worker], [facilitator], [log] tables",
+    )
+    add_flags(common, LOG, title="logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    kw: dict[str, Any] = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+    keygen.add_parser(sub, **kw)
+    facilitator.add_parser(sub, parents=[common], **kw)
+    worker.add_parser(sub, parents=[common], **kw)
+    client.add_parsers(sub, **kw)
+    status.add_parser(sub, parents=[common], **kw)
+    demo.add_parser(sub, parents=[common], **kw)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the jobrelay command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except UsageError as exc:
+        print(f"jobrelay: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FORCED
+    except JobrelayError as exc:
+        print(f"jobrelay: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_RUNTIME
+    return code

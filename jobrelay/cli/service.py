@@ -1,0 +1,109 @@
+# Running a long-lived service (worker or facilitator) in the foreground until a signal.
+# Invariants: the first SIGINT/SIGTERM starts a bounded stop (exit 0 when it finishes in time);
+# a second one exits at once with EXIT_FORCED (130) via os._exit — safe because everything
+# accepted is already durable in SQLite; signal handlers only set flags or exit, never block.
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from loguru import logger
+
+from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME
+
+__all__ = ["ServiceLoop", "write_ready_file"]
+
+
+class ServiceLoop:
+    """Waits for a signal or for ``failed()`` to return a reason, then stops the service.
+
+    Args:
+        name: for log lines ("worker", "facilitator").
+        stop: stops the service within the given number of seconds.
+        stop_timeout: the bound given to ``stop``.
+        failed: polled every ``poll`` seconds; a non-empty string ends the loop with EXIT_RUNTIME.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stop: Callable[[float], None],
+        stop_timeout: float,
+        failed: Callable[[], str] = lambda: "",
+        poll: float = 0.2,
+    ) -> None:
+        self.name = name
+        self._stop = stop
+        self._stop_timeout = stop_timeout
+        self._failed = failed
+        self._poll = poll
+        self._signalled = threading.Event()
+        self._signals = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # Write directly: the logging sink may hold a lock this thread interrupted.
+            os.write(
+                2,
+                f"jobrelay: {signal.Signals(signum).name} again: "
+                "exiting now (durable data is kept)\n".encode(),
+            )
+            os._exit(EXIT_FORCED)
+        self._signalled.set()
+
+    def run(self) -> int:
+        """Install handlers, wait, stop; returns the exit code."""
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            reason = ""
+            while not self._signalled.wait(self._poll):
+                reason = self._failed()
+                if reason:
+                    break
+            if self._signalled.is_set():
+                logger.info(
+                    "{}: stopping (signal received; up to {:g}s; send it again to exit at once)",
+                    self.name,
+                    self._stop_timeout,
+                )
+            else:
+                logger.error("{}: {}; stopping", self.name, reason)
+            started = time.monotonic()
+            stopper = threading.Thread(
+                target=self._stop, args=(self._stop_timeout,), name="jobrelay-stop", daemon=True
+            )
+            stopper.start()
+            stopper.join(self._stop_timeout + 1.0)
+            if stopper.is_alive():
+                logger.error("{}: did not stop within {:g}s; exiting anyway", self.name, self._stop_timeout)
+                return EXIT_RUNTIME
+            logger.info("{}: stopped in {:.2f}s", self.name, time.monotonic() - started)
+            return EXIT_RUNTIME if reason else EXIT_OK
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def write_ready_file(path: str, **doc: Any) -> None:
+    """Atomically write ``doc`` (plus the pid) as JSON to ``path`` (readers never see half a file)."""
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**doc, "pid": os.getpid()}) + "\n")
+    os.replace(tmp, target)
+
+
+def stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,156 @@
+# `jobrelay worker`: a long-running worker process. Invariants: configuration is fully checked
+# (one-line errors, exit 2) before any actor starts; SIGINT/SIGTERM drain and stop within
+# stop_timeout (exit 0); the health server starts after the worker and stops before it.
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.handlers import CommandHandler, Handler
+from jobrelay.actors.health import HealthServer, WorkerHealth
+from jobrelay.actors.worker import Worker, start_worker
+from jobrelay.cli import logs
+from jobrelay.cli.errors import EXIT_OK
+from jobrelay.cli.samples import SAMPLE_HANDLERS
+from jobrelay.cli.service import ServiceLoop, write_ready_file
+from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
+from jobrelay.storage import StorageError
+
+__all__ = ["add_parser", "check_db_path", "run"]
+
+EPILOG = """\
+examples:
+  # run worker w1 against a local facilitator; `sleep` and `echo` are built in
+  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db
+
+  # map job kinds to external commands (job JSON on stdin, one JSON status per stdout line)
+  jobrelay worker --config worker.toml --handler 'resize=convert-job --fast' --handler 'ping=./ping.sh'
+
+  # serve /healthz and /metrics on 127.0.0.1:9101, JSON logs for a log shipper
+  jobrelay worker --config worker.toml --http-port 9101 --log-json
+
+  # show the settings it would use (and where each came from), then exit
+  JOBRELAY_URL=ws://fac:8765 jobrelay worker --config worker.toml --print-config
+
+signals: SIGINT or SIGTERM drain and stop within --stop-timeout (exit 0); a second one exits at
+once with code 130 (everything accepted is already durable). Exit 2: bad configuration.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a worker: connect to a facilitator and run jobs",
+        description="Run a jobrelay worker in the foreground until SIGINT/SIGTERM.",
+        epilog=EPILOG,
+        **kw,
+    )
+    add_flags(p, WORKER, title="worker settings (flag > JOBRELAY_* env > [worker] in --config > default)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    p.set_defaults(run=run)
+
+
+def check_db_path(resolved: Resolved, key: str = "db_path") -> None:
+    """Refuse a database path whose directory is missing or that cannot be read and written.
+
+    Raises:
+        UsageError: naming the setting and its source.
+    """
+    path = Path(resolved.values[key])
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise resolved.error(key, f"{path} is a directory, expected a database file")
+    if not parent.is_dir():
+        raise resolved.error(key, f"directory {parent} does not exist")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise resolved.error(key, f"cannot read and write {path}")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise resolved.error(key, f"cannot create a file in {parent}")
+
+
+def handlers_from(resolved: Resolved) -> dict[str, Handler]:
+    handlers: dict[str, Handler] = dict(SAMPLE_HANDLERS)
+    for kind, command in resolved.values["handlers"].items():
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise resolved.error("handlers", f"{kind}: cannot split {command!r}: {exc}") from None
+        if not argv:
+            raise resolved.error("handlers", f"{kind}: empty command")
+        handlers[kind] = CommandHandler(argv)
+    return handlers
+
+
+def print_config(*parts: Resolved) -> None:
+    doc = {
+        p.section: {k: {"value": v, "source": p.source(k)} for k, v in p.values.items() if k != "key"}
+        for p in parts
+    }
+    print(json.dumps(doc, indent=2, default=list))
+
+
+def run(args: argparse.Namespace) -> int:
+    resolved = resolve(WORKER, args, config_path=args.config)
+    log = resolve(LOG, args, config_path=args.config)
+    config: WorkerConfig = build_config(resolved, WorkerConfig)
+    check_db_path(resolved)
+    handlers = handlers_from(resolved)
+    if args.print_config:
+        print_config(resolved, log)
+        return EXIT_OK
+    logs.configure(log.values["level"], json=log.values["json"], worker_id=config.worker_id)
+    try:
+        worker = start_worker(config, handlers)
+    except StorageError as exc:
+        raise resolved.error("db_path", str(exc).splitlines()[0]) from None
+    http: HealthServer | None = None
+    try:
+        if resolved.values["http_port"] is not None:
+            try:
+                http = HealthServer(
+                    WorkerHealth(worker), resolved.values["http_host"], resolved.values["http_port"]
+                ).start()
+            except OSError as exc:
+                raise resolved.error(
+                    "http_port",
+                    f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
+                    f"{exc.strerror}",
+                ) from None
+        logger.info(
+            "worker {} running: kinds {}; facilitator {}",
+            config.worker_id,
+            ", ".join(sorted(handlers)),
+            config.url,
+        )
+        write_ready_file(resolved.values["ready_file"], url=config.url, http_url=http.url if http else None)
+
+        def stop(timeout: float) -> None:
+            if http is not None:
+                http.stop()
+            worker.stop(timeout)
+
+        return ServiceLoop("worker", stop, config.stop_timeout, failed=lambda: _failed(worker)).run()
+    finally:
+        if http is not None:
+            http.stop()
+        if not worker.stopped:
+            with contextlib.suppress(Exception):
+                worker.stop(config.stop_timeout)
+
+
+def _failed(worker: Worker) -> str:
+    if worker.stopped:
+        return "the worker stopped (an actor crashed; see the log above)"
+    with contextlib.suppress(Exception):
+        if str(worker.state()) == "closed":
+            return "the connection gave up (max_attempts reached)"
+    return ""
