@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ from jobrelay.actors.messages import (
     SessionClosed,
     SessionOpened,
     StateChanged,
+    send,
 )
 from jobrelay.actors.transport import Transport, TransportError, WebSocketTransport
 from jobrelay.protocol import events as ev
@@ -109,6 +111,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._last_contact = 0.0
         self._draining = False
         self._stopping = False
+        self._unsent: deque[tuple[int, Any]] = deque()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,6 +234,24 @@ class ConnectionActor(pykka.ThreadingActor):
         session = self._session
         if session is None or not session.is_open or session.session_id != session_id:
             return  # the Outbox replays these on the next session
+        self._unsent.extend(items)
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        """Put buffered data on the wire as far as the window allows.
+
+        The Outbox hands over more than one window (see OutboxActor._fill), so when an ack
+        opens the window the next data goes out from here at once instead of waiting behind
+        the publishes queued in the Outbox's mailbox.
+        """
+        session = self._session
+        unsent = self._unsent
+        if session is None or not session.is_open or not unsent:
+            return
+        count = min(session.sender.capacity, len(unsent))
+        if count <= 0:
+            return
+        items = [unsent.popleft() for _ in range(count)]
         try:
             session.send_data(items)
         except LocalProtocolError as exc:
@@ -239,7 +260,7 @@ class ConnectionActor(pykka.ThreadingActor):
             session.close(ErrorCode.INTERNAL, str(exc))
             self._handle_events()
             return
-        self._tell_metrics(Count("data_sent", len(items)))
+        self._tell_metrics(Count("data_sent", count))
         self._flush()
 
     def _on_beat(self, now: float) -> None:
@@ -256,12 +277,14 @@ class ConnectionActor(pykka.ThreadingActor):
         if session is None:
             return
         incoming: list[tuple[int, Any]] = []
+        opened = False
         for event in session.events_received():
             match event:
                 case ev.DataReceived(seq=seq, body=body):
                     incoming.append((seq, body))
                 case ev.Acked(upto=upto):
-                    self._outbox.tell(PeerAcked(session.session_id, upto))
+                    send(self._outbox, PeerAcked(session.session_id, upto))
+                    opened = True
                 case ev.DuplicateDropped():
                     self._tell_metrics(Count("duplicates_dropped"))
                 case ev.Opened():
@@ -271,15 +294,17 @@ class ConnectionActor(pykka.ThreadingActor):
                     self._tell_metrics(Count("refused_by_peer"))
                 case ev.Closed():
                     if incoming:
-                        self._router.tell(Incoming(session.session_id, incoming))
+                        send(self._router, Incoming(session.session_id, incoming))
                         incoming = []
                     self._on_closed(event)
                     return
                 case _:
                     pass
         if incoming:
-            self._router.tell(Incoming(session.session_id, incoming))
+            send(self._router, Incoming(session.session_id, incoming))
             self._tell_metrics(Count("data_received", len(incoming)))
+        if opened:
+            self._send_unsent()
         self._flush()
 
     def _on_opened(self, event: ev.Opened) -> None:
@@ -293,8 +318,8 @@ class ConnectionActor(pykka.ThreadingActor):
                 event.in_hwm,
             )
             self._tell_metrics(Count("new_streams"))
-        self._router.tell(NewInStream(event.in_epoch, event.in_hwm))
-        self._outbox.tell(SessionOpened(session.session_id, event.resume_after, session.sender.window))
+        send(self._router, NewInStream(event.in_epoch, event.in_hwm))
+        send(self._outbox, SessionOpened(session.session_id, event.resume_after, session.sender.window))
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
         if self._draining:
@@ -303,12 +328,13 @@ class ConnectionActor(pykka.ThreadingActor):
     def _on_closed(self, event: ev.Closed) -> None:
         session = self._session
         self._session = None
+        self._unsent.clear()  # the Outbox replays from the next session's resume point
         self._connected.clear()
         code = CLOSE_CODES.get(event.code, 4001 if event.code in AUTH_CODES else 4000)
         self._flush_to_transport(session)
         self._shutdown(event.detail, code)
         if session is not None:
-            self._outbox.tell(SessionClosed(session.session_id))
+            send(self._outbox, SessionClosed(session.session_id))
         who = "facilitator" if event.by_peer else "we"
         log = logger.warning if event.code is not None else logger.info
         log("connection closed ({} ended it): {} {}", who, event.code or "", event.detail)
@@ -332,7 +358,7 @@ class ConnectionActor(pykka.ThreadingActor):
         )
         self._tell_metrics(Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}")
-        self._timer = threading.Timer(delay, _tell, (self.actor_ref, Reconnect(self._attempt)))
+        self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
         self._timer.daemon = True
         self._timer.start()
 
@@ -369,10 +395,10 @@ class ConnectionActor(pykka.ThreadingActor):
         logger.bind(state=state.value).info("connection {}{}", state.value, f": {detail}" if detail else "")
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
-            ref.tell(message)
+            send(ref, message)
 
     def _tell_metrics(self, message: Any) -> None:
-        self._metrics.tell(message)
+        send(self._metrics, message)
 
 
 def _io_loop(
@@ -388,26 +414,18 @@ def _io_loop(
         stream_marks = marks()
         transport.connect(url, timeout)
     except Exception as exc:
-        _tell(ref, IoFailed(attempt, str(exc)))
+        send(ref, IoFailed(attempt, str(exc)))
         return
-    _tell(ref, IoConnected(attempt, stream_marks))
+    send(ref, IoConnected(attempt, stream_marks))
     while True:
         try:
             data = transport.recv()
         except TransportError as exc:
-            _tell(ref, IoClosed(attempt, str(exc)))
+            send(ref, IoClosed(attempt, str(exc)))
             return
-        if not _tell(ref, IoReceived(attempt, data)):
+        if not send(ref, IoReceived(attempt, data)):
             transport.close(1001, "worker stopped")
             return
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> bool:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        return False
-    return True
 
 
 class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):

@@ -3,7 +3,6 @@
 # with exactly one terminal status (completed, failed or cancelled) and then tells the router.
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import threading
@@ -14,7 +13,7 @@ import msgspec
 import pykka
 from loguru import logger
 
-from jobrelay.actors.messages import Count, JobDone, Observe
+from jobrelay.actors.messages import Count, JobDone, Observe, send
 from jobrelay.protocol.messages import JobRequest, JobStatus
 
 __all__ = ["CommandHandler", "Handler", "JobCancelled", "JobContext", "run_handler"]
@@ -181,7 +180,6 @@ def run_handler(
         ctx._publish(job.job_id, status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
     except Exception as exc:
         logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
-    metrics.tell(Count(f"jobs_{status.value}"))
-    metrics.tell(Observe("job_duration", ctx._clock() - ctx.started_at))
-    with contextlib.suppress(pykka.ActorDeadError):
-        router.tell(JobDone(job.job_id))
+    send(metrics, Count(f"jobs_{status.value}"))
+    send(metrics, Observe("job_duration", ctx._clock() - ctx.started_at))
+    send(router, JobDone(job.job_id))

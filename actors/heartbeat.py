@@ -11,7 +11,7 @@ from typing import Any
 
 import pykka
 
-from jobrelay.actors.messages import Beat
+from jobrelay.actors.messages import Beat, send
 
 __all__ = ["HeartbeatActor"]
 
@@ -48,9 +48,6 @@ class HeartbeatActor(pykka.ThreadingActor):
     def _run(self) -> None:
         while not self._halt.wait(self._period):
             beat = Beat(self._clock())
-            for ref in self._targets:
-                try:
-                    ref.tell(beat)
-                except pykka.ActorDeadError:
-                    return
+            if not all([send(ref, beat) for ref in self._targets]):
+                return
             self._count += 1

@@ -6,6 +6,7 @@ import enum
 from typing import Any
 
 import msgspec
+import pykka
 
 __all__ = [
     "Beat",
@@ -28,6 +29,7 @@ __all__ = [
     "SessionClosed",
     "SessionOpened",
     "StateChanged",
+    "send",
 ]
 
 
@@ -140,3 +142,16 @@ class Gauge(_Msg, frozen=True):
 class Observe(_Msg, frozen=True):
     name: str
     value: float
+
+
+def send(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+    """``tell`` that tolerates a stopped target (actors stop in sequence; late messages to an
+    already stopped actor are expected then, and everything they carry is durable or
+    recomputed on restart). Returns False when the target is gone."""
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True

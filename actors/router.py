@@ -17,7 +17,7 @@ from loguru import logger
 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, run_handler
-from jobrelay.actors.messages import Count, Gauge, Incoming, JobDone, NewInStream, Persisted
+from jobrelay.actors.messages import Count, Gauge, Incoming, JobDone, NewInStream, Persisted, send
 from jobrelay.actors.outbox import OutboxHandle
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, JobStatusUpdate
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
@@ -72,7 +72,7 @@ class JobRouter(pykka.ThreadingActor):
                 continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
             self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
-            self._metrics.tell(Count("jobs_failed"))
+            send(self._metrics, Count("jobs_failed"))
         for row in self._inbox.unconsumed(STREAM):
             self._apply(row.seq, _DECODER.decode(row.payload))
 
@@ -137,9 +137,9 @@ class JobRouter(pykka.ThreadingActor):
             (seq, body) for (seq, body), r in zip(items, results, strict=True) if r is AcceptResult.ACCEPTED
         ]
         if len(accepted) < len(items):
-            self._metrics.tell(Count("duplicates_dropped", len(items) - len(accepted)))
+            send(self._metrics, Count("duplicates_dropped", len(items) - len(accepted)))
         # Durable now: the facilitator may forget these.
-        self._connection.tell(Persisted(session_id, items[-1][0]))
+        send(self._connection, Persisted(session_id, items[-1][0]))
         for seq, body in accepted:
             self._apply(seq, body)
 
@@ -147,12 +147,12 @@ class JobRouter(pykka.ThreadingActor):
         assert self._inbox is not None and self._ledger is not None
         match body:
             case JobRequest():
-                self._metrics.tell(Count("jobs_received"))
+                send(self._metrics, Count("jobs_received"))
                 if self._ledger.record_request(body.job_id, body.kind, _ENCODER.encode(body)):
                     self._route(body)
                 else:
                     logger.info("job {} arrived again; already handled", body.job_id)
-                    self._metrics.tell(Count("jobs_duplicate"))
+                    send(self._metrics, Count("jobs_duplicate"))
             case JobCancel():
                 self._cancel(body.job_id, body.reason or "cancelled by facilitator")
         self._inbox.mark_consumed(STREAM, seq)
@@ -161,7 +161,7 @@ class JobRouter(pykka.ThreadingActor):
         if job.kind not in self._handlers:
             logger.warning("job {}: no handler for kind {!r}", job.job_id, job.kind)
             self._finish(job.job_id, JobStatus.REJECTED, f"unknown job kind {job.kind!r}")
-            self._metrics.tell(Count("jobs_rejected"))
+            send(self._metrics, Count("jobs_rejected"))
             return
         self._publish(job.job_id, JobStatus.ACCEPTED)
         self._queue(job)
@@ -175,14 +175,14 @@ class JobRouter(pykka.ThreadingActor):
             job = self._queued.popleft()
             ctx = JobContext(job, publish=self._publish, clock=self._clock)
             self._running[job.job_id] = ctx
-            self._metrics.tell(Count("jobs_started"))
+            send(self._metrics, Count("jobs_started"))
             threading.Thread(
                 target=run_handler,
                 args=(self._handlers[job.kind], ctx, self.actor_ref, self._metrics),
                 name=f"jobrelay-job-{job.job_id}",
                 daemon=True,
             ).start()
-        self._metrics.tell(Gauge("running_jobs", len(self._running)))
+        send(self._metrics, Gauge("running_jobs", len(self._running)))
 
     def _cancel(self, job_id: str, reason: str) -> None:
         ctx = self._running.get(job_id)
@@ -198,7 +198,7 @@ class JobRouter(pykka.ThreadingActor):
 
     def _finish(self, job_id: str, status: JobStatus, detail: str) -> None:
         self._publish(job_id, status, detail=detail)
-        self._metrics.tell(Count(f"jobs_{status.value}"))
+        send(self._metrics, Count(f"jobs_{status.value}"))
 
     def _publish(
         self, job_id: str, status: JobStatus, *, detail: str = "", progress: float | None = None

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: worker publish() → facilitator commit → ack back, both ends durable.
+
+Prints one table from one run:
+- durable end-to-end messages/s (durability "full" on both ends), beside raw websocket-client
+  one-way throughput of the same frames into a `websockets` server that stores nothing (the
+  ceiling), with the ratio;
+- publish latency (publish() call → future resolved, i.e. durable) p50/p99 at a fixed 1,000 msg/s.
+Targets (issue 5): ≥ 20,000 msg/s, ratio ≥ 0.3, p99 < 10 ms.
+
+Usage: scripts/bench_e2e.py [--messages N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pykka
+import websocket
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from loguru import logger
+from websockets.sync.server import ServerConnection, serve
+
+from jobrelay.actors import Worker, WorkerConfig, start_worker
+from jobrelay.actors.facilitator import start_facilitator
+from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.codec import worker_codec
+from jobrelay.protocol.messages import Data, WorkerEvent
+
+
+def body(i: int) -> WorkerEvent:
+    return WorkerEvent(event="bench", at=time.time(), detail=f"message {i:08d}")
+
+
+def serve_sink() -> None:
+    """Child mode: a `websockets` server that counts frames and stores nothing."""
+
+    def sink(ws: ServerConnection) -> None:
+        count = 0
+        for message in ws:
+            if message == "?":
+                ws.send(str(count))
+            else:
+                count += 1
+
+    with serve(sink, "127.0.0.1", 0) as server:
+        print(server.socket.getsockname()[1], flush=True)
+        server.serve_forever()
+
+
+def serve_facilitator(db: str, worker_key: str) -> None:
+    """Child mode: a reference facilitator (durability full) for the worker under test."""
+    window = int(os.environ.get("BENCH_WINDOW", "0")) or FacilitatorConfig.__struct_defaults__[FacilitatorConfig.__struct_fields__.index("max_inflight") - 1]
+    fac = start_facilitator(FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}, max_inflight=window))
+    print(fac.port, flush=True)
+    threading.Event().wait()
+
+
+def child(*args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise RuntimeError(f"child {args[0]} did not start")
+    return proc, int(line)
+
+
+def raw_ceiling(n: int) -> float:
+    """websocket-client → websockets server in another process, one-way, same frames, no storage."""
+    frame = worker_codec().encode(Data(seq=1, body=body(0)))
+    proc, port = child("--serve-sink")
+    try:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ws.send(frame)
+        ws.send("?")  # answered after every frame before it was counted
+        assert int(ws.recv()) == n
+        elapsed = time.perf_counter() - t0
+        ws.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    return n / elapsed
+
+
+def paced_latency(worker: Worker, rate_per_s: int, seconds: float) -> list[float]:
+    """publish() → durable latency of each message, publishing on a fixed schedule.
+
+    A waiter thread resolves futures in publish order (they resolve in that order too), so the
+    time it sees each one complete is within microseconds of the resolution itself.
+    """
+    total = int(rate_per_s * seconds)
+    sent: queue.Queue[tuple[float, pykka.Future[int]] | None] = queue.Queue()
+    samples: list[float] = []
+
+    def waiter() -> None:
+        while (item := sent.get()) is not None:
+            t_sent, future = item
+            future.get(timeout=30)
+            samples.append(time.perf_counter() - t_sent)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    for i in range(total):
+        target = start + i / rate_per_s
+        now = time.perf_counter()
+        if target > now:
+            time.sleep(target - now)  # pacing the load, not waiting for a result
+        t_sent = time.perf_counter()
+        sent.put((t_sent, worker.outbox.publish(body(i))))
+    sent.put(None)
+    thread.join(60)
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=100_000, help="messages in the throughput run")
+    parser.add_argument("--quick", action="store_true", help="10,000 messages and a 1 s latency run")
+    parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-facilitator", nargs=2, metavar=("DB", "KEY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sink:
+        serve_sink()
+        return 0
+    if args.serve_facilitator:
+        logger.remove()
+        serve_facilitator(*args.serve_facilitator)
+        return 0
+    n = 10_000 if args.quick else args.messages
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = raw_ceiling(n)
+        key = Ed25519PrivateKey.generate()
+        fac, port = child("--serve-facilitator", str(Path(tmp) / "fac.db"), public_key_hex(key))
+        config = WorkerConfig(
+            url=f"ws://127.0.0.1:{port}",
+            worker_id="bench",
+            key=key.private_bytes_raw().hex(),
+            db_path=str(Path(tmp) / "worker.db"),
+            max_outbox_rows=10 * n,
+        )
+        try:
+            with start_worker(config) as worker:
+                worker.wait_connected(10)
+                t0 = time.perf_counter()
+                futures = [worker.outbox.publish(body(i)) for i in range(n)]
+                for f in futures:
+                    f.get(timeout=300)
+                t_durable = time.perf_counter() - t0
+                deadline = time.monotonic() + 300
+                while worker.outbox.stats().get(timeout=10).depth_rows > 0:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("acks did not arrive in time")
+                    time.sleep(0.002)
+                elapsed = time.perf_counter() - t0
+                seconds = 1.0 if args.quick else 3.0
+                samples = sorted(paced_latency(worker, 1000, seconds))
+                snap = worker.snapshot()
+        finally:
+            fac.kill()
+            fac.wait(10)
+
+    rate = n / elapsed
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
+    rows = [
+        (
+            "durable e2e, publish → facilitator commit → ack",
+            f"{rate:,.0f} msg/s",
+            f"{raw:,.0f} msg/s",
+            f"{rate / raw:.2f}",
+            "≥ 20,000 msg/s, ratio ≥ 0.3",
+        ),
+        ("publish → durable locally (same run)", f"{n / t_durable:,.0f} msg/s", "", "", ""),
+        ("publish latency p50 at 1,000 msg/s", f"{p50:.2f} ms", "", "", ""),
+        ("publish latency p99 at 1,000 msg/s", f"{p99:.2f} ms", "", "", "< 10 ms"),
+    ]
+    print(
+        f"jobrelay end-to-end benchmark: {n:,} messages, durability full on both ends, "
+        "facilitator and raw sink in their own processes, loopback"
+    )
+    header = ("measure", "jobrelay", "raw ws (no storage)", "ratio", "target")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    print(
+        f"(worker counters: sent={snap.counter('data_sent')}, acked={snap.counter('acked')}, "
+        f"reconnects={snap.counter('reconnects')})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
