@@ -652,7 +652,7 @@ def _convert(s: Setting, value: Any, out: Resolved, *, strict: bool) -> Any:
     try:
         return msgspec.convert(value, kind, strict=strict)
     except msgspec.ValidationError as exc:
-        raise out.error(s.key, f"{_type_name(s.kind)}, got {value!r} ({exc})") from None
+        raise out.error(s.key, f"{_type_name(s.kind)}, got {value!r}") from None
 
 
 def _type_name(kind: Any) -> str:
@@ -723,3 +723,26 @@ def _msgspec_field(message: str) -> str:
 def _strip_at(why: str) -> str:
     # msgspec appends " - at `$.field`"; the setting is already named.
     return re.sub(r" - at `\$[^`]*`$", "", why)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the settings above (a test compares)."""
+    lines = [
+        "| Setting | Flag | Environment | TOML key | Default | Meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in (*WORKER, *FACILITATOR, *LOG):
+        default = "required" if s.default is _NO_DEFAULT else _doc_default(s.default)
+        flag = f"`{s.flag}`" if s.flag else "–"
+        env = f"`{s.env}`" if s.env else "–"
+        meaning = s.help.replace("|", "\\|")
+        lines.append(f"| {s.name} | {flag} | {env} | `[{s.section}] {s.key}` | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+def _doc_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if value in ("", {}):
+        return "empty"
+    return f"`{_show(value)}`"
