@@ -22,6 +22,7 @@ from jobrelay.actors.messages import (
     Beat,
     ConnectionState,
     Count,
+    DropSession,
     Incoming,
     IoClosed,
     IoConnected,
@@ -31,6 +32,7 @@ from jobrelay.actors.messages import (
     PeerAcked,
     Persisted,
     Reconnect,
+    RestartEpoch,
     SendData,
     SessionClosed,
     SessionOpened,
@@ -112,6 +114,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._draining = False
         self._stopping = False
         self._unsent: deque[tuple[int, Any]] = deque()
+        self._opened = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -184,6 +187,9 @@ class ConnectionActor(pykka.ThreadingActor):
                     self._flush()
             case Beat(at=now):
                 self._on_beat(now)
+            case DropSession(session_id=sid, reason=reason):
+                if self._session is not None and self._session.session_id == sid:
+                    self.drop(reason)
             case Reconnect(attempt=a) if a == self._attempt and self._session is None:
                 self._connect()
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
@@ -310,6 +316,7 @@ class ConnectionActor(pykka.ThreadingActor):
     def _on_opened(self, event: ev.Opened) -> None:
         session = self._session
         assert session is not None
+        self._opened = True
         self._failures = 0
         if event.new_in_stream:
             logger.warning(
@@ -329,6 +336,10 @@ class ConnectionActor(pykka.ThreadingActor):
         session = self._session
         self._session = None
         self._unsent.clear()  # the Outbox replays from the next session's resume point
+        if event.code is ErrorCode.ACK_OUT_OF_RANGE and not event.by_peer and not self._opened:
+            # Refused in the welcome: the facilitator acknowledged seqs our store never had.
+            send(self._outbox, RestartEpoch(event.detail))
+        self._opened = False
         self._connected.clear()
         code = CLOSE_CODES.get(event.code, 4001 if event.code in AUTH_CODES else 4000)
         self._flush_to_transport(session)

@@ -262,7 +262,7 @@ class FacilitatorStore:
         def op(s: _State) -> bool:
             if new_stream:
                 return s.inbox.start_epoch(worker_id, in_epoch, in_hwm)
-            routing.raise_inbox_hwm(s.db, worker_id, in_epoch, in_hwm)
+            s.inbox.raise_hwm(worker_id, in_epoch, in_hwm)
             return False
 
         return self._call("open stream", op)

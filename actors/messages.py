@@ -12,6 +12,7 @@ __all__ = [
     "Beat",
     "ConnectionState",
     "Count",
+    "DropSession",
     "Gauge",
     "Incoming",
     "IoClosed",
@@ -25,6 +26,7 @@ __all__ = [
     "Persisted",
     "Publish",
     "Reconnect",
+    "RestartEpoch",
     "SendData",
     "SessionClosed",
     "SessionOpened",
@@ -78,6 +80,13 @@ class SessionClosed(_Msg, frozen=True):
     session_id: str
 
 
+class RestartEpoch(_Msg, frozen=True):
+    """The facilitator holds more of our stream than our store does (restored from an older
+    copy): start a new epoch so what we still have is sent again as a new stream."""
+
+    reason: str
+
+
 class PeerAcked(_Msg, frozen=True):
     session_id: str
     upto: int
@@ -107,6 +116,11 @@ class Incoming(_Msg, frozen=True):
 class Persisted(_Msg, frozen=True):
     session_id: str
     upto: int
+
+
+class DropSession(_Msg, frozen=True):
+    session_id: str
+    reason: str
 
 
 class JobDone(_Msg, frozen=True):

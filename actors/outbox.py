@@ -23,6 +23,7 @@ from jobrelay.actors.messages import (
     Observe,
     PeerAcked,
     Publish,
+    RestartEpoch,
     SendData,
     SessionClosed,
     SessionOpened,
@@ -153,6 +154,8 @@ class OutboxActor(pykka.ThreadingActor):
                 self._session = None
             case PeerAcked(session_id=sid, upto=upto) if sid == self._session:
                 self._on_acked(upto)
+            case RestartEpoch(reason=reason):
+                self._restart_epoch(reason)
             case Beat(at=now):
                 self._persist_ack()
                 self._expire_blocked(now)
@@ -258,6 +261,21 @@ class OutboxActor(pykka.ThreadingActor):
             logger.info("replaying {} messages after seq {}", replay, resume_after)
             send(self._metrics, Count("replayed", replay))
         self._fill()
+
+    def _restart_epoch(self, reason: str) -> None:
+        outbox = self._store()
+        old = outbox.epoch
+        new = outbox.restart_epoch()
+        self._cache.clear()  # cached seqs belong to the old numbering
+        self._session, self._sent, self._acked = None, 0, 0
+        logger.warning(
+            "outbox starts a new stream: epoch {} -> {} ({}); {} unacknowledged messages will be sent again",
+            old,
+            new,
+            reason,
+            outbox.last_seq,
+        )
+        send(self._metrics, Count("epoch_restarts"))
 
     def _on_acked(self, upto: int) -> None:
         # The window opens at once; deleting the acked rows waits for the next commit or beat.

@@ -17,7 +17,16 @@ from loguru import logger
 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, run_handler
-from jobrelay.actors.messages import Count, Gauge, Incoming, JobDone, NewInStream, Persisted, send
+from jobrelay.actors.messages import (
+    Count,
+    DropSession,
+    Gauge,
+    Incoming,
+    JobDone,
+    NewInStream,
+    Persisted,
+    send,
+)
 from jobrelay.actors.outbox import OutboxHandle
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, JobStatusUpdate
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
@@ -121,6 +130,12 @@ class JobRouter(pykka.ThreadingActor):
                 assert self._inbox is not None
                 if self._inbox.start_epoch(STREAM, epoch, hwm):
                     logger.info("facilitator stream epoch {} starts after seq {}", epoch, hwm)
+                elif self._inbox.raise_hwm(STREAM, epoch, hwm):
+                    logger.warning(
+                        "our inbox was behind the facilitator's acknowledged seq {} "
+                        "(database restored from an older copy?); resuming after it",
+                        hwm,
+                    )
             case JobDone(job_id=job_id):
                 self._running.pop(job_id, None)
                 self._start_queued()
@@ -133,13 +148,24 @@ class JobRouter(pykka.ThreadingActor):
         assert self._inbox is not None and self._connection is not None
         rows = [(seq, type(body).__struct_config__.tag, _ENCODER.encode(body)) for seq, body in items]
         results = self._inbox.accept_many(STREAM, rows)
-        accepted = [
-            (seq, body) for (seq, body), r in zip(items, results, strict=True) if r is AcceptResult.ACCEPTED
-        ]
-        if len(accepted) < len(items):
-            send(self._metrics, Count("duplicates_dropped", len(items) - len(accepted)))
-        # Durable now: the facilitator may forget these.
-        send(self._connection, Persisted(session_id, items[-1][0]))
+        accepted: list[tuple[int, Any]] = []
+        durable_upto = 0
+        for (seq, body), result in zip(items, results, strict=True):
+            if result is AcceptResult.GAP:
+                # Our inbox disagrees with the session about where the stream is: acknowledge
+                # nothing past the gap and reconnect, so the stream resumes from what is durable.
+                logger.error("seq {} from the facilitator leaves a gap in our inbox; reconnecting", seq)
+                send(self._connection, DropSession(session_id, f"inbox gap at seq {seq}"))
+                break
+            durable_upto = seq
+            if result is AcceptResult.ACCEPTED:
+                accepted.append((seq, body))
+        duplicates = (durable_upto - items[0][0] + 1 if durable_upto else 0) - len(accepted)
+        if duplicates:
+            send(self._metrics, Count("duplicates_dropped", duplicates))
+        if durable_upto:
+            # Durable now: the facilitator may forget these.
+            send(self._connection, Persisted(session_id, durable_upto))
         for seq, body in accepted:
             self._apply(seq, body)
 

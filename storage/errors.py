@@ -29,7 +29,7 @@ class StorageError(JobrelayError):
         self.path = str(path) if path is not None else None
 
 
-class OutboxFull(JobrelayError):  # noqa: N818 - the name is part of the documented API
+class OutboxFull(JobrelayError):
     """Appending would exceed the outbox bounds; nothing was stored (back-pressure).
 
     The caller should wait for acknowledgements (which delete rows) and retry, or fail the
@@ -71,7 +71,7 @@ class OutboxFull(JobrelayError):  # noqa: N818 - the name is part of the documen
         self.adding_bytes = adding_bytes
 
 
-class AckOutOfRange(StorageError):  # noqa: N818 - mirrors ErrorCode.ACK_OUT_OF_RANGE
+class AckOutOfRange(StorageError):
     """An acknowledgement named a seq that was never assigned (a protocol violation by the peer).
 
     Attributes:

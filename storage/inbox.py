@@ -132,6 +132,26 @@ class Inbox:
                 )
         return True
 
+    def raise_hwm(self, stream: str, epoch: str, hwm: int) -> bool:
+        """Raise the stream's high-water mark to ``hwm`` within its current ``epoch``.
+
+        Used when the peer proves it holds acknowledgements we no longer have (our store was
+        restored from an older copy): its resume point is then above ours, and without this the
+        next message would be a gap. Never lowers the mark; another epoch changes nothing.
+
+        Returns:
+            True when the mark moved.
+
+        Raises:
+            StorageError: The write failed; nothing changed.
+        """
+        with self._db.transaction(f"raise hwm of inbox {stream!r}") as conn:
+            cur = conn.execute(
+                "UPDATE inbox_streams SET hwm = ?, updated_at = ? WHERE stream = ? AND epoch = ? AND hwm < ?",
+                (hwm, self._clock(), stream, epoch, hwm),
+            )
+        return cur.rowcount == 1
+
     def accept(self, stream: str, seq: int, kind: str, payload: bytes) -> AcceptResult:
         """Accept one message in one transaction (stored and hwm advanced, or dropped).
 

@@ -25,7 +25,6 @@ __all__ = [
     "job_owners",
     "outstanding_by_peer",
     "queued_jobs",
-    "raise_inbox_hwm",
     "record_specs",
     "record_worker_events",
     "touch_worker",
@@ -141,26 +140,6 @@ def outstanding_by_peer(db: Database) -> dict[str, int]:
         "count outstanding jobs",
     )
     return {r[0]: int(r[1]) for r in rows}
-
-
-def raise_inbox_hwm(db: Database, stream: str, epoch: str, hwm: int) -> bool:
-    """Raise a remote stream's high-water mark to ``hwm`` within its current epoch.
-
-    Used when the peer proves it holds acknowledgements we no longer have (our store was
-    restored from an older copy): its resume point is then above ours. Never lowers the mark.
-
-    Returns:
-        True when the mark moved.
-
-    Raises:
-        StorageError: The write failed.
-    """
-    with db.transaction(f"raise hwm of inbox {stream!r}") as conn:
-        cur = conn.execute(
-            "UPDATE inbox_streams SET hwm = ? WHERE stream = ? AND epoch = ? AND hwm < ?",
-            (hwm, stream, epoch, hwm),
-        )
-    return cur.rowcount == 1
 
 
 def _upsert_worker(db: Database, worker_id: str) -> None:

@@ -186,3 +186,35 @@ def test_bad_config_names_the_field(tmp_path: Path) -> None:
         start_worker(config(tmp_path, key="abc"))
     with pytest.raises(ConfigError, match=r"WorkerConfig\.max_concurrent_jobs"):
         start_worker(config(tmp_path, max_concurrent_jobs=0))
+
+
+def test_database_restored_from_an_older_copy_starts_a_new_stream(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    """Guarantee 6: the restored outbox is behind what the facilitator acknowledged, and the
+    restored inbox is behind what it sent. Nothing may be mistaken for a duplicate or hang."""
+    import shutil
+
+    cfg = config(tmp_path)
+    db = Path(cfg.db_path)
+    with start_worker(cfg, {"echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+    backup = tmp_path / "backup.db"
+    shutil.copy(db, backup)  # stopped cleanly: the WAL was checkpointed into the file
+    with start_worker(cfg, {"echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        for f in [worker.outbox.publish(MachineSpecs(specs={"n": i}, at=0.0)) for i in range(3)]:
+            f.get(timeout=5)
+        facilitator.submit("before", "echo")
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "before")))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, db)
+    with start_worker(cfg, {"echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(10)
+        worker.outbox.publish(MachineSpecs(specs={"n": "after"}, at=0.0)).get(timeout=5)
+        facilitator.submit("after", "echo")
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "after")))
+        facilitator.wait_for(lambda: MachineSpecs(specs={"n": "after"}, at=0.0) in facilitator.store.delivered)
+        assert worker.snapshot().counter("epoch_restarts") == 1
+    assert terminal(facilitator, "before") == [JobStatus.COMPLETED]  # not run again

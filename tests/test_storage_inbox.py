@@ -166,3 +166,17 @@ def test_limit_and_argument_checks(inbox: Inbox) -> None:
     assert inbox.accept_many("s", []) == []
     assert inbox.mark_consumed("unknown", 3) == 0
     assert inbox.mark_consumed("s", 3, "no-such-epoch") == 0
+
+
+def test_raise_hwm_moves_up_within_the_current_epoch_only(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "i.db")
+    inbox = Inbox(db)
+    inbox.start_epoch("peer", "e1", 0)
+    assert inbox.accept("peer", 1, "k", b"x") is AcceptResult.ACCEPTED
+    assert inbox.raise_hwm("peer", "e1", 5)
+    assert inbox.state("peer") == ("e1", 5)
+    assert not inbox.raise_hwm("peer", "e1", 3)  # never lowers
+    assert not inbox.raise_hwm("peer", "other-epoch", 9)  # another epoch changes nothing
+    assert inbox.accept("peer", 6, "k", b"y") is AcceptResult.ACCEPTED
+    assert inbox.accept("peer", 4, "k", b"z") is AcceptResult.DUPLICATE
+    db.close()
