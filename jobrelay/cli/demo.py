@@ -225,6 +225,7 @@ class Progress:
 
 def run(args: argparse.Namespace) -> int:
     log = resolve(LOG, args, config_path=args.config)
+    logs.check(log)
     tmp = Path(tempfile.mkdtemp(prefix="jobrelay-demo-"))
     explicit = log.source("level") != "default"
     logs.configure(log.values["level"] if explicit else "ERROR", json=log.values["json"])

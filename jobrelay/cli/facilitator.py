@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
 def run(args: argparse.Namespace) -> int:
     resolved = resolve(FACILITATOR, args, config_path=args.config)
     log = resolve(LOG, args, config_path=args.config)
+    logs.check(log)
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
     if args.print_config:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                     FacilitatorHealth(fac), resolved.values["http_host"], resolved.values["http_port"]
                 ).start()
             except OSError as exc:
-                raise resolved.error(
+                raise resolved.bad(
                     "http_port",
                     f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
                     f"{exc.strerror}",
@@ -101,4 +102,4 @@ def _start(config: FacilitatorConfig, resolved: Resolved) -> Facilitator:
     except ConfigError as exc:
         raise config_error(resolved, exc) from None
     except StorageError as exc:
-        raise resolved.error("db_path", str(exc).splitlines()[0]) from None
+        raise resolved.bad("db_path", str(exc).splitlines()[0]) from None

@@ -11,8 +11,9 @@ from loguru import logger
 
 from jobrelay.actors.logs import route_stdlib_logging
 from jobrelay.cli.errors import UsageError
+from jobrelay.cli.settings import Resolved
 
-__all__ = ["LEVELS", "configure"]
+__all__ = ["LEVELS", "check", "configure"]
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -27,6 +28,17 @@ def _context(record: Any) -> None:
     extra.setdefault("component", record["name"].rsplit(".", 1)[-1] if record["name"] else "-")
     bits = [f"{k}={extra[k]}" for k in ("worker_id", "session", "job_id") if extra.get(k)]
     extra["context"] = f" [{' '.join(bits)}]" if bits else ""
+
+
+def check(log: Resolved) -> None:
+    """Refuse an unknown log level, naming its source.
+
+    Raises:
+        UsageError: the level is not one of LEVELS.
+    """
+    level = str(log.values["level"]).upper()
+    if level not in LEVELS:
+        raise log.bad("level", f"expected one of {', '.join(LEVELS)}, got {log.values['level']!r}")
 
 
 def configure(level: str = "INFO", *, json: bool = False, **context: Any) -> None:

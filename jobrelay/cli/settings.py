@@ -549,7 +549,7 @@ class Resolved:
     def source(self, key: str) -> str:
         return self.sources.get(key, "default")
 
-    def error(self, key: str, why: str) -> UsageError:
+    def bad(self, key: str, why: str) -> UsageError:
         return UsageError(f"{self.section}.{key} (from {self.source(key)}): {why}")
 
 
@@ -628,7 +628,7 @@ def _parse_text(s: Setting, raw: str | list[str], out: Resolved) -> Any:
         for item in items:
             kind, sep, command = item.partition("=")
             if not sep or not kind.strip() or not command.strip():
-                raise out.error(s.key, f"expected KIND=COMMAND, got {item!r}")
+                raise out.bad(s.key, f"expected KIND=COMMAND, got {item!r}")
             mapping[kind.strip()] = command.strip()
         return mapping
     assert isinstance(raw, str)
@@ -643,7 +643,7 @@ def _parse_text(s: Setting, raw: str | list[str], out: Resolved) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise out.error(s.key, f"expected true or false, got {raw!r}")
+        raise out.bad(s.key, f"expected true or false, got {raw!r}")
     return _convert(s, text, out, strict=False)
 
 
@@ -651,8 +651,8 @@ def _convert(s: Setting, value: Any, out: Resolved, *, strict: bool) -> Any:
     kind = s.kind if s.default is not None else s.kind | None
     try:
         return msgspec.convert(value, kind, strict=strict)
-    except msgspec.ValidationError as exc:
-        raise out.error(s.key, f"{_type_name(s.kind)}, got {value!r}") from None
+    except msgspec.ValidationError:
+        raise out.bad(s.key, f"{_type_name(s.kind)}, got {value!r}") from None
 
 
 def _type_name(kind: Any) -> str:
@@ -709,7 +709,7 @@ def config_error(resolved: Resolved, exc: Exception) -> UsageError:
     }
     if field_name == "?":
         return UsageError(f"{resolved.section}: {why}")
-    return resolved.error(by_target.get(field_name, field_name), why)
+    return resolved.bad(by_target.get(field_name, field_name), why)
 
 
 def _msgspec_field(message: str) -> str:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = inspect_database(resolved.values["db_path"])
     except StorageError as exc:
-        raise resolved.error("db_path", str(exc).splitlines()[0]) from None
+        raise resolved.bad("db_path", str(exc).splitlines()[0]) from None
     doc: dict[str, Any] = {
         "database": {
             "path": summary.path,

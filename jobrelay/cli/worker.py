@@ -67,14 +67,14 @@ def check_db_path(resolved: Resolved, key: str = "db_path") -> None:
     path = Path(resolved.values[key])
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise resolved.error(key, f"{path} is a directory, expected a database file")
+        raise resolved.bad(key, f"{path} is a directory, expected a database file")
     if not parent.is_dir():
-        raise resolved.error(key, f"directory {parent} does not exist")
+        raise resolved.bad(key, f"directory {parent} does not exist")
     if path.exists():
         if not os.access(path, os.R_OK | os.W_OK):
-            raise resolved.error(key, f"cannot read and write {path}")
+            raise resolved.bad(key, f"cannot read and write {path}")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        raise resolved.error(key, f"cannot create a file in {parent}")
+        raise resolved.bad(key, f"cannot create a file in {parent}")
 
 
 def handlers_from(resolved: Resolved) -> dict[str, Handler]:
@@ -83,9 +83,9 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
         try:
             argv = shlex.split(command)
         except ValueError as exc:
-            raise resolved.error("handlers", f"{kind}: cannot split {command!r}: {exc}") from None
+            raise resolved.bad("handlers", f"{kind}: cannot split {command!r}: {exc}") from None
         if not argv:
-            raise resolved.error("handlers", f"{kind}: empty command")
+            raise resolved.bad("handlers", f"{kind}: empty command")
         handlers[kind] = CommandHandler(argv)
     return handlers
 
@@ -101,6 +101,7 @@ def print_config(*parts: Resolved) -> None:
 def run(args: argparse.Namespace) -> int:
     resolved = resolve(WORKER, args, config_path=args.config)
     log = resolve(LOG, args, config_path=args.config)
+    logs.check(log)
     config: WorkerConfig = build_config(resolved, WorkerConfig)
     check_db_path(resolved)
     handlers = handlers_from(resolved)
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         worker = start_worker(config, handlers)
     except StorageError as exc:
-        raise resolved.error("db_path", str(exc).splitlines()[0]) from None
+        raise resolved.bad("db_path", str(exc).splitlines()[0]) from None
     http: HealthServer | None = None
     try:
         if resolved.values["http_port"] is not None:
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     WorkerHealth(worker), resolved.values["http_host"], resolved.values["http_port"]
                 ).start()
             except OSError as exc:
-                raise resolved.error(
+                raise resolved.bad(
                     "http_port",
                     f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
                     f"{exc.strerror}",
