@@ -108,6 +108,7 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     data_accepted: int = 0
     duplicates_dropped: int = 0
     new_streams: int = 0
+    epoch_restarts: int = 0
     refused_updates: int = 0
     auth_failures: int = 0
     heartbeat_timeouts: int = 0

@@ -316,6 +316,18 @@ class WorkerConnection:
             return
         if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
+        if event.code is ErrorCode.ACK_OUT_OF_RANGE and not event.by_peer and not self._opened:
+            # The worker holds more of our stream than our store does (restored from an older
+            # copy): what we still have goes out again as a new stream; the worker's ledger
+            # recognises job ids it already has.
+            epoch = self.hub.store.restart_stream(self.session.peer_id)
+            counters.add("epoch_restarts")
+            self._log.warning(
+                "facilitator: our stream to worker={} restarts as epoch {} ({})",
+                self.session.peer_id,
+                epoch,
+                event.detail,
+            )
         self._log.info(
             "facilitator: session closed worker={} code={} by_peer={} detail={}",
             self.worker_id or self.session.peer_id or "?",

@@ -267,6 +267,10 @@ class FacilitatorStore:
 
         return self._call("open stream", op)
 
+    def restart_stream(self, worker_id: str) -> str:
+        """Give our stream to ``worker_id`` a new epoch (pending rows renumbered from 1)."""
+        return self._call("restart stream", lambda s: s.outbox(worker_id).restart_epoch())
+
     def accept(self, worker_id: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
         """Make a received batch durable and apply it (statuses, specs, events) in one commit."""
         return self._call("accept data", lambda s: _accept(s, worker_id, items))

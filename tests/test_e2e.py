@@ -196,3 +196,39 @@ def test_stop_is_bounded_with_running_handlers_and_no_facilitator(tmp_path: Path
         worker.stop(timeout=2.0)
         assert time.monotonic() - t0 < 3.0
         proxy.stop()
+
+
+@pytest.mark.timeout(60)
+def test_facilitator_restored_from_an_older_copy_keeps_serving_the_worker(tmp_path: Path) -> None:
+    """Guarantee 6 on the facilitator side: its restored outbox is behind what the worker
+    accepted; the stream restarts with a new epoch instead of refusing the worker forever."""
+    import shutil
+
+    fac_db = tmp_path / "fac.db"
+    fac = start_fac(fac_db)
+    proxy = TcpProxy(("127.0.0.1", fac.port)).start()
+    config = WorkerConfig(url=proxy.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"))
+    try:
+        with start_worker(config, {"steps": steps_handler}) as worker:
+            worker.wait_connected(10)
+            fac.stop()
+            shutil.copy(fac_db, tmp_path / "backup.db")  # stopped cleanly: WAL checkpointed
+            fac = start_fac(fac_db)
+            proxy.target = ("127.0.0.1", fac.port)
+            proxy.cut()
+            fac.submit("steps", {"steps": 1}, job_id="before")
+            wait_until(lambda: all_done(fac, ["before"]), 20, "job before the restore")
+            fac.stop()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{fac_db}{suffix}").unlink(missing_ok=True)
+            shutil.copy(tmp_path / "backup.db", fac_db)
+            fac = start_fac(fac_db)
+            proxy.target = ("127.0.0.1", fac.port)
+            proxy.cut()
+            fac.submit("steps", {"steps": 1}, job_id="after")
+            wait_until(lambda: all_done(fac, ["after"]), 20, "job after the restore")
+            assert check_histories(fac, ["after"], {"after": 1}) == {"completed": 1, "worker_restarted": 0}
+            assert fac.stats().epoch_restarts == 1
+    finally:
+        proxy.stop()
+        fac.stop()
