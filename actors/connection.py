@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -39,11 +39,11 @@ from jobrelay.actors.messages import (
     StateChanged,
     send,
 )
-from jobrelay.actors.transport import Transport, TransportError, WebSocketTransport
+from jobrelay.actors.transport import BackgroundSender, Transport, TransportError, WebSocketTransport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import full_jitter
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
-from jobrelay.protocol.session import SessionState, WorkerSession
+from jobrelay.protocol.session import WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
 __all__ = ["CLOSE_CODES", "ConnectionActor", "ConnectionProxy"]
@@ -106,6 +106,9 @@ class ConnectionActor(pykka.ThreadingActor):
         self._attempt = 0
         self._failures = 0
         self._transport: Transport | None = None
+        self._writer: BackgroundSender | None = None
+        # Hot-path counters are kept here and reported on each beat: no tell per frame.
+        self._counts: Counter[str] = Counter()
         self._session: WorkerSession | None = None
         self._timer: threading.Timer | None = None
         self._subscribers: list[pykka.ActorRef[Any]] = []
@@ -217,6 +220,13 @@ class ConnectionActor(pykka.ThreadingActor):
         thread.start()
 
     def _on_connected(self, marks: StreamMarks) -> None:
+        assert self._transport is not None
+        attempt, ref = self._attempt, self.actor_ref
+        self._writer = BackgroundSender(
+            self._transport,
+            lambda detail: send(ref, IoClosed(attempt, f"send failed: {detail}")),
+            name=f"jobrelay-writer-{attempt}",
+        )
         self._set_state(ConnectionState.AUTHENTICATING)
         self._session = WorkerSession(
             worker_id=self.config.worker_id,
@@ -233,6 +243,7 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         now = self._clock()
         self._last_contact = now
+        self._counts["frames_received"] += 1
         session.receive_data(data, now)
         self._handle_events()
 
@@ -266,10 +277,14 @@ class ConnectionActor(pykka.ThreadingActor):
             session.close(ErrorCode.INTERNAL, str(exc))
             self._handle_events()
             return
-        self._tell_metrics(Count("data_sent", count))
+        self._counts["data_sent"] += count
         self._flush()
 
     def _on_beat(self, now: float) -> None:
+        for name, n in self._counts.items():
+            if n:
+                self._tell_metrics(Count(name, n))
+        self._counts.clear()
         session = self._session
         if session is None:
             return
@@ -292,7 +307,7 @@ class ConnectionActor(pykka.ThreadingActor):
                     send(self._outbox, PeerAcked(session.session_id, upto))
                     opened = True
                 case ev.DuplicateDropped():
-                    self._tell_metrics(Count("duplicates_dropped"))
+                    self._counts["duplicates_dropped"] += 1
                 case ev.Opened():
                     self._on_opened(event)
                 case ev.PeerWarning(code=code, detail=detail):
@@ -308,7 +323,7 @@ class ConnectionActor(pykka.ThreadingActor):
                     pass
         if incoming:
             send(self._router, Incoming(session.session_id, incoming))
-            self._tell_metrics(Count("data_received", len(incoming)))
+            self._counts["data_received"] += len(incoming)
         if opened:
             self._send_unsent()
         self._flush()
@@ -377,26 +392,23 @@ class ConnectionActor(pykka.ThreadingActor):
         self._flush_to_transport(self._session)
 
     def _flush_to_transport(self, session: WorkerSession | None) -> None:
-        transport = self._transport
-        if session is None or transport is None:
+        writer = self._writer
+        if session is None or writer is None:
             return
         frames = session.data_to_send()
-        if not frames:
-            return
-        try:
-            for frame in frames:
-                transport.send(frame.data, frame.binary)
-        except TransportError as exc:
-            if session.state is not SessionState.CLOSED:
-                session.connection_lost(str(exc))
-                self._handle_events()
+        for frame in frames:
+            writer.put(frame.data, frame.binary)
+        self._counts["frames_sent"] += len(frames)
 
     def _shutdown(self, reason: str, code: int) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         transport, self._transport = self._transport, None
-        if transport is not None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.finish(code, reason)  # after the frames already queued (e.g. an error frame)
+        elif transport is not None:
             transport.close(code, reason)
 
     def _set_state(self, state: ConnectionState, detail: str = "") -> None:

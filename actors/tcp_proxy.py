@@ -26,6 +26,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._blocked = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._accept_loop, name="jobrelay-proxy", daemon=True)
         self.connections = 0
         self.cuts = 0
@@ -51,6 +53,13 @@ class TcpProxy:
         self.cuts += 1
         return len(links) // 2
 
+    def stall(self, stalled: bool = True) -> None:
+        """While stalled, nothing is forwarded and nothing is closed: a hung peer or network."""
+        if stalled:
+            self._running.clear()
+        else:
+            self._running.set()
+
     def block(self, blocked: bool = True) -> None:
         """While blocked, new connections are accepted and closed at once (a down peer)."""
         if blocked:
@@ -60,6 +69,7 @@ class TcpProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        self._running.set()
         self.cut()
         self._server.close()
         if self._thread.is_alive():
@@ -92,6 +102,9 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while not self._running.wait(0.1):
+                    if self._stop.is_set():
+                        return
                 dst.sendall(data)
         except OSError:
             pass
