@@ -384,6 +384,7 @@ class Facilitator:
 
     def _serve(self) -> None:
         config = self.config
+        tls = config.tls_context()
         try:
             server = serve(
                 self.handle,
@@ -394,6 +395,7 @@ class Facilitator:
                 ping_interval=None,
                 open_timeout=config.handshake_timeout,
                 close_timeout=1.0,
+                ssl=tls,
             )
         except OSError as exc:
             raise ConfigError(
@@ -401,7 +403,7 @@ class Facilitator:
             ) from exc
         self._server = server
         self.port = int(server.socket.getsockname()[1])
-        self.url = f"ws://{config.host}:{self.port}"
+        self.url = f"{'wss' if tls else 'ws'}://{config.host}:{self.port}"
         self._thread = threading.Thread(target=server.serve_forever, name="facilitator-server", daemon=True)
         self._thread.start()
 

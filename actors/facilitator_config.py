@@ -3,6 +3,7 @@
 # refusal is a ConfigError whose message starts with "FacilitatorConfig.<field>:".
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -36,6 +37,7 @@ class FacilitatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
         formats: Codecs offered to workers, preferred first.
         tick_interval: How often each connection checks its deadlines (seconds).
+        tls_cert_file / tls_key_file: PEM certificate chain and key: serve ``wss://`` (TLS).
         stop_timeout: Default bound of ``Facilitator.stop()``.
     """
 
@@ -55,6 +57,8 @@ class FacilitatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
     formats: tuple[str, ...] = ("json", "msgpack")
     tick_interval: float = 0.5
     stop_timeout: float = 5.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,11 +95,30 @@ class FacilitatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
             raise _bad("stop_timeout", "must be > 0", self.stop_timeout)
         if not self.formats or any(f not in FORMATS for f in self.formats):
             raise _bad("formats", f"must be a non-empty subset of {FORMATS}", self.formats)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise _bad(
+                "tls_cert_file", "set both tls_cert_file and tls_key_file (or neither)", self.tls_cert_file
+            )
         for worker_id, key in self.authorized_keys.items():
             try:
                 parse_authorized_keys(f"{worker_id} {key}")
             except ValueError as exc:
                 raise _bad("authorized_keys", f"entry {worker_id!r}: {exc}", key) from None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (``wss://``), or None for plain ``ws://``.
+
+        Raises:
+            ConfigError: the certificate or key cannot be loaded.
+        """
+        if not self.tls_cert_file or not self.tls_key_file:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _bad("tls_cert_file", f"cannot load certificate/key ({exc})", self.tls_cert_file) from None
+        return context
 
     def load_authorized_keys(self) -> dict[str, str]:
         """The authorized keys: ``authorized_keys`` plus those of ``authorized_keys_file``.
