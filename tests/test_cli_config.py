@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def no_jobrelay_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+    """No JOBRELAY_* variables from outside. (Every in-process main() call here fails or prints
+    before logs.configure(), so loguru's global sinks are never replaced by these tests.)"""
     for name in list(os.environ):
         if name.startswith("JOBRELAY_"):
             monkeypatch.delenv(name)

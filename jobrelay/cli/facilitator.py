@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     logs.check(log)
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
+    try:
+        config.load_authorized_keys()  # refuse a bad keys file before anything starts
+    except ConfigError as exc:
+        raise config_error(resolved, exc) from None
     if args.print_config:
         print_config(resolved, log)
         return EXIT_OK
