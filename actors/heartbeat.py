@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
 
 from jobrelay.actors.messages import Beat, send
 
-__all__ = ["HeartbeatActor"]
+__all__ = ["HeartbeatActor", "HeartbeatProxy", "heartbeat_proxy"]
 
 
 class HeartbeatActor(pykka.ThreadingActor):
@@ -30,6 +31,7 @@ class HeartbeatActor(pykka.ThreadingActor):
         self._clock = clock
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobrelay-heartbeat", daemon=True)
+        self._count = 0
 
     def on_start(self) -> None:
         self._thread.start()
@@ -41,9 +43,8 @@ class HeartbeatActor(pykka.ThreadingActor):
         self._halt.set()
 
     def beats(self) -> int:
+        """Beats sent since start (a liveness check of the timer itself)."""
         return self._count
-
-    _count = 0
 
     def _run(self) -> None:
         while not self._halt.wait(self._period):
@@ -51,3 +52,11 @@ class HeartbeatActor(pykka.ThreadingActor):
             if not all([send(ref, beat) for ref in self._targets]):
                 return
             self._count += 1
+
+
+class HeartbeatProxy(ActorMemberMixin, pykka.ActorProxy[HeartbeatActor]):
+    beats = proxy_method(HeartbeatActor.beats)
+
+
+def heartbeat_proxy(ref: pykka.ActorRef[HeartbeatActor]) -> HeartbeatProxy:
+    return cast(HeartbeatProxy, ref.proxy())

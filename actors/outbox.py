@@ -159,6 +159,7 @@ class OutboxActor(pykka.ThreadingActor):
             case Beat(at=now):
                 self._persist_ack()
                 self._expire_blocked(now)
+                self._report_gauges()
             case SessionClosed() | PeerAcked():
                 pass
             case _:
@@ -220,7 +221,6 @@ class OutboxActor(pykka.ThreadingActor):
                 self._cache[seq] = (publish.body, now)
             publish.future.set(seq)
         send(self._metrics, Count("published", len(batch) - len(refused)))
-        self._report_depth()
         return True
 
     def _fill(self) -> None:
@@ -247,7 +247,6 @@ class OutboxActor(pykka.ThreadingActor):
         if items:
             self._sent = items[-1][0]
             send(self._connection, SendData(self._session, items))
-            send(self._metrics, Gauge("in_flight", self._sent - self._acked))
 
     def _on_opened(self, session_id: str, resume_after: int, window: int) -> None:
         outbox = self._store()
@@ -293,7 +292,6 @@ class OutboxActor(pykka.ThreadingActor):
         outbox = self._outbox
         if outbox is not None and self._acked > outbox.last_acked:
             outbox.ack(self._acked)
-            self._report_depth()
 
     def _drop_cached(self, upto: int) -> None:
         now = self._clock()
@@ -340,9 +338,12 @@ class OutboxActor(pykka.ThreadingActor):
             publish.future.set_exception(exc_info=(OutboxFull, exc, None))
         self._blocked = [(d, p) for d, p in self._blocked if p not in publishes]
 
-    def _report_depth(self) -> None:
-        outbox = self._store()
-        send(self._metrics, Gauge("outbox_depth", outbox.last_seq - outbox.last_acked))
+    def _report_gauges(self) -> None:
+        stats = self._store().stats()
+        send(self._metrics, Gauge("outbox_depth", stats.depth_rows))
+        send(self._metrics, Gauge("outbox_bytes", stats.depth_bytes))
+        send(self._metrics, Gauge("outbox_oldest_age", stats.oldest_unacked_age or 0.0))
+        send(self._metrics, Gauge("in_flight", self._sent - self._acked if self._session else 0))
 
 
 def _refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:

@@ -17,7 +17,7 @@ from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.connection import ConnectionActor, ConnectionProxy, connection_proxy
 from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
-from jobrelay.actors.heartbeat import HeartbeatActor
+from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
 from jobrelay.actors.logs import route_stdlib_logging
 from jobrelay.actors.messages import ConnectionState
 from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
@@ -43,7 +43,7 @@ class Worker:
         outbox: OutboxHandle,
         router: JobRouterProxy,
         connection: ConnectionProxy,
-        heartbeat: pykka.ActorRef[HeartbeatActor],
+        heartbeat: HeartbeatProxy,
         refs: list[pykka.ActorRef[Any]],
     ) -> None:
         self.config = config
@@ -199,7 +199,7 @@ def start_worker(
         outbox=outbox,
         router=router,
         connection=connection,
-        heartbeat=heartbeat_ref,
+        heartbeat=heartbeat_proxy(heartbeat_ref),
         refs=refs,
     )
     logger.info("worker {} started; connecting to {}", config.worker_id, config.url)

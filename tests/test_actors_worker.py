@@ -215,6 +215,42 @@ def test_database_restored_from_an_older_copy_starts_a_new_stream(
         worker.outbox.publish(MachineSpecs(specs={"n": "after"}, at=0.0)).get(timeout=5)
         facilitator.submit("after", "echo")
         facilitator.wait_for(lambda: bool(terminal(facilitator, "after")))
-        facilitator.wait_for(lambda: MachineSpecs(specs={"n": "after"}, at=0.0) in facilitator.store.delivered)
+        facilitator.wait_for(
+            lambda: MachineSpecs(specs={"n": "after"}, at=0.0) in facilitator.store.delivered
+        )
         assert worker.snapshot().counter("epoch_restarts") == 1
     assert terminal(facilitator, "before") == [JobStatus.COMPLETED]  # not run again
+
+
+def test_metrics_snapshot_covers_counters_gauges_and_histograms(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    import time
+
+    with start_worker(config(tmp_path), {"echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("m1", "echo")
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "m1")))
+        # Counters and gauges are reported on the heartbeat's beat (4 per second): poll.
+        deadline = time.monotonic() + 5
+        while True:
+            snap = worker.snapshot()
+            if (
+                snap.counter("frames_sent")
+                and "outbox_oldest_age" in snap.gauges
+                and "ack_latency" in snap.histograms
+            ):
+                break
+            assert time.monotonic() < deadline, snap
+            time.sleep(0.05)
+        assert snap.state == "connected"
+        for name in ("frames_sent", "frames_received", "data_sent", "data_received", "published", "acked"):
+            assert snap.counter(name) > 0, name
+        for name in ("jobs_received", "jobs_started", "jobs_completed"):
+            assert snap.counter(name) == 1, name
+        assert {"outbox_depth", "outbox_bytes", "outbox_oldest_age", "in_flight", "running_jobs"} <= set(
+            snap.gauges
+        )
+        assert snap.histograms["job_duration"].count == 1
+        assert snap.histograms["ack_latency"].p99 >= snap.histograms["ack_latency"].p50 >= 0
+        assert worker.heartbeat.beats().get(timeout=5) > 0
