@@ -14,7 +14,6 @@ Usage: scripts/bench_e2e.py [--messages N] [--quick]
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import statistics
 import subprocess
@@ -60,8 +59,7 @@ def serve_sink() -> None:
 
 def serve_facilitator(db: str, worker_key: str) -> None:
     """Child mode: a reference facilitator (durability full) for the worker under test."""
-    window = int(os.environ.get("BENCH_WINDOW", "0")) or FacilitatorConfig.__struct_defaults__[FacilitatorConfig.__struct_fields__.index("max_inflight") - 1]
-    fac = start_facilitator(FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}, max_inflight=window))
+    fac = start_facilitator(FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}))
     print(fac.port, flush=True)
     threading.Event().wait()
 
