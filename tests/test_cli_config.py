@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobrelay.cli import main
-from jobrelay.cli.settings import markdown_table
+from jobrelay.cli.registry import markdown_table
 from tests.test_cli_helpers import ROOT, clean_env, make_key, run_cli
 
 pytestmark = pytest.mark.timeout(30)
@@ -91,7 +91,8 @@ def test_facilitator_precedence(
     assert fac["heartbeat_interval"] == {"value": 2.0, "source": str(toml)}
     assert fac["http_port"] == {"value": 8766, "source": "default"}
     monkeypatch.delenv("JOBRELAY_PORT")
-    code, out, _ = run_main(["facilitator", "--config", str(toml), "--print-config"], capsys)
+    monkeypatch.setenv("JOBRELAY_CONFIG", str(toml))  # the file itself may come from the environment
+    code, out, _ = run_main(["facilitator", "--print-config"], capsys)
     assert json.loads(out)["facilitator"]["port"] == {"value": 1111, "source": str(toml)}
 
 

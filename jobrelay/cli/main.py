@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         metavar="FILE",
-        default=None,
-        help="a TOML file with [worker], [facilitator], [log] tables",
+        default=os.environ.get("JOBRELAY_CONFIG") or None,
+        help="a TOML file with [worker], [facilitator], [log] tables [env JOBRELAY_CONFIG]",
     )
     add_flags(common, LOG, title="logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

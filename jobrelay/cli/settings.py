@@ -19,6 +19,7 @@ import msgspec
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.errors import ConfigError
 from jobrelay.cli.errors import UsageError
+from jobrelay.cli.registry import FACILITATOR, LOG, REQUIRED, STATUS, WORKER, Setting, show
 
 __all__ = [
     "FACILITATOR",
@@ -33,461 +34,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its key in the TOML section, its flag, its environment variable.
-
-    ``target`` is the library config field it feeds ("" for settings of the command itself).
-    ``kind`` is the Python type used to parse flag/env strings; ``default`` the command's default.
-    """
-
-    section: str
-    key: str
-    kind: Any
-    default: Any
-    help: str
-    flag: str | None = None
-    env: str | None = None
-    target: str = ""
-    metavar: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.section}.{self.key}"
-
-    @property
-    def dest(self) -> str:
-        return self.key
-
-
-_NO_DEFAULT: Any = object()  # required: no default
-
-
-def _w(
-    key: str, kind: Any, default: Any, help: str, flag: str | None = None, env: str | None = None, **kw: Any
-) -> Setting:
-    return Setting("worker", key, kind, default, help, flag, env, **kw)
-
-
-def _f(
-    key: str, kind: Any, default: Any, help: str, flag: str | None = None, env: str | None = None, **kw: Any
-) -> Setting:
-    return Setting("facilitator", key, kind, default, help, flag, env, **kw)
-
-
-WORKER: tuple[Setting, ...] = (
-    _w(
-        "url",
-        str,
-        _NO_DEFAULT,
-        "facilitator URL, ws://host:port or wss://host:port",
-        "--url",
-        "JOBRELAY_URL",
-        target="url",
-    ),
-    _w(
-        "worker_id",
-        str,
-        _NO_DEFAULT,
-        "this worker's id (as in the authorized-keys file)",
-        "--worker-id",
-        "JOBRELAY_WORKER_ID",
-        target="worker_id",
-    ),
-    _w(
-        "key_file",
-        str,
-        "",
-        "file with the Ed25519 private key (from `jobrelay keygen`)",
-        "--key-file",
-        "JOBRELAY_KEY_FILE",
-        target="key_file",
-    ),
-    _w(
-        "key",
-        str,
-        "",
-        "the private key itself, 64 hex chars (prefer key_file)",
-        None,
-        "JOBRELAY_KEY",
-        target="key",
-    ),
-    _w(
-        "db_path",
-        str,
-        _NO_DEFAULT,
-        "the worker's SQLite file (outbox, inbox, job ledger)",
-        "--db",
-        "JOBRELAY_DB",
-        target="db_path",
-    ),
-    _w(
-        "durability",
-        str,
-        "full",
-        "full (fsync each commit) or normal",
-        "--durability",
-        "JOBRELAY_DURABILITY",
-        target="durability",
-    ),
-    _w(
-        "max_concurrent_jobs",
-        int,
-        4,
-        "handlers running at once",
-        "--max-jobs",
-        "JOBRELAY_MAX_JOBS",
-        target="max_concurrent_jobs",
-    ),
-    _w(
-        "stop_timeout",
-        float,
-        5.0,
-        "seconds SIGINT/SIGTERM may take to drain and stop",
-        "--stop-timeout",
-        "JOBRELAY_STOP_TIMEOUT",
-        target="stop_timeout",
-    ),
-    _w(
-        "backoff_base",
-        float,
-        0.5,
-        "first reconnect delay bound, seconds (full jitter)",
-        "--backoff-base",
-        "JOBRELAY_BACKOFF_BASE",
-        target="backoff_base",
-    ),
-    _w(
-        "backoff_cap",
-        float,
-        30.0,
-        "largest reconnect delay, seconds",
-        "--backoff-cap",
-        "JOBRELAY_BACKOFF_CAP",
-        target="backoff_cap",
-    ),
-    _w(
-        "max_attempts",
-        int,
-        None,
-        "failed connection attempts before giving up (unset: forever)",
-        "--max-attempts",
-        "JOBRELAY_MAX_ATTEMPTS",
-        target="max_attempts",
-    ),
-    _w(
-        "connect_timeout",
-        float,
-        10.0,
-        "TCP + WebSocket handshake timeout, seconds",
-        "--connect-timeout",
-        "JOBRELAY_CONNECT_TIMEOUT",
-        target="connect_timeout",
-    ),
-    _w(
-        "ca_file",
-        str,
-        "",
-        "CA bundle for wss:// (default: system store)",
-        "--ca-file",
-        "JOBRELAY_CA_FILE",
-        target="ca_file",
-    ),
-    _w(
-        "max_outbox_rows",
-        int,
-        1_000_000,
-        "outbox bound in rows (then publishers block)",
-        "--max-outbox-rows",
-        "JOBRELAY_MAX_OUTBOX_ROWS",
-        target="max_outbox_rows",
-    ),
-    _w(
-        "max_outbox_bytes",
-        int,
-        1 << 30,
-        "outbox bound in bytes",
-        "--max-outbox-bytes",
-        "JOBRELAY_MAX_OUTBOX_BYTES",
-        target="max_outbox_bytes",
-    ),
-    _w(
-        "publish_timeout",
-        float,
-        30.0,
-        "how long a status waits for outbox room",
-        "--publish-timeout",
-        "JOBRELAY_PUBLISH_TIMEOUT",
-        target="publish_timeout",
-    ),
-    _w(
-        "formats",
-        tuple[str, ...],
-        ("json", "msgpack"),
-        "codecs offered, preferred first (comma-separated)",
-        "--formats",
-        "JOBRELAY_FORMATS",
-        target="formats",
-    ),
-    _w(
-        "max_frame_bytes",
-        int,
-        1_048_576,
-        "largest WebSocket frame",
-        "--max-frame-bytes",
-        "JOBRELAY_MAX_FRAME_BYTES",
-        target="max_frame_bytes",
-    ),
-    _w(
-        "max_batch",
-        int,
-        500,
-        "most data messages per frame",
-        "--max-batch",
-        "JOBRELAY_MAX_BATCH",
-        target="max_batch",
-    ),
-    _w(
-        "handshake_timeout",
-        float,
-        10.0,
-        "seconds to authenticate",
-        "--handshake-timeout",
-        "JOBRELAY_HANDSHAKE_TIMEOUT",
-        target="handshake_timeout",
-    ),
-    _w(
-        "handlers",
-        dict[str, str],
-        {},
-        "job kind = command, repeatable (TOML: a [worker.handlers] table)",
-        "--handler",
-        "JOBRELAY_HANDLERS",
-        metavar="KIND=COMMAND",
-    ),
-    _w(
-        "http_host",
-        str,
-        "127.0.0.1",
-        "interface for /healthz and /metrics",
-        "--http-host",
-        "JOBRELAY_HTTP_HOST",
-    ),
-    _w(
-        "http_port",
-        int,
-        None,
-        "port for /healthz and /metrics (unset: off; 0: any free port)",
-        "--http-port",
-        "JOBRELAY_HTTP_PORT",
-    ),
-    _w(
-        "ready_file",
-        str,
-        "",
-        "write {url, http_url, pid} as JSON here once running",
-        "--ready-file",
-        "JOBRELAY_READY_FILE",
-    ),
-)
-
-FACILITATOR: tuple[Setting, ...] = (
-    _f("db_path", str, _NO_DEFAULT, "the facilitator's SQLite file", "--db", "JOBRELAY_DB", target="db_path"),
-    _f("host", str, "127.0.0.1", "interface workers connect to", "--host", "JOBRELAY_HOST", target="host"),
-    _f(
-        "port",
-        int,
-        8765,
-        "WebSocket port for workers (0: any free port)",
-        "--port",
-        "JOBRELAY_PORT",
-        target="port",
-    ),
-    _f(
-        "authorized_keys_file",
-        str,
-        None,
-        "file of `<worker_id> <public key>` lines",
-        "--authorized-keys",
-        "JOBRELAY_AUTHORIZED_KEYS",
-        target="authorized_keys_file",
-    ),
-    _f(
-        "authorized_keys",
-        dict[str, str],
-        {},
-        "worker id = public key (TOML table only)",
-        target="authorized_keys",
-    ),
-    _f(
-        "durability",
-        str,
-        "full",
-        "full (fsync each commit) or normal",
-        "--durability",
-        "JOBRELAY_DURABILITY",
-        target="durability",
-    ),
-    _f(
-        "stop_timeout",
-        float,
-        5.0,
-        "seconds SIGINT/SIGTERM may take to stop",
-        "--stop-timeout",
-        "JOBRELAY_STOP_TIMEOUT",
-        target="stop_timeout",
-    ),
-    _f(
-        "max_inflight",
-        int,
-        1000,
-        "unacknowledged data messages per direction",
-        "--max-inflight",
-        "JOBRELAY_MAX_INFLIGHT",
-        target="max_inflight",
-    ),
-    _f(
-        "max_frame_bytes",
-        int,
-        1 << 20,
-        "largest WebSocket frame",
-        "--max-frame-bytes",
-        "JOBRELAY_MAX_FRAME_BYTES",
-        target="max_frame_bytes",
-    ),
-    _f(
-        "max_batch",
-        int,
-        500,
-        "most data messages per frame",
-        "--max-batch",
-        "JOBRELAY_MAX_BATCH",
-        target="max_batch",
-    ),
-    _f(
-        "heartbeat_interval",
-        float,
-        5.0,
-        "seconds between heartbeats to a worker",
-        "--heartbeat-interval",
-        "JOBRELAY_HEARTBEAT_INTERVAL",
-        target="heartbeat_interval",
-    ),
-    _f(
-        "heartbeat_timeout",
-        float,
-        20.0,
-        "drop a worker silent this long",
-        "--heartbeat-timeout",
-        "JOBRELAY_HEARTBEAT_TIMEOUT",
-        target="heartbeat_timeout",
-    ),
-    _f(
-        "handshake_timeout",
-        float,
-        10.0,
-        "seconds a worker has to authenticate",
-        "--handshake-timeout",
-        "JOBRELAY_HANDSHAKE_TIMEOUT",
-        target="handshake_timeout",
-    ),
-    _f(
-        "max_clock_skew",
-        float,
-        120.0,
-        "largest accepted auth timestamp skew, seconds",
-        "--max-clock-skew",
-        "JOBRELAY_MAX_CLOCK_SKEW",
-        target="max_clock_skew",
-    ),
-    _f(
-        "formats",
-        tuple[str, ...],
-        ("json", "msgpack"),
-        "codecs offered, preferred first (comma-separated)",
-        "--formats",
-        "JOBRELAY_FORMATS",
-        target="formats",
-    ),
-    _f(
-        "tick_interval",
-        float,
-        0.5,
-        "how often connections check deadlines, seconds",
-        "--tick-interval",
-        "JOBRELAY_TICK_INTERVAL",
-        target="tick_interval",
-    ),
-    _f(
-        "http_host",
-        str,
-        "127.0.0.1",
-        "interface for the HTTP API, /healthz and /metrics",
-        "--http-host",
-        "JOBRELAY_HTTP_HOST",
-    ),
-    _f(
-        "http_port",
-        int,
-        8766,
-        "port for the HTTP API, /healthz and /metrics (0: any free port)",
-        "--http-port",
-        "JOBRELAY_HTTP_PORT",
-    ),
-    _f(
-        "ready_file",
-        str,
-        "",
-        "write {url, http_url, pid} as JSON here once listening",
-        "--ready-file",
-        "JOBRELAY_READY_FILE",
-    ),
-)
-
-STATUS: tuple[Setting, ...] = (
-    Setting("worker", "db_path", str, _NO_DEFAULT, "the worker's SQLite file", "--db", "JOBRELAY_DB"),
-    Setting(
-        "worker",
-        "http_host",
-        str,
-        "127.0.0.1",
-        "the worker's health interface",
-        "--http-host",
-        "JOBRELAY_HTTP_HOST",
-    ),
-    Setting(
-        "worker",
-        "http_port",
-        int,
-        None,
-        "the worker's health port (unset: database only)",
-        "--http-port",
-        "JOBRELAY_HTTP_PORT",
-    ),
-)
-
-LOG: tuple[Setting, ...] = (
-    Setting(
-        "log",
-        "level",
-        str,
-        "INFO",
-        "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL",
-        "--log-level",
-        "JOBRELAY_LOG_LEVEL",
-    ),
-    Setting(
-        "log",
-        "json",
-        bool,
-        False,
-        "JSON lines on stderr instead of the human format",
-        "--log-json",
-        "JOBRELAY_LOG_JSON",
-    ),
-)
-
-
 def add_flags(
     parser: argparse.ArgumentParser, settings: Sequence[Setting], *, title: str = "settings"
 ) -> None:
@@ -498,9 +44,7 @@ def add_flags(
             continue
         env = f" [env {s.env}]" if s.env else ""
         default = (
-            ""
-            if s.default is _NO_DEFAULT or s.default in (None, "", {})
-            else f" (default: {_show(s.default)})"
+            "" if s.default is REQUIRED or s.default in (None, "", {}) else f" (default: {show(s.default)})"
         )
         if s.kind is bool:
             group.add_argument(
@@ -528,12 +72,6 @@ def add_flags(
                 metavar=s.metavar or s.key.upper(),
                 help=f"{s.help}{default}{env}",
             )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -611,7 +149,7 @@ def resolve(
         elif s.key in toml:
             out.sources[s.key] = toml_name
             out.values[s.key] = _convert(s, toml[s.key], out, strict=True)
-        elif s.default is not _NO_DEFAULT:
+        elif s.default is not REQUIRED:
             out.sources[s.key] = "default"
             out.values[s.key] = s.default
         else:
@@ -683,7 +221,7 @@ def build_config(resolved: Resolved, cls: type[Any]) -> Any:
         UsageError: naming the setting and its source.
     """
     values = {
-        s.target: resolved.values[s.key] for s in _settings_of(cls) if s.target and s.key in resolved.values
+        s.key: resolved.values[s.key] for s in _settings_of(cls) if s.config and s.key in resolved.values
     }
     try:
         config = msgspec.convert(values, cls, strict=True)
@@ -704,12 +242,9 @@ def config_error(resolved: Resolved, exc: Exception) -> UsageError:
     match = _FIELD.match(text)
     field_name = match.group(1) if match else _msgspec_field(text)
     why = _strip_at(match.group(2) if match else text)
-    by_target = {
-        s.target: s.key for s in (*WORKER, *FACILITATOR) if s.target and s.section == resolved.section
-    }
     if field_name == "?":
         return UsageError(f"{resolved.section}: {why}")
-    return resolved.bad(by_target.get(field_name, field_name), why)
+    return resolved.bad(field_name, why)
 
 
 def _msgspec_field(message: str) -> str:
@@ -723,26 +258,3 @@ def _msgspec_field(message: str) -> str:
 def _strip_at(why: str) -> str:
     # msgspec appends " - at `$.field`"; the setting is already named.
     return re.sub(r" - at `\$[^`]*`$", "", why)
-
-
-def markdown_table() -> str:
-    """The README's configuration table, generated from the settings above (a test compares)."""
-    lines = [
-        "| Setting | Flag | Environment | TOML key | Default | Meaning |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in (*WORKER, *FACILITATOR, *LOG):
-        default = "required" if s.default is _NO_DEFAULT else _doc_default(s.default)
-        flag = f"`{s.flag}`" if s.flag else "–"
-        env = f"`{s.env}`" if s.env else "–"
-        meaning = s.help.replace("|", "\\|")
-        lines.append(f"| {s.name} | {flag} | {env} | `[{s.section}] {s.key}` | {default} | {meaning} |")
-    return "\n".join(lines)
-
-
-def _doc_default(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if value in ("", {}):
-        return "empty"
-    return f"`{_show(value)}`"

@@ -1,0 +1,163 @@
+# Every setting of the jobrelay command in one table: TOML section and key, flag, environment
+# variable, type, default, meaning, and the library config field it feeds. Invariants: the
+# environment name is derived from the flag (--max-jobs → JOBRELAY_MAX_JOBS) unless given; the
+# README's configuration table is generated from here (markdown_table; a test compares).
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FACILITATOR", "LOG", "REQUIRED", "STATUS", "WORKER", "Setting", "markdown_table", "show"]
+
+REQUIRED: Any = object()  # a setting without a default
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting.
+
+    Attributes:
+        section / key: where it lives in the TOML file (``[worker] url``); also its name.
+        kind: the type flag and environment strings are parsed into (and TOML values must have).
+        default: the command's default, REQUIRED, or None for "unset".
+        help: one line for --help and the README.
+        flag / env: the command-line flag and environment variable (None: not settable that way).
+        config: True if it feeds the library's WorkerConfig/FacilitatorConfig field ``key``.
+        metavar: the flag's metavar.
+    """
+
+    section: str
+    key: str
+    kind: Any
+    default: Any
+    help: str
+    flag: str | None = None
+    env: str | None = None
+    config: bool = True
+    metavar: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def _setting(
+    section: str, key: str, kind: Any, default: Any, flag: str | None, help: str, **kw: Any
+) -> Setting:
+    if "env" not in kw and flag is not None:
+        kw["env"] = "JOBRELAY_" + flag.removeprefix("--").upper().replace("-", "_")
+    return Setting(section, key, kind, default, help, flag, **kw)
+
+
+def _w(key: str, kind: Any, default: Any, flag: str | None, help: str, **kw: Any) -> Setting:
+    return _setting("worker", key, kind, default, flag, help, **kw)
+
+
+def _f(key: str, kind: Any, default: Any, flag: str | None, help: str, **kw: Any) -> Setting:
+    return _setting("facilitator", key, kind, default, flag, help, **kw)
+
+
+STRS = tuple[str, ...]
+TABLE = dict[str, str]
+FORMATS = ("json", "msgpack")
+
+# fmt: off
+WORKER: tuple[Setting, ...] = (
+    _w("url", str, REQUIRED, "--url", "facilitator URL, ws://host:port or wss://host:port"),
+    _w("worker_id", str, REQUIRED, "--worker-id", "this worker's id (as in the authorized-keys file)"),
+    _w("key_file", str, "", "--key-file", "file with the Ed25519 private key (from `jobrelay keygen`)"),
+    _w("key", str, "", None, "the private key itself, 64 hex chars (prefer key_file)", env="JOBRELAY_KEY"),
+    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file (outbox, inbox, job ledger)"),
+    _w("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
+    _w("max_concurrent_jobs", int, 4, "--max-jobs", "handlers running at once"),
+    _w("stop_timeout", float, 5.0, "--stop-timeout", "seconds SIGINT/SIGTERM may take to drain and stop"),
+    _w("backoff_base", float, 0.5, "--backoff-base", "first reconnect delay bound, seconds (full jitter)"),
+    _w("backoff_cap", float, 30.0, "--backoff-cap", "largest reconnect delay, seconds"),
+    _w("max_attempts", int, None, "--max-attempts",
+       "failed connection attempts before giving up (unset: forever)"),
+    _w("connect_timeout", float, 10.0, "--connect-timeout", "TCP + WebSocket handshake timeout, seconds"),
+    _w("ca_file", str, "", "--ca-file", "CA bundle for wss:// (default: the system store)"),
+    _w("max_outbox_rows", int, 1_000_000, "--max-outbox-rows", "outbox bound in rows (then publishers wait)"),
+    _w("max_outbox_bytes", int, 1 << 30, "--max-outbox-bytes", "outbox bound in bytes"),
+    _w("publish_timeout", float, 30.0, "--publish-timeout", "how long a status waits for outbox room"),
+    _w("formats", STRS, FORMATS, "--formats", "codecs offered, preferred first (comma-separated)"),
+    _w("max_frame_bytes", int, 1_048_576, "--max-frame-bytes", "largest WebSocket frame"),
+    _w("max_batch", int, 500, "--max-batch", "most data messages per frame"),
+    _w("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds to authenticate"),
+    _w("handlers", TABLE, {}, "--handler", "job kind = command, repeatable (TOML: a [worker.handlers] table)",
+       env="JOBRELAY_HANDLERS", config=False, metavar="KIND=COMMAND"),
+    _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
+    _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
+       config=False),
+    _w("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once running",
+       config=False),
+)
+
+FACILITATOR: tuple[Setting, ...] = (
+    _f("db_path", str, REQUIRED, "--db", "the facilitator's SQLite file"),
+    _f("host", str, "127.0.0.1", "--host", "interface workers connect to"),
+    _f("port", int, 8765, "--port", "WebSocket port for workers (0: any free port)"),
+    _f("authorized_keys_file", str, None, "--authorized-keys", "file of `<worker_id> <public key>` lines"),
+    _f("authorized_keys", TABLE, {}, None, "worker id = public key (TOML table only)"),
+    _f("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
+    _f("stop_timeout", float, 5.0, "--stop-timeout", "seconds SIGINT/SIGTERM may take to stop"),
+    _f("max_inflight", int, 1000, "--max-inflight", "unacknowledged data messages per direction"),
+    _f("max_frame_bytes", int, 1 << 20, "--max-frame-bytes", "largest WebSocket frame"),
+    _f("max_batch", int, 500, "--max-batch", "most data messages per frame"),
+    _f("heartbeat_interval", float, 5.0, "--heartbeat-interval", "seconds between heartbeats to a worker"),
+    _f("heartbeat_timeout", float, 20.0, "--heartbeat-timeout", "drop a worker silent this long"),
+    _f("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds a worker has to authenticate"),
+    _f("max_clock_skew", float, 120.0, "--max-clock-skew", "largest accepted auth timestamp skew, seconds"),
+    _f("formats", STRS, FORMATS, "--formats", "codecs offered, preferred first (comma-separated)"),
+    _f("tick_interval", float, 0.5, "--tick-interval", "how often connections check deadlines, seconds"),
+    _f("http_host", str, "127.0.0.1", "--http-host", "interface for the HTTP API, /healthz and /metrics",
+       config=False),
+    _f("http_port", int, 8766, "--http-port",
+       "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False),
+    _f("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once listening",
+       config=False),
+)
+
+STATUS: tuple[Setting, ...] = (
+    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file", config=False),
+    _w("http_host", str, "127.0.0.1", "--http-host", "the worker's health interface", config=False),
+    _w("http_port", int, None, "--http-port", "the worker's health port (unset: database only)",
+       config=False),
+)
+
+LOG: tuple[Setting, ...] = (
+    _setting("log", "level", str, "INFO", "--log-level",
+             "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR or CRITICAL"),
+    _setting("log", "json", bool, False, "--log-json", "JSON lines on stderr instead of the human format"),
+)
+# fmt: on
+
+
+def show(value: Any) -> str:
+    """A default as it appears in --help."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = [
+        "| Setting | Flag | Environment | TOML key | Default | Meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in (*WORKER, *FACILITATOR, *LOG):
+        default = "required" if s.default is REQUIRED else _doc_default(s.default)
+        flag = f"`{s.flag}`" if s.flag else "–"
+        env = f"`{s.env}`" if s.env else "–"
+        meaning = s.help.replace("|", "\\|")
+        lines.append(f"| {s.name} | {flag} | {env} | `[{s.section}] {s.key}` | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+def _doc_default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if value in ("", {}):
+        return "empty"
+    return f"`{show(value)}`"
