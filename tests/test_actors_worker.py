@@ -254,3 +254,38 @@ def test_metrics_snapshot_covers_counters_gauges_and_histograms(
         assert snap.histograms["job_duration"].count == 1
         assert snap.histograms["ack_latency"].p99 >= snap.histograms["ack_latency"].p50 >= 0
         assert worker.heartbeat.beats().get(timeout=5) > 0
+
+
+def test_cancel_terminates_a_command_handler(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    import sys
+
+    from jobrelay.protocol.messages import JobCancel
+
+    started = tmp_path / "started"
+    script = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+    handler = CommandHandler([sys.executable, "-c", script], kill_after=1.0)
+    with start_worker(config(tmp_path), {"long": handler}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("cmd", "long")
+        facilitator.wait_for(started.exists, timeout=20)
+        with facilitator.lock:
+            facilitator.store.publish(JobCancel(job_id="cmd", reason="operator"))
+            facilitator._send_pending()
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "cmd")), timeout=20)
+        assert terminal(facilitator, "cmd") == [JobStatus.CANCELLED]
+        assert facilitator.statuses("cmd")[-1].detail == "operator"
+
+
+def test_a_crashed_actor_stops_the_whole_worker(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    import time
+
+    from jobrelay.actors.messages import Observe
+
+    worker = start_worker(config(tmp_path), transport_factory=facilitator.network)
+    worker.wait_connected(5)
+    # A fault inside an actor (here: a value the Metrics actor cannot add up).
+    worker.metrics.actor_ref.tell(Observe("broken", "not a number"))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not worker.stopped or pykka.ActorRegistry.get_all():
+        assert time.monotonic() < deadline, f"half-alive worker: {pykka.ActorRegistry.get_all()}"
+        time.sleep(0.02)
