@@ -7,10 +7,13 @@ import os
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.facilitator_config import FacilitatorConfig
 from jobrelay.cli import main
-from jobrelay.cli.registry import markdown_table
+from jobrelay.cli.registry import FACILITATOR, WORKER, markdown_table
 from tests.test_cli_helpers import ROOT, clean_env, make_key, run_cli
 
 pytestmark = pytest.mark.timeout(30)
@@ -200,6 +203,12 @@ def test_bad_values_from_a_real_process_exit_2_without_traceback(tmp_path: Path)
     assert len(errors) == 1 and errors[0].startswith("jobrelay: error: worker.db_path (from --db): "), (
         result.stderr
     )
+
+
+def test_every_library_config_field_is_a_setting() -> None:
+    for cls, settings in ((WorkerConfig, WORKER), (FacilitatorConfig, FACILITATOR)):
+        fields = {f.name for f in msgspec.structs.fields(cls)}
+        assert fields == {s.key for s in settings if s.config}, cls.__name__
 
 
 def test_readme_config_table_matches_the_settings() -> None:

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
     try:
-        config.load_authorized_keys()  # refuse a bad keys file before anything starts
+        config.load_authorized_keys()  # refuse a bad keys file or certificate before anything starts
+        config.tls_context()
     except ConfigError as exc:
         raise config_error(resolved, exc) from None
     if args.print_config:

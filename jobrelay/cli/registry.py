@@ -99,6 +99,8 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("port", int, 8765, "--port", "WebSocket port for workers (0: any free port)"),
     _f("authorized_keys_file", str, None, "--authorized-keys", "file of `<worker_id> <public key>` lines"),
     _f("authorized_keys", TABLE, {}, None, "worker id = public key (TOML table only)"),
+    _f("tls_cert_file", str, None, "--tls-cert", "PEM certificate chain: serve wss:// (with tls_key_file)"),
+    _f("tls_key_file", str, None, "--tls-key", "PEM private key of that certificate"),
     _f("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
     _f("stop_timeout", float, 5.0, "--stop-timeout", "seconds SIGINT/SIGTERM may take to stop"),
     _f("max_inflight", int, 1000, "--max-inflight", "unacknowledged data messages per direction"),
