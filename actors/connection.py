@@ -42,31 +42,12 @@ from jobrelay.actors.messages import (
 from jobrelay.actors.transport import BackgroundSender, Transport, TransportError, WebSocketTransport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import full_jitter
+from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
 from jobrelay.protocol.session import WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-__all__ = ["CLOSE_CODES", "ConnectionActor", "ConnectionProxy"]
-
-# WebSocket close codes per docs/PROTOCOL.md.
-CLOSE_CODES: dict[ErrorCode | None, int] = {
-    None: 1000,
-    ErrorCode.FRAME_TOO_LARGE: 1009,
-    ErrorCode.HEARTBEAT_TIMEOUT: 4002,
-    ErrorCode.HANDSHAKE_TIMEOUT: 4003,
-    ErrorCode.UNSUPPORTED_VERSION: 4004,
-    ErrorCode.UNSUPPORTED_CODEC: 4004,
-}
-AUTH_CODES = frozenset(
-    {
-        ErrorCode.UNKNOWN_KEY,
-        ErrorCode.WRONG_KEY,
-        ErrorCode.BAD_SIGNATURE,
-        ErrorCode.STALE_TIMESTAMP,
-        ErrorCode.REPLAYED_NONCE,
-        ErrorCode.NOT_AUTHENTICATED,
-    }
-)
+__all__ = ["ConnectionActor", "ConnectionProxy"]
 
 
 class ConnectionActor(pykka.ThreadingActor):
@@ -126,12 +107,12 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._stopping = True
-        self._shutdown("worker stopping", 1001)
+        self._shutdown("worker stopping", GOING_AWAY)
         self._set_state(ConnectionState.CLOSED, "stopped")
 
     def on_failure(self, *args: object) -> None:
         self._stopping = True
-        self._shutdown("worker crashed", 1001)
+        self._shutdown("worker crashed", GOING_AWAY)
 
     # ------------------------------------------------------------ public (proxy) API
 
@@ -356,7 +337,7 @@ class ConnectionActor(pykka.ThreadingActor):
             send(self._outbox, RestartEpoch(event.detail))
         self._opened = False
         self._connected.clear()
-        code = CLOSE_CODES.get(event.code, 4001 if event.code in AUTH_CODES else 4000)
+        code = close_code_for(event.code)
         self._flush_to_transport(session)
         self._shutdown(event.detail, code)
         if session is not None:
@@ -370,7 +351,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _backoff(self, why: str) -> None:
         self._connected.clear()
-        self._shutdown(why, 1000)
+        self._shutdown(why, NORMAL)
         if self._stopping:
             return
         self._failures += 1
@@ -447,7 +428,7 @@ def _io_loop(
             send(ref, IoClosed(attempt, str(exc)))
             return
         if not send(ref, IoReceived(attempt, data)):
-            transport.close(1001, "worker stopped")
+            transport.close(GOING_AWAY, "worker stopped")
             return
 
 

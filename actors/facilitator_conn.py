@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 from loguru import logger
 from websockets.exceptions import ConnectionClosed
@@ -25,46 +25,18 @@ from jobrelay.actors.facilitator_config import FacilitatorConfig
 from jobrelay.actors.facilitator_store import FacilitatorStore
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry
+from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
 from jobrelay.protocol.messages import Response, WorkerBody
 from jobrelay.protocol.session import FacilitatorSession, SessionConfig, SessionState
 from jobrelay.protocol.streams import StreamMarks
 
 __all__ = [
-    "AUTH_CODES",
     "Counters",
     "Hub",
     "LockedNonceRegistry",
     "WorkerConnection",
-    "close_code_for",
 ]
-
-AUTH_CODES: Final = frozenset(
-    {
-        ErrorCode.UNKNOWN_KEY,
-        ErrorCode.WRONG_KEY,
-        ErrorCode.BAD_SIGNATURE,
-        ErrorCode.STALE_TIMESTAMP,
-        ErrorCode.REPLAYED_NONCE,
-        ErrorCode.NOT_AUTHENTICATED,
-    }
-)
-_CLOSE_CODES: Final[dict[ErrorCode, int]] = {
-    ErrorCode.HEARTBEAT_TIMEOUT: 4002,
-    ErrorCode.HANDSHAKE_TIMEOUT: 4003,
-    ErrorCode.UNSUPPORTED_VERSION: 4004,
-    ErrorCode.UNSUPPORTED_CODEC: 4004,
-    ErrorCode.FRAME_TOO_LARGE: 1009,
-    ErrorCode.INTERNAL: 1011,
-} | dict.fromkeys(AUTH_CODES, 4001)
-GOING_AWAY: Final = 1001
-
-
-def close_code_for(code: ErrorCode | None) -> int:
-    """The WebSocket close code for a session that ended with ``code`` (docs/PROTOCOL.md)."""
-    if code is None:
-        return 1000
-    return _CLOSE_CODES.get(code, 4000)
 
 
 class LockedNonceRegistry(NonceRegistry):

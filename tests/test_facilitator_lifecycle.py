@@ -18,8 +18,8 @@ from jobrelay.actors.facilitator import (
     load_facilitator_config,
     start_facilitator,
 )
-from jobrelay.actors.facilitator_conn import close_code_for
 from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.close_codes import close_code_for
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.storage.errors import StorageError
 from tests.facilitator_client import AUTHORIZED, KEYS, HandshakeRefused, TestWorker, make_facilitator
