@@ -76,6 +76,7 @@ class ConnectionActor(pykka.ThreadingActor):
         super().__init__()
         self.config = config
         self._key = load_key(config)
+        self._log = logger.bind(worker_id=config.worker_id)
         self._marks = marks
         self._outbox = outbox
         self._router = router
@@ -154,7 +155,7 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
-                logger.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
+                self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
                 self._backoff(error)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if self._session is not None:
@@ -179,7 +180,7 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
                 pass  # from an attempt that was already given up
             case _:
-                logger.error("Connection got an unknown message {!r}", message)
+                self._log.error("Connection got an unknown message {!r}", message)
 
     # ------------------------------------------------------------ internals
 
@@ -254,7 +255,7 @@ class ConnectionActor(pykka.ThreadingActor):
             session.send_data(items)
         except LocalProtocolError as exc:
             # A bug on our side (window/order); drop the session so a clean replay follows.
-            logger.error("refusing to send data: {}", exc)
+            self._log.error("refusing to send data: {}", exc)
             session.close(ErrorCode.INTERNAL, str(exc))
             self._handle_events()
             return
@@ -292,7 +293,7 @@ class ConnectionActor(pykka.ThreadingActor):
                 case ev.Opened():
                     self._on_opened(event)
                 case ev.PeerWarning(code=code, detail=detail):
-                    logger.warning("facilitator refused a message: {} {}", code, detail)
+                    self._log.warning("facilitator refused a message: {} {}", code, detail)
                     self._tell_metrics(Count("refused_by_peer"))
                 case ev.Closed():
                     if incoming:
@@ -313,9 +314,10 @@ class ConnectionActor(pykka.ThreadingActor):
         session = self._session
         assert session is not None
         self._opened = True
+        self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._failures = 0
         if event.new_in_stream:
-            logger.warning(
+            self._log.warning(
                 "facilitator stream has a new epoch {} (its store is new); resuming after {}",
                 event.in_epoch,
                 event.in_hwm,
@@ -343,10 +345,10 @@ class ConnectionActor(pykka.ThreadingActor):
         if session is not None:
             send(self._outbox, SessionClosed(session.session_id))
         who = "facilitator" if event.by_peer else "we"
-        log = logger.warning if event.code is not None else logger.info
+        log = self._log.warning if event.code is not None else self._log.info
         log("connection closed ({} ended it): {} {}", who, event.code or "", event.detail)
         if event.code in AUTH_CODES:
-            logger.error("authentication refused ({}): check worker_id and key", event.code)
+            self._log.error("authentication refused ({}): check worker_id and key", event.code)
         self._backoff(event.detail)
 
     def _backoff(self, why: str) -> None:
@@ -357,7 +359,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._failures += 1
         limit = self.config.max_attempts
         if limit is not None and self._failures >= limit:
-            logger.error("giving up after {} failed connection attempts", self._failures)
+            self._log.error("giving up after {} failed connection attempts", self._failures)
             self._set_state(ConnectionState.CLOSED, f"gave up after {self._failures} attempts")
             return
         delay = full_jitter(
@@ -396,7 +398,9 @@ class ConnectionActor(pykka.ThreadingActor):
         if state is self._state and state is not ConnectionState.BACKOFF:
             return
         self._state = state
-        logger.bind(state=state.value).info("connection {}{}", state.value, f": {detail}" if detail else "")
+        self._log.bind(state=state.value).info(
+            "connection {}{}", state.value, f": {detail}" if detail else ""
+        )
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
             send(ref, message)

@@ -99,6 +99,9 @@ class CommandHandler:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # Its own session: a Ctrl-C at the worker's terminal must not reach the job directly;
+            # the worker decides (a stopping worker cancels it, which terminates it).
+            start_new_session=True,
         )
         watcher = threading.Thread(target=self._watch, args=(proc, ctx), daemon=True)
         watcher.start()
@@ -159,6 +162,13 @@ def run_handler(
     handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
 ) -> None:
     """Run one job to its terminal status (in the job's own thread)."""
+    with logger.contextualize(job_id=ctx.job.job_id):
+        _run(handler, ctx, router, metrics)
+
+
+def _run(
+    handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
+) -> None:
     job = ctx.job
     status, detail = JobStatus.COMPLETED, ""
     try:

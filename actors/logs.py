@@ -2,6 +2,7 @@
 # traceback, which pykka logs through the stdlib, is never lost.
 from __future__ import annotations
 
+import inspect
 import logging
 
 from loguru import logger
@@ -17,9 +18,11 @@ class InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        frame, depth = logging.currentframe(), 2
-        while frame is not None and frame.f_code.co_filename == logging.__file__:
-            frame, depth = frame.f_back, depth + 1  # type: ignore[assignment]
+        # Find the caller outside the logging module (loguru's documented recipe).
+        frame, depth = inspect.currentframe(), 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
 
 

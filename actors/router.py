@@ -62,6 +62,7 @@ class JobRouter(pykka.ThreadingActor):
         self._ledger: JobLedger | None = None
         self._running: dict[str, JobContext] = {}
         self._queued: deque[JobRequest] = deque()
+        self._draining = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -86,12 +87,12 @@ class JobRouter(pykka.ThreadingActor):
             self._apply(row.seq, _DECODER.decode(row.payload))
 
     def on_stop(self) -> None:
-        self.cancel_all("worker stopping")
+        self.drain("worker stopping")
         if self._db is not None:
             self._db.close()
 
     def on_failure(self, *args: object) -> None:
-        self.cancel_all("worker crashed")
+        self.drain("worker crashed")
         if self._db is not None:
             self._db.close()
 
@@ -111,13 +112,15 @@ class JobRouter(pykka.ThreadingActor):
     def running(self) -> list[str]:
         return list(self._running)
 
-    def cancel_all(self, reason: str) -> int:
-        """Ask every running handler to stop; queued jobs end as cancelled."""
+    def drain(self, reason: str) -> int:
+        """Stop taking work: ask every running handler to stop and start nothing new.
+
+        Jobs still queued are left as they are: they never started, their requests are
+        durable, and the next start of the worker runs them. Returns how many were running.
+        """
+        self._draining = True
         for ctx in self._running.values():
             ctx.cancel(reason)
-        while self._queued:
-            job = self._queued.popleft()
-            self._finish(job.job_id, JobStatus.CANCELLED, reason)
         return len(self._running)
 
     # ------------------------------------------------------------ messages
@@ -197,7 +200,7 @@ class JobRouter(pykka.ThreadingActor):
         self._start_queued()
 
     def _start_queued(self) -> None:
-        while self._queued and len(self._running) < self.config.max_concurrent_jobs:
+        while not self._draining and self._queued and len(self._running) < self.config.max_concurrent_jobs:
             job = self._queued.popleft()
             ctx = JobContext(job, publish=self._publish, clock=self._clock)
             self._running[job.job_id] = ctx
@@ -248,8 +251,8 @@ class JobRouterProxy:
     def running(self) -> pykka.Future[list[str]]:
         return cast("pykka.Future[list[str]]", self._proxy.running())
 
-    def cancel_all(self, reason: str) -> pykka.Future[int]:
-        return cast("pykka.Future[int]", self._proxy.cancel_all(reason))
+    def drain(self, reason: str) -> pykka.Future[int]:
+        return cast("pykka.Future[int]", self._proxy.drain(reason))
 
     def in_marks(self) -> pykka.Future[tuple[str, int]]:
         return cast("pykka.Future[tuple[str, int]]", self._proxy.in_marks())

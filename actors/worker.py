@@ -88,8 +88,9 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Drain and stop within ``timeout`` seconds (default: config.stop_timeout).
 
-        Order: tell the facilitator we are draining; ask running jobs to stop and give them
-        most of the time to report; then stop actors in reverse start order. Everything that
+        Order: tell the facilitator we are draining; ask running jobs to stop (they end as
+        cancelled) and give them most of the time to report; jobs that never started stay
+        queued for the next start; then stop actors in reverse start order. Everything that
         was accepted is already durable, so a stop at any point loses nothing.
         """
         with self._stop_lock:
@@ -99,7 +100,7 @@ class Worker:
             deadline = time.monotonic() + budget
             try:
                 self.connection.drain().get(timeout=max(0.1, budget * 0.1))
-                self.router.cancel_all("worker stopping").get(timeout=max(0.1, budget * 0.1))
+                self.router.drain("worker stopping").get(timeout=max(0.1, budget * 0.1))
                 # Running handlers report their terminal status while heartbeats go on.
                 while time.monotonic() < deadline - budget * 0.3:
                     if not self.router.running().get(timeout=1.0):

@@ -289,3 +289,30 @@ def test_a_crashed_actor_stops_the_whole_worker(tmp_path: Path, facilitator: Mem
     while not worker.stopped or pykka.ActorRegistry.get_all():
         assert time.monotonic() < deadline, f"half-alive worker: {pykka.ActorRegistry.get_all()}"
         time.sleep(0.02)
+
+
+def test_stop_cancels_running_jobs_and_keeps_queued_ones_for_the_next_start(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    started = threading.Event()
+
+    def slow(job: JobRequest, ctx: JobContext) -> None:
+        started.set()
+        ctx.wait_cancelled(30)
+
+    cfg = config(tmp_path, max_concurrent_jobs=1)
+    with start_worker(cfg, {"slow": slow, "echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("running", "slow")
+        assert started.wait(5)
+        facilitator.submit("queued", "echo")
+        facilitator.wait_for(
+            lambda: [s.status for s in facilitator.statuses("queued")] == [JobStatus.ACCEPTED]
+        )
+    assert terminal(facilitator, "running") == [JobStatus.CANCELLED]
+    assert not terminal(facilitator, "queued")
+    with start_worker(cfg, {"slow": slow, "echo": echo}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "queued")))
+    assert terminal(facilitator, "queued") == [JobStatus.COMPLETED]
+    assert [s.status for s in facilitator.statuses("queued")].count(JobStatus.ACCEPTED) == 1
