@@ -5,7 +5,7 @@ Start a worker with :func:`start_worker`; it returns a :class:`Worker` holding t
 
 from jobrelay.actors.config import WorkerConfig, generate_key, load_key
 from jobrelay.actors.errors import ConfigError, NotConnected, WorkerCrashed
-from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext
+from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
 from jobrelay.actors.messages import ConnectionState
 from jobrelay.actors.metrics import MetricsSnapshot
 from jobrelay.actors.worker import Worker, start_worker
@@ -24,5 +24,6 @@ __all__ = [
     "WorkerCrashed",
     "generate_key",
     "load_key",
+    "resumable",
     "start_worker",
 ]

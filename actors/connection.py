@@ -50,6 +50,10 @@ from jobrelay.protocol.streams import StreamMarks
 __all__ = ["ConnectionActor", "ConnectionProxy"]
 
 
+# A session open this long counts as a success: the next failure starts backing off afresh.
+STABLE_SESSION = 10.0
+
+
 class ConnectionActor(pykka.ThreadingActor):
     """Keeps one authenticated session to the facilitator up, reconnecting with backoff.
 
@@ -100,6 +104,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._stopping = False
         self._unsent: deque[tuple[int, Any]] = deque()
         self._opened = False
+        self._opened_at = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -314,8 +319,8 @@ class ConnectionActor(pykka.ThreadingActor):
         session = self._session
         assert session is not None
         self._opened = True
+        self._opened_at = self._clock()
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
-        self._failures = 0
         if event.new_in_stream:
             self._log.warning(
                 "facilitator stream has a new epoch {} (its store is new); resuming after {}",
@@ -337,6 +342,10 @@ class ConnectionActor(pykka.ThreadingActor):
         if event.code is ErrorCode.ACK_OUT_OF_RANGE and not event.by_peer and not self._opened:
             # Refused in the welcome: the facilitator acknowledged seqs our store never had.
             send(self._outbox, RestartEpoch(event.detail))
+        if self._opened and self._clock() - self._opened_at >= STABLE_SESSION:
+            # Only a session that held for a while resets the backoff: one that opens and then
+            # fails at once (a poisoned stream, a peer that keeps refusing) must back off more.
+            self._failures = 0
         self._opened = False
         self._connected.clear()
         code = close_code_for(event.code)
@@ -353,6 +362,9 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _backoff(self, why: str) -> None:
         self._connected.clear()
+        # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
+        # now) must not count as a second failure.
+        self._attempt += 1
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
@@ -424,7 +436,9 @@ def _io_loop(
     except Exception as exc:
         send(ref, IoFailed(attempt, str(exc)))
         return
-    send(ref, IoConnected(attempt, stream_marks))
+    if not send(ref, IoConnected(attempt, stream_marks)):  # the worker stopped meanwhile
+        transport.close(GOING_AWAY, "worker stopped")
+        return
     while True:
         try:
             data = transport.recv()

@@ -7,7 +7,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import pykka
@@ -16,7 +16,7 @@ from loguru import logger
 from jobrelay.actors.messages import Count, JobDone, Observe, send
 from jobrelay.protocol.messages import JobRequest, JobStatus
 
-__all__ = ["CommandHandler", "Handler", "JobCancelled", "JobContext", "run_handler"]
+__all__ = ["CommandHandler", "Handler", "JobCancelled", "JobContext", "resumable", "run_handler"]
 
 # How long a handler's update waits for its status to become durable (back-pressure).
 _UPDATE_TIMEOUT = 60.0
@@ -76,6 +76,17 @@ class JobContext:
 
 class Handler(Protocol):
     def __call__(self, job: JobRequest, ctx: JobContext) -> Any: ...
+
+
+H = TypeVar("H", bound=Handler)
+
+
+def resumable(handler: H) -> H:
+    """Declare a handler safe to run again after a crash interrupted it (it resumes from its
+    own checkpoints, or is idempotent). Its interrupted jobs run again at the next start
+    instead of ending as ``failed: worker_restarted``."""
+    handler.resumable = True  # type: ignore[attr-defined]
+    return handler
 
 
 class CommandHandler:
@@ -185,7 +196,7 @@ def _run(
             status, detail = JobStatus.CANCELLED, ctx.cancel_reason
         else:
             logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
-            status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
     try:
         ctx._publish(job.job_id, status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
     except Exception as exc:

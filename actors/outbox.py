@@ -6,6 +6,7 @@
 # facilitator's acknowledged seq, in order; nothing is resent within a session.
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from jobrelay.actors.messages import (
     SessionOpened,
     send,
 )
+from jobrelay.protocol.codec import max_body_bytes
+from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import (
     Database,
@@ -47,7 +50,6 @@ __all__ = ["OutboxActor", "OutboxHandle", "decode_body", "encode_body"]
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(WorkerBody)
-_CACHE_LIMIT = 200_000
 PREFETCH = 4
 
 
@@ -88,6 +90,7 @@ class OutboxActor(pykka.ThreadingActor):
         self._blocked: list[tuple[float, Publish]] = []
         self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
         self._session: str | None = None
+        self._max_body = max_body_bytes(config.max_frame_bytes)
         self._window = 0
         self._sent = 0
         self._acked = 0
@@ -103,7 +106,21 @@ class OutboxActor(pykka.ThreadingActor):
         self._acked = self._outbox.last_acked
 
     def on_stop(self) -> None:
+        # Publishes still in the mailbox were accepted by publish(): store them (or fail them)
+        # rather than let pykka drop them with their futures unresolved.
+        while not self.actor_inbox.empty():  # this thread is the only reader: get() won't block
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, Publish):
+                if self._blocked:
+                    self._blocked.append((0.0, envelope.message))
+                else:
+                    self._batch.append(envelope.message)
+            elif envelope.reply_to is not None:
+                envelope.reply_to.set_exception(
+                    exc_info=(pykka.ActorDeadError, pykka.ActorDeadError("Outbox stopped"), None)
+                )
         self._commit()
+        self._retry_blocked()
         self._persist_ack()
         self._close()
 
@@ -136,6 +153,10 @@ class OutboxActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Publish):
+            if self._blocked:
+                # Waiting for room: queue behind the blocked ones so order holds.
+                self._blocked.append((self._deadline(message), message))
+                return
             self._batch.append(message)
             if self.actor_inbox.empty() or len(self._batch) >= self.config.max_batch:
                 self._commit()
@@ -179,16 +200,24 @@ class OutboxActor(pykka.ThreadingActor):
         self._fill()
 
     def _write(self, batch: list[Publish]) -> bool:
-        """Commit ``batch`` in one transaction; False if it had to wait for room."""
+        """Commit ``batch`` in one transaction; False if it has to wait for room (then it is
+        kept, in order, in ``_blocked``)."""
         outbox, ledger, db = self._store(), self._ledger, self._db
         assert ledger is not None and db is not None
         encoded = [encode_body(p.body) for p in batch]
+        refused: dict[int, Exception] = {}
+        for i, (_, payload) in enumerate(encoded):
+            if len(payload) > self._max_body:
+                refused[i] = LocalProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"message encodes to {len(payload)} bytes; the limit is {self._max_body} "
+                    f"(max_frame_bytes {self.config.max_frame_bytes} less the envelope)",
+                )
         updates = [
             (i, StatusUpdate(p.body.job_id, p.body.status.value, p.body.detail, p.body.progress, p.body.at))
             for i, p in enumerate(batch)
-            if isinstance(p.body, JobStatusUpdate)
+            if isinstance(p.body, JobStatusUpdate) and i not in refused
         ]
-        refused: dict[int, Exception] = {}
         try:
             with db.transaction("publish"):
                 self._persist_ack()  # rides along: no fsync of its own
@@ -200,8 +229,7 @@ class OutboxActor(pykka.ThreadingActor):
                 keep = [item for i, item in enumerate(encoded) if i not in refused]
                 seqs = iter(outbox.append_many(keep))
         except OutboxFull:
-            deadline = self._clock() + self.config.publish_timeout
-            self._blocked.extend((deadline, p) for p in batch)
+            self._blocked.extend((self._deadline(p), p) for p in batch)
             send(self._metrics, Count("outbox_full"))
             return False
         except Exception as exc:
@@ -210,6 +238,7 @@ class OutboxActor(pykka.ThreadingActor):
             logger.error("publish of {} messages failed: {}", len(batch), exc)
             return True
         now = self._clock()
+        cache_limit = self._window * PREFETCH * 2 if self._session else 0
         for i, publish in enumerate(batch):
             if i in refused:
                 refusal = refused[i]
@@ -217,11 +246,20 @@ class OutboxActor(pykka.ThreadingActor):
                 publish.future.set_exception(exc_info=(type(refusal), refusal, None))
                 continue
             seq = next(seqs)
-            if len(self._cache) < _CACHE_LIMIT:
+            # Only what is about to be sent is kept decoded in memory; the rest is read back.
+            if len(self._cache) < cache_limit:
                 self._cache[seq] = (publish.body, now)
             publish.future.set(seq)
         send(self._metrics, Count("published", len(batch) - len(refused)))
         return True
+
+    def _deadline(self, publish: Publish) -> float:
+        """When a publish waiting for room fails. A job's terminal status never does: the
+        job must end exactly once, so it waits for the facilitator to free room."""
+        body = publish.body
+        if isinstance(body, JobStatusUpdate) and body.status.terminal:
+            return math.inf
+        return self._clock() + self.config.publish_timeout
 
     def _fill(self) -> None:
         """Send what the window allows, in seq order (fresh rows from memory, older from disk)."""
@@ -305,12 +343,25 @@ class OutboxActor(pykka.ThreadingActor):
                 send(self._metrics, Observe("ack_latency", now - at))
 
     def _retry_blocked(self) -> None:
+        """Store the longest front part of the waiting publishes that fits now, in order."""
         if not self._blocked:
             return
-        blocked, self._blocked = self._blocked, []
-        if not self._write([p for _, p in blocked]):
-            # Still full: keep the original deadlines (the new entries were appended).
-            self._blocked = blocked
+        stats = self._store().stats()
+        rows_free = self.config.max_outbox_rows - stats.depth_rows
+        bytes_free = self.config.max_outbox_bytes - stats.depth_bytes
+        fits = 0
+        for _, publish in self._blocked:
+            size = len(encode_body(publish.body)[1])
+            if fits >= rows_free or size > bytes_free:
+                break
+            fits, bytes_free = fits + 1, bytes_free - size
+        if not fits:
+            return
+        ready, waiting = self._blocked[:fits], self._blocked[fits:]
+        self._blocked = []
+        if not self._write([p for _, p in ready]):
+            self._blocked = ready  # the ledger or a concurrent change said otherwise: keep order
+        self._blocked.extend(waiting)
 
     def _expire_blocked(self, now: float) -> None:
         self._retry_blocked()

@@ -61,7 +61,10 @@ class JobRouter(pykka.ThreadingActor):
         self._inbox: Inbox | None = None
         self._ledger: JobLedger | None = None
         self._running: dict[str, JobContext] = {}
-        self._queued: deque[JobRequest] = deque()
+        # Job ids only: a long backlog costs a few bytes per job; requests are read back from
+        # the ledger when their turn comes.
+        self._queued: deque[str] = deque()
+        self._queued_ids: set[str] = set()
         self._draining = False
 
     # ------------------------------------------------------------ lifecycle
@@ -72,13 +75,15 @@ class JobRouter(pykka.ThreadingActor):
         self._ledger = JobLedger(self._db)
         for record in self._ledger.unfinished():
             payload = self._ledger.payload(record.job_id)
-            if record.status in (None, JobStatus.ACCEPTED.value) and payload is not None:
-                # Never started: running it now is its first and only run.
-                job = msgspec.json.decode(payload, type=JobRequest)
-                if record.status is None:
-                    self._route(job)
-                else:
-                    self._queue(job)
+            if record.status is None and payload is not None:
+                self._route(msgspec.json.decode(payload, type=JobRequest))  # recorded, not yet accepted
+                continue
+            if record.status == JobStatus.ACCEPTED.value:
+                self._queue(record.job_id)  # never started: this is its first and only run
+                continue
+            if getattr(self._handlers.get(record.kind), "resumable", False):
+                logger.info("job {} was interrupted by a restart: its handler resumes it", record.job_id)
+                self._queue(record.job_id)
                 continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
             self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
@@ -193,15 +198,26 @@ class JobRouter(pykka.ThreadingActor):
             send(self._metrics, Count("jobs_rejected"))
             return
         self._publish(job.job_id, JobStatus.ACCEPTED)
-        self._queue(job)
+        self._queue(job.job_id)
 
-    def _queue(self, job: JobRequest) -> None:
-        self._queued.append(job)
+    def _queue(self, job_id: str) -> None:
+        self._queued.append(job_id)
+        self._queued_ids.add(job_id)
         self._start_queued()
 
     def _start_queued(self) -> None:
+        assert self._ledger is not None
         while not self._draining and self._queued and len(self._running) < self.config.max_concurrent_jobs:
-            job = self._queued.popleft()
+            job_id = self._queued.popleft()
+            self._queued_ids.discard(job_id)
+            payload = self._ledger.payload(job_id)
+            if payload is None:  # pragma: no cover - the ledger keeps unfinished jobs
+                logger.error("job {} vanished from the ledger before it could start", job_id)
+                continue
+            job = msgspec.json.decode(payload, type=JobRequest)
+            if job.kind not in self._handlers:  # its handler was removed since it was accepted
+                self._finish(job_id, JobStatus.REJECTED, f"no handler for job kind {job.kind!r}")
+                continue
             ctx = JobContext(job, publish=self._publish, clock=self._clock)
             self._running[job.job_id] = ctx
             send(self._metrics, Count("jobs_started"))
@@ -218,11 +234,11 @@ class JobRouter(pykka.ThreadingActor):
         if ctx is not None:
             ctx.cancel(reason)
             return
-        for job in self._queued:
-            if job.job_id == job_id:
-                self._queued.remove(job)
-                self._finish(job_id, JobStatus.CANCELLED, reason)
-                return
+        if job_id in self._queued_ids:
+            self._queued.remove(job_id)
+            self._queued_ids.discard(job_id)
+            self._finish(job_id, JobStatus.CANCELLED, reason)
+            return
         logger.info("cancel for job {} that is not running (finished or unknown)", job_id)
 
     def _finish(self, job_id: str, status: JobStatus, detail: str) -> None:

@@ -22,6 +22,7 @@ from jobrelay.actors import (
     WorkerConfig,
     WorkerCrashed,
     generate_key,
+    resumable,
     start_worker,
 )
 from jobrelay.actors.facilitator import Facilitator, start_facilitator
@@ -65,6 +66,7 @@ __all__ = [
     "__version__",
     "generate_key",
     "public_key_hex",
+    "resumable",
     "start_facilitator",
     "start_worker",
 ]

@@ -9,7 +9,7 @@ from typing import Generic, Literal, TypeVar, cast
 import msgspec
 
 from jobrelay.protocol.errors import ErrorCode, RemoteProtocolError
-from jobrelay.protocol.messages import FacilitatorFrame, WorkerFrame
+from jobrelay.protocol.messages import MAX_SEQ, Data, FacilitatorFrame, WorkerFrame
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -17,6 +17,7 @@ __all__ = [
     "Codec",
     "Format",
     "facilitator_codec",
+    "max_body_bytes",
     "worker_codec",
 ]
 
@@ -34,6 +35,19 @@ _DECODERS: dict[tuple[Format, object], msgspec.json.Decoder[object] | msgspec.ms
     ("msgpack", WorkerFrame): msgspec.msgpack.Decoder(WorkerFrame),
     ("msgpack", FacilitatorFrame): msgspec.msgpack.Decoder(FacilitatorFrame),
 }
+
+
+# Bytes a Data envelope adds around its JSON-encoded body, at the largest seq.
+_DATA_ENVELOPE = len(_JSON_ENCODER.encode(Data(seq=MAX_SEQ, body=None))) - len(b"null")
+
+
+def max_body_bytes(max_frame_bytes: int) -> int:
+    """The largest JSON-encoded data body that still fits one frame of ``max_frame_bytes``.
+
+    Senders check this before storing a message: a message that can never be sent must be
+    refused when published, or it would block its stream forever.
+    """
+    return max_frame_bytes - _DATA_ENVELOPE
 
 
 def _classify(exc: msgspec.ValidationError) -> ErrorCode:

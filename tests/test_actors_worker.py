@@ -316,3 +316,48 @@ def test_stop_cancels_running_jobs_and_keeps_queued_ones_for_the_next_start(
         facilitator.wait_for(lambda: bool(terminal(facilitator, "queued")))
     assert terminal(facilitator, "queued") == [JobStatus.COMPLETED]
     assert [s.status for s in facilitator.statuses("queued")].count(JobStatus.ACCEPTED) == 1
+
+
+def test_one_dropped_session_counts_as_one_failure(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    import time
+
+    with start_worker(config(tmp_path, max_attempts=2), transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        sessions = facilitator.sessions
+        worker.connection.drop("test").get(timeout=5)
+        deadline = time.monotonic() + 10
+        while facilitator.sessions == sessions or worker.state().value != "connected":
+            assert worker.state().value != "closed", "gave up after a single failure"
+            assert time.monotonic() < deadline, worker.state()
+            time.sleep(0.01)
+
+
+def test_a_resumable_handler_runs_again_after_a_restart(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    from jobrelay.actors import resumable
+
+    runs: list[str] = []
+    first_run = threading.Event()
+
+    @resumable
+    def checkpointed(job: JobRequest, ctx: JobContext) -> str:
+        runs.append(job.job_id)
+        if len(runs) == 1:
+            first_run.set()
+            threading.Event().wait(60)  # stuck, then the worker goes away mid-job
+        return "resumed"
+
+    worker = start_worker(config(tmp_path), {"ckpt": checkpointed}, transport_factory=facilitator.network)
+    worker.wait_connected(5)
+    facilitator.submit("r1", "ckpt")
+    assert first_run.wait(5)
+    worker.stop(timeout=1.0)
+    with start_worker(
+        config(tmp_path), {"ckpt": checkpointed}, transport_factory=facilitator.network
+    ) as again:
+        again.wait_connected(5)
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "r1")))
+    assert terminal(facilitator, "r1") == [JobStatus.COMPLETED]
+    assert facilitator.statuses("r1")[-1].detail == "resumed"
+    assert runs == ["r1", "r1"]

@@ -1,0 +1,131 @@
+"""The Outbox actor under pressure: size limits, a full outbox, a stop in the middle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pykka
+import pytest
+
+from jobrelay.actors import JobContext, start_worker
+from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.errors import ErrorCode, ProtocolError
+from jobrelay.protocol.messages import JobRequest, JobStatus, WorkerEvent
+from jobrelay.storage import OutboxFull
+
+from .memory_facilitator import MemoryFacilitator
+from .test_actors_worker import KEY, config, terminal
+
+
+@pytest.fixture(autouse=True)
+def _stop_all() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(timeout=5)
+
+
+@pytest.fixture
+def facilitator() -> Iterator[MemoryFacilitator]:
+    fac = MemoryFacilitator({"w1": public_key_hex(KEY)})
+    yield fac
+    fac.stop()
+
+
+def event(detail: str) -> WorkerEvent:
+    return WorkerEvent(event="e", at=0.0, detail=detail)
+
+
+def test_a_message_too_big_for_a_frame_is_refused_and_blocks_nothing(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    with start_worker(config(tmp_path), transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        with pytest.raises(ProtocolError) as info:
+            worker.outbox.publish(event("x" * 1_100_000)).get(timeout=5)
+        assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+        worker.outbox.publish(event("small")).get(timeout=5)
+        facilitator.wait_for(lambda: event("small") in facilitator.store.delivered)
+        assert len(facilitator.store.delivered) == 1
+
+
+def test_blocked_publishes_keep_their_order(tmp_path: Path, facilitator: MemoryFacilitator) -> None:
+    facilitator.network.refuse.set()
+    cfg = config(tmp_path, max_outbox_bytes=1000, publish_timeout=30.0)
+    with start_worker(cfg, transport_factory=facilitator.network) as worker:
+        first = worker.outbox.publish(event("A" * 600))
+        assert first.get(timeout=5) == 1
+        second = worker.outbox.publish(event("B" * 600))  # no room: waits
+        deadline = time.monotonic() + 5
+        while not worker.snapshot().counter("outbox_full"):  # B is now waiting for room
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        third = worker.outbox.publish(event("C"))  # would fit, but must not overtake B
+        facilitator.network.refuse.clear()
+        assert second.get(timeout=10) == 2
+        assert third.get(timeout=10) == 3
+        facilitator.wait_for(lambda: len(facilitator.store.delivered) == 3)
+        assert [b.detail[0] for b in facilitator.store.delivered] == ["A", "B", "C"]
+
+
+def test_a_terminal_status_waits_for_room_past_the_publish_timeout(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    gate = threading.Event()
+
+    def gated(job: JobRequest, ctx: JobContext) -> None:
+        gate.wait(30)
+
+    cfg = config(tmp_path, max_outbox_rows=5, publish_timeout=0.3)
+    with start_worker(cfg, {"gated": gated}, transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        facilitator.submit("j", "gated")
+        facilitator.wait_for(lambda: JobStatus.RUNNING in [s.status for s in facilitator.statuses("j")])
+        facilitator.network.refuse.set()
+        facilitator.cut()
+        stored = 0
+        while True:  # one at a time, until an ordinary publish gives up: the outbox is full
+            try:
+                worker.outbox.publish(event(str(stored))).get(timeout=5)
+                stored += 1
+            except OutboxFull:
+                break
+            assert stored <= cfg.max_outbox_rows
+        gate.set()  # the job ends now, with no room for its terminal status
+        time.sleep(cfg.publish_timeout * 3)  # well past the deadline an ordinary publish gets
+        facilitator.network.refuse.clear()
+        facilitator.wait_for(lambda: bool(terminal(facilitator, "j")), timeout=10)
+        assert terminal(facilitator, "j") == [JobStatus.COMPLETED]
+
+
+def test_every_publish_resolves_when_the_worker_stops_under_load(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    facilitator.network.refuse.set()
+    worker = start_worker(config(tmp_path), transport_factory=facilitator.network)
+    futures: list[pykka.Future[int]] = []
+    stop_publishing = threading.Event()
+
+    def publish_forever() -> None:
+        while not stop_publishing.is_set():
+            try:
+                futures.append(worker.outbox.publish(event("x")))
+            except pykka.ActorDeadError:
+                return
+
+    thread = threading.Thread(target=publish_forever, daemon=True)
+    thread.start()
+    while len(futures) < 2000:
+        time.sleep(0.001)
+    worker.stop(timeout=5)
+    stop_publishing.set()
+    thread.join(5)
+    stored = failed = 0
+    for f in futures:
+        try:
+            f.get(timeout=5)  # a hang here is the bug: a publish accepted, then forgotten
+            stored += 1
+        except (pykka.ActorDeadError, OutboxFull):
+            failed += 1
+    assert stored >= 2000 and stored + failed == len(futures)
