@@ -3,7 +3,7 @@
 Start a worker with :func:`start_worker`; it returns a :class:`Worker` holding the actor proxies.
 """
 
-from jobrelay.actors.config import WorkerConfig, generate_key, load_key
+from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
 from jobrelay.actors.errors import ConfigError, NotConnected, WorkerCrashed
 from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
 from jobrelay.actors.messages import ConnectionState
@@ -24,6 +24,7 @@ __all__ = [
     "WorkerCrashed",
     "generate_key",
     "load_key",
+    "public_key_of",
     "resumable",
     "start_worker",
 ]

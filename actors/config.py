@@ -10,9 +10,10 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.actors.errors import ConfigError
+from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["WorkerConfig", "generate_key", "load_key"]
+__all__ = ["WorkerConfig", "generate_key", "load_key", "public_key_of"]
 
 
 class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -135,3 +136,12 @@ def load_key(config: WorkerConfig) -> Ed25519PrivateKey:
 def generate_key() -> str:
     """A new Ed25519 private key as 64 hex characters."""
     return Ed25519PrivateKey.generate().private_bytes_raw().hex()
+
+
+def public_key_of(key: str) -> str:
+    """The public key (hex, as the facilitator's authorized keys list it) of a private key hex.
+
+    Raises:
+        ValueError: ``key`` is not 64 hex characters.
+    """
+    return public_key_hex(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key)))

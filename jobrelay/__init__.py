@@ -22,6 +22,7 @@ from jobrelay.actors import (
     WorkerConfig,
     WorkerCrashed,
     generate_key,
+    public_key_of,
     resumable,
     start_worker,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "__version__",
     "generate_key",
     "public_key_hex",
+    "public_key_of",
     "resumable",
     "start_facilitator",
     "start_worker",
