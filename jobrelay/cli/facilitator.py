@@ -15,7 +15,7 @@ from jobrelay.actors.facilitator_config import FacilitatorConfig
 from jobrelay.actors.health import FacilitatorHealth, HealthServer
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
-from jobrelay.cli.service import ServiceLoop, write_ready_file
+from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
 from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
 from jobrelay.cli.worker import check_db_path, print_config
 from jobrelay.storage import StorageError
@@ -74,17 +74,7 @@ def run(args: argparse.Namespace) -> int:
     fac = _start(config, resolved)
     http: HealthServer | None = None
     try:
-        if resolved.values["http_port"] is not None:
-            try:
-                http = HealthServer(
-                    FacilitatorHealth(fac), resolved.values["http_host"], resolved.values["http_port"]
-                ).start()
-            except OSError as exc:
-                raise resolved.bad(
-                    "http_port",
-                    f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
-                    f"{exc.strerror}",
-                ) from None
+        http = start_http(FacilitatorHealth(fac), resolved)
         logger.info("facilitator listening on {} (HTTP API {})", fac.url, http.url if http else "off")
         write_ready_file(resolved.values["ready_file"], url=fac.url, http_url=http.url if http else None)
 

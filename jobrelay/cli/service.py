@@ -17,9 +17,27 @@ from typing import Any
 
 from loguru import logger
 
+from jobrelay.actors.health import HealthServer, HealthSource
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME
+from jobrelay.cli.settings import Resolved
 
-__all__ = ["ServiceLoop", "write_ready_file"]
+
+def start_http(source: HealthSource, resolved: Resolved) -> HealthServer | None:
+    """Start the HTTP server (/healthz, /metrics, API) if ``http_port`` is set.
+
+    Raises:
+        UsageError: the address cannot be bound (one line naming ``http_port`` and its source).
+    """
+    port, host = resolved.values["http_port"], resolved.values["http_host"]
+    if port is None:
+        return None
+    try:
+        return HealthServer(source, host, port).start()
+    except OSError as exc:
+        raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+__all__ = ["ServiceLoop", "start_http", "write_ready_file"]
 
 
 class ServiceLoop:

@@ -20,7 +20,7 @@ from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
 from jobrelay.cli.samples import SAMPLE_HANDLERS
-from jobrelay.cli.service import ServiceLoop, write_ready_file
+from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
 from jobrelay.storage import StorageError
 
@@ -115,17 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise resolved.bad("db_path", str(exc).splitlines()[0]) from None
     http: HealthServer | None = None
     try:
-        if resolved.values["http_port"] is not None:
-            try:
-                http = HealthServer(
-                    WorkerHealth(worker), resolved.values["http_host"], resolved.values["http_port"]
-                ).start()
-            except OSError as exc:
-                raise resolved.bad(
-                    "http_port",
-                    f"cannot listen on {resolved.values['http_host']}:{resolved.values['http_port']}: "
-                    f"{exc.strerror}",
-                ) from None
+        http = start_http(WorkerHealth(worker), resolved)
         logger.info(
             "worker {} running: kinds {}; facilitator {}",
             config.worker_id,
