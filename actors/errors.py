@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from jobrelay.protocol.errors import JobrelayError
 
-__all__ = ["ConfigError", "NotConnected", "WorkerCrashed"]
+__all__ = ["ConfigError", "JobTooLarge", "NotConnected", "WorkerCrashed"]
 
 
 class ConfigError(JobrelayError):
@@ -16,3 +16,8 @@ class WorkerCrashed(JobrelayError):
 
 class NotConnected(JobrelayError):
     """The worker did not reach the connected state in time."""
+
+
+class JobTooLarge(JobrelayError, ValueError):
+    """A job's request (or cancel) would not fit in one frame (``max_frame_bytes``); nothing
+    was stored. A ValueError, so callers that catch bad input catch it too."""

@@ -5,8 +5,12 @@
 #   committed; a job is routed at most once: to the named worker, else to the connected
 #   non-draining worker with the fewest unfinished jobs, else it stays queued and is routed when
 #   a worker becomes ready.
+# - submit()/cancel() never wait on a socket: after the commit they only wake the worker's
+#   connection, whose own thread sends (facilitator_conn.py).
+# - A job whose request would not fit in one frame (max_frame_bytes) is refused, never stored.
 # - At most one connection per worker id: a newer authenticated connection replaces the older,
-#   which is closed with 1001 ("replaced by a new connection").
+#   which is closed with 1001 ("replaced by a new connection"); the new one waits a bounded time
+#   for the old one to let go.
 # - stop() is bounded: connections are closed with 1001, the server stops, the store commits
 #   what is queued and closes the file, all within the timeout.
 from __future__ import annotations
@@ -22,9 +26,9 @@ import msgspec
 from loguru import logger
 from websockets.sync.server import Server, ServerConnection, serve
 
-from jobrelay.actors.errors import ConfigError
+from jobrelay.actors.errors import ConfigError, JobTooLarge
 from jobrelay.actors.facilitator_config import FacilitatorConfig, load_facilitator_config
-from jobrelay.actors.facilitator_conn import Counters, LockedNonceRegistry, WorkerConnection
+from jobrelay.actors.facilitator_conn import CLOSE_TIMEOUT, Counters, LockedNonceRegistry, WorkerConnection
 from jobrelay.actors.facilitator_store import (
     ENCODER,
     JOB_REQUEST,
@@ -33,18 +37,23 @@ from jobrelay.actors.facilitator_store import (
     FacilitatorStore,
 )
 from jobrelay.protocol.auth import NonceRegistry
-from jobrelay.protocol.messages import JobRequest
+from jobrelay.protocol.close_codes import GOING_AWAY
+from jobrelay.protocol.messages import MAX_SEQ, Data, JobCancel, JobRequest
 from jobrelay.storage.ledger import JobRecord, StatusEntry
 
 __all__ = [
     "Facilitator",
     "FacilitatorConfig",
     "FacilitatorStats",
+    "JobTooLarge",
     "JobView",
     "WorkerView",
     "load_facilitator_config",
     "start_facilitator",
 ]
+
+
+_REPLACE_WAIT = 2.0  # longest a new connection waits for the one it replaces to let go
 
 
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +187,8 @@ class Facilitator:
 
         Raises:
             ValueError: ``kind``/``job_id`` empty or longer than 256, or ``worker`` unknown.
+            JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
+                nothing was stored.
             TypeError: ``payload`` is not JSON-serialisable.
             StorageError: The job could not be stored.
             TimeoutError: The store did not answer in time.
@@ -195,7 +206,8 @@ class Facilitator:
             The job ids, in order.
 
         Raises:
-            ValueError, TypeError, StorageError, TimeoutError: as for ``submit``.
+            ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
+                (a refused job refuses the whole call: nothing is stored).
         """
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
@@ -207,7 +219,7 @@ class Facilitator:
                 if not 1 <= len(value) <= 256:
                     raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
             request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
-            ENCODER.encode(request)  # TypeError before anything is stored
+            self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
         assignments = self.store.submit(requests, worker, self._eligible())
         self.counters.add("jobs_submitted", len(requests))
@@ -224,13 +236,31 @@ class Facilitator:
             False when the job is unknown or already finished.
 
         Raises:
+            JobTooLarge: ``reason`` is so long the cancel would not fit in one frame.
             StorageError: The cancel could not be stored.
             TimeoutError: The store did not answer in time.
         """
+        self._check_frame(JobCancel(job_id=job_id, reason=reason), f"the cancel of job {job_id!r}")
         done, worker, seq = self.store.cancel(job_id, reason)
         if done and worker:
             self._notify([Assignment(job_id, worker, seq)])
         return done
+
+    def _check_frame(self, body: JobRequest | JobCancel, what: str) -> None:
+        """Refuse a body whose data frame would exceed max_frame_bytes: stored, it would stop the
+        worker's stream for good (every send of it fails). JSON with the largest seq is the
+        biggest encoding a session uses (msgpack is smaller).
+
+        Raises:
+            JobTooLarge: It does not fit.
+            TypeError: It is not serialisable.
+        """
+        size = len(ENCODER.encode(Data(seq=MAX_SEQ, body=body)))
+        limit = self.config.max_frame_bytes
+        if size > limit:
+            raise JobTooLarge(
+                f"{what} encodes to {size} bytes, more than max_frame_bytes ({limit}) allows in one frame"
+            )
 
     def job(self, job_id: str) -> JobView | None:
         """The job's record, status history and payload, or None if unknown.
@@ -317,6 +347,10 @@ class Facilitator:
         self._stopped = True
         deadline = time.monotonic() + (self.config.stop_timeout if timeout is None else timeout)
         self.stopping.set()
+        with self._lock:
+            conns = list(self._conns.values())
+        for conn in conns:
+            conn.request_close(GOING_AWAY, "facilitator shutting down")
         server = self._server
         if server is not None:
             shutdown = threading.Thread(
@@ -342,15 +376,25 @@ class Facilitator:
         WorkerConnection(ws, self).run()
 
     def attach(self, conn: WorkerConnection) -> None:
-        """Register an authenticated connection; an older one of the same worker is closed."""
+        """Register an authenticated connection; an older one of the same worker is closed.
+
+        Waits at most ``_REPLACE_WAIT`` seconds for the old connection's thread to stop using
+        its session (so the new one reads the stream marks after the old one's last commit);
+        the old socket closes on its own thread, aborted if its writer is stuck.
+        """
         with self._lock:
             old = self._conns.get(conn.worker_id)
             self._conns[conn.worker_id] = conn
         if old is not None and old is not conn:
             self.counters.add("connections_replaced")
             logger.warning("facilitator: connection replaced worker={}", conn.worker_id)
-            old.close(1001, "replaced by a new connection")
-            old.done.wait(2.0)
+            old.request_close(GOING_AWAY, "replaced by a new connection")
+            if not old.released.wait(_REPLACE_WAIT):
+                logger.warning(
+                    "facilitator: the replaced connection of worker={} did not let go in {}s",
+                    conn.worker_id,
+                    _REPLACE_WAIT,
+                )
 
     def detach(self, conn: WorkerConnection) -> None:
         """Forget a connection that ended (unless a newer one replaced it)."""
@@ -375,12 +419,12 @@ class Facilitator:
             self._notify(self.store.dispatch_queued(eligible))
 
     def _notify(self, assignments: Sequence[Assignment]) -> None:
+        """Wake the connections of workers that got new rows (never blocks: they send)."""
         workers = {a.worker for a in assignments if a.worker and a.seq}
-        for worker in sorted(workers):
-            with self._lock:
-                conn = self._conns.get(worker)
-            if conn is not None:
-                conn.fill()
+        with self._lock:
+            conns = [self._conns[w] for w in sorted(workers) if w in self._conns]
+        for conn in conns:
+            conn.wake()
 
     def _serve(self) -> None:
         config = self.config
@@ -394,7 +438,7 @@ class Facilitator:
                 max_size=config.max_frame_bytes,
                 ping_interval=None,
                 open_timeout=config.handshake_timeout,
-                close_timeout=1.0,
+                close_timeout=CLOSE_TIMEOUT,
                 ssl=tls,
             )
         except OSError as exc:

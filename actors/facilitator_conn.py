@@ -1,21 +1,33 @@
 # One worker connection on the reference facilitator: runs a FacilitatorSession over a
-# `websockets` sync server connection, in the server's handler thread for that connection.
+# `websockets` sync server connection. Three threads per connection:
+#   - the server's handler thread (``run``) is the only one that touches the session, reads the
+#     worker's outbox rows and decides what to send;
+#   - a reader thread moves received frames into the handler's queue (bounded: a slow handler
+#     stops reading, TCP pushes back on the worker);
+#   - a writer thread (``BackgroundSender``) writes frames to the socket, so no thread of ours
+#     ever waits on a stalled peer.
 # Invariants:
-# - The session and the socket's send side are used only under ``self.lock``; frames leave in the
-#   order the session queued them (taking and sending happen under the same lock).
+# - Other threads never touch the session or the socket: they call ``wake()`` (send stored job
+#   requests now) or ``request_close()``; both only set a flag and enqueue a wake-up.
+# - Frames leave in the order the session queued them (one writer, one queue).
 # - Durable before acknowledged: acknowledge(upto) is called only after the store committed the
 #   batch holding ``upto``. Refused status updates are still acknowledged (the stream moves on).
 # - The handler thread wakes at least every ``tick_interval`` to run session deadlines and
 #   heartbeats; nothing here blocks without a timeout except the store's bounded calls.
+# - A worker that is silent past heartbeat_timeout, or that stops reading so a send is stuck
+#   that long, is closed with 4002; a send still stuck after the close grace aborts the socket.
 # - After the session closes with an error code, its error frame is sent, then the WebSocket is
 #   closed with the mapped close code (close_code_for()).
 from __future__ import annotations
 
+import contextlib
+import queue
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from loguru import logger
 from websockets.exceptions import ConnectionClosed
@@ -23,6 +35,7 @@ from websockets.sync.server import ServerConnection
 
 from jobrelay.actors.facilitator_config import FacilitatorConfig
 from jobrelay.actors.facilitator_store import FacilitatorStore
+from jobrelay.actors.transport import BackgroundSender, TransportClosed, TransportError
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
@@ -37,6 +50,12 @@ __all__ = [
     "LockedNonceRegistry",
     "WorkerConnection",
 ]
+
+CLOSE_TIMEOUT: Final = 1.0
+"""The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
+_CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
+_INBOX_FRAMES: Final = 64  # received frames buffered for the handler thread
+_DRAIN: Final = 32  # received frames handled per round (their data persisted in one operation)
 
 
 class LockedNonceRegistry(NonceRegistry):
@@ -88,6 +107,74 @@ class Hub(Protocol):
         """The worker can take jobs now (connected, or stopped draining)."""
 
 
+class _Lost:
+    """The reader's last item: the connection ended."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+class ServerTransport:
+    """A websockets ``ServerConnection`` behind the worker's ``Transport`` interface, so the
+    worker's ``BackgroundSender`` can write it. Only ``send`` and ``close`` are used.
+
+    ``close`` is graceful (closing handshake, bounded by the connection's close_timeout) unless a
+    send is stuck or a close already started: then it aborts (shuts the TCP socket down, which
+    makes a blocked send fail at once).
+    """
+
+    def __init__(self, ws: ServerConnection, counters: Counters) -> None:
+        self._ws = ws
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._send_started: float | None = None
+        self._closing = False
+        self.closed = threading.Event()
+
+    def connect(self, url: str, timeout: float) -> None:
+        raise TransportError("a server connection is connected by its client")
+
+    def recv(self) -> bytes | str:
+        raise TransportError("a server connection is read by its WorkerConnection")
+
+    def send(self, data: bytes, binary: bool) -> None:
+        with self._lock:
+            self._send_started = time.monotonic()
+        try:
+            self._ws.send(data, text=not binary)
+        except (ConnectionClosed, OSError) as exc:
+            raise TransportClosed(f"send failed: {exc}") from exc
+        finally:
+            with self._lock:
+                self._send_started = None
+        self._counters.add("frames_out")
+
+    def stuck_for(self, now: float) -> float:
+        """How long the send in progress has been waiting (0 when none), ``now`` monotonic."""
+        started = self._send_started
+        return 0.0 if started is None else now - started
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        with self._lock:
+            graceful = not self._closing and self._send_started is None
+            self._closing = True
+        if not graceful:
+            self.abort()
+            return
+        try:
+            self._ws.close(code, reason[:120])
+        except Exception as exc:  # the socket may already be gone
+            logger.debug("facilitator: close failed: {}", exc)
+        finally:
+            self.closed.set()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (no closing handshake)."""
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._ws.socket, socket.SHUT_RDWR)
+        self.closed.set()
+
+
 class WorkerConnection:
     """Drives one FacilitatorSession over one WebSocket connection (see module invariants).
 
@@ -95,6 +182,8 @@ class WorkerConnection:
         worker_id: The authenticated worker ("" before authentication).
         draining: The worker said in its last heartbeat that it is draining.
         last_contact: When the last frame arrived (seconds since the epoch).
+        released: Set when the handler stopped using the session and the store for this
+            connection (the socket may still be closing).
         done: Set when the handler returned.
     """
 
@@ -102,7 +191,6 @@ class WorkerConnection:
         now = time.time()
         self.ws = ws
         self.hub = hub
-        self.lock = threading.RLock()
         self.session = FacilitatorSession(
             nonce=secrets.token_hex(32),
             session_id=secrets.token_hex(8),
@@ -115,62 +203,134 @@ class WorkerConnection:
         self.draining = False
         self.connected_at = now
         self.last_contact = now
+        self.released = threading.Event()
         self.done = threading.Event()
         self._marks: StreamMarks | None = None
         self._opened = False
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
+        self._inbox: queue.Queue[bytes | _Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
+        self._flag_lock = threading.Lock()
+        self._wanted = False
+        self._close_request: tuple[int, str] | None = None
+        self._transport = ServerTransport(ws, hub.counters)
+        self._writer: BackgroundSender | None = None
 
     @property
     def is_open(self) -> bool:
         return self.session.is_open
 
+    # ------------------------------------------------------------------ any thread
+
+    def wake(self) -> None:
+        """Stored job requests/cancels may be waiting: the handler thread sends what the window
+        allows. Never blocks."""
+        with self._flag_lock:
+            if self._wanted:
+                return
+            self._wanted = True
+        self._poke()
+
+    def request_close(self, code: int = GOING_AWAY, reason: str = "") -> None:
+        """Close the connection with ``code`` (e.g. 1001 on shutdown or when replaced); the
+        handler thread closes the session and the socket. Never blocks."""
+        with self._flag_lock:
+            if self._close_request is None:
+                self._close_request = (code, reason)
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(queue.Full):  # a full queue wakes the handler anyway
+            self._inbox.put_nowait(None)
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _read(self) -> None:
+        while True:
+            item: bytes | _Lost
+            try:
+                item = self.ws.recv(decode=False)
+            except ConnectionClosed as exc:
+                item = _Lost(f"connection closed ({exc})")
+            except Exception as exc:  # pragma: no cover - websockets raises ConnectionClosed
+                item = _Lost(f"connection failed ({exc})")
+            while not self.released.is_set():
+                try:
+                    self._inbox.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, _Lost) or self.released.is_set():
+                return
+
     # ------------------------------------------------------------------ handler thread
 
     def run(self) -> None:
         """Serve the connection until it closes (the server's handler for this socket)."""
+        self._writer = BackgroundSender(
+            self._transport,
+            self._on_send_failed,
+            name=f"facilitator-writer-{self.session.session_id}",
+        )
+        threading.Thread(
+            target=self._read, name=f"facilitator-reader-{self.session.session_id}", daemon=True
+        ).start()
         try:
             self._loop()
         except Exception:
             self._log.exception("facilitator: connection handler failed worker={}", self.worker_id or "?")
-            with self.lock:
-                self.session.close(ErrorCode.INTERNAL, "facilitator error")
-                self._flush()
-            self._close_transport()
+            self.session.close(ErrorCode.INTERNAL, "facilitator error")
+            self._flush()
         finally:
+            self.released.set()
+            self._close_transport()
             self._finish()
+
+    def _on_send_failed(self, detail: str) -> None:  # writer thread
+        self._log.debug("facilitator: {}", detail)
+        self._transport.abort()  # the reader then sees the end of the connection
 
     def _loop(self) -> None:
         tick = self.hub.config.tick_interval
+        timeout = self.hub.config.heartbeat_timeout
         while True:
             if self.hub.stopping.is_set():
-                self.close(GOING_AWAY, "facilitator shutting down")
-                return
+                self.request_close(GOING_AWAY, "facilitator shutting down")
             try:
-                data: bytes | None = self.ws.recv(timeout=tick, decode=False)
-            except TimeoutError:
-                data = None
-            except ConnectionClosed as exc:
-                with self.lock:
-                    self.session.connection_lost(f"connection closed ({exc})")
-                    events = self.session.events_received()
-                self._handle(events)
-                return
+                items = [self._inbox.get(timeout=tick)]
+            except queue.Empty:
+                items = []
+            while items and len(items) < _DRAIN:
+                try:
+                    items.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
             now = time.time()
-            with self.lock:
-                if data is not None:
-                    self.hub.counters.add("frames_in")
-                    self.last_contact = now
-                    self.session.receive_data(data, now)
-                self.session.tick(now)
-                events = self.session.events_received()
-            self._handle(events)
-            with self.lock:
-                if self.session.heartbeat_due(now):
-                    self.session.send_heartbeat(now, draining=False)
-                self._flush()
-                closed = self.session.state is SessionState.CLOSED
-            if closed:
-                self._close_transport()
+            for item in items:
+                if item is None:
+                    continue
+                if isinstance(item, _Lost):
+                    self.session.connection_lost(item.detail)
+                    continue
+                self.hub.counters.add("frames_in")
+                self.last_contact = now
+                self.session.receive_data(item, now)
+            self.session.tick(now)
+            stuck = self._transport.stuck_for(time.monotonic())
+            if self.session.is_open and stuck > timeout:
+                self.session.close(
+                    ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s"
+                )
+            if self._close_request is not None and self.session.state is not SessionState.CLOSED:
+                self.session.close(None, self._close_request[1])
+            self._handle(self.session.events_received())
+            with self._flag_lock:
+                wanted, self._wanted = self._wanted, False
+            if wanted:
+                self._fill()
+            if self.session.heartbeat_due(now):
+                self.session.send_heartbeat(now, draining=False)
+            self._flush()
+            if self.session.state is SessionState.CLOSED:
                 return
 
     def _handle(self, events: list[ev.Event]) -> None:
@@ -187,9 +347,8 @@ class WorkerConnection:
                 self._on_event(event)
             if batch:
                 self._persist(batch)
-            with self.lock:
-                events = self.session.events_received()
-                self._flush()
+            events = self.session.events_received()
+            self._flush()
 
     def _on_event(self, event: ev.Event) -> None:
         match event:
@@ -199,7 +358,7 @@ class WorkerConnection:
                 self._on_opened(event)
             case ev.Acked():
                 self.hub.store.ack(self.worker_id, event.upto)
-                self.fill()
+                self._fill()
             case ev.DuplicateDropped():
                 self.hub.counters.add("duplicates_dropped")
             case ev.HeartbeatReceived():
@@ -213,11 +372,10 @@ class WorkerConnection:
                     if not event.draining:
                         self.hub.worker_ready(self.worker_id)
             case ev.RequestReceived():
-                with self.lock:
-                    if self.session.is_open:
-                        self.session.send_response(
-                            Response(id=event.request.id, ok=False, error="unknown method")
-                        )
+                if self.session.is_open:
+                    self.session.send_response(
+                        Response(id=event.request.id, ok=False, error="unknown method")
+                    )
             case ev.PeerWarning():
                 self._log.warning(
                     "facilitator: worker warning worker={} code={} detail={}",
@@ -236,8 +394,7 @@ class WorkerConnection:
         self.hub.attach(self)
         marks = self.hub.store.marks(event.worker_id)
         self._marks = marks
-        with self.lock:
-            self.session.accept(marks)
+        self.session.accept(marks)
 
     def _on_opened(self, event: ev.Opened) -> None:
         counters = self.hub.counters
@@ -272,7 +429,7 @@ class WorkerConnection:
             event.resume_after,
             event.in_hwm,
         )
-        self.fill()
+        self._fill()
         self.hub.worker_ready(self.worker_id)
 
     def _on_closed(self, event: ev.Closed) -> None:
@@ -314,82 +471,66 @@ class WorkerConnection:
         counters.add("data_accepted", outcome.accepted)
         if outcome.duplicates:
             counters.add("duplicates_dropped", outcome.duplicates)
-        with self.lock:
-            for refusal in outcome.refused:
-                counters.add("refused_updates")
-                self._log.warning(
-                    "facilitator: refused status update worker={} job={} reason={}",
-                    self.worker_id,
-                    refusal.job_id,
-                    refusal.detail,
-                )
-                if refusal.code is not None and self.session.is_open:
-                    self.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
-            if outcome.gap:
-                self.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
-                return
-            if outcome.upto and self.session.is_open:
-                self.session.acknowledge(min(outcome.upto, self.session.receiver.seen))
-            self._flush()
+        for refusal in outcome.refused:
+            counters.add("refused_updates")
+            self._log.warning(
+                "facilitator: refused status update worker={} job={} reason={}",
+                self.worker_id,
+                refusal.job_id,
+                refusal.detail,
+            )
+            if refusal.code is not None and self.session.is_open:
+                self.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
+        if outcome.gap:
+            self.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
+            return
+        if outcome.upto and self.session.is_open:
+            self.session.acknowledge(min(outcome.upto, self.session.receiver.seen))
+        self._flush()
 
-    # ------------------------------------------------------------------ any thread
-
-    def fill(self) -> None:
+    def _fill(self) -> None:
         """Send stored job requests/cancels to the worker while the window has room."""
         if not self.worker_id:
             return
         limit = self.hub.config.max_batch
-        while True:
-            with self.lock:
-                if not self.session.is_open:
-                    return
-                capacity = self.session.sender.capacity
-                after = self.session.sender.sent
-            if capacity <= 0:
+        while self.session.is_open and self.session.sender.capacity > 0:
+            after = self.session.sender.sent
+            want = min(self.session.sender.capacity, limit)
+            rows = self.hub.store.pending(self.worker_id, after, want)
+            if not rows or rows[0][0] != after + 1:
                 return
-            rows = self.hub.store.pending(self.worker_id, after, min(capacity, limit))
-            if not rows:
+            self.session.note_appended(rows[-1][0])
+            self.session.send_data(rows)
+            self._flush()
+            if len(rows) < want:
                 return
-            with self.lock:
-                if not self._still_open():  # another thread may have closed it meanwhile
-                    return
-                sender = self.session.sender
-                rows = [r for r in rows if r[0] > sender.sent][: sender.capacity]
-                if not rows or rows[0][0] != sender.sent + 1:
-                    return  # another thread sent them meanwhile
-                self.session.note_appended(rows[-1][0])
-                self.session.send_data(rows)
-                self._flush()
-            if len(rows) < min(capacity, limit):
-                return
-
-    def close(self, code: int = GOING_AWAY, reason: str = "") -> None:
-        """Close the WebSocket (e.g. 1001 on shutdown or when replaced); the handler then ends."""
-        try:
-            self.ws.close(code, reason[:120])
-        except Exception as exc:  # the socket may already be gone
-            self._log.debug("facilitator: close failed: {}", exc)
 
     # ------------------------------------------------------------------ internals
 
-    def _still_open(self) -> bool:
-        return self.session.is_open
-
     def _flush(self) -> None:
-        """Send what the session queued (caller holds the lock)."""
-        frames = self.session.data_to_send()
-        if not frames:
+        """Hand what the session queued to the writer thread (never blocks)."""
+        writer = self._writer
+        if writer is None:
             return
-        try:
-            for frame in frames:
-                self.ws.send(frame.data, text=not frame.binary)
-        except ConnectionClosed:
-            return  # the reader sees the close and ends the session
-        self.hub.counters.add("frames_out", len(frames))
+        for frame in self.session.data_to_send():
+            writer.put(frame.data, frame.binary)
 
     def _close_transport(self) -> None:
-        code = self.session.close_code
-        self.close(close_code_for(code), code.value if code else "")
+        """Close the WebSocket after the frames already queued; bounded (a stuck writer is
+        aborted after the grace)."""
+        request = self._close_request
+        if request is not None and self.session.close_code is None:
+            code, reason = request
+        else:
+            error = self.session.close_code
+            code, reason = close_code_for(error), error.value if error else ""
+        writer = self._writer
+        if writer is None:  # pragma: no cover - run() makes it first
+            self._transport.close(code, reason)
+            return
+        writer.finish(code, reason, grace=_CLOSE_GRACE)
+        if not self._transport.closed.wait(_CLOSE_GRACE + CLOSE_TIMEOUT + 0.5):
+            self._transport.abort()
 
     def _finish(self) -> None:
         if self.worker_id:

@@ -5,11 +5,13 @@
 # - Group commit: all operations waiting in the queue run in ONE transaction, each in its own
 #   savepoint (a failing operation is rolled back alone). Results are released only after the
 #   COMMIT returned, so a caller that acknowledges after result() never acks anything volatile.
+# - What the thread keeps in memory (Outbox objects, outstanding jobs per worker) follows the
+#   database through rollbacks: an operation's changes are undone when its savepoint rolls back,
+#   the group's when its transaction does.
 # - A job's request is appended to its worker's outbox in the same transaction that records and
 #   routes it; a status update is recorded only if the job was routed to the worker sending it.
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -102,20 +104,70 @@ class WorkerFacts(NamedTuple):
 
 
 @dataclass
+class _Undo:
+    """In-memory changes made since a savepoint, to undo if it rolls back."""
+
+    created: list[str] = field(default_factory=list)  # outbox streams opened (maybe created)
+    counts: dict[str, int | None] = field(default_factory=dict)  # outstanding before (None: absent)
+
+
+@dataclass
 class _State:
-    """Everything the store thread owns."""
+    """Everything the store thread owns.
+
+    Change ``outstanding`` only through ``add_outstanding`` and get outboxes only through
+    ``outbox``: both are journaled so ``rollback_op``/``rollback_group`` can undo them.
+    """
 
     db: Database
     inbox: Inbox
     ledger: JobLedger
     outstanding: dict[str, int]
     outboxes: dict[str, Outbox] = field(default_factory=dict)
+    op_undo: _Undo = field(default_factory=_Undo)
+    group_undo: _Undo = field(default_factory=_Undo)
 
     def outbox(self, worker_id: str) -> Outbox:
         box = self.outboxes.get(worker_id)
         if box is None:
+            # Opening may create the stream row in the current savepoint: if that rolls back,
+            # the object must go too (it would point at a row that no longer exists).
             box = self.outboxes[worker_id] = Outbox(self.db, stream=worker_id)
+            self.op_undo.created.append(worker_id)
         return box
+
+    def add_outstanding(self, worker_id: str, delta: int) -> None:
+        self.op_undo.counts.setdefault(worker_id, self.outstanding.get(worker_id))
+        self.outstanding[worker_id] = max(0, self.outstanding.get(worker_id, 0) + delta)
+
+    def begin_group(self) -> None:
+        self.group_undo = _Undo()
+        self.op_undo = _Undo()
+
+    def commit_op(self) -> None:
+        """The operation's savepoint was released: its changes belong to the group now."""
+        op, self.op_undo = self.op_undo, _Undo()
+        self.group_undo.created.extend(op.created)
+        for worker_id, before in op.counts.items():
+            self.group_undo.counts.setdefault(worker_id, before)
+
+    def rollback_op(self) -> None:
+        self._undo(self.op_undo)
+        self.op_undo = _Undo()
+
+    def rollback_group(self) -> None:
+        self.rollback_op()
+        self._undo(self.group_undo)
+        self.group_undo = _Undo()
+
+    def _undo(self, undo: _Undo) -> None:
+        for worker_id in undo.created:
+            self.outboxes.pop(worker_id, None)
+        for worker_id, before in undo.counts.items():
+            if before is None:
+                self.outstanding.pop(worker_id, None)
+            else:
+                self.outstanding[worker_id] = before
 
 
 class _Op(NamedTuple):
@@ -143,6 +195,8 @@ class FacilitatorStore:
         self.commits = 0
         self.operations = 0
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._gate = threading.Lock()  # no operation is queued behind _STOP (it would never run)
+        self._stopping = False
         self._ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name="facilitator-store", daemon=True)
 
@@ -164,8 +218,11 @@ class FacilitatorStore:
         Returns:
             True if the thread ended within ``timeout``.
         """
+        with self._gate:
+            if self._thread.is_alive() and not self._stopping:
+                self._stopping = True
+                self._queue.put(_STOP)
         if self._thread.is_alive():
-            self._queue.put(_STOP)
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -213,6 +270,7 @@ class FacilitatorStore:
 
     def _group(self, state: _State, ops: list[_Op]) -> None:
         done: list[tuple[_Op, Any, BaseException | None]] = []
+        state.begin_group()
         try:
             with state.db.transaction("facilitator group commit"):
                 for op in ops:
@@ -220,11 +278,13 @@ class FacilitatorStore:
                         with state.db.transaction(op.name):
                             done.append((op, op.fn(state), None))
                     except Exception as exc:
+                        state.rollback_op()
                         done.append((op, None, exc))
+                    else:
+                        state.commit_op()
         except Exception as exc:
             logger.error("facilitator store: group commit of {} operations failed: {}", len(ops), exc)
-            with contextlib.suppress(StorageError):
-                state.outstanding = routing.outstanding_by_peer(state.db)
+            state.rollback_group()
             for op in ops:
                 op.future.set_exception(exc)
             return
@@ -237,10 +297,11 @@ class FacilitatorStore:
                 op.future.set_exception(error)
 
     def _call(self, name: str, fn: Callable[[_State], T], timeout: float = _CALL_TIMEOUT) -> T:
-        if not self._thread.is_alive():
-            raise StorageError("the facilitator store is not running", path=self.path)
         future: Future[T] = Future()
-        self._queue.put(_Op(name, fn, future))
+        with self._gate:
+            if self._stopping or not self._thread.is_alive():
+                raise StorageError("the facilitator store is not running", path=self.path)
+            self._queue.put(_Op(name, fn, future))
         return future.result(timeout)
 
     # ------------------------------------------------------------------ streams
@@ -313,7 +374,7 @@ class FacilitatorStore:
                     worker = _least_busy(s, eligible)
                     routing.assign_job(s.db, job.job_id, worker)
                     seq = s.outbox(worker).append("job_request", job.payload)
-                    s.outstanding[worker] = s.outstanding.get(worker, 0) + 1
+                    s.add_outstanding(worker, 1)
                     out.append(Assignment(job.job_id, worker, seq))
             return out
 
@@ -380,7 +441,7 @@ def _submit(
         payload = ENCODER.encode(request)
         s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
         if worker:
-            s.outstanding[worker] = s.outstanding.get(worker, 0) + 1
+            s.add_outstanding(worker, 1)
             routed.setdefault(worker, []).append((request.job_id, payload))
         out.append(Assignment(request.job_id, worker, 0))
     seqs: dict[str, int] = {}
@@ -443,7 +504,7 @@ def _record_statuses(s: _State, worker_id: str, statuses: list[JobStatusUpdate])
     for update, result in zip(mine, results, strict=True):
         if result is StatusResult.RECORDED:
             if update.status.terminal:
-                s.outstanding[worker_id] = max(0, s.outstanding.get(worker_id, 0) - 1)
+                s.add_outstanding(worker_id, -1)
         else:
             refused.append(Refusal(update.job_id, None, f"{update.status.value}: {result.value}"))
     return refused

@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from jobrelay.actors.errors import JobTooLarge
+
 if TYPE_CHECKING:
     from jobrelay.actors.facilitator import Facilitator
     from jobrelay.actors.worker import Worker
@@ -294,6 +296,8 @@ class FacilitatorHealth:
             return 400, {"error": "kind must be a string; job_id and worker strings or null"}
         try:
             new_id = self.facilitator.submit(kind, body.get("payload"), job_id=job_id, worker=worker)
+        except JobTooLarge as exc:
+            return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
             return 400, {"error": str(exc)}
         return 201, {"job_id": new_id}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobrelay.actors.facilitator import Facilitator
+from jobrelay.actors.facilitator import Facilitator, JobTooLarge
 from jobrelay.protocol.messages import (
     JobCancel,
     JobRequest,
@@ -172,6 +172,29 @@ def test_cancel_queued_and_routed_jobs(fac: Facilitator, workers: list[TestWorke
     w1.wait_for(w1.all_acked)
     routed_view = fac.job(routed)
     assert routed_view is not None and routed_view.status == "cancelled"
+
+
+def test_a_job_too_large_for_one_frame_is_refused_and_the_stream_keeps_flowing(
+    tmp_path: Path, workers: list[TestWorker]
+) -> None:
+    fac = make_facilitator(tmp_path, max_frame_bytes=4096)
+    try:
+        w1 = connect(fac, workers, "w1")
+        with pytest.raises(JobTooLarge, match=r"job 'big' encodes to \d+ bytes.*max_frame_bytes \(4096\)"):
+            fac.submit("echo", "x" * 4000, job_id="big", worker="w1")
+        with pytest.raises(ValueError, match="max_frame_bytes"):  # one too large refuses the call
+            fac.submit_many([("echo", "small", "a"), ("echo", "x" * 4000, "b")])
+        assert fac.jobs() == [] and fac.job("big") is None
+        fits = fac.submit("echo", "x" * 3800, worker="w1")  # ~3.95 kB frame: fits
+        w1.wait_for(lambda: job_ids(w1.store.received) == [fits])
+        with pytest.raises(JobTooLarge, match="cancel"):
+            fac.cancel(fits, "r" * 4096)
+        assert fac.cancel(fits, "short")
+        w1.wait_for(lambda: len(w1.store.received) == 2)
+        assert fac.stats().sessions_opened == 1  # the stream never broke
+        w1.disconnect()
+    finally:
+        fac.stop()
 
 
 def test_machine_specs_and_events_are_kept_per_worker(fac: Facilitator, workers: list[TestWorker]) -> None:

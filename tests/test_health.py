@@ -189,6 +189,9 @@ def test_facilitator_api_health_and_metrics(system: tuple[Facilitator, TcpProxy,
             {"error": "unknown fields: colour"},
         )
         assert http("POST", base + "/jobs", {"payload": 1})[0] == 400
+        # Fits the 1 MiB body limit, but not one frame (max_frame_bytes 1 MiB) once wrapped.
+        status, doc = http("POST", base + "/jobs", {"kind": "echo", "payload": "x" * ((1 << 20) - 64)})
+        assert status == 413 and "max_frame_bytes (1048576)" in doc["error"]
         status, doc = http("POST", base + "/jobs", {"kind": "echo", "worker": "nobody"})
         assert status == 400 and "nobody" in doc["error"]
         assert http("GET", base + "/jobs/unknown")[0] == 404

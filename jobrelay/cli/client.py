@@ -241,7 +241,7 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 def _api_failure(exc: ApiError) -> int:
     print(f"jobrelay: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE if exc.status == 400 else EXIT_RUNTIME
+    return EXIT_USAGE if exc.status in (400, 413) else EXIT_RUNTIME  # 413: job too large
 
 
 def _print_job(view: dict[str, Any], *, as_json: bool) -> None:

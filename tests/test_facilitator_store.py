@@ -1,0 +1,110 @@
+"""FacilitatorStore: what the store thread keeps in memory follows the database through rollbacks
+of one operation and of a whole group commit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobrelay.actors.facilitator_store import FacilitatorStore
+from jobrelay.protocol.messages import JobRequest
+from jobrelay.storage.errors import StorageError
+from tests.facilitator_client import wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FacilitatorStore]:
+    made = FacilitatorStore(str(tmp_path / "f.db"), "normal")
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def touch_then_fail(s: Any) -> None:
+    """An operation that opens a never-seen worker's outbox (creating its stream row in its
+    savepoint), counts a job for it, and then fails."""
+    s.outbox("w9")
+    s.add_outstanding("w9", 1)
+    s.add_outstanding("w1", 1)
+    raise RuntimeError("failed after creating the outbox")
+
+
+def assert_w9_usable(store: FacilitatorStore, outstanding: dict[str, int]) -> None:
+    [assignment] = store.submit([JobRequest(job_id="j1", kind="k")], "w9", [])
+    assert assignment.seq == 1
+    marks = store.marks("w9")
+    assert (marks.out_acked, marks.out_last_seq) == (0, 1)
+    assert [seq for seq, _ in store.pending("w9", 0, 10)] == [1]
+    assert store.worker_facts().outstanding == outstanding
+
+
+def test_a_failed_operation_forgets_the_outbox_it_created(store: FacilitatorStore) -> None:
+    store.submit([JobRequest(job_id="j0", kind="k")], "w1", [])
+    with pytest.raises(RuntimeError, match="after creating"):
+        store._call("failing op", touch_then_fail)
+    assert store.worker_facts().outstanding == {"w1": 1}  # the failed op's counts are undone
+    assert_w9_usable(store, {"w1": 1, "w9": 1})
+
+
+def test_a_failed_group_commit_forgets_what_its_operations_did(store: FacilitatorStore) -> None:
+    store.submit([JobRequest(job_id="j0", kind="k")], "w1", [])
+    gate = threading.Event()
+    errors: list[BaseException] = []
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            store._call(name, fn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def break_the_commit(s: Any) -> None:
+        # A foreign-key violation checked only at COMMIT: the whole group rolls back.
+        s.db.conn.execute("PRAGMA defer_foreign_keys = ON")
+        s.db.conn.execute(
+            "INSERT INTO outbox (stream_id, seq, kind, payload, created_at) VALUES (999999, 1, 'x', x'00', 0)"
+        )
+
+    def opens_w9(s: Any) -> None:
+        s.outbox("w9").append("job_request", b"{}")
+        s.add_outstanding("w9", 1)
+        s.add_outstanding("w1", 1)
+
+    blocker = threading.Thread(target=call, args=("hold the store thread", lambda s: gate.wait(5)))
+    blocker.start()
+    wait_until(lambda: store._queue.qsize() == 0)  # the store thread runs the blocker
+    threads = [
+        threading.Thread(target=call, args=("opens w9", opens_w9)),
+        threading.Thread(target=call, args=("breaks the commit", break_the_commit)),
+    ]
+    for thread in threads:
+        thread.start()
+        queued = threads.index(thread) + 1
+        wait_until(lambda: store._queue.qsize() == queued)  # noqa: B023 - called before the next loop
+    gate.set()  # both queued operations now run in one group, whose COMMIT fails
+    for thread in [blocker, *threads]:
+        thread.join(5)
+    assert len(errors) == 2 and all(isinstance(e, StorageError) for e in errors), errors
+    assert store.worker_facts().outstanding == {"w1": 1}
+    assert_w9_usable(store, {"w1": 1, "w9": 1})
+
+
+def test_a_call_after_stop_fails_at_once(store: FacilitatorStore) -> None:
+    """Nothing is queued behind the stop (it would never be answered: a 30 s wait)."""
+    gate = threading.Event()
+    blocker = threading.Thread(target=store._call, args=("hold the store thread", lambda s: gate.wait(5)))
+    blocker.start()
+    wait_until(lambda: store._queue.qsize() == 0)
+    assert not store.stop(timeout=0)  # the thread is busy: stop is queued
+    with pytest.raises(StorageError, match="not running"):
+        store.marks("w1")
+    gate.set()
+    blocker.join(5)
+    assert store.stop(timeout=5)
