@@ -33,6 +33,7 @@ _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _WAL_SIZE_LIMIT: Final = 16 << 20  # the -wal file is truncated back to this after big bursts
 # Free pages kept for reuse by the next appends; beyond twice this, the rest is vacuumed.
 _KEEP_FREE_PAGES: Final = 512
+_MAX_RECLAIM_STEP: Final = 256  # pages per reclaim_space() call: about 1 MB, a few ms
 
 # Primary SQLite result codes (https://www.sqlite.org/rescode.html).
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB, _PERM = (
@@ -242,8 +243,11 @@ class Database:
         with self.guard("reclaim free space"):
             free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
             if free > 2 * _KEEP_FREE_PAGES:
+                # A bounded step: the caller is an actor whose mailbox waits meanwhile, so a large
+                # drain is given back over several calls (SQLite reuses free pages until then).
+                pages = min(free - _KEEP_FREE_PAGES, _MAX_RECLAIM_STEP)
                 # executescript steps the pragma to completion (execute() frees one page).
-                self.conn.executescript(f"PRAGMA incremental_vacuum({free - _KEEP_FREE_PAGES});")
+                self.conn.executescript(f"PRAGMA incremental_vacuum({pages});")
             return free
 
     def file_sizes(self) -> tuple[int, int]:
