@@ -6,6 +6,7 @@
 # facilitator's acknowledged seq, in order; nothing is resent within a session.
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import OrderedDict
@@ -41,6 +42,7 @@ from jobrelay.storage import (
     OutboxStats,
     StatusResult,
     StatusUpdate,
+    StorageError,
     TerminalStatusError,
     UnknownJobError,
     open_database,
@@ -91,6 +93,7 @@ class OutboxActor(pykka.ThreadingActor):
         self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
         self._session: str | None = None
         self._max_body = max_body_bytes(config.max_frame_bytes)
+        self._busy = False  # something was published since the last beat
         self._window = 0
         self._sent = 0
         self._acked = 0
@@ -181,12 +184,20 @@ class OutboxActor(pykka.ThreadingActor):
                 self._persist_ack()
                 self._expire_blocked(now)
                 self._report_gauges()
+                if not self._busy:  # idle: give a drained backlog's pages back, a step a beat
+                    with contextlib.suppress(StorageError):
+                        self._store_db().reclaim_space()
+                self._busy = False
             case SessionClosed() | PeerAcked():
                 pass
             case _:
                 logger.error("Outbox got an unknown message {!r}", message)
 
     # ------------------------------------------------------------ internals
+
+    def _store_db(self) -> Database:
+        assert self._db is not None, "Outbox actor not started"
+        return self._db
 
     def _store(self) -> Outbox:
         assert self._outbox is not None, "Outbox actor not started"
@@ -251,6 +262,7 @@ class OutboxActor(pykka.ThreadingActor):
                 self._cache[seq] = (publish.body, now)
             publish.future.set(seq)
         send(self._metrics, Count("published", len(batch) - len(refused)))
+        self._busy = True
         return True
 
     def _deadline(self, publish: Publish) -> float:

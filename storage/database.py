@@ -228,12 +228,14 @@ class Database:
             return read_schema_version(self.su)
 
     def reclaim_space(self) -> int:
-        """Return free pages beyond a small reserve to the file system (incremental vacuum).
+        """Return free pages beyond a small reserve to the file system, one bounded step
+        (incremental vacuum of at most ``_MAX_RECLAIM_STEP`` pages).
 
-        Called by the stores after large deletions; cheap when there is nothing to do.
+        Called by the stores after large deletions and by their owners when idle; cheap when
+        there is nothing to do.
 
         Returns:
-            The number of free pages found before reclaiming.
+            How many free pages beyond the reserve are left after this step (0: done).
 
         Raises:
             StorageError: The vacuum failed.
@@ -242,13 +244,14 @@ class Database:
             return 0
         with self.guard("reclaim free space"):
             free = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
-            if free > 2 * _KEEP_FREE_PAGES:
-                # A bounded step: the caller is an actor whose mailbox waits meanwhile, so a large
-                # drain is given back over several calls (SQLite reuses free pages until then).
-                pages = min(free - _KEEP_FREE_PAGES, _MAX_RECLAIM_STEP)
-                # executescript steps the pragma to completion (execute() frees one page).
-                self.conn.executescript(f"PRAGMA incremental_vacuum({pages});")
-            return free
+            if free <= 2 * _KEEP_FREE_PAGES:
+                return 0
+            # A bounded step: the caller is an actor whose mailbox waits meanwhile, so a large
+            # drain is given back over several calls (SQLite reuses free pages until then).
+            pages = min(free - _KEEP_FREE_PAGES, _MAX_RECLAIM_STEP)
+            # executescript steps the pragma to completion (execute() frees one page).
+            self.conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+            return free - _KEEP_FREE_PAGES - pages
 
     def file_sizes(self) -> tuple[int, int]:
         """Bytes of the main file and of its -wal file (0 when absent)."""
