@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles and the actor safety net.
+"""Shared test set-up: hypothesis profiles and shared fixtures.
 
 Profiles: ``dev`` (default, quick) and ``ci`` (more examples; selected by HYPOTHESIS_PROFILE=ci,
 which .ci/run sets). Tests that need a minimum number of examples set it themselves.
@@ -7,11 +7,30 @@ which .ci/run sets). Tests that need a minimum number of examples set it themsel
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from jobrelay.actors.facilitator import Facilitator
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def fac(tmp_path: Path) -> Iterator[Facilitator]:
+    """A running reference facilitator that knows the test workers' keys, stopped afterwards."""
+    from tests.facilitator_client import make_facilitator
+
+    facilitator = make_facilitator(tmp_path)
+    try:
+        yield facilitator
+    finally:
+        facilitator.stop()

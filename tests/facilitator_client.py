@@ -28,6 +28,8 @@ from jobrelay.protocol.messages import JobStatus, JobStatusUpdate, WorkerBody
 from jobrelay.protocol.session import OutFrame, SessionConfig, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
+from .protocol_harness import send_window
+
 KEYS: dict[str, Ed25519PrivateKey] = {f"w{i}": Ed25519PrivateKey.generate() for i in (1, 2, 3)}
 AUTHORIZED: dict[str, str] = {worker_id: public_key_hex(key) for worker_id, key in KEYS.items()}
 
@@ -297,10 +299,7 @@ class TestWorker:
     def _send_pending(self) -> None:
         session = self.session
         assert session is not None
-        first = session.sender.sent + 1
-        count = min(session.sender.capacity, self.store.out_last_seq - session.sender.sent)
-        if count > 0:
-            session.send_data([(seq, self.store.out[seq]) for seq in range(first, first + count)])
+        if send_window(session, self.store.out, self.store.out_last_seq):
             self._flush()
 
     def _flush(self) -> None:

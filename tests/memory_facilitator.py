@@ -155,12 +155,8 @@ class MemoryFacilitator:
         session = self._session
         if session is None or not session.is_open:
             return
-        first = session.sender.sent + 1
-        count = min(session.sender.capacity, self.store.out_last_seq - session.sender.sent)
-        if count > 0:
-            session.send_data([(s, self.store.out[s]) for s in range(first, first + count)])
-            if self.current is not None:
-                self._flush(self.current, session)
+        if self.store.send_window(session) and self.current is not None:
+            self._flush(self.current, session)
 
     @staticmethod
     def _flush(end: MemoryEnd, session: FacilitatorSession) -> None:

@@ -9,6 +9,7 @@ it and it must come again). Time is virtual.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,17 @@ WORKER_ID = "worker-1"
 KEY = Ed25519PrivateKey.generate()
 AUTHORIZED = {WORKER_ID: public_key_hex(KEY)}
 T0 = 1_700_000_000.0
+
+
+def send_window(session: WorkerSession | FacilitatorSession, out: Mapping[int, Any], last_seq: int) -> bool:
+    """Send the stored (unacked) messages ``out`` that the session's window allows, in seq
+    order, up to ``last_seq``; True if any went out."""
+    first = session.sender.sent + 1
+    count = min(session.sender.capacity, last_seq - session.sender.sent)
+    if count <= 0:
+        return False
+    session.send_data([(seq, out[seq]) for seq in range(first, first + count)])
+    return True
 
 
 @dataclass
@@ -46,6 +58,9 @@ class Store:
         self.out[self.out_last_seq] = body
         self.sent.append(body)
         return self.out_last_seq
+
+    def send_window(self, session: WorkerSession | FacilitatorSession) -> bool:
+        return send_window(session, self.out, self.out_last_seq)
 
     def ack(self, upto: int) -> None:
         assert upto <= self.out_last_seq, "peer acknowledged a seq we never assigned"
@@ -203,10 +218,7 @@ class Pair:
     def send_pending(self, side: Side) -> None:
         session = side.session
         assert session is not None
-        first = session.sender.sent + 1
-        count = min(session.sender.capacity, side.store.out_last_seq - session.sender.sent)
-        if count > 0:
-            session.send_data([(seq, side.store.out[seq]) for seq in range(first, first + count)])
+        if side.store.send_window(session):
             self.collect()
 
     def publish(self, side: Side, bodies: list[Any]) -> None:

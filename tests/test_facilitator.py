@@ -17,20 +17,18 @@ from jobrelay.protocol.messages import (
     MachineSpecs,
     WorkerEvent,
 )
-from tests.facilitator_client import KEYS, ClientStore, TestWorker, make_facilitator, pump_until, wait_until
+from tests.facilitator_client import (
+    KEYS,
+    ClientStore,
+    TestWorker,
+    make_facilitator,
+    pump_until,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
 LIFECYCLE = (JobStatus.ACCEPTED, JobStatus.RUNNING, JobStatus.COMPLETED)
-
-
-@pytest.fixture
-def fac(tmp_path: Path) -> Iterator[Facilitator]:
-    facilitator = make_facilitator(tmp_path)
-    try:
-        yield facilitator
-    finally:
-        facilitator.stop()
 
 
 @pytest.fixture

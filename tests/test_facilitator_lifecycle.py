@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,15 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.close_codes import close_code_for
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.storage.errors import StorageError
-from tests.facilitator_client import AUTHORIZED, KEYS, HandshakeRefused, TestWorker, make_facilitator
+from tests.facilitator_client import (
+    AUTHORIZED,
+    KEYS,
+    HandshakeRefused,
+    TestWorker,
+    make_facilitator,
+)
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def fac(tmp_path: Path) -> Iterator[Facilitator]:
-    facilitator = make_facilitator(tmp_path)
-    try:
-        yield facilitator
-    finally:
-        facilitator.stop()
 
 
 def refused(fac: Facilitator, worker_id: str, key: Ed25519PrivateKey) -> HandshakeRefused:
