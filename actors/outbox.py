@@ -106,7 +106,8 @@ class OutboxActor(pykka.ThreadingActor):
             self._db, "out", max_rows=self.config.max_outbox_rows, max_bytes=self.config.max_outbox_bytes
         )
         self._ledger = JobLedger(self._db)
-        self._acked = self._outbox.last_acked
+        self._acked = self._persisted_ack = self._outbox.last_acked
+        self._last_seq = self._outbox.last_seq
 
     def on_stop(self) -> None:
         # Publishes still in the mailbox were accepted by publish(): store them (or fail them)
@@ -238,7 +239,8 @@ class OutboxActor(pykka.ThreadingActor):
                         if result is not StatusResult.RECORDED:
                             refused[i] = _refusal(update, result, db)
                 keep = [item for i, item in enumerate(encoded) if i not in refused]
-                seqs = iter(outbox.append_many(keep))
+                assigned = outbox.append_many(keep)
+                seqs = iter(assigned)
         except OutboxFull:
             self._blocked.extend((self._deadline(p), p) for p in batch)
             send(self._metrics, Count("outbox_full"))
@@ -248,6 +250,8 @@ class OutboxActor(pykka.ThreadingActor):
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)
             return True
+        if assigned:
+            self._last_seq = assigned[-1]
         now = self._clock()
         cache_limit = self._window * PREFETCH * 2 if self._session else 0
         for i, publish in enumerate(batch):
@@ -281,7 +285,7 @@ class OutboxActor(pykka.ThreadingActor):
         # Hand over up to PREFETCH windows: the Connection keeps the surplus and sends it the
         # moment an ack opens the window (acks reach us only after queued publishes).
         capacity = self._window * PREFETCH - (self._sent - self._acked)
-        last = outbox.last_seq
+        last = self._last_seq
         if capacity <= 0 or self._sent >= last:
             return
         upto = min(last, self._sent + capacity)
@@ -300,9 +304,10 @@ class OutboxActor(pykka.ThreadingActor):
 
     def _on_opened(self, session_id: str, resume_after: int, window: int) -> None:
         outbox = self._store()
-        if resume_after > outbox.last_acked:
+        if resume_after > self._persisted_ack:
             outbox.ack(resume_after)
-        replay = outbox.last_seq - resume_after
+            self._persisted_ack = resume_after
+        replay = self._last_seq - resume_after
         self._session, self._window = session_id, window
         self._sent = self._acked = resume_after
         self._drop_cached(resume_after)
@@ -316,13 +321,14 @@ class OutboxActor(pykka.ThreadingActor):
         old = outbox.epoch
         new = outbox.restart_epoch()
         self._cache.clear()  # cached seqs belong to the old numbering
-        self._session, self._sent, self._acked = None, 0, 0
+        self._session, self._sent, self._acked, self._persisted_ack = None, 0, 0, 0
+        self._last_seq = outbox.last_seq
         logger.warning(
             "outbox starts a new stream: epoch {} -> {} ({}); {} unacknowledged messages will be sent again",
             old,
             new,
             reason,
-            outbox.last_seq,
+            self._last_seq,
         )
         send(self._metrics, Count("epoch_restarts"))
 
@@ -339,9 +345,12 @@ class OutboxActor(pykka.ThreadingActor):
         self._fill()
 
     def _persist_ack(self) -> None:
+        # This actor is the stream's only writer, so it tracks the marks itself instead of
+        # reading them back from SQLite on every commit.
         outbox = self._outbox
-        if outbox is not None and self._acked > outbox.last_acked:
+        if outbox is not None and self._acked > self._persisted_ack:
             outbox.ack(self._acked)
+            self._persisted_ack = self._acked
 
     def _drop_cached(self, upto: int) -> None:
         now = self._clock()
