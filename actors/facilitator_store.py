@@ -229,7 +229,6 @@ class FacilitatorStore:
     def _run(self) -> None:
         try:
             db = open_database(self.path, durability=self.durability)
-            routing.ensure_schema(db)
             state = _State(db, Inbox(db), JobLedger(db), routing.outstanding_by_peer(db))
         except BaseException as exc:
             self._ready.set_exception(exc)

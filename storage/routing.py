@@ -7,8 +7,7 @@
 # - facilitator_workers holds one row per worker that reported anything; its specs are the
 #   latest reported. facilitator_worker_events keeps at most ``keep`` newest events per worker.
 # - Every function runs inside the caller's transaction when there is one (Database.transaction
-#   nests as a savepoint); the tables are created by ensure_schema() with IF NOT EXISTS, beside
-#   the v1 schema (to become a schema migration once storage/schema.py takes one).
+#   nests as a savepoint); the tables are schema migration v2 (storage/schema.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,7 +20,6 @@ __all__ = [
     "QueuedJob",
     "WorkerRecord",
     "assign_job",
-    "ensure_schema",
     "job_owners",
     "outstanding_by_peer",
     "queued_jobs",
@@ -35,26 +33,6 @@ __all__ = [
 _TERMINAL_SQL: Final = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _UNFINISHED: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}))"
 _CHUNK: Final = 500  # ids per IN (...) query
-
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS facilitator_workers (
-        worker_id TEXT PRIMARY KEY,
-        specs BLOB,
-        specs_at REAL,
-        last_event TEXT NOT NULL DEFAULT '',
-        last_seen REAL
-    )""",
-    """CREATE TABLE IF NOT EXISTS facilitator_worker_events (
-        id INTEGER PRIMARY KEY,
-        worker_id TEXT NOT NULL,
-        event TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS facilitator_worker_events_worker "
-    "ON facilitator_worker_events (worker_id, id)",
-)
-
 
 class QueuedJob(NamedTuple):
     """A recorded job no worker has been chosen for yet."""
@@ -71,17 +49,6 @@ class WorkerRecord(NamedTuple):
     specs_at: float | None
     last_event: str
     last_seen: float | None
-
-
-def ensure_schema(db: Database) -> None:
-    """Create the facilitator's tables if the file does not have them yet.
-
-    Raises:
-        StorageError: The write failed.
-    """
-    with db.transaction("create facilitator tables") as conn:
-        for statement in _SCHEMA:
-            conn.execute(statement)
 
 
 def job_owners(db: Database, job_ids: Sequence[str]) -> dict[str, str]:

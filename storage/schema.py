@@ -9,6 +9,9 @@
 #   inbox(stream, generation, seq, epoch, kind, payload, accepted_at)  PK (stream, generation, seq)
 #   jobs(job_id PK, kind, payload, peer, status, detail, progress, attempts, created_at, updated_at)
 #   job_history(id PK, job_id -> jobs, status, detail, progress, at)
+# Tables (v2, used by the reference facilitator; see storage/routing.py):
+#   facilitator_workers(worker_id PK, specs, specs_at, last_event, last_seen)
+#   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
 from __future__ import annotations
 
 import time
@@ -120,7 +123,35 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     db.table("job_history").create_index(["job_id", "id"])
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "initial", _v1_initial),)
+def _v2_facilitator(db: sqlite_utils.Database) -> None:
+    # IF NOT EXISTS: facilitator files made before v2 created these tables outside migrations.
+    for statement in (
+        """CREATE TABLE IF NOT EXISTS facilitator_workers (
+            worker_id TEXT PRIMARY KEY,
+            specs BLOB,
+            specs_at REAL,
+            last_event TEXT NOT NULL DEFAULT '',
+            last_seen REAL
+        )""",
+        """CREATE TABLE IF NOT EXISTS facilitator_worker_events (
+            id INTEGER PRIMARY KEY,
+            worker_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS facilitator_worker_events_worker "
+        "ON facilitator_worker_events (worker_id, id)",
+        # The facilitator finds queued jobs (peer '') and a worker's jobs by owner.
+        "CREATE INDEX IF NOT EXISTS jobs_peer ON jobs (peer)",
+    ):
+        db.execute(statement)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "initial", _v1_initial),
+    Migration(2, "facilitator routing tables", _v2_facilitator),
+)
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
 

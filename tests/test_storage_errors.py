@@ -290,3 +290,19 @@ def test_translate_error_covers_os_errors() -> None:
     err = translate_error(OSError(5, "Input/output error"), "open", "/x.db")
     assert "I/O error" in str(err)
     assert err.path == "/x.db"
+
+
+def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobrelay.storage import schema
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])  # what an older jobrelay wrote
+        with open_database(path) as db:
+            assert db.schema_version == 1
+            assert Outbox(db).append("k", b"kept") == 1
+            assert "facilitator_workers" not in db.su.table_names()
+    with open_database(path) as db:
+        assert db.schema_version == SCHEMA_VERSION == 2
+        assert {"facilitator_workers", "facilitator_worker_events"} <= set(db.su.table_names())
+        assert [r.payload for r in Outbox(db).pending()] == [b"kept"]
