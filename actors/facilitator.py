@@ -30,7 +30,6 @@ from jobrelay.actors.errors import ConfigError, JobTooLarge
 from jobrelay.actors.facilitator_config import FacilitatorConfig, load_facilitator_config
 from jobrelay.actors.facilitator_conn import CLOSE_TIMEOUT, Counters, LockedNonceRegistry, WorkerConnection
 from jobrelay.actors.facilitator_store import (
-    ENCODER,
     JOB_REQUEST,
     MACHINE_SPECS,
     Assignment,
@@ -38,7 +37,9 @@ from jobrelay.actors.facilitator_store import (
 )
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY
-from jobrelay.protocol.messages import MAX_SEQ, Data, JobCancel, JobRequest
+from jobrelay.protocol.codec import check_sendable
+from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
+from jobrelay.protocol.messages import JobCancel, JobRequest
 from jobrelay.storage.ledger import JobRecord, StatusEntry
 
 __all__ = [
@@ -247,20 +248,20 @@ class Facilitator:
         return done
 
     def _check_frame(self, body: JobRequest | JobCancel, what: str) -> None:
-        """Refuse a body whose data frame would exceed max_frame_bytes: stored, it would stop the
-        worker's stream for good (every send of it fails). JSON with the largest seq is the
-        biggest encoding a session uses (msgpack is smaller).
+        """Refuse a body that could not be sent in one frame in every offered codec: stored, it
+        would stop the worker's stream for good (every send of it fails).
 
         Raises:
-            JobTooLarge: It does not fit.
-            TypeError: It is not serialisable.
+            JobTooLarge: It does not fit in max_frame_bytes.
+            ValueError: A codec cannot encode it (e.g. msgpack and an integer beyond 64 bits).
         """
-        size = len(ENCODER.encode(Data(seq=MAX_SEQ, body=body)))
-        limit = self.config.max_frame_bytes
-        if size > limit:
-            raise JobTooLarge(
-                f"{what} encodes to {size} bytes, more than max_frame_bytes ({limit}) allows in one frame"
-            )
+        try:
+            check_sendable(body, max_frame_bytes=self.config.max_frame_bytes, formats=self.config.formats)
+        except LocalProtocolError as exc:
+            detail = exc.detail.removeprefix("the message ")
+            if exc.code is ErrorCode.FRAME_TOO_LARGE:
+                raise JobTooLarge(f"{what} {detail}") from None
+            raise ValueError(f"{what} {detail}") from None
 
     def job(self, job_id: str) -> JobView | None:
         """The job's record, status history and payload, or None if unknown.

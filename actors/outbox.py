@@ -31,8 +31,8 @@ from jobrelay.actors.messages import (
     SessionOpened,
     send,
 )
-from jobrelay.protocol.codec import max_body_bytes
-from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
+from jobrelay.protocol.codec import check_sendable
+from jobrelay.protocol.errors import LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import (
     Database,
@@ -92,7 +92,6 @@ class OutboxActor(pykka.ThreadingActor):
         self._blocked: list[tuple[float, Publish]] = []
         self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
         self._session: str | None = None
-        self._max_body = max_body_bytes(config.max_frame_bytes)
         self._busy = False  # something was published since the last beat
         self._window = 0
         self._sent = 0
@@ -218,13 +217,16 @@ class OutboxActor(pykka.ThreadingActor):
         assert ledger is not None and db is not None
         encoded = [encode_body(p.body) for p in batch]
         refused: dict[int, Exception] = {}
-        for i, (_, payload) in enumerate(encoded):
-            if len(payload) > self._max_body:
-                refused[i] = LocalProtocolError(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"message encodes to {len(payload)} bytes; the limit is {self._max_body} "
-                    f"(max_frame_bytes {self.config.max_frame_bytes} less the envelope)",
+        for i, (publish, (_, payload)) in enumerate(zip(batch, encoded, strict=True)):
+            try:
+                check_sendable(
+                    publish.body,
+                    max_frame_bytes=self.config.max_frame_bytes,
+                    formats=self.config.formats,
+                    json_body_size=len(payload),
                 )
+            except LocalProtocolError as exc:
+                refused[i] = exc
         updates = [
             (i, StatusUpdate(p.body.job_id, p.body.status.value, p.body.detail, p.body.progress, p.body.at))
             for i, p in enumerate(batch)

@@ -4,11 +4,12 @@
 # Encoders/decoders are built once per (format, direction) and reused.
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, Literal, TypeVar, cast
 
 import msgspec
 
-from jobrelay.protocol.errors import ErrorCode, RemoteProtocolError
+from jobrelay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from jobrelay.protocol.messages import MAX_SEQ, Data, FacilitatorFrame, WorkerFrame
 
 __all__ = [
@@ -16,8 +17,8 @@ __all__ = [
     "FORMATS",
     "Codec",
     "Format",
+    "check_sendable",
     "facilitator_codec",
-    "max_body_bytes",
     "worker_codec",
 ]
 
@@ -41,13 +42,42 @@ _DECODERS: dict[tuple[Format, object], msgspec.json.Decoder[object] | msgspec.ms
 _DATA_ENVELOPE = len(_JSON_ENCODER.encode(Data(seq=MAX_SEQ, body=None))) - len(b"null")
 
 
-def max_body_bytes(max_frame_bytes: int) -> int:
-    """The largest JSON-encoded data body that still fits one frame of ``max_frame_bytes``.
+def check_sendable(
+    body: msgspec.Struct,
+    *,
+    max_frame_bytes: int,
+    formats: Sequence[str],
+    json_body_size: int | None = None,
+) -> None:
+    """Refuse a data body that could not be sent in one frame in every offered format.
 
-    Senders check this before storing a message: a message that can never be sent must be
-    refused when published, or it would block its stream forever.
+    Senders check this before storing a message: stored, a message that can never be sent
+    blocks its stream forever (every session fails on it). JSON is the larger encoding; msgpack
+    is checked because it cannot encode some values JSON can (integers beyond 64 bits).
+
+    Args:
+        json_body_size: the body's JSON size when the caller already encoded it (saves a pass).
+
+    Raises:
+        LocalProtocolError: FRAME_TOO_LARGE, or INVALID_FIELD when a format cannot encode it.
     """
-    return max_frame_bytes - _DATA_ENVELOPE
+    for fmt in formats:
+        try:
+            if fmt == "json" and json_body_size is not None:
+                size = json_body_size + _DATA_ENVELOPE
+            else:
+                encode = _MSGPACK_ENCODER.encode if fmt == "msgpack" else _JSON_ENCODER.encode
+                size = len(encode(Data(seq=MAX_SEQ, body=body)))
+        except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise LocalProtocolError(
+                ErrorCode.INVALID_FIELD, f"the message cannot be sent as {fmt}: {exc}"
+            ) from None
+        if size > max_frame_bytes:
+            raise LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"the message encodes to {size} bytes as {fmt}, "
+                f"more than max_frame_bytes ({max_frame_bytes})",
+            )
 
 
 def _classify(exc: msgspec.ValidationError) -> ErrorCode:
@@ -84,8 +114,16 @@ class Codec(Generic[F]):
         self._encode = _MSGPACK_ENCODER.encode if self.binary else _JSON_ENCODER.encode
 
     def encode(self, frame: msgspec.Struct) -> bytes:
-        """Serialise one frame (any direction: the encoder is not restricted)."""
-        return self._encode(frame)
+        """Serialise one frame (any direction: the encoder is not restricted).
+
+        Raises:
+            LocalProtocolError: INVALID_FIELD when this format cannot encode a value (for
+                example msgpack and an integer beyond 64 bits).
+        """
+        try:
+            return self._encode(frame)
+        except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"cannot encode as {self.fmt}: {exc}") from None
 
     def decode(self, data: bytes | str) -> F:
         """Parse one received frame.

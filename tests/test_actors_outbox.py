@@ -129,3 +129,17 @@ def test_every_publish_resolves_when_the_worker_stops_under_load(
         except (pykka.ActorDeadError, OutboxFull):
             failed += 1
     assert stored >= 2000 and stored + failed == len(futures)
+
+
+def test_a_message_msgpack_cannot_carry_is_refused_and_blocks_nothing(
+    tmp_path: Path, facilitator: MemoryFacilitator
+) -> None:
+    from jobrelay.protocol.messages import MachineSpecs
+
+    with start_worker(config(tmp_path), transport_factory=facilitator.network) as worker:
+        worker.wait_connected(5)
+        with pytest.raises(ProtocolError) as info:  # msgpack is offered by default
+            worker.outbox.publish(MachineSpecs(specs={"n": 2**70}, at=0.0)).get(timeout=5)
+        assert info.value.code is ErrorCode.INVALID_FIELD
+        worker.outbox.publish(event("after")).get(timeout=5)
+        facilitator.wait_for(lambda: event("after") in facilitator.store.delivered)

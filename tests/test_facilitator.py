@@ -195,6 +195,16 @@ def test_a_job_too_large_for_one_frame_is_refused_and_the_stream_keeps_flowing(
         fac.stop()
 
 
+def test_a_job_msgpack_cannot_carry_is_refused(fac: Facilitator, workers: list[TestWorker]) -> None:
+    w1 = connect(fac, workers, "w1")
+    with pytest.raises(ValueError, match="cannot be sent as msgpack"):
+        fac.submit("echo", {"n": 2**70}, job_id="huge-int", worker="w1")  # JSON could, msgpack cannot
+    assert fac.job("huge-int") is None
+    ok = fac.submit("echo", {"n": 2**60}, worker="w1")
+    w1.wait_for(lambda: job_ids(w1.store.received) == [ok])
+    w1.disconnect()
+
+
 def test_machine_specs_and_events_are_kept_per_worker(fac: Facilitator, workers: list[TestWorker]) -> None:
     w1 = connect(fac, workers, "w1")
     w1.publish(

@@ -149,3 +149,36 @@ def test_literal_example_frames_from_protocol_doc() -> None:
     )
     assert codec.decode(b'{"type":"ack","upto":41}') == m.Ack(upto=41)
     assert m.JobStatus.FAILED.terminal and not m.JobStatus.RUNNING.terminal
+
+
+def test_check_sendable_refuses_what_a_format_cannot_carry() -> None:
+    from jobrelay.protocol.codec import check_sendable
+    from jobrelay.protocol.errors import LocalProtocolError
+
+    small = m.MachineSpecs(specs={"n": 1}, at=0.0)
+    check_sendable(small, max_frame_bytes=1024, formats=("json", "msgpack"))
+    huge_int = m.MachineSpecs(specs={"n": 2**70}, at=0.0)  # JSON can, msgpack cannot
+    check_sendable(huge_int, max_frame_bytes=1024, formats=("json",))
+    with pytest.raises(LocalProtocolError) as info:
+        check_sendable(huge_int, max_frame_bytes=1024, formats=("json", "msgpack"))
+    assert info.value.code is ErrorCode.INVALID_FIELD
+    big = m.WorkerEvent(event="e", at=0.0, detail="x" * 2000)
+    with pytest.raises(LocalProtocolError) as info:
+        check_sendable(big, max_frame_bytes=1024, formats=("json",))
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    # The JSON size hint must agree with encoding the frame for real.
+    frame_size = len(facilitator_codec().encode(m.Data(seq=m.MAX_SEQ, body=big)))
+    body_size = len(msgspec.json.encode(big))
+    check_sendable(big, max_frame_bytes=frame_size, formats=("json",), json_body_size=body_size)
+    with pytest.raises(LocalProtocolError):
+        check_sendable(big, max_frame_bytes=frame_size - 1, formats=("json",), json_body_size=body_size)
+
+
+def test_encode_failures_are_typed() -> None:
+    from jobrelay.protocol.errors import LocalProtocolError
+
+    frame = m.Data(seq=1, body=m.MachineSpecs(specs={"n": 2**70}, at=0.0))
+    assert facilitator_codec("json").encode(frame)  # JSON carries big integers
+    with pytest.raises(LocalProtocolError) as info:
+        facilitator_codec("msgpack").encode(frame)
+    assert info.value.code is ErrorCode.INVALID_FIELD
