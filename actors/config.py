@@ -2,6 +2,8 @@
 # value in range, a readable key and a ws:// or wss:// URL; errors name the field.
 from __future__ import annotations
 
+import math
+import threading
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -13,7 +15,7 @@ from jobrelay.actors.errors import ConfigError
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["WorkerConfig", "generate_key", "load_key", "public_key_of"]
+__all__ = ["WorkerConfig", "generate_key", "is_duration", "load_key", "public_key_of"]
 
 
 class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -87,9 +89,16 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
         ):
             if getattr(self, name) < 1:
                 _bad(name, f"must be ≥ 1, got {getattr(self, name)}")
-        for name in ("publish_timeout", "backoff_base", "backoff_cap", "connect_timeout", "stop_timeout"):
-            if not getattr(self, name) > 0:
-                _bad(name, f"must be > 0, got {getattr(self, name)}")
+        for name in (
+            "publish_timeout",
+            "backoff_base",
+            "backoff_cap",
+            "connect_timeout",
+            "stop_timeout",
+            "handshake_timeout",
+        ):
+            if not is_duration(getattr(self, name)):
+                _bad(name, f"must be a finite number of seconds > 0, got {getattr(self, name)}")
         if self.backoff_cap < self.backoff_base:
             _bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base}), got {self.backoff_cap}")
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -107,6 +116,12 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
             handshake_timeout=self.handshake_timeout,
             formats=self.formats,
         )
+
+
+def is_duration(value: float) -> bool:
+    """A usable timeout or interval: positive, finite and within what threads can wait for
+    (``inf`` or ``nan`` would pass ``> 0`` checks and then fail deep inside a timer)."""
+    return 0 < value <= threading.TIMEOUT_MAX and math.isfinite(value)
 
 
 def _bad(field: str, why: str) -> None:

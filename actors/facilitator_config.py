@@ -10,6 +10,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 
+from jobrelay.actors.config import is_duration
 from jobrelay.actors.errors import ConfigError
 from jobrelay.protocol.auth import parse_authorized_keys
 from jobrelay.protocol.codec import FORMATS, Format
@@ -82,17 +83,21 @@ class FacilitatorConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknow
                 raise _bad(name, "must be >= 1", getattr(self, name))
         if self.max_frame_bytes < 1024:
             raise _bad("max_frame_bytes", "must be >= 1024", self.max_frame_bytes)
-        for name in ("heartbeat_interval", "handshake_timeout", "max_clock_skew", "tick_interval"):
-            if not getattr(self, name) > 0:
-                raise _bad(name, "must be > 0", getattr(self, name))
-        if not self.heartbeat_timeout > self.heartbeat_interval:
+        for name in (
+            "heartbeat_interval",
+            "handshake_timeout",
+            "max_clock_skew",
+            "tick_interval",
+            "stop_timeout",
+        ):
+            if not is_duration(getattr(self, name)):
+                raise _bad(name, "must be a finite number of seconds > 0", getattr(self, name))
+        if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise _bad(
                 "heartbeat_timeout",
                 f"must be > heartbeat_interval ({self.heartbeat_interval})",
                 self.heartbeat_timeout,
             )
-        if not self.stop_timeout > 0:
-            raise _bad("stop_timeout", "must be > 0", self.stop_timeout)
         if not self.formats or any(f not in FORMATS for f in self.formats):
             raise _bad("formats", f"must be a non-empty subset of {FORMATS}", self.formats)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

@@ -361,3 +361,15 @@ def test_a_resumable_handler_runs_again_after_a_restart(
     assert terminal(facilitator, "r1") == [JobStatus.COMPLETED]
     assert facilitator.statuses("r1")[-1].detail == "resumed"
     assert runs == ["r1", "r1"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -1.0])
+def test_durations_must_be_finite_and_positive(tmp_path: Path, value: float) -> None:
+    from jobrelay.actors.facilitator_config import FacilitatorConfig
+
+    with pytest.raises(ConfigError, match=r"WorkerConfig\.stop_timeout: must be a finite number"):
+        start_worker(config(tmp_path, stop_timeout=value))
+    with pytest.raises(ConfigError, match=r"FacilitatorConfig\.tick_interval"):
+        FacilitatorConfig(db_path=str(tmp_path / "f.db"), tick_interval=value)
+    with pytest.raises(ConfigError, match=r"FacilitatorConfig\.stop_timeout"):
+        FacilitatorConfig(db_path=str(tmp_path / "f.db"), stop_timeout=value)
