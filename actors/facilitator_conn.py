@@ -207,6 +207,7 @@ class WorkerConnection:
         self.done = threading.Event()
         self._marks: StreamMarks | None = None
         self._opened = False
+        self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
         self._inbox: queue.Queue[bytes | _Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
         self._flag_lock = threading.Lock()
@@ -400,6 +401,7 @@ class WorkerConnection:
         counters = self.hub.counters
         counters.add("sessions_opened")
         self._opened = True
+        self._in_epoch = event.in_epoch
         marks = self._marks
         if event.new_in_stream:
             self.hub.store.open_stream(self.worker_id, event.in_epoch, event.in_hwm, True)
@@ -466,7 +468,7 @@ class WorkerConnection:
         )
 
     def _persist(self, batch: Sequence[tuple[int, WorkerBody]]) -> None:
-        outcome = self.hub.store.accept(self.worker_id, batch)
+        outcome = self.hub.store.accept(self.worker_id, self._in_epoch, batch)
         counters = self.hub.counters
         counters.add("data_accepted", outcome.accepted)
         if outcome.duplicates:

@@ -275,12 +275,13 @@ class FacilitatorStore:
                 for op in ops:
                     try:
                         with state.db.transaction(op.name):
-                            done.append((op, op.fn(state), None))
-                    except Exception as exc:
+                            result = op.fn(state)
+                    except Exception as exc:  # the op, or releasing its savepoint, failed
                         state.rollback_op()
                         done.append((op, None, exc))
                     else:
                         state.commit_op()
+                        done.append((op, result, None))
         except Exception as exc:
             logger.error("facilitator store: group commit of {} operations failed: {}", len(ops), exc)
             state.rollback_group()
@@ -331,9 +332,12 @@ class FacilitatorStore:
         """Give our stream to ``worker_id`` a new epoch (pending rows renumbered from 1)."""
         return self._call("restart stream", lambda s: s.outbox(worker_id).restart_epoch())
 
-    def accept(self, worker_id: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
-        """Make a received batch durable and apply it (statuses, specs, events) in one commit."""
-        return self._call("accept data", lambda s: _accept(s, worker_id, items))
+    def accept(self, worker_id: str, epoch: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
+        """Make a received batch of the worker's stream ``epoch`` durable and apply it
+        (statuses, specs, events) in one commit. A batch of another epoch than the stored one
+        (a replaced connection finishing late, after the worker came back with a new store)
+        is not stored: ``gap`` is set and the session must close without acknowledging."""
+        return self._call("accept data", lambda s: _accept(s, worker_id, epoch, items))
 
     def ack(self, worker_id: str, upto: int) -> int:
         """The worker holds our stream up to ``upto``: delete those rows."""
@@ -452,7 +456,10 @@ def _submit(
     return [a._replace(seq=seqs.get(a.job_id, 0)) if a.worker else a for a in out]
 
 
-def _accept(s: _State, worker_id: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
+def _accept(s: _State, worker_id: str, epoch: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
+    if s.inbox.state(worker_id)[0] != epoch:
+        logger.warning("facilitator: dropping a late batch of worker={} from old epoch {}", worker_id, epoch)
+        return AcceptOutcome(upto=0, accepted=0, duplicates=0, refused=[], gap=True)
     rows = [(seq, _TAGS[type(body)], ENCODER.encode(body)) for seq, body in items]
     results = s.inbox.accept_many(worker_id, rows)
     upto = duplicates = 0

@@ -108,3 +108,17 @@ def test_a_call_after_stop_fails_at_once(store: FacilitatorStore) -> None:
     gate.set()
     blocker.join(5)
     assert store.stop(timeout=5)
+
+
+def test_a_late_batch_from_an_old_epoch_is_not_stored(store: FacilitatorStore) -> None:
+    """A replaced connection finishing late must not write its old epoch's seqs into the new
+    epoch's inbox (they would make the new stream's seq 1.. look like duplicates)."""
+    from jobrelay.protocol.messages import WorkerEvent
+
+    store.open_stream("w1", "old-epoch", 0, True)
+    assert store.accept("w1", "old-epoch", [(1, WorkerEvent(event="a", at=0.0))]).upto == 1
+    store.open_stream("w1", "new-epoch", 0, True)  # the worker came back with a new store
+    late = store.accept("w1", "old-epoch", [(2, WorkerEvent(event="late", at=0.0))])
+    assert late.gap and late.upto == 0 and late.accepted == 0
+    fresh = store.accept("w1", "new-epoch", [(1, WorkerEvent(event="fresh", at=0.0))])
+    assert (fresh.upto, fresh.accepted, fresh.duplicates) == (1, 1, 0)
