@@ -2,7 +2,8 @@
 # Invariants: binds 127.0.0.1 unless told otherwise; every value is read at request time from the
 # running worker or facilitator (no caching, no background polling); metrics go to a private
 # CollectorRegistry, never prometheus-client's global one; a handler error is a 500 with one log
-# line, never a dead server thread.
+# line, never a dead server thread; a bad request (body length, JSON, path, query) is a 4xx, and a
+# slow or idle client holds its thread for at most _SOCKET_TIMEOUT seconds per read.
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 from loguru import logger
@@ -39,7 +40,10 @@ __all__ = [
 
 _CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY = 1 << 20
+_MAX_LIMIT = 10_000  # most jobs one GET /jobs may list
 _ASK_TIMEOUT = 2.0
+_SOCKET_TIMEOUT = 10.0
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class HealthReport(msgspec.Struct, frozen=True):
@@ -254,16 +258,16 @@ class FacilitatorHealth:
     def api(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
         """Answer one API request: ``(HTTP status, JSON-able document)``."""
         fac = self.facilitator
-        parts = [p for p in path.split("/") if p]
+        parts = [unquote(p) for p in path.split("/") if p]  # ids arrive as quote(job_id, safe="")
         match method, parts:
             case "POST", ["jobs"]:
                 return self._submit(body)
             case "GET", ["jobs"]:
                 status = query.get("status", [None])[0]
-                try:
-                    limit = int(query.get("limit", ["1000"])[0])
-                except ValueError:
-                    return 400, {"error": "limit must be an integer"}
+                text = query.get("limit", ["1000"])[0].strip()
+                limit = _small_int(text)
+                if not 0 <= limit <= _MAX_LIMIT:
+                    return 400, {"error": f"limit must be an integer 0..{_MAX_LIMIT}, got {text!r}"}
                 return 200, {"jobs": [r._asdict() for r in fac.jobs(status, limit)]}
             case "GET", ["jobs", job_id]:
                 view = fac.job(job_id)
@@ -276,7 +280,11 @@ class FacilitatorHealth:
                 }
             case "POST", ["jobs", job_id, "cancel"]:
                 reason = body.get("reason", "") if isinstance(body, dict) else ""
-                return 200, {"job_id": job_id, "cancelled": fac.cancel(job_id, str(reason))}
+                try:
+                    cancelled = fac.cancel(job_id, str(reason))
+                except JobTooLarge as exc:
+                    return 413, {"error": str(exc)}
+                return 200, {"job_id": job_id, "cancelled": cancelled}
             case "GET", ["workers"]:
                 return 200, {"workers": [msgspec.to_builtins(w) for w in fac.workers()]}
             case "GET", ["stats"]:
@@ -309,6 +317,7 @@ class FacilitatorHealth:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = _SOCKET_TIMEOUT  # socket timeout per read/write: a silent client frees its thread
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # every request is logged once by _respond
@@ -352,26 +361,57 @@ class _Handler(BaseHTTPRequestHandler):
             return 404, "application/json", _json({"error": f"no route {method} {path}"})
         body: Any = None
         if method == "POST":
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
-                return 413, "application/json", _json({"error": "request body too large"})
-            raw = self.rfile.read(length) if length else b""
+            length, refusal = self._body_length()
+            if refusal is not None:
+                self.close_connection = True  # the unread body must not be parsed as a next request
+                return refusal[0], "application/json", _json({"error": refusal[1]})
+            try:
+                raw = self.rfile.read(length) if length else b""
+            except TimeoutError:
+                self.close_connection = True
+                return 408, "application/json", _json({"error": "request body not received in time"})
+            if len(raw) < length:
+                self.close_connection = True
+                return 400, "application/json", _json({"error": "request body shorter than Content-Length"})
             try:
                 body = json.loads(raw) if raw else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply
                 return 400, "application/json", _json({"error": "request body is not JSON"})
         status, doc = api(method, path, query, body)
         return status, "application/json", _json(doc)
+
+    def _body_length(self) -> tuple[int, tuple[int, str] | None]:
+        """The POST body's length, or why it cannot be read: ``(0, (status, error))``."""
+        if self.headers.get("Transfer-Encoding"):
+            return 0, (411, "send the body with a Content-Length (no Transfer-Encoding)")
+        text = (self.headers.get("Content-Length") or "0").strip()
+        length = _small_int(text)
+        if length < 0:
+            return 0, (400, f"Content-Length must be a non-negative integer, got {text!r}")
+        if length > _MAX_BODY:
+            return 0, (413, "request body too large")
+        return length, None
 
     def _respond(self, status: int, ctype: str, payload: bytes) -> None:
         try:
             self.send_response(status, HTTPStatus(status).phrase)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
         except OSError:
             pass  # the client went away
+
+
+def _small_int(text: str) -> int:
+    """``text`` as a non-negative int; a huge one (more than 9 digits) as 10**9; -1 if not digits.
+    (Never int() on thousands of digits: Python refuses those with ValueError.)"""
+    if not _DIGITS.fullmatch(text):
+        return -1
+    digits = text.lstrip("0")
+    return 10**9 if len(digits) > 9 else int(digits or "0")
 
 
 def _json(doc: Any) -> bytes:

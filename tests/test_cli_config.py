@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from prometheus_client.core import Metric
 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay.actors.health import HealthReport
 from jobrelay.cli import main
+from jobrelay.cli.errors import UsageError
 from jobrelay.cli.registry import FACILITATOR, WORKER, markdown_table
+from jobrelay.cli.service import start_http
+from jobrelay.cli.settings import Resolved
 from tests.test_cli_helpers import ROOT, clean_env, make_key, run_cli
 
 pytestmark = pytest.mark.timeout(30)
@@ -126,6 +132,10 @@ BAD_WORKER = [
      r"worker\.handlers \(from --handler\): expected KIND=COMMAND, got 'resize'"),
     (["--url", "ws://h:1", "--log-level", "LOUD"], {}, None,
      r"log\.level \(from --log-level\): expected one of TRACE, .*got 'LOUD'"),
+    (["--url", "ws://h:1"], {"JOBRELAY_HTTP_PORT": "70000"}, None,
+     r"worker\.http_port \(from JOBRELAY_HTTP_PORT\): must be 0\.\.65535, got 70000"),
+    (["--url", "ws://h:1"], {}, "[worker]\nhttp_port = -1\n",
+     r"worker\.http_port \(from .*w\.toml\): must be 0\.\.65535, got -1"),
     ([], {}, None, r"worker\.url: required; set --url or JOBRELAY_URL or url in \[worker\] of --config"),
 ]  # fmt: skip
 
@@ -156,6 +166,9 @@ BAD_FACILITATOR = [
     (["--authorized-keys", "/nonexistent/keys"], {},
      r"facilitator\.authorized_keys_file \(from --authorized-keys\): cannot be read .*"),
     (["--port", "70000"], {}, r"facilitator\.port \(from --port\): must be 0\.\.65535, got 70000"),
+    (["--http-port", "70000"], {},
+     r"facilitator\.http_port \(from --http-port\): must be 0\.\.65535, got 70000"),
+    (["--http-port", "-1"], {}, r"facilitator\.http_port \(from --http-port\): must be 0\.\.65535, got -1"),
     (["--heartbeat-interval", "9"], {"JOBRELAY_HEARTBEAT_TIMEOUT": "3"},
      r"facilitator\.heartbeat_timeout \(from JOBRELAY_HEARTBEAT_TIMEOUT\): must be > heartbeat_interval .*"),
     (["--db", "/nonexistent/f.db"], {},
@@ -203,6 +216,43 @@ def test_bad_values_from_a_real_process_exit_2_without_traceback(tmp_path: Path)
     assert len(errors) == 1 and errors[0].startswith("jobrelay: error: worker.db_path (from --db): "), (
         result.stderr
     )
+
+
+def test_http_port_out_of_range_exits_2_before_anything_starts(tmp_path: Path) -> None:
+    # It used to pass resolution and fail in bind() with an OverflowError traceback and exit 1,
+    # after the facilitator (or worker) had started.
+    result = run_cli(["facilitator", "--db", str(tmp_path / "f.db"), "--port", "0", "--http-port", "70000"])
+    assert (result.returncode, result.stderr) == (
+        2,
+        "jobrelay: error: facilitator.http_port (from --http-port): must be 0..65535, got 70000\n",
+    )
+    assert not (tmp_path / "f.db").exists()  # refused before the facilitator started
+    key, _ = make_key(tmp_path, "w1")
+    worker = ["worker", "--url", "ws://127.0.0.1:9", "--worker-id", "w1", "--key-file", str(key),
+              "--db", str(tmp_path / "w.db")]  # fmt: skip
+    result = run_cli([*worker, "--http-port", "-1"])
+    assert (result.returncode, result.stderr) == (
+        2,
+        "jobrelay: error: worker.http_port (from --http-port): must be 0..65535, got -1\n",
+    )
+
+
+def test_start_http_turns_a_bad_port_into_a_usage_error() -> None:
+    class Source:
+        def health(self) -> HealthReport:
+            return HealthReport(True, "", {})
+
+        def metrics(self) -> Iterator[Metric]:
+            return iter(())
+
+    resolved = Resolved(
+        values={"http_port": 70000, "http_host": "127.0.0.1"},
+        sources={"http_port": "--http-port"},
+        section="worker",
+    )
+    with pytest.raises(UsageError, match=r"^worker\.http_port \(from --http-port\): cannot listen on "
+                       r"127\.0\.0\.1:70000: .*65535"):  # fmt: skip
+        start_http(Source(), resolved)
 
 
 def test_every_library_config_field_is_a_setting() -> None:

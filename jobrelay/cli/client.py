@@ -1,12 +1,15 @@
 # `jobrelay submit` and `jobrelay jobs`: clients of a running facilitator's HTTP API.
 # Invariants: stdlib urllib only; a refused connection is retried until --timeout (so a script
-# may start the facilitator in the background and submit at once); user errors exit 2, an
-# unreachable facilitator or a server error exits 1, each with one line on stderr.
+# may start the facilitator in the background and submit at once); a submit carries its job id from
+# the first attempt, so a retry of a POST the server did store is an idempotent repeat, never a
+# second job; user errors exit 2, an unreachable facilitator or a server error exits 1, each with
+# one line on stderr.
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 import urllib.error
@@ -91,6 +94,15 @@ class FacilitatorClient:
     def submit(
         self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
     ) -> str:
+        """Submit a job; returns its id.
+
+        Without ``job_id`` a new random id (the facilitator's form: 24 hex digits) is chosen here,
+        before the first attempt: ``request`` retries after a dropped connection or a timeout, and
+        the facilitator treats a known id as a repeat (same id, nothing changed), so a retry of a
+        POST that was in fact stored cannot create the job twice.
+        """
+        if job_id is None:
+            job_id = secrets.token_hex(12)
         doc = self.request(
             "POST", "/jobs", {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
         )

@@ -24,6 +24,8 @@ class Setting:
         flag / env: the command-line flag and environment variable (None: not settable that way).
         config: True if it feeds the library's WorkerConfig/FacilitatorConfig field ``key``.
         metavar: the flag's metavar.
+        bounds: for an int setting, the inclusive range ``(low, high)`` a value must lie in
+            (checked when settings are resolved; None, i.e. unset, is always allowed).
     """
 
     section: str
@@ -35,6 +37,7 @@ class Setting:
     env: str | None = None
     config: bool = True
     metavar: str | None = None
+    bounds: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -60,6 +63,7 @@ def _f(key: str, kind: Any, default: Any, flag: str | None, help: str, **kw: Any
 STRS = tuple[str, ...]
 TABLE = dict[str, str]
 FORMATS = ("json", "msgpack")
+PORT = (0, 65535)
 
 # fmt: off
 WORKER: tuple[Setting, ...] = (
@@ -88,7 +92,7 @@ WORKER: tuple[Setting, ...] = (
        env="JOBRELAY_HANDLERS", config=False, metavar="KIND=COMMAND"),
     _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
-       config=False),
+       config=False, bounds=PORT),
     _w("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once running",
        config=False),
 )
@@ -115,7 +119,7 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("http_host", str, "127.0.0.1", "--http-host", "interface for the HTTP API, /healthz and /metrics",
        config=False),
     _f("http_port", int, 8766, "--http-port",
-       "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False),
+       "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False, bounds=PORT),
     _f("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once listening",
        config=False),
 )
@@ -124,7 +128,7 @@ STATUS: tuple[Setting, ...] = (
     _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file", config=False),
     _w("http_host", str, "127.0.0.1", "--http-host", "the worker's health interface", config=False),
     _w("http_port", int, None, "--http-port", "the worker's health port (unset: database only)",
-       config=False),
+       config=False, bounds=PORT),
 )
 
 LOG: tuple[Setting, ...] = (

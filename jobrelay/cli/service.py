@@ -33,8 +33,9 @@ def start_http(source: HealthSource, resolved: Resolved) -> HealthServer | None:
         return None
     try:
         return HealthServer(source, host, port).start()
-    except OSError as exc:
-        raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {why}") from None
 
 
 __all__ = ["ServiceLoop", "start_http", "write_ready_file"]

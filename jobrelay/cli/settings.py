@@ -132,7 +132,8 @@ def resolve(
     """Merge flags > environment > TOML > defaults for ``settings`` (all of one section).
 
     Raises:
-        UsageError: a value has the wrong type or a required setting is missing.
+        UsageError: a value has the wrong type or is out of its bounds, or a required setting is
+            missing.
     """
     env = os.environ if env is None else env
     section = settings[0].section
@@ -155,7 +156,18 @@ def resolve(
         else:
             where = " or ".join(x for x in (s.flag, s.env, f"{s.key} in [{s.section}] of --config") if x)
             raise UsageError(f"{s.name}: required; set {where}")
+        _check_bounds(s, out)
     return out
+
+
+def _check_bounds(s: Setting, out: Resolved) -> None:
+    """Refuse an int outside the setting's ``bounds`` (e.g. a port above 65535), naming its source."""
+    value = out.values[s.key]
+    if s.bounds is None or value is None:
+        return
+    low, high = s.bounds
+    if not low <= value <= high:
+        raise out.bad(s.key, f"must be {low}..{high}, got {value}")
 
 
 def _parse_text(s: Setting, raw: str | list[str], out: Resolved) -> Any:
