@@ -280,9 +280,12 @@ class Facilitator:
         """The newest jobs first (at most ``limit``), optionally only with last status ``status``.
 
         Raises:
+            ValueError: ``limit`` is negative (SQLite would read that as "no limit").
             StorageError: The read failed.
             TimeoutError: The store did not answer in time.
         """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
         return self.store.jobs(status, limit)
 
     def workers(self) -> list[WorkerView]:

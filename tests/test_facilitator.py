@@ -327,3 +327,11 @@ def test_msgpack_worker(fac: Facilitator, workers: list[TestWorker]) -> None:
     w1.wait_for(w1.all_acked)
     view = fac.job(job)
     assert view is not None and view.status == "completed"
+
+
+def test_jobs_refuses_a_negative_limit(fac: Facilitator) -> None:
+    fac.submit("echo", None, job_id="one")
+    assert [r.job_id for r in fac.jobs(limit=1)] == ["one"]
+    assert fac.jobs(limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        fac.jobs(limit=-1)
