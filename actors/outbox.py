@@ -131,7 +131,8 @@ class OutboxActor(pykka.ThreadingActor):
         self._close()
 
     def _close(self) -> None:
-        self._fail_blocked([p for _, p in self._blocked])
+        blocked, self._blocked = self._blocked, []
+        self._fail_blocked([p for _, p in blocked])
         if self._db is not None:
             self._db.close()
 
@@ -395,7 +396,8 @@ class OutboxActor(pykka.ThreadingActor):
         self._fail_blocked(expired)
 
     def _fail_blocked(self, publishes: list[Publish]) -> None:
-        """Fail publishes that found no room before their deadline (or before the stop)."""
+        """Fail publishes that found no room before their deadline (or before the stop); the
+        caller has already taken them out of ``_blocked``."""
         if not publishes or self._outbox is None:
             return
         stats = self._outbox.stats()
@@ -410,14 +412,13 @@ class OutboxActor(pykka.ThreadingActor):
         )
         for publish in publishes:
             publish.future.set_exception(exc_info=(OutboxFull, exc, None))
-        self._blocked = [(d, p) for d, p in self._blocked if p not in publishes]
 
     def _report_gauges(self) -> None:
         stats = self._store().stats()
         send(self._metrics, Gauge("outbox_depth", stats.depth_rows))
         send(self._metrics, Gauge("outbox_bytes", stats.depth_bytes))
         send(self._metrics, Gauge("outbox_oldest_age", stats.oldest_unacked_age or 0.0))
-        send(self._metrics, Gauge("in_flight", self._sent - self._acked if self._session else 0))
+        send(self._metrics, Gauge("in_flight", self.in_flight()))
 
 
 def _refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:
