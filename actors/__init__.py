@@ -1,18 +1,27 @@
-"""jobrelay's actors: the I/O, threads and timing around the sans-I/O protocol.
+"""jobrelay's worker: five pykka actors (Connection, Outbox, JobRouter, Heartbeat, Metrics) over plain
+classes, its handlers and its health endpoint.
 
 Start a worker with :func:`start_worker`; it returns a :class:`Worker` holding the actor proxies.
+Names are imported lazily.
 """
 
-from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
-from jobrelay.actors.errors import ConfigError, NotConnected, WorkerCrashed
-from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
-from jobrelay.actors.messages import ConnectionState
-from jobrelay.actors.metrics import MetricsSnapshot
-from jobrelay.actors.worker import Worker, start_worker
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jobrelay.protocol.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from jobrelay.actors.actor_messages import ConnectionState
+    from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
+    from jobrelay.actors.errors import NotConnected, WorkerCrashed
+    from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.health import WorkerHealth, serve_worker
+    from jobrelay.actors.metrics import MetricsSnapshot
+    from jobrelay.actors.worker import Worker, start_worker
 
 __all__ = [
     "CommandHandler",
-    "ConfigError",
     "ConnectionState",
     "Handler",
     "JobCancelled",
@@ -22,9 +31,32 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
+    "WorkerHealth",
     "generate_key",
     "load_key",
     "public_key_of",
     "resumable",
+    "serve_worker",
     "start_worker",
 ]
+
+_EXPORTS = {
+    "CommandHandler": "jobrelay.actors.handlers",
+    "ConnectionState": "jobrelay.actors.actor_messages",
+    "Handler": "jobrelay.actors.handlers",
+    "JobCancelled": "jobrelay.actors.handlers",
+    "JobContext": "jobrelay.actors.handlers",
+    "MetricsSnapshot": "jobrelay.actors.metrics",
+    "NotConnected": "jobrelay.actors.errors",
+    "Worker": "jobrelay.actors.worker",
+    "WorkerConfig": "jobrelay.actors.config",
+    "WorkerCrashed": "jobrelay.actors.errors",
+    "WorkerHealth": "jobrelay.actors.health",
+    "generate_key": "jobrelay.actors.config",
+    "load_key": "jobrelay.actors.config",
+    "public_key_of": "jobrelay.actors.config",
+    "resumable": "jobrelay.actors.handlers",
+    "serve_worker": "jobrelay.actors.health",
+    "start_worker": "jobrelay.actors.worker",
+}
+lazy_exports(globals(), _EXPORTS)

@@ -2,23 +2,21 @@
 # value in range, a readable key and a ws:// or wss:// URL; errors name the field.
 from __future__ import annotations
 
-import math
-import threading
 from pathlib import Path
-from typing import Literal
+from typing import NoReturn
 from urllib.parse import urlparse
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors.errors import ConfigError
 from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.config import LinkConfig
+from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["WorkerConfig", "generate_key", "is_duration", "load_key", "public_key_of"]
+__all__ = ["WorkerConfig", "generate_key", "load_key", "public_key_of"]
 
 
-class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
+class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     """Everything a worker needs. Only ``url``, ``worker_id``, a key and ``db_path`` are required.
 
     Attributes:
@@ -27,8 +25,6 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
         key: Ed25519 private key as 64 hex characters (or use ``key_file``).
         key_file: a file holding that hex key (written by ``jobrelay keygen``).
         db_path: the worker's SQLite file (outbox, inbox, job ledger).
-        durability: ``full`` (fsync per commit) or ``normal`` (may lose the last commits on
-            power loss, never on a process crash).
         max_outbox_rows / max_outbox_bytes: outbox bounds; a full outbox blocks publishers.
         publish_timeout: how long a publish waits for room before failing with OutboxFull.
         max_concurrent_jobs: handlers running at once; further jobs wait in order.
@@ -36,16 +32,15 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
         max_attempts: consecutive failed connection attempts before giving up (None: forever).
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
         ca_file: CA bundle for ``wss://`` (default: the system store).
-        formats: codecs offered to the facilitator, in order of preference.
-        stop_timeout: default bound for Worker.stop().
+
+    The limits shared with the facilitator (``durability``, ``max_frame_bytes``, ``max_batch``,
+    ``handshake_timeout``, ``formats``, ``stop_timeout``) are documented on LinkConfig.
     """
 
     url: str
     worker_id: str
-    db_path: str
     key: str = ""
     key_file: str = ""
-    durability: Literal["full", "normal"] = "full"
     max_outbox_rows: int = 1_000_000
     max_outbox_bytes: int = 1 << 30
     publish_timeout: float = 30.0
@@ -55,11 +50,6 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_attempts: int | None = None
     connect_timeout: float = 10.0
     ca_file: str = ""
-    formats: tuple[Literal["json", "msgpack"], ...] = ("json", "msgpack")
-    max_frame_bytes: int = 1_048_576
-    max_batch: int = 500
-    handshake_timeout: float = 10.0
-    stop_timeout: float = 5.0
 
     def check(self) -> None:
         """Validate every field.
@@ -69,44 +59,24 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
         """
         parsed = urlparse(self.url)
         if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-            _bad("url", f"expected ws://host:port or wss://host:port, got {self.url!r}")
+            self.bad("url", "expected ws://host:port or wss://host:port", self.url)
         try:
             parsed.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError:
-            _bad("url", f"bad port in {self.url!r}")
+            self.bad("url", "bad port", self.url)
         if not self.worker_id or len(self.worker_id) > 256 or any(c.isspace() for c in self.worker_id):
-            _bad("worker_id", f"1-256 characters without spaces, got {self.worker_id!r}")
-        if not self.db_path:
-            _bad("db_path", "a file path is required")
+            self.bad("worker_id", "must be 1-256 characters without spaces", self.worker_id)
+        self.check_link()
         if bool(self.key) == bool(self.key_file):
-            _bad("key", "set exactly one of key and key_file")
-        for name in (
-            "max_outbox_rows",
-            "max_outbox_bytes",
-            "max_concurrent_jobs",
-            "max_frame_bytes",
-            "max_batch",
-        ):
-            if getattr(self, name) < 1:
-                _bad(name, f"must be ≥ 1, got {getattr(self, name)}")
-        for name in (
-            "publish_timeout",
-            "backoff_base",
-            "backoff_cap",
-            "connect_timeout",
-            "stop_timeout",
-            "handshake_timeout",
-        ):
-            if not is_duration(getattr(self, name)):
-                _bad(name, f"must be a finite number of seconds > 0, got {getattr(self, name)}")
+            self.bad("key", "set exactly one of key and key_file", "both" if self.key else "neither")
+        self.check_counts("max_outbox_rows", "max_outbox_bytes", "max_concurrent_jobs")
+        self.check_durations("publish_timeout", "backoff_base", "backoff_cap", "connect_timeout")
         if self.backoff_cap < self.backoff_base:
-            _bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base}), got {self.backoff_cap}")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            _bad("max_attempts", f"must be ≥ 1 or None (forever), got {self.max_attempts}")
+            self.bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base})", self.backoff_cap)
+        if self.max_attempts is not None:
+            self.check_counts("max_attempts")
         if self.ca_file and not Path(self.ca_file).is_file():
-            _bad("ca_file", f"no such file: {self.ca_file}")
-        if not self.formats:
-            _bad("formats", "offer at least one of json, msgpack")
+            self.bad("ca_file", "no such file", self.ca_file)
         load_key(self)
 
     def session_config(self) -> SessionConfig:
@@ -118,13 +88,7 @@ class WorkerConfig(msgspec.Struct, kw_only=True, frozen=True):
         )
 
 
-def is_duration(value: float) -> bool:
-    """A usable timeout or interval: positive, finite and within what threads can wait for
-    (``inf`` or ``nan`` would pass ``> 0`` checks and then fail deep inside a timer)."""
-    return 0 < value <= threading.TIMEOUT_MAX and math.isfinite(value)
-
-
-def _bad(field: str, why: str) -> None:
+def _bad(field: str, why: str) -> NoReturn:
     raise ConfigError(f"WorkerConfig.{field}: {why}")
 
 
@@ -145,7 +109,6 @@ def load_key(config: WorkerConfig) -> Ed25519PrivateKey:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.strip()))
     except ValueError:
         _bad(field, "expected an Ed25519 private key as 64 hex characters")
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def generate_key() -> str:

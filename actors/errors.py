@@ -1,13 +1,10 @@
-# Errors the actor layer raises to library users. All derive from JobrelayError.
+# Errors the worker's actors raise to library users. All derive from JobrelayError; ConfigError,
+# shared with the facilitator, lives in jobrelay.protocol.errors.
 from __future__ import annotations
 
 from jobrelay.protocol.errors import JobrelayError
 
-__all__ = ["ConfigError", "JobTooLarge", "NotConnected", "WorkerCrashed"]
-
-
-class ConfigError(JobrelayError):
-    """A configuration value is invalid; the message names the field and what is expected."""
+__all__ = ["NotConnected", "WorkerCrashed"]
 
 
 class WorkerCrashed(JobrelayError):
@@ -16,8 +13,3 @@ class WorkerCrashed(JobrelayError):
 
 class NotConnected(JobrelayError):
     """The worker did not reach the connected state in time."""
-
-
-class JobTooLarge(JobrelayError, ValueError):
-    """A job's request (or cancel) would not fit in one frame (``max_frame_bytes``); nothing
-    was stored. A ValueError, so callers that catch bad input catch it too."""

@@ -1,22 +1,34 @@
 # Job handlers and the context they report through. A handler runs in its own thread; every
-# report becomes a durable status update via the Outbox. Invariant: run_handler() ends every job
-# with exactly one terminal status (completed, failed or cancelled) and then tells the router.
+# report is published straight to the Outbox and becomes a durable status update there.
+# Invariant: run_handler() ends every job with exactly one terminal status (completed, failed or
+# cancelled) and then tells the router.
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 import pykka
 from loguru import logger
 
-from jobrelay.actors.messages import Count, JobDone, Observe, send
-from jobrelay.protocol.messages import JobRequest, JobStatus
+from jobrelay.actors.actor_messages import Count, JobDone, Observe, send
+from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 
-__all__ = ["CommandHandler", "Handler", "JobCancelled", "JobContext", "resumable", "run_handler"]
+if TYPE_CHECKING:
+    from jobrelay.actors.outbox_actor import OutboxHandle
+
+__all__ = [
+    "CommandHandler",
+    "Handler",
+    "JobCancelled",
+    "JobContext",
+    "publish_status",
+    "resumable",
+    "run_handler",
+]
 
 # How long a handler's update waits for its status to become durable (back-pressure).
 _UPDATE_TIMEOUT = 60.0
@@ -26,18 +38,27 @@ class JobCancelled(Exception):
     """Raise from a handler (or let ctx.check_cancelled() raise it) to end the job as cancelled."""
 
 
+def publish_status(
+    outbox: OutboxHandle,
+    job_id: str,
+    status: JobStatus,
+    *,
+    at: float,
+    detail: str = "",
+    progress: float | None = None,
+) -> pykka.Future[int]:
+    """Publish one status update of ``job_id``; the future resolves once it is durable."""
+    return outbox.publish(
+        JobStatusUpdate(job_id=job_id, status=status, at=at, progress=progress, detail=detail)
+    )
+
+
 class JobContext:
     """What a handler gets besides the job: progress reporting and cancellation."""
 
-    def __init__(
-        self,
-        job: JobRequest,
-        *,
-        publish: Callable[..., pykka.Future[int]],
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, job: JobRequest, *, outbox: OutboxHandle, clock: Callable[[], float]) -> None:
         self.job = job
-        self._publish = publish
+        self._outbox = outbox
         self._clock = clock
         self._cancelled = threading.Event()
         self.cancel_reason = ""
@@ -71,7 +92,18 @@ class JobContext:
         """
         if status.terminal:
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
-        self._publish(self.job.job_id, status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
+        self.report(status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
+
+    def elapsed(self) -> float:
+        """Seconds since the job's handler started."""
+        return self._clock() - self.started_at
+
+    def report(
+        self, status: JobStatus, *, detail: str = "", progress: float | None = None
+    ) -> pykka.Future[int]:
+        """Publish a status of this job (terminal ones too: run_handler ends jobs through it)."""
+        at = self._clock()
+        return publish_status(self._outbox, self.job.job_id, status, at=at, detail=detail, progress=progress)
 
 
 class Handler(Protocol):
@@ -198,9 +230,9 @@ def _run(
             logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
             status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
     try:
-        ctx._publish(job.job_id, status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
+        ctx.report(status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
     except Exception as exc:
         logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
     send(metrics, Count(f"jobs_{status.value}"))
-    send(metrics, Observe("job_duration", ctx._clock() - ctx.started_at))
+    send(metrics, Observe("job_duration", ctx.elapsed()))
     send(router, JobDone(job.job_id))

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from jobrelay.actors.messages import Beat, send
+from jobrelay.actors.actor_messages import Beat, send
 
 __all__ = ["HeartbeatActor", "HeartbeatProxy", "heartbeat_proxy"]
 

@@ -11,7 +11,7 @@ import pykka
 from loguru import logger
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from jobrelay.actors.messages import Count, Gauge, Observe, StateChanged
+from jobrelay.actors.actor_messages import Count, Gauge, Observe, StateChanged
 
 __all__ = ["Histogram", "MetricsActor", "MetricsProxy", "MetricsSnapshot"]
 

@@ -1,5 +1,8 @@
 # JobRouter actor: owns the inbox (what the facilitator sent) and routes job requests to
-# handlers. Invariants: data is committed to the inbox before the Connection is told to ack it;
+# handlers. A received batch is accepted into the inbox, its job requests recorded in the ledger
+# and the batch marked consumed in ONE transaction; each payload is encoded once, stored once
+# (in the ledger) and the decoded request is handed to its handler.
+# Invariants: data is committed before the Connection is told to ack it;
 # a job id is started at most once (ledger dedup); at most `max_concurrent_jobs` handlers run;
 # every job gets exactly one terminal status (the Outbox's ledger check refuses a second one);
 # a handler starts only after its `running` status is durable, so at start-up a job that reached
@@ -15,20 +18,12 @@ import msgspec
 import pykka
 from loguru import logger
 
+from jobrelay.actors.actor_messages import Count, DropSession, Gauge, Incoming, JobDone, Persisted, send
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.handlers import Handler, JobContext, run_handler
-from jobrelay.actors.messages import (
-    Count,
-    DropSession,
-    Gauge,
-    Incoming,
-    JobDone,
-    NewInStream,
-    Persisted,
-    send,
-)
-from jobrelay.actors.outbox import OutboxHandle
-from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, JobStatusUpdate
+from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_handler
+from jobrelay.actors.outbox_actor import OutboxHandle
+from jobrelay.protocol.events import PeerStreamAdvanced, PeerStreamStarted
+from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
 
 __all__ = ["STREAM", "JobRouter"]
@@ -36,6 +31,7 @@ __all__ = ["STREAM", "JobRouter"]
 STREAM = "facilitator"
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(FacilitatorBody)
+_KEEP_DECODED = 1024  # queued requests kept decoded; beyond that they are read back from the ledger
 
 
 class JobRouter(pykka.ThreadingActor):
@@ -56,7 +52,6 @@ class JobRouter(pykka.ThreadingActor):
         self._outbox = outbox
         self._metrics = metrics
         self._clock = clock
-        self._connection: pykka.ActorRef[Any] | None = None
         self._db: Database | None = None
         self._inbox: Inbox | None = None
         self._ledger: JobLedger | None = None
@@ -65,6 +60,7 @@ class JobRouter(pykka.ThreadingActor):
         # the ledger when their turn comes.
         self._queued: deque[str] = deque()
         self._queued_ids: set[str] = set()
+        self._decoded: dict[str, JobRequest] = {}
         self._draining = False
 
     # ------------------------------------------------------------ lifecycle
@@ -88,8 +84,15 @@ class JobRouter(pykka.ThreadingActor):
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
             self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
             send(self._metrics, Count("jobs_failed"))
+        # Rows accepted but not consumed exist only in databases written before intake became one
+        # transaction: act on them now, in order.
         for row in self._inbox.unconsumed(STREAM):
-            self._apply(row.seq, _DECODER.decode(row.payload))
+            body = _DECODER.decode(row.payload)
+            if not isinstance(body, JobRequest) or self._ledger.record_request(
+                body.job_id, body.kind, row.payload
+            ):
+                self._apply(body)
+            self._inbox.mark_consumed(STREAM, row.seq)
 
     def on_stop(self) -> None:
         self.drain("worker stopping")
@@ -102,9 +105,6 @@ class JobRouter(pykka.ThreadingActor):
             self._db.close()
 
     # ------------------------------------------------------------ proxy API
-
-    def attach(self, connection: pykka.ActorRef[Any]) -> None:
-        self._connection = connection
 
     def in_marks(self) -> tuple[str, int]:
         """``(epoch, high-water mark)`` of the facilitator's stream."""
@@ -132,13 +132,17 @@ class JobRouter(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         match message:
-            case Incoming(session_id=sid, items=items):
-                self._on_incoming(sid, items)
-            case NewInStream(epoch=epoch, hwm=hwm):
+            case Incoming(session_id=sid, items=items, connection=connection):
+                self._on_incoming(sid, items, connection)
+            case PeerStreamStarted(epoch=epoch, after=after, previous_epoch=previous):
                 assert self._inbox is not None
-                if self._inbox.start_epoch(STREAM, epoch, hwm):
-                    logger.info("facilitator stream epoch {} starts after seq {}", epoch, hwm)
-                elif self._inbox.raise_hwm(STREAM, epoch, hwm):
+                self._inbox.start_epoch(STREAM, epoch, after)
+                logger.info(
+                    "facilitator stream epoch {} starts after seq {} (was {!r})", epoch, after, previous
+                )
+            case PeerStreamAdvanced(epoch=epoch, hwm=hwm):
+                assert self._inbox is not None
+                if self._inbox.raise_hwm(STREAM, epoch, hwm):
                     logger.warning(
                         "our inbox was behind the facilitator's acknowledged seq {} "
                         "(database restored from an older copy?); resuming after it",
@@ -152,44 +156,65 @@ class JobRouter(pykka.ThreadingActor):
 
     # ------------------------------------------------------------ internals
 
-    def _on_incoming(self, session_id: str, items: list[tuple[int, Any]]) -> None:
-        assert self._inbox is not None and self._connection is not None
-        rows = [(seq, type(body).__struct_config__.tag, _ENCODER.encode(body)) for seq, body in items]
-        results = self._inbox.accept_many(STREAM, rows)
-        accepted: list[tuple[int, Any]] = []
-        durable_upto = 0
-        for (seq, body), result in zip(items, results, strict=True):
-            if result is AcceptResult.GAP:
-                # Our inbox disagrees with the session about where the stream is: acknowledge
-                # nothing past the gap and reconnect, so the stream resumes from what is durable.
-                logger.error("seq {} from the facilitator leaves a gap in our inbox; reconnecting", seq)
-                send(self._connection, DropSession(session_id, f"inbox gap at seq {seq}"))
-                break
-            durable_upto = seq
-            if result is AcceptResult.ACCEPTED:
-                accepted.append((seq, body))
-        duplicates = (durable_upto - items[0][0] + 1 if durable_upto else 0) - len(accepted)
+    def _on_incoming(self, session_id: str, items: list[tuple[int, Any]], connection: Any) -> None:
+        """Accept, record and consume a batch in one transaction, then act on what was new."""
+        assert self._db is not None and self._inbox is not None and self._ledger is not None
+        # Requests: the ledger keeps the payload, the inbox row only the position (it is consumed
+        # in this same transaction). Cancels are small and kept whole.
+        encoded = [_ENCODER.encode(body) for _, body in items]
+        rows = [
+            (seq, type(body).__struct_config__.tag, b"" if isinstance(body, JobRequest) else payload)
+            for (seq, body), payload in zip(items, encoded, strict=True)
+        ]
+        accepted: list[FacilitatorBody] = []
+        new = durable_upto = gap = 0
+        with self._db.transaction("accept facilitator data"):
+            for (seq, body), payload, result in zip(
+                items, encoded, self._inbox.accept_many(STREAM, rows), strict=True
+            ):
+                if result is AcceptResult.GAP:
+                    gap = seq
+                    break
+                durable_upto = seq
+                if result is AcceptResult.ACCEPTED:
+                    new += 1
+                    if self._record(body, payload):
+                        accepted.append(body)
+            if durable_upto:
+                self._inbox.mark_consumed(STREAM, durable_upto)
+        if gap:
+            # Our inbox disagrees with the session about where the stream is: acknowledge
+            # nothing past the gap and reconnect, so the stream resumes from what is durable.
+            logger.error("seq {} from the facilitator leaves a gap in our inbox; reconnecting", gap)
+            send(connection, DropSession(session_id, f"inbox gap at seq {gap}"))
+        duplicates = (durable_upto - items[0][0] + 1 if durable_upto else 0) - new
         if duplicates:
             send(self._metrics, Count("duplicates_dropped", duplicates))
         if durable_upto:
-            # Durable now: the facilitator may forget these.
-            send(self._connection, Persisted(session_id, durable_upto))
-        for seq, body in accepted:
-            self._apply(seq, body)
+            send(
+                connection, Persisted(session_id, durable_upto)
+            )  # durable now: the facilitator may forget these
+        for body in accepted:
+            self._apply(body)
 
-    def _apply(self, seq: int, body: FacilitatorBody) -> None:
-        assert self._inbox is not None and self._ledger is not None
+    def _record(self, body: FacilitatorBody, payload: bytes) -> bool:
+        """Inside the intake transaction: True when ``body`` must be acted on (a new job, a cancel)."""
+        assert self._ledger is not None
+        if not isinstance(body, JobRequest):
+            return True
+        send(self._metrics, Count("jobs_received"))
+        if self._ledger.record_request(body.job_id, body.kind, payload):
+            return True
+        logger.info("job {} arrived again; already handled", body.job_id)
+        send(self._metrics, Count("jobs_duplicate"))
+        return False
+
+    def _apply(self, body: FacilitatorBody) -> None:
         match body:
             case JobRequest():
-                send(self._metrics, Count("jobs_received"))
-                if self._ledger.record_request(body.job_id, body.kind, _ENCODER.encode(body)):
-                    self._route(body)
-                else:
-                    logger.info("job {} arrived again; already handled", body.job_id)
-                    send(self._metrics, Count("jobs_duplicate"))
+                self._route(body)
             case JobCancel():
                 self._cancel(body.job_id, body.reason or "cancelled by facilitator")
-        self._inbox.mark_consumed(STREAM, seq)
 
     def _route(self, job: JobRequest) -> None:
         if job.kind not in self._handlers:
@@ -198,9 +223,11 @@ class JobRouter(pykka.ThreadingActor):
             send(self._metrics, Count("jobs_rejected"))
             return
         self._publish(job.job_id, JobStatus.ACCEPTED)
-        self._queue(job.job_id)
+        self._queue(job.job_id, job)
 
-    def _queue(self, job_id: str) -> None:
+    def _queue(self, job_id: str, job: JobRequest | None = None) -> None:
+        if job is not None and len(self._decoded) < _KEEP_DECODED:
+            self._decoded[job_id] = job
         self._queued.append(job_id)
         self._queued_ids.add(job_id)
         self._start_queued()
@@ -210,15 +237,14 @@ class JobRouter(pykka.ThreadingActor):
         while not self._draining and self._queued and len(self._running) < self.config.max_concurrent_jobs:
             job_id = self._queued.popleft()
             self._queued_ids.discard(job_id)
-            payload = self._ledger.payload(job_id)
-            if payload is None:  # pragma: no cover - the ledger keeps unfinished jobs
+            job = self._decoded.pop(job_id, None) or self._read_request(job_id)
+            if job is None:  # pragma: no cover - the ledger keeps unfinished jobs
                 logger.error("job {} vanished from the ledger before it could start", job_id)
                 continue
-            job = msgspec.json.decode(payload, type=JobRequest)
             if job.kind not in self._handlers:  # its handler was removed since it was accepted
                 self._finish(job_id, JobStatus.REJECTED, f"no handler for job kind {job.kind!r}")
                 continue
-            ctx = JobContext(job, publish=self._publish, clock=self._clock)
+            ctx = JobContext(job, outbox=self._outbox, clock=self._clock)
             self._running[job.job_id] = ctx
             send(self._metrics, Count("jobs_started"))
             threading.Thread(
@@ -237,6 +263,7 @@ class JobRouter(pykka.ThreadingActor):
         if job_id in self._queued_ids:
             self._queued.remove(job_id)
             self._queued_ids.discard(job_id)
+            self._decoded.pop(job_id, None)
             self._finish(job_id, JobStatus.CANCELLED, reason)
             return
         logger.info("cancel for job {} that is not running (finished or unknown)", job_id)
@@ -245,13 +272,13 @@ class JobRouter(pykka.ThreadingActor):
         self._publish(job_id, status, detail=detail)
         send(self._metrics, Count(f"jobs_{status.value}"))
 
-    def _publish(
-        self, job_id: str, status: JobStatus, *, detail: str = "", progress: float | None = None
-    ) -> pykka.Future[int]:
-        update = JobStatusUpdate(
-            job_id=job_id, status=status, at=self._clock(), progress=progress, detail=detail
-        )
-        return self._outbox.publish(update)
+    def _read_request(self, job_id: str) -> JobRequest | None:
+        assert self._ledger is not None
+        payload = self._ledger.payload(job_id)
+        return None if payload is None else msgspec.json.decode(payload, type=JobRequest)
+
+    def _publish(self, job_id: str, status: JobStatus, *, detail: str = "") -> pykka.Future[int]:
+        return publish_status(self._outbox, job_id, status, at=self._clock(), detail=detail)
 
 
 class JobRouterProxy:

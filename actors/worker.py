@@ -13,17 +13,17 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from jobrelay.actors.actor_messages import ConnectionState
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.connection import ConnectionActor, ConnectionProxy, connection_proxy
 from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
-from jobrelay.actors.logs import route_stdlib_logging
-from jobrelay.actors.messages import ConnectionState
 from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
-from jobrelay.actors.outbox import OutboxActor, OutboxHandle
+from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle
 from jobrelay.actors.router import JobRouter, JobRouterProxy
-from jobrelay.actors.transport import Transport
+from jobrelay.common.logs import route_stdlib_logging
+from jobrelay.common.transport import Transport
 from jobrelay.protocol.streams import StreamMarks
 from jobrelay.storage import open_database
 
@@ -116,8 +116,18 @@ class Worker:
                     logger.error("actor {} did not stop in time", ref)
                 except pykka.ActorDeadError:
                     pass
+            self._stop_leftovers()
             self._stopped.set()
             logger.info("worker {} stopped", self.config.worker_id)
+
+    def _stop_leftovers(self) -> None:
+        """The safety net (Mopidy's stop_all, scoped to this worker): an actor of ours still alive
+        after the ordered stop is a bug; log it and stop it without waiting."""
+        for ref in self._refs:
+            if ref.is_alive():
+                logger.error("actor {} still alive after the worker stopped; stopping it", ref)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.stop(block=False)
 
 
 def start_worker(
@@ -171,20 +181,20 @@ def start_worker(
             in_epoch, in_hwm = router.in_marks().get(timeout=_START_TIMEOUT)
             return StreamMarks(epoch, acked, last, in_epoch, in_hwm)
 
+        # The Outbox and the JobRouter answer the Connection through the refs its messages carry
+        # (SessionOpened, Incoming): every actor gets what it needs here, at start.
         connection_ref = _Supervised.wrap(ConnectionActor, crashed).start(
             config,
             marks=marks,
             outbox=outbox_ref,
             router=router_ref,
             metrics=metrics_ref,
+            subscribers=[metrics_ref],
             transport_factory=transport_factory,
             clock=clock,
         )
         refs.append(connection_ref)
-        outbox_ref.proxy().attach(connection_ref).get(timeout=_START_TIMEOUT)
-        router_ref.proxy().attach(connection_ref).get(timeout=_START_TIMEOUT)
         connection = connection_proxy(connection_ref)
-        connection.subscribe(metrics_ref).get(timeout=_START_TIMEOUT)
         heartbeat_ref = _Supervised.wrap(HeartbeatActor, crashed).start(
             [connection_ref, outbox_ref], clock=clock
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "ConfigError",
     "ErrorCode",
     "JobrelayError",
     "LocalProtocolError",
@@ -16,6 +17,11 @@ __all__ = [
 
 class JobrelayError(Exception):
     """Base class of every error jobrelay raises on purpose."""
+
+
+class ConfigError(JobrelayError):
+    """A configuration value is invalid; the message starts with ``<Config>.<field>:`` and says
+    what is expected. Raised the same way by the worker's and the facilitator's configs."""
 
 
 class ErrorCode(enum.StrEnum):

@@ -18,10 +18,13 @@ __all__ = [
     "Event",
     "HeartbeatReceived",
     "Opened",
+    "PeerStreamAdvanced",
+    "PeerStreamStarted",
     "PeerWarning",
     "RequestReceived",
     "RequestTimedOut",
     "ResponseReceived",
+    "RestartOwnStream",
 ]
 
 
@@ -56,6 +59,37 @@ class Opened(_Event, frozen=True):
     in_hwm: int
     new_in_stream: bool
     new_out_stream: bool
+
+
+class PeerStreamStarted(_Event, frozen=True):
+    """The peer's stream has an epoch our store did not hold: record it (``Inbox.start_epoch``)
+    before anything of it is accepted; it resumes after ``after``.
+
+    Attributes:
+        previous_epoch: the epoch we held before ("" on a first connection, which is routine;
+            otherwise the peer's store was deleted or replaced).
+    """
+
+    epoch: str
+    after: int
+    previous_epoch: str
+
+
+class PeerStreamAdvanced(_Event, frozen=True):
+    """Same epoch, but the peer knows we acknowledged up to ``hwm``, beyond our stored mark (our
+    store was restored from an older copy): raise the mark (``Inbox.raise_hwm``)."""
+
+    epoch: str
+    hwm: int
+    stored_hwm: int
+
+
+class RestartOwnStream(_Event, frozen=True):
+    """The peer holds more of our stream than our store does (our store was restored from an
+    older copy). The session closes next; give our stream a new epoch before reconnecting, so
+    what we still hold is sent again as a new stream."""
+
+    detail: str
 
 
 class DataReceived(_Event, frozen=True):
@@ -120,5 +154,8 @@ Event = (
     | ResponseReceived
     | RequestTimedOut
     | PeerWarning
+    | PeerStreamStarted
+    | PeerStreamAdvanced
+    | RestartOwnStream
     | Closed
 )

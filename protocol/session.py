@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,10 +30,13 @@ from jobrelay.protocol.events import (
     Event,
     HeartbeatReceived,
     Opened,
+    PeerStreamAdvanced,
+    PeerStreamStarted,
     PeerWarning,
     RequestReceived,
     RequestTimedOut,
     ResponseReceived,
+    RestartOwnStream,
 )
 from jobrelay.protocol.messages import (
     PROTOCOL_VERSION,
@@ -54,7 +57,10 @@ from jobrelay.protocol.messages import (
 from jobrelay.protocol.streams import Receiver, Sender, StreamMarks, resolve_resume
 
 __all__ = [
+    "ACCEPT",
     "ACCEPTS",
+    "CLOSE",
+    "TRANSITIONS",
     "FacilitatorSession",
     "OutFrame",
     "SessionConfig",
@@ -73,17 +79,31 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-_SESSION = (Ack, Heartbeat, Request, Response, Data, DataBatch)
-ACCEPTS: dict[SessionState, tuple[type, ...]] = {
-    SessionState.AWAIT_HELLO: (Hello,),
-    SessionState.AWAIT_CHALLENGE: (Challenge,),
-    SessionState.AWAIT_AUTH: (Auth,),
-    SessionState.VERIFYING: (),
-    SessionState.AWAIT_WELCOME: (Welcome,),
-    SessionState.OPEN: _SESSION,
-    SessionState.CLOSED: (),
+ACCEPT: Final = "accept"
+"""The owner's trigger that opens a verified facilitator session (``FacilitatorSession.accept``)."""
+CLOSE: Final = "close"
+"""The trigger of every ending: an error frame, a violation, a timeout, ``close()``, a lost link."""
+
+Trigger = type | str
+_OPEN_FRAMES = (Ack, Heartbeat, Request, Response, Data, DataBatch)
+TRANSITIONS: Final[dict[SessionState, dict[Trigger, SessionState]]] = {
+    SessionState.AWAIT_HELLO: {Hello: SessionState.AWAIT_AUTH, CLOSE: SessionState.CLOSED},
+    SessionState.AWAIT_CHALLENGE: {Challenge: SessionState.AWAIT_WELCOME, CLOSE: SessionState.CLOSED},
+    SessionState.AWAIT_AUTH: {Auth: SessionState.VERIFYING, CLOSE: SessionState.CLOSED},
+    SessionState.VERIFYING: {ACCEPT: SessionState.OPEN, CLOSE: SessionState.CLOSED},
+    SessionState.AWAIT_WELCOME: {Welcome: SessionState.OPEN, CLOSE: SessionState.CLOSED},
+    SessionState.OPEN: {**{frame: SessionState.OPEN for frame in _OPEN_FRAMES}, CLOSE: SessionState.CLOSED},
+    SessionState.CLOSED: {},
 }
-"""Frames each state accepts (besides ``error``, which every open state accepts)."""
+"""The one transition table: state → {trigger → next state}. A trigger is a frame type received
+(``error`` frames aside: every state but CLOSED accepts them and a fatal one means CLOSE) or an
+owner action (ACCEPT, CLOSE). A frame type not listed for the current state closes the session with
+UNEXPECTED_FRAME (NOT_AUTHENTICATED for data before the handshake)."""
+
+ACCEPTS: Final[dict[SessionState, tuple[type, ...]]] = {
+    state: tuple(t for t in row if isinstance(t, type)) for state, row in TRANSITIONS.items()
+}
+"""Frame types each state accepts, read from TRANSITIONS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +242,28 @@ class _Session(Generic[In]):
         for frame in frames:
             self._push(frame)
 
+    def queue_data(self, items: Sequence[tuple[int, Any]]) -> None:
+        """Hand over data messages ``(seq, body)`` beyond the window: what fits is sent now, the
+        rest as soon as acks make room (see ``Sender.handover_limit`` for how much to hand over).
+
+        Raises:
+            LocalProtocolError: session not open, or seqs not contiguous after what was handed over.
+        """
+        self._require_open("send data")
+        self.sender.queue(items)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        items = self.sender.sendable()
+        if not items:
+            return
+        try:
+            self.send_data(items)
+        except LocalProtocolError as exc:
+            # Our side's fault (a message too large for the peer's frame limit): end the session
+            # so the owner replays from the peer's acknowledged seq on the next one.
+            self.close(ErrorCode.INTERNAL, f"cannot send queued data: {exc.detail}")
+
     def note_appended(self, last_seq: int) -> None:
         """Storage has assigned seqs up to ``last_seq`` (lets acks be checked against it)."""
         self.sender.note_appended(last_seq)
@@ -265,7 +307,8 @@ class _Session(Generic[In]):
         if isinstance(frame, Error):
             self._on_error(frame)
             return
-        if not isinstance(frame, ACCEPTS[self.state]):
+        target = TRANSITIONS[self.state].get(type(frame))
+        if target is None:
             if isinstance(frame, Data | DataBatch):
                 raise RemoteProtocolError(ErrorCode.NOT_AUTHENTICATED, "data before the handshake completed")
             raise RemoteProtocolError(
@@ -279,6 +322,7 @@ class _Session(Generic[In]):
             case Ack():
                 if self.sender.on_ack(frame.upto):
                     self._events.append(Acked(upto=frame.upto))
+                    self._send_queued()
             case Heartbeat():
                 self.peer_draining = frame.draining
                 self._events.append(HeartbeatReceived(at=frame.at, draining=frame.draining))
@@ -289,6 +333,28 @@ class _Session(Generic[In]):
                     self._events.append(ResponseReceived(response=frame))
             case _:
                 self._on_handshake(frame, now)
+        if self.state is not SessionState.CLOSED:
+            self._move(type(frame))
+
+    def _move(self, trigger: Trigger) -> None:
+        """Enter the state TRANSITIONS names for ``trigger`` in the current state.
+
+        Raises:
+            LocalProtocolError: the table has no such transition (an owner action out of turn).
+        """
+        target = TRANSITIONS[self.state].get(trigger)
+        if target is None:
+            name = trigger if isinstance(trigger, str) else trigger.__name__
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_FRAME, f"{name} in state {self.state.value}")
+        self.state = target
+
+    def _note_peer_stream(self, marks: StreamMarks, epoch: str, hwm: int, new_stream: bool) -> None:
+        """Tell the owner what to record of the peer's stream before the session counts as open:
+        a new epoch, or a mark the peer knows is higher than our stored one."""
+        if new_stream:
+            self._events.append(PeerStreamStarted(epoch=epoch, after=hwm, previous_epoch=marks.in_epoch))
+        elif hwm > marks.in_hwm:
+            self._events.append(PeerStreamAdvanced(epoch=epoch, hwm=hwm, stored_hwm=marks.in_hwm))
 
     def _on_handshake(self, frame: Any, now: float) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -355,7 +421,7 @@ class _Session(Generic[In]):
         self.close(code, detail)
 
     def _closed(self, code: ErrorCode | None, detail: str, by_peer: bool) -> None:
-        self.state = SessionState.CLOSED
+        self._move(CLOSE)
         self.close_code = code
         self._requests.clear()
         self._events.append(Closed(code=code, detail=detail, by_peer=by_peer))
@@ -419,16 +485,16 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 in_hwm=self.marks.in_hwm,
             )
         )
-        self.state = SessionState.AWAIT_WELCOME
 
     def _on_welcome(self, frame: Welcome) -> None:
         marks = self.marks
         if not marks.out_acked <= frame.ack <= max(marks.out_last_seq, self.sender.last_seq):
-            raise RemoteProtocolError(
-                ErrorCode.ACK_OUT_OF_RANGE,
+            detail = (
                 f"welcome acks {frame.ack}; our stream has acked {marks.out_acked}, "
-                f"last seq {marks.out_last_seq}",
+                f"last seq {marks.out_last_seq}"
             )
+            self._events.append(RestartOwnStream(detail=detail))
+            raise RemoteProtocolError(ErrorCode.ACK_OUT_OF_RANGE, detail)
         in_hwm, new_in = resolve_resume(marks.in_epoch, marks.in_hwm, frame.out_epoch, frame.out_acked)
         self.session_id = frame.session_id
         self.peer_id = "facilitator"
@@ -440,7 +506,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
             self.config, max_inflight=frame.max_inflight, max_frame_bytes=frame.max_frame_bytes
         )
         self._switch_codec(self._format)
-        self.state = SessionState.OPEN
+        self._note_peer_stream(marks, frame.out_epoch, in_hwm, new_in)
         if frame.ack > marks.out_acked:
             self._events.append(Acked(upto=frame.ack))
         self._events.append(
@@ -508,7 +574,6 @@ class FacilitatorSession(_Session[WorkerFrame]):
         self._format = shared[0]
         self.peer_id = frame.worker_id
         self._send(Challenge(version=PROTOCOL_VERSION, nonce=self._nonce, codec=self._format))
-        self.state = SessionState.AWAIT_AUTH
 
     def _on_auth(self, frame: Auth, now: float) -> None:
         if frame.worker_id != self.peer_id:
@@ -522,7 +587,6 @@ class FacilitatorSession(_Session[WorkerFrame]):
             max_skew=self.config.max_clock_skew,
         )
         self._auth = frame
-        self.state = SessionState.VERIFYING
         self._events.append(
             AuthVerified(
                 worker_id=frame.worker_id,
@@ -548,10 +612,9 @@ class FacilitatorSession(_Session[WorkerFrame]):
         in_hwm, new_in = resolve_resume(marks.in_epoch, marks.in_hwm, auth.out_epoch, auth.out_acked)
         resume, new_out = resolve_resume(auth.in_epoch, auth.in_hwm, marks.out_epoch, marks.out_acked)
         if resume > marks.out_last_seq:
-            self._fail(
-                ErrorCode.ACK_OUT_OF_RANGE,
-                f"worker has accepted up to {resume} but our stream only reached {marks.out_last_seq}",
-            )
+            detail = f"worker has accepted up to {resume} but our stream only reached {marks.out_last_seq}"
+            self._events.append(RestartOwnStream(detail=detail))
+            self._fail(ErrorCode.ACK_OUT_OF_RANGE, detail)
             return
         config = self.config
         self._send(
@@ -570,7 +633,8 @@ class FacilitatorSession(_Session[WorkerFrame]):
         self._switch_codec(self._format)
         self.sender = Sender(resume, marks.out_last_seq, config.max_inflight)
         self.receiver = Receiver(in_hwm, config.max_inflight)
-        self.state = SessionState.OPEN
+        self._move(ACCEPT)
+        self._note_peer_stream(marks, auth.out_epoch, in_hwm, new_in)
         if resume > marks.out_acked:
             self._events.append(Acked(upto=resume))
         self._events.append(

@@ -1,11 +1,16 @@
-# The two halves of a sequenced stream inside one session: what we send (window, replay cursor,
-# cumulative acks) and what we receive (dedup against the high-water mark, gap detection).
+# The two halves of a sequenced stream inside one session: what we send (the one send window,
+# the queue of data handed over beyond it, cumulative acks) and what we receive (dedup against
+# the high-water mark, gap detection).
 # Invariants: the sender never has more than `window` unacked seqs outstanding and sends seqs
-# contiguously from the resume point; the receiver passes each seq to the application at most
-# once per session and never acknowledges a seq the application has not made durable.
+# contiguously from the resume point; data handed over beyond the window waits in its queue, in
+# order, until acks make room; the receiver passes each seq to the application at most once per
+# session and never acknowledges a seq the application has not made durable.
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
@@ -46,15 +51,21 @@ def resolve_resume(local_epoch: str, local_hwm: int, peer_epoch: str, peer_acked
 
 
 class Sender:
-    """Our outgoing stream within one session."""
+    """Our outgoing stream within one session: the one send window.
 
-    __slots__ = ("acked", "last_seq", "sent", "window")
+    ``sent`` counts what went on the wire, ``acked`` what the peer acknowledged; the owner may
+    hand over more than the window allows (``queue``), up to ``handover_limit``: the surplus is
+    sent the moment an ack opens the window, without waiting for the owner.
+    """
+
+    __slots__ = ("_queued", "acked", "last_seq", "sent", "window")
 
     def __init__(self, resume_after: int, last_seq: int, window: int) -> None:
         self.acked = resume_after
         self.sent = resume_after
         self.last_seq = last_seq
         self.window = window
+        self._queued: deque[tuple[int, Any]] = deque()
 
     @property
     def in_flight(self) -> int:
@@ -65,9 +76,42 @@ class Sender:
         """How many more data messages may be sent before an ack arrives."""
         return self.window - self.in_flight
 
+    @property
+    def handed(self) -> int:
+        """The highest seq handed over so far (sent, or queued to be sent)."""
+        return self._queued[-1][0] if self._queued else self.sent
+
+    @property
+    def queued(self) -> int:
+        """Messages handed over that wait for room in the window."""
+        return len(self._queued)
+
+    def handover_limit(self, windows: int) -> int:
+        """The highest seq the owner should hand over now to keep ``windows`` windows ready."""
+        return self.acked + self.window * windows
+
     def note_appended(self, last_seq: int) -> None:
         """Storage assigned seqs up to ``last_seq`` (they may now be sent)."""
         self.last_seq = max(self.last_seq, last_seq)
+
+    def queue(self, items: Sequence[tuple[int, Any]]) -> None:
+        """Hand over ``items`` (``(seq, body)``, contiguous after ``handed``) to be sent in order.
+
+        Raises:
+            LocalProtocolError: SEQ_GAP when the first seq does not follow ``handed``.
+        """
+        if not items:
+            return
+        if items[0][0] != self.handed + 1:
+            raise LocalProtocolError(
+                ErrorCode.SEQ_GAP, f"next seq to hand over is {self.handed + 1}, not {items[0][0]}"
+            )
+        self._queued.extend(items)
+
+    def sendable(self) -> list[tuple[int, Any]]:
+        """Take from the queue what the window has room for now (oldest first)."""
+        count = min(self.capacity, len(self._queued))
+        return [self._queued.popleft() for _ in range(count)]
 
     def take(self, first_seq: int, count: int) -> None:
         """Reserve ``count`` seqs starting at ``first_seq`` for sending.

@@ -32,8 +32,7 @@ from loguru import logger
 from websockets.sync.server import ServerConnection, serve
 
 from jobrelay.actors import MetricsSnapshot, Worker, WorkerConfig, start_worker
-from jobrelay.actors.facilitator import start_facilitator
-from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay.facilitator import FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.codec import worker_codec
 from jobrelay.protocol.messages import Data, WorkerEvent

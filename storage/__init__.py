@@ -1,21 +1,28 @@
 """jobrelay storage: durable outbox, inbox and job ledger in one SQLite file (WAL).
 
-Nothing outside this package writes SQL. See docs/STORAGE.md.
+Nothing outside this package writes SQL. See docs/STORAGE.md. Names are imported lazily.
 """
 
-from jobrelay.storage.database import Database, Durability, open_database
-from jobrelay.storage.errors import (
-    AckOutOfRange,
-    OutboxFull,
-    StorageError,
-    TerminalStatusError,
-    UnknownJobError,
-)
-from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
-from jobrelay.storage.inspect import DatabaseSummary, inspect_database
-from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
-from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
-from jobrelay.storage.schema import SCHEMA_VERSION
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jobrelay.protocol.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from jobrelay.storage.database import Database, Durability, open_database
+    from jobrelay.storage.errors import (
+        AckOutOfRange,
+        OutboxFull,
+        StorageError,
+        TerminalStatusError,
+        UnknownJobError,
+    )
+    from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
+    from jobrelay.storage.inspect import DatabaseSummary, inspect_database
+    from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
+    from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
+    from jobrelay.storage.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,3 +50,31 @@ __all__ = [
     "open_database",
     "outbox_streams",
 ]
+
+_EXPORTS = {
+    "AcceptResult": "jobrelay.storage.inbox",
+    "AckOutOfRange": "jobrelay.storage.errors",
+    "Database": "jobrelay.storage.database",
+    "DatabaseSummary": "jobrelay.storage.inspect",
+    "Durability": "jobrelay.storage.database",
+    "Inbox": "jobrelay.storage.inbox",
+    "InboxRow": "jobrelay.storage.inbox",
+    "InboxState": "jobrelay.storage.inbox",
+    "JobLedger": "jobrelay.storage.ledger",
+    "JobRecord": "jobrelay.storage.ledger",
+    "Outbox": "jobrelay.storage.outbox",
+    "OutboxFull": "jobrelay.storage.errors",
+    "OutboxRow": "jobrelay.storage.outbox",
+    "OutboxStats": "jobrelay.storage.outbox",
+    "SCHEMA_VERSION": "jobrelay.storage.schema",
+    "StatusEntry": "jobrelay.storage.ledger",
+    "StatusResult": "jobrelay.storage.ledger",
+    "StatusUpdate": "jobrelay.storage.ledger",
+    "StorageError": "jobrelay.storage.errors",
+    "TerminalStatusError": "jobrelay.storage.errors",
+    "UnknownJobError": "jobrelay.storage.errors",
+    "inspect_database": "jobrelay.storage.inspect",
+    "open_database": "jobrelay.storage.database",
+    "outbox_streams": "jobrelay.storage.outbox",
+}
+lazy_exports(globals(), _EXPORTS)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
-    from jobrelay.actors.facilitator import Facilitator
+    from jobrelay.facilitator import Facilitator
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(

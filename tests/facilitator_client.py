@@ -21,7 +21,7 @@ from typing import Any
 import websocket
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors.facilitator import Facilitator, FacilitatorConfig, start_facilitator
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import JobStatus, JobStatusUpdate, WorkerBody

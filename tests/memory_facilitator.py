@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobrelay.actors.memory_transport import MemoryEnd, MemoryNetwork
-from jobrelay.actors.transport import TransportClosed
+from jobrelay.common.transport import TransportClosed
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.messages import JobRequest, JobStatusUpdate
 from jobrelay.protocol.session import FacilitatorSession, SessionConfig
+from jobrelay.testing.memory import MemoryEnd, MemoryNetwork
 
 from .protocol_harness import Store
 

@@ -13,13 +13,13 @@ import pytest
 from prometheus_client.core import Metric
 
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.facilitator_config import FacilitatorConfig
-from jobrelay.actors.health import HealthReport
 from jobrelay.cli import main
 from jobrelay.cli.errors import UsageError
 from jobrelay.cli.registry import FACILITATOR, WORKER, markdown_table
 from jobrelay.cli.service import start_http
 from jobrelay.cli.settings import Resolved
+from jobrelay.common.http import HealthReport
+from jobrelay.facilitator import FacilitatorConfig
 from tests.test_cli_helpers import ROOT, clean_env, make_key, run_cli
 
 pytestmark = pytest.mark.timeout(30)

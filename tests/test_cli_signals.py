@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from jobrelay.actors.facilitator import Facilitator, FacilitatorConfig, start_facilitator
-from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.storage import inspect_database
+from jobrelay.testing.proxy import TcpProxy
 from tests.test_cli_helpers import Service, make_key, services, wait_until, worker_args
 
 pytestmark = pytest.mark.timeout(60)

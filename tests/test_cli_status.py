@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobrelay.actors.facilitator import FacilitatorConfig, start_facilitator
-from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.facilitator import FacilitatorConfig, start_facilitator
+from jobrelay.testing.proxy import TcpProxy
 from tests.test_cli_helpers import Service, make_key, run_cli, services, wait_until, worker_args
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,11 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.actors import JobContext, WorkerConfig, start_worker
-from jobrelay.actors.facilitator import Facilitator, start_facilitator
-from jobrelay.actors.facilitator_config import FacilitatorConfig
-from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import JobRequest, WorkerEvent
+from jobrelay.testing.proxy import TcpProxy
 
 KEY = Ed25519PrivateKey.generate()
 KEY_HEX = KEY.private_bytes_raw().hex()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobrelay.actors.facilitator import Facilitator, JobTooLarge
+from jobrelay.facilitator import Facilitator, JobTooLarge
 from jobrelay.protocol.messages import (
     JobCancel,
     JobRequest,

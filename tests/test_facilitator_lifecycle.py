@@ -10,8 +10,7 @@ import pytest
 import websocket
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors.errors import ConfigError
-from jobrelay.actors.facilitator import (
+from jobrelay.facilitator import (
     Facilitator,
     FacilitatorConfig,
     load_facilitator_config,
@@ -19,7 +18,7 @@ from jobrelay.actors.facilitator import (
 )
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.close_codes import close_code_for
-from jobrelay.protocol.errors import ErrorCode
+from jobrelay.protocol.errors import ConfigError, ErrorCode
 from jobrelay.storage.errors import StorageError
 from tests.facilitator_client import (
     AUTHORIZED,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from jobrelay.actors.facilitator import Facilitator
-from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.messages import JobRequest, JobStatus
+from jobrelay.testing.proxy import TcpProxy
 from tests.facilitator_client import KEYS, TestWorker, make_facilitator, pump_until, wait_until
 
 pytestmark = pytest.mark.timeout(30)

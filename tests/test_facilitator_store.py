@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobrelay.actors.facilitator_store import FacilitatorStore
+from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.protocol.messages import JobRequest
 from jobrelay.storage.errors import StorageError
 from tests.facilitator_client import wait_until

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobrelay.actors import WorkerConfig, generate_key, start_worker
-from jobrelay.actors.facilitator import Facilitator, FacilitatorConfig, start_facilitator
-from jobrelay.actors.health import FacilitatorHealth, HealthServer, WorkerHealth
-from jobrelay.actors.tcp_proxy import TcpProxy
+from jobrelay.actors import WorkerConfig, WorkerHealth, generate_key, start_worker
 from jobrelay.actors.worker import Worker
 from jobrelay.cli.samples import SAMPLE_HANDLERS
+from jobrelay.common.http import HealthServer
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHealth, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.storage import OutboxStats
+from jobrelay.testing.proxy import TcpProxy
 from tests.test_cli_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)

@@ -11,9 +11,9 @@ from urllib.parse import quote
 
 import pytest
 
-from jobrelay.actors.facilitator import Facilitator
-from jobrelay.actors.health import FacilitatorHealth, HealthServer, _Handler
 from jobrelay.cli.client import ApiError, FacilitatorClient
+from jobrelay.common.http import HealthServer, _Handler
+from jobrelay.facilitator import Facilitator, FacilitatorHealth
 from tests.test_health import http
 
 pytestmark = pytest.mark.timeout(30)

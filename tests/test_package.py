@@ -13,7 +13,7 @@ def test_public_api_is_importable_from_jobrelay() -> None:
 
     assert callable(start_worker) and callable(start_facilitator)
     assert WorkerConfig.__module__ == "jobrelay.actors.config"
-    assert FacilitatorConfig.__module__ == "jobrelay.actors.facilitator_config"
+    assert FacilitatorConfig.__module__ == "jobrelay.facilitator.config"
     for name in jobrelay.__all__:
         assert getattr(jobrelay, name) is not None, name
 

@@ -16,9 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from jobrelay.actors import ConfigError, NotConnected, WorkerConfig, start_worker
-from jobrelay.actors.facilitator import start_facilitator
-from jobrelay.actors.facilitator_config import FacilitatorConfig
+from jobrelay import ConfigError, NotConnected, WorkerConfig, start_worker
+from jobrelay.facilitator import FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import MachineSpecs
 

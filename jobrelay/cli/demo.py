@@ -25,15 +25,14 @@ from loguru import logger
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobrelay.actors.config import generate_key
-from jobrelay.actors.facilitator import Facilitator, start_facilitator
-from jobrelay.actors.facilitator_config import FacilitatorConfig
-from jobrelay.actors.tcp_proxy import TcpProxy
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import LOG, resolve
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.storage import inspect_database
 from jobrelay.storage.ledger import StatusEntry
+from jobrelay.testing.proxy import TcpProxy
 
 __all__ = ["add_parser", "check_history", "run"]
 

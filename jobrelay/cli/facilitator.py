@@ -9,15 +9,14 @@ from typing import Any
 
 from loguru import logger
 
-from jobrelay.actors.errors import ConfigError
-from jobrelay.actors.facilitator import Facilitator, start_facilitator
-from jobrelay.actors.facilitator_config import FacilitatorConfig
-from jobrelay.actors.health import FacilitatorHealth, HealthServer
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
 from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
 from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
 from jobrelay.cli.worker import check_db_path, print_config
+from jobrelay.common.http import HealthServer
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHealth, start_facilitator
+from jobrelay.protocol.errors import ConfigError
 from jobrelay.storage import StorageError
 
 __all__ = ["add_parser", "run"]

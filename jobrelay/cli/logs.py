@@ -9,9 +9,9 @@ from typing import Any
 
 from loguru import logger
 
-from jobrelay.actors.logs import route_stdlib_logging
 from jobrelay.cli.errors import UsageError
 from jobrelay.cli.settings import Resolved
+from jobrelay.common.logs import route_stdlib_logging
 
 __all__ = ["LEVELS", "check", "configure"]
 

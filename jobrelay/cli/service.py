@@ -17,9 +17,9 @@ from typing import Any
 
 from loguru import logger
 
-from jobrelay.actors.health import HealthServer, HealthSource
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import Resolved
+from jobrelay.common.http import HealthServer, HealthSource
 
 
 def start_http(source: HealthSource, resolved: Resolved) -> HealthServer | None:

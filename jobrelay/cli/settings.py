@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.errors import ConfigError
 from jobrelay.cli.errors import UsageError
 from jobrelay.cli.registry import FACILITATOR, LOG, REQUIRED, STATUS, WORKER, Setting, show
+from jobrelay.protocol.errors import ConfigError
 
 __all__ = [
     "FACILITATOR",

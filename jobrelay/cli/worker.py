@@ -13,15 +13,16 @@ from typing import Any
 
 from loguru import logger
 
+from jobrelay.actors import WorkerHealth
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import CommandHandler, Handler
-from jobrelay.actors.health import HealthServer, WorkerHealth
 from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
 from jobrelay.cli.samples import SAMPLE_HANDLERS
 from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
+from jobrelay.common.http import HealthServer
 from jobrelay.storage import StorageError
 
 __all__ = ["add_parser", "check_db_path", "run"]

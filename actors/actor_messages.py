@@ -20,13 +20,11 @@ __all__ = [
     "IoFailed",
     "IoReceived",
     "JobDone",
-    "NewInStream",
     "Observe",
     "PeerAcked",
     "Persisted",
     "Publish",
     "Reconnect",
-    "RestartEpoch",
     "SendData",
     "SessionClosed",
     "SessionOpened",
@@ -71,25 +69,25 @@ class IoClosed(_Msg, frozen=True):
 
 # --- Connection ↔ Outbox
 class SessionOpened(_Msg, frozen=True):
+    """Send the stream after ``resume_after``, handing over seqs up to ``limit`` (the session's
+    send window decides it: ``Sender.handover_limit``) to ``connection``."""
+
     session_id: str
     resume_after: int
-    window: int
+    limit: int
+    connection: Any  # pykka.ActorRef of the Connection that opened the session
 
 
 class SessionClosed(_Msg, frozen=True):
     session_id: str
 
 
-class RestartEpoch(_Msg, frozen=True):
-    """The facilitator holds more of our stream than our store does (restored from an older
-    copy): start a new epoch so what we still have is sent again as a new stream."""
-
-    reason: str
-
-
 class PeerAcked(_Msg, frozen=True):
+    """The facilitator holds our stream up to ``upto``; hand over seqs up to ``limit`` now."""
+
     session_id: str
     upto: int
+    limit: int
 
 
 class SendData(_Msg, frozen=True):
@@ -102,15 +100,14 @@ class Publish(_Msg, frozen=True):
     future: Any  # pykka.Future[int], resolved with the seq once durable
 
 
-# --- Connection ↔ JobRouter
-class NewInStream(_Msg, frozen=True):
-    epoch: str
-    hwm: int
-
-
+# --- Connection ↔ JobRouter (the protocol's PeerStreamStarted/PeerStreamAdvanced events are told
+# to the JobRouter as they are)
 class Incoming(_Msg, frozen=True):
+    """New in-order data of ``session_id``; reply Persisted (or DropSession) to ``connection``."""
+
     session_id: str
     items: list[tuple[int, Any]]
+    connection: Any  # pykka.ActorRef of the Connection that received it
 
 
 class Persisted(_Msg, frozen=True):

@@ -27,22 +27,22 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from loguru import logger
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from jobrelay.actors.facilitator_config import FacilitatorConfig
-from jobrelay.actors.facilitator_store import FacilitatorStore
-from jobrelay.actors.transport import BackgroundSender, TransportClosed, TransportError
+from jobrelay.common.transport import BackgroundSender, TransportClosed, TransportError
+from jobrelay.facilitator.config import FacilitatorConfig
+from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
+from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
-from jobrelay.protocol.messages import Response, WorkerBody
-from jobrelay.protocol.session import FacilitatorSession, SessionConfig, SessionState
-from jobrelay.protocol.streams import StreamMarks
+from jobrelay.protocol.messages import Response
+from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfig, SessionState
 
 __all__ = [
     "Counters",
@@ -205,8 +205,8 @@ class WorkerConnection:
         self.last_contact = now
         self.released = threading.Event()
         self.done = threading.Event()
-        self._marks: StreamMarks | None = None
         self._opened = False
+        self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
         self._inbox: queue.Queue[bytes | _Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
@@ -215,6 +215,7 @@ class WorkerConnection:
         self._close_request: tuple[int, str] | None = None
         self._transport = ServerTransport(ws, hub.counters)
         self._writer: BackgroundSender | None = None
+        self.driver = SessionDriver(self.session, self._write, self)
 
     @property
     def is_open(self) -> bool:
@@ -280,7 +281,7 @@ class WorkerConnection:
         except Exception:
             self._log.exception("facilitator: connection handler failed worker={}", self.worker_id or "?")
             self.session.close(ErrorCode.INTERNAL, "facilitator error")
-            self._flush()
+            self.driver.flush()
         finally:
             self.released.set()
             self._close_transport()
@@ -306,6 +307,7 @@ class WorkerConnection:
                 except queue.Empty:
                     break
             now = time.time()
+            driver = self.driver
             for item in items:
                 if item is None:
                     continue
@@ -314,8 +316,7 @@ class WorkerConnection:
                     continue
                 self.hub.counters.add("frames_in")
                 self.last_contact = now
-                self.session.receive_data(item, now)
-            self.session.tick(now)
+                driver.feed(item, now)  # a burst's data is persisted in one store operation
             stuck = self._transport.stuck_for(time.monotonic())
             if self.session.is_open and stuck > timeout:
                 self.session.close(
@@ -323,33 +324,27 @@ class WorkerConnection:
                 )
             if self._close_request is not None and self.session.state is not SessionState.CLOSED:
                 self.session.close(None, self._close_request[1])
-            self._handle(self.session.events_received())
+            driver.pump()
             with self._flag_lock:
                 wanted, self._wanted = self._wanted, False
             if wanted:
                 self._fill()
-            if self.session.heartbeat_due(now):
-                self.session.send_heartbeat(now, draining=False)
-            self._flush()
+            driver.tick(now)  # deadlines, and a heartbeat when one is due
             if self.session.state is SessionState.CLOSED:
                 return
 
-    def _handle(self, events: list[ev.Event]) -> None:
-        """Act on session events, in order; acting may produce more events (accept())."""
-        while events:
-            batch: list[tuple[int, WorkerBody]] = []
-            for event in events:
-                if isinstance(event, ev.DataReceived):
-                    batch.append((event.seq, event.body))
-                    continue
-                if batch:
-                    self._persist(batch)
-                    batch = []
-                self._on_event(event)
-            if batch:
-                self._persist(batch)
-            events = self.session.events_received()
-            self._flush()
+    # ------------------------------------------------------------------ SessionHandler (driver)
+
+    def on_data(self, items: list[tuple[int, Any]]) -> None:
+        self._persist(items)
+
+    def on_event(self, event: ev.Event) -> None:
+        self._on_event(event)
+
+    def _write(self, frame: OutFrame) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.put(frame.data, frame.binary)
 
     def _on_event(self, event: ev.Event) -> None:
         match event:
@@ -357,6 +352,20 @@ class WorkerConnection:
                 self._on_auth(event)
             case ev.Opened():
                 self._on_opened(event)
+            case ev.PeerStreamStarted() | ev.PeerStreamAdvanced():
+                self._on_peer_stream(event)
+            case ev.RestartOwnStream():
+                # The worker holds more of our stream than our store does (restored from an older
+                # copy): what we still have goes out again as a new stream; the worker's ledger
+                # recognises job ids it already has.
+                epoch = self.hub.store.restart_stream(self.session.peer_id)
+                self.hub.counters.add("epoch_restarts")
+                self._log.warning(
+                    "facilitator: our stream to worker={} restarts as epoch {} ({})",
+                    self.session.peer_id,
+                    epoch,
+                    event.detail,
+                )
             case ev.Acked():
                 self.hub.store.ack(self.worker_id, event.upto)
                 self._fill()
@@ -393,32 +402,30 @@ class WorkerConnection:
         self.worker_id = event.worker_id
         self._log = self._log.bind(worker=event.worker_id)
         self.hub.attach(self)
-        marks = self.hub.store.marks(event.worker_id)
-        self._marks = marks
+        self._stored_out_last_seq = (marks := self.hub.store.marks(event.worker_id)).out_last_seq
         self.session.accept(marks)
 
+    def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
+        if isinstance(event, ev.PeerStreamAdvanced):
+            self.hub.store.open_stream(self.worker_id, event.epoch, event.hwm, False)
+            return
+        self.hub.store.open_stream(self.worker_id, event.epoch, event.after, True)
+        self.hub.counters.add("new_streams")
+        # A first stream is routine; a replaced one means the worker's store was lost.
+        self._log.log(
+            "WARNING" if event.previous_epoch else "INFO",
+            "facilitator: new worker stream worker={} epoch={} previous_epoch={} resume_after={}",
+            self.worker_id,
+            event.epoch,
+            event.previous_epoch or "-",
+            event.after,
+        )
+
     def _on_opened(self, event: ev.Opened) -> None:
-        counters = self.hub.counters
-        counters.add("sessions_opened")
+        self.hub.counters.add("sessions_opened")
         self._opened = True
         self._in_epoch = event.in_epoch
-        marks = self._marks
-        if event.new_in_stream:
-            self.hub.store.open_stream(self.worker_id, event.in_epoch, event.in_hwm, True)
-            counters.add("new_streams")
-            previous = marks.in_epoch if marks else ""
-            # A first stream is routine; a replaced one means the worker's store was lost.
-            self._log.log(
-                "WARNING" if previous else "INFO",
-                "facilitator: new worker stream worker={} epoch={} previous_epoch={} resume_after={}",
-                self.worker_id,
-                event.in_epoch,
-                previous or "-",
-                event.in_hwm,
-            )
-        elif marks is not None and event.in_hwm > marks.in_hwm:
-            self.hub.store.open_stream(self.worker_id, event.in_epoch, event.in_hwm, False)
-        if event.new_out_stream and marks is not None and marks.out_last_seq:
+        if event.new_out_stream and self._stored_out_last_seq:
             self._log.warning(
                 "facilitator: worker does not know our stream (its store is new) worker={} resume_after={}",
                 self.worker_id,
@@ -447,18 +454,6 @@ class WorkerConnection:
             return
         if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        if event.code is ErrorCode.ACK_OUT_OF_RANGE and not event.by_peer and not self._opened:
-            # The worker holds more of our stream than our store does (restored from an older
-            # copy): what we still have goes out again as a new stream; the worker's ledger
-            # recognises job ids it already has.
-            epoch = self.hub.store.restart_stream(self.session.peer_id)
-            counters.add("epoch_restarts")
-            self._log.warning(
-                "facilitator: our stream to worker={} restarts as epoch {} ({})",
-                self.session.peer_id,
-                epoch,
-                event.detail,
-            )
         self._log.info(
             "facilitator: session closed worker={} code={} by_peer={} detail={}",
             self.worker_id or self.session.peer_id or "?",
@@ -467,7 +462,7 @@ class WorkerConnection:
             event.detail,
         )
 
-    def _persist(self, batch: Sequence[tuple[int, WorkerBody]]) -> None:
+    def _persist(self, batch: Sequence[tuple[int, Any]]) -> None:
         outcome = self.hub.store.accept(self.worker_id, self._in_epoch, batch)
         counters = self.hub.counters
         counters.add("data_accepted", outcome.accepted)
@@ -488,7 +483,6 @@ class WorkerConnection:
             return
         if outcome.upto and self.session.is_open:
             self.session.acknowledge(min(outcome.upto, self.session.receiver.seen))
-        self._flush()
 
     def _fill(self) -> None:
         """Send stored job requests/cancels to the worker while the window has room."""
@@ -503,19 +497,11 @@ class WorkerConnection:
                 return
             self.session.note_appended(rows[-1][0])
             self.session.send_data(rows)
-            self._flush()
+            self.driver.flush()
             if len(rows) < want:
                 return
 
     # ------------------------------------------------------------------ internals
-
-    def _flush(self) -> None:
-        """Hand what the session queued to the writer thread (never blocks)."""
-        writer = self._writer
-        if writer is None:
-            return
-        for frame in self.session.data_to_send():
-            writer.put(frame.data, frame.binary)
 
     def _close_transport(self) -> None:
         """Close the WebSocket after the frames already queued; bounded (a stuck writer is

@@ -22,113 +22,26 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import msgspec
 from loguru import logger
 from websockets.sync.server import Server, ServerConnection, serve
 
-from jobrelay.actors.errors import ConfigError, JobTooLarge
-from jobrelay.actors.facilitator_config import FacilitatorConfig, load_facilitator_config
-from jobrelay.actors.facilitator_conn import CLOSE_TIMEOUT, Counters, LockedNonceRegistry, WorkerConnection
-from jobrelay.actors.facilitator_store import (
-    JOB_REQUEST,
-    MACHINE_SPECS,
-    Assignment,
-    FacilitatorStore,
-)
+from jobrelay.facilitator.config import FacilitatorConfig
+from jobrelay.facilitator.connection import CLOSE_TIMEOUT, Counters, LockedNonceRegistry, WorkerConnection
+from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.store import FacilitatorStore
+from jobrelay.facilitator.store_ops import JOB_REQUEST, MACHINE_SPECS, Assignment
+from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY
 from jobrelay.protocol.codec import check_sendable
-from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
+from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
-from jobrelay.storage.ledger import JobRecord, StatusEntry
+from jobrelay.storage.ledger import JobRecord
 
-__all__ = [
-    "Facilitator",
-    "FacilitatorConfig",
-    "FacilitatorStats",
-    "JobTooLarge",
-    "JobView",
-    "WorkerView",
-    "load_facilitator_config",
-    "start_facilitator",
-]
+__all__ = ["Facilitator", "start_facilitator"]
 
 
 _REPLACE_WAIT = 2.0  # longest a new connection waits for the one it replaces to let go
-
-
-class JobView(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as the facilitator knows it.
-
-    Attributes:
-        record: The ledger record (``record.peer`` is the worker it was routed to, "" if queued).
-        history: Every recorded status, oldest first.
-        payload: The payload given to submit().
-    """
-
-    record: JobRecord
-    history: list[StatusEntry]
-    payload: Any = None
-
-    @property
-    def job_id(self) -> str:
-        return self.record.job_id
-
-    @property
-    def status(self) -> str | None:
-        return self.record.status
-
-    @property
-    def worker(self) -> str:
-        return self.record.peer
-
-
-class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
-    """A worker as the facilitator knows it.
-
-    Attributes:
-        worker_id: The worker's id.
-        connected: An authenticated session is open now.
-        draining: Its last heartbeat said it is draining (no new jobs are routed to it).
-        last_contact: When a frame last arrived from it (seconds since the epoch), if ever.
-        outbox_depth: Job requests/cancels stored for it and not yet acknowledged.
-        outstanding_jobs: Jobs routed to it without a terminal status.
-        specs: Its latest machine specs, if it sent any.
-        last_event: The name of its latest worker event ("" if none).
-        in_epoch: The epoch of its stream we accept from; in_hwm: our high-water mark there.
-    """
-
-    worker_id: str
-    connected: bool
-    draining: bool
-    last_contact: float | None
-    outbox_depth: int
-    outstanding_jobs: int
-    specs: dict[str, Any] | None = None
-    last_event: str = ""
-    in_epoch: str = ""
-    in_hwm: int = 0
-
-
-class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counters since start (see docs/FACILITATOR.md)."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    data_accepted: int = 0
-    duplicates_dropped: int = 0
-    new_streams: int = 0
-    epoch_restarts: int = 0
-    refused_updates: int = 0
-    auth_failures: int = 0
-    heartbeat_timeouts: int = 0
-    sessions_opened: int = 0
-    sessions_closed: int = 0
-    connections_replaced: int = 0
-    jobs_submitted: int = 0
-    connected_workers: int = 0
-    store_commits: int = 0
-    store_operations: int = 0
 
 
 class Facilitator:

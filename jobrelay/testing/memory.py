@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from jobrelay.actors.transport import TransportClosed, TransportError
+from jobrelay.common.transport import TransportClosed, TransportError
 
 __all__ = ["MemoryEnd", "MemoryNetwork", "memory_pair"]
 

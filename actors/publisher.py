@@ -1,0 +1,372 @@
+# The worker's outgoing stream as a plain class (the Outbox actor drives it from its thread):
+# group commits of publishes together with their job-ledger records, publishes waiting in order
+# for room, the recent rows kept decoded for sending, and the hand-over of stored data to the
+# session up to the limit the session's send window sets (protocol.streams.Sender).
+# Invariants: a publish future resolves only after its row is committed (durable before
+# acknowledged to the caller); publishes are stored in the order they were made, also when some
+# wait for room; nothing is handed over twice within a session, and after a new session handing
+# over resumes right after the facilitator's acknowledged seq, in order.
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from loguru import logger
+
+from jobrelay.actors.actor_messages import Count, Gauge, Observe, Publish
+from jobrelay.actors.config import WorkerConfig
+from jobrelay.protocol.codec import check_sendable
+from jobrelay.protocol.errors import LocalProtocolError
+from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
+from jobrelay.storage import (
+    Database,
+    JobLedger,
+    Outbox,
+    OutboxFull,
+    OutboxStats,
+    StatusResult,
+    StatusUpdate,
+    StorageError,
+    TerminalStatusError,
+    UnknownJobError,
+    open_database,
+)
+
+__all__ = ["Publisher", "decode_body", "encode_body"]
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(WorkerBody)
+
+Items = list[tuple[int, Any]]
+
+
+def encode_body(body: WorkerBody) -> tuple[str, bytes]:
+    """``(kind, payload)`` as stored: the body's tag and its JSON encoding."""
+    return type(body).__struct_config__.tag, _ENCODER.encode(body)  # type: ignore[return-value]
+
+
+def decode_body(payload: bytes) -> WorkerBody:
+    body: WorkerBody = _DECODER.decode(payload)
+    return body
+
+
+class Publisher:
+    """The worker's durable outgoing stream (status updates, machine specs, worker events).
+
+    Args:
+        config: the worker configuration.
+        report: receives Count/Gauge/Observe messages for the Metrics actor.
+        clock: seconds since the epoch.
+    """
+
+    def __init__(
+        self, config: WorkerConfig, *, report: Callable[[Any], object], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self._report = report
+        self._clock = clock
+        self._db: Database | None = None
+        self._outbox: Outbox | None = None
+        self._ledger: JobLedger | None = None
+        self._blocked: list[tuple[float, Publish]] = []
+        self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
+        self._busy = False  # something was published since the last beat
+        self.session: str | None = None
+        self._handed = 0  # highest seq handed to the session
+        self._limit = 0  # highest seq the session's window lets us hand over
+        self._acked = 0
+        self._persisted_ack = 0
+        self._last_seq = 0
+
+    # ------------------------------------------------------------ lifecycle (the actor's thread)
+
+    def open(self) -> None:
+        """Open the database (in the thread that will use it)."""
+        self._db = open_database(self.config.db_path, durability=self.config.durability, check=False)
+        self._outbox = Outbox(
+            self._db, "out", max_rows=self.config.max_outbox_rows, max_bytes=self.config.max_outbox_bytes
+        )
+        self._ledger = JobLedger(self._db)
+        self._acked = self._persisted_ack = self._outbox.last_acked
+        self._last_seq = self._outbox.last_seq
+
+    def close(self) -> None:
+        """Fail what still waits for room and close the database."""
+        blocked, self._blocked = self._blocked, []
+        self.fail([p for _, p in blocked])
+        if self._db is not None:
+            self._db.close()
+
+    def finish(self) -> None:
+        """At stop: store what waits for room if it fits now, persist the ack, then close."""
+        self.retry_blocked()
+        self.persist_ack()
+        self.close()
+
+    # ------------------------------------------------------------ queries
+
+    def out_marks(self) -> tuple[str, int, int]:
+        """``(epoch, last_acked, last_seq)`` of the outgoing stream."""
+        outbox = self._store()
+        return outbox.epoch, outbox.last_acked, outbox.last_seq
+
+    def stats(self) -> OutboxStats:
+        return self._store().stats()
+
+    def in_flight(self) -> int:
+        """Handed to the session and not yet acknowledged."""
+        return self._handed - self._acked if self.session else 0
+
+    @property
+    def waiting(self) -> bool:
+        """Publishes wait for room: new ones must queue behind them."""
+        return bool(self._blocked)
+
+    # ------------------------------------------------------------ publishing
+
+    def wait(self, publish: Publish) -> None:
+        """Queue ``publish`` behind those waiting for room (keeps their order)."""
+        self._blocked.append((self._deadline(publish), publish))
+
+    def write(self, batch: list[Publish]) -> bool:
+        """Commit ``batch`` in one transaction and resolve its futures; False when it must wait
+        for room (it is then kept, in order, to be retried)."""
+        outbox, ledger, db = self._store(), self._ledger, self._db
+        assert ledger is not None and db is not None
+        encoded = [encode_body(p.body) for p in batch]
+        refused = self._unsendable(batch, encoded)
+        updates = [
+            (i, StatusUpdate(p.body.job_id, p.body.status.value, p.body.detail, p.body.progress, p.body.at))
+            for i, p in enumerate(batch)
+            if isinstance(p.body, JobStatusUpdate) and i not in refused
+        ]
+        try:
+            with db.transaction("publish"):
+                self.persist_ack()  # rides along: no fsync of its own
+                if updates:
+                    results = ledger.record_statuses([u for _, u in updates])
+                    for (i, update), result in zip(updates, results, strict=True):
+                        if result is not StatusResult.RECORDED:
+                            refused[i] = _refusal(update, result, db)
+                assigned = outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
+        except OutboxFull:
+            self._blocked.extend((self._deadline(p), p) for p in batch)
+            self._report(Count("outbox_full"))
+            return False
+        except Exception as exc:
+            for publish in batch:
+                publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
+            logger.error("publish of {} messages failed: {}", len(batch), exc)
+            return True
+        self._resolve(batch, refused, assigned)
+        return True
+
+    def _unsendable(self, batch: list[Publish], encoded: list[tuple[str, bytes]]) -> dict[int, Exception]:
+        refused: dict[int, Exception] = {}
+        for i, (publish, (_, payload)) in enumerate(zip(batch, encoded, strict=True)):
+            try:
+                check_sendable(
+                    publish.body,
+                    max_frame_bytes=self.config.max_frame_bytes,
+                    formats=self.config.formats,
+                    json_body_size=len(payload),
+                )
+            except LocalProtocolError as exc:
+                refused[i] = exc
+        return refused
+
+    def _resolve(self, batch: list[Publish], refused: dict[int, Exception], assigned: list[int]) -> None:
+        if assigned:
+            self._last_seq = assigned[-1]
+        now = self._clock()
+        # Only what is about to be handed over is kept decoded in memory; the rest is read back.
+        cache_limit = 2 * (self._limit - self._acked) if self.session else 0
+        seqs = iter(assigned)
+        for i, publish in enumerate(batch):
+            if i in refused:
+                refusal = refused[i]
+                logger.warning("refused to publish: {}", refusal)
+                publish.future.set_exception(exc_info=(type(refusal), refusal, None))
+                continue
+            seq = next(seqs)
+            if len(self._cache) < cache_limit:
+                self._cache[seq] = (publish.body, now)
+            publish.future.set(seq)
+        self._report(Count("published", len(batch) - len(refused)))
+        self._busy = True
+
+    def _deadline(self, publish: Publish) -> float:
+        """When a publish waiting for room fails. A job's terminal status never does: the
+        job must end exactly once, so it waits for the facilitator to free room."""
+        body = publish.body
+        if isinstance(body, JobStatusUpdate) and body.status.terminal:
+            return math.inf
+        return self._clock() + self.config.publish_timeout
+
+    def retry_blocked(self) -> None:
+        """Store the longest front part of the waiting publishes that fits now, in order."""
+        if not self._blocked:
+            return
+        stats = self._store().stats()
+        rows_free = self.config.max_outbox_rows - stats.depth_rows
+        bytes_free = self.config.max_outbox_bytes - stats.depth_bytes
+        fits = 0
+        for _, publish in self._blocked:
+            size = len(encode_body(publish.body)[1])
+            if fits >= rows_free or size > bytes_free:
+                break
+            fits, bytes_free = fits + 1, bytes_free - size
+        if not fits:
+            return
+        ready, waiting = self._blocked[:fits], self._blocked[fits:]
+        self._blocked = []
+        if not self.write([p for _, p in ready]):
+            self._blocked = ready  # the ledger or a concurrent change said otherwise: keep order
+        self._blocked.extend(waiting)
+
+    def fail(self, publishes: list[Publish]) -> None:
+        """Fail publishes that found no room before their deadline (or before the stop)."""
+        if not publishes or self._outbox is None:
+            return
+        stats = self._outbox.stats()
+        exc = OutboxFull(
+            "out",
+            depth_rows=stats.depth_rows,
+            depth_bytes=stats.depth_bytes,
+            max_rows=self.config.max_outbox_rows,
+            max_bytes=self.config.max_outbox_bytes,
+            adding_rows=len(publishes),
+            adding_bytes=0,
+        )
+        for publish in publishes:
+            publish.future.set_exception(exc_info=(OutboxFull, exc, None))
+
+    # ------------------------------------------------------------ the session
+
+    def fill(self) -> Items:
+        """What to hand over to the session now, in seq order (fresh rows from memory, older
+        ones from disk); empty when the session's limit or the stream's end is reached."""
+        if self.session is None:
+            return []
+        upto = min(self._last_seq, self._limit)
+        if self._handed >= upto:
+            return []
+        items: Items = []
+        seq = self._handed + 1
+        if seq in self._cache:
+            while seq <= upto and seq in self._cache:
+                items.append((seq, self._cache[seq][0]))
+                seq += 1
+        else:
+            for row in self._store().pending(after=self._handed, limit=upto - self._handed):
+                items.append((row.seq, decode_body(row.payload)))
+        if items:
+            self._handed = items[-1][0]
+        return items
+
+    def opened(self, session_id: str, resume_after: int, limit: int) -> None:
+        """A session opened: hand over from ``resume_after`` on, up to ``limit``."""
+        if resume_after > self._persisted_ack:
+            self._store().ack(resume_after)
+            self._persisted_ack = resume_after
+        replay = self._last_seq - resume_after
+        self.session, self._limit = session_id, limit
+        self._handed = self._acked = resume_after
+        self._drop_cached(resume_after)
+        if replay:
+            logger.info("replaying {} messages after seq {}", replay, resume_after)
+            self._report(Count("replayed", replay))
+
+    def closed(self, session_id: str) -> None:
+        if session_id == self.session:
+            self.session = None
+
+    def acked(self, upto: int, limit: int) -> None:
+        """The facilitator holds our stream up to ``upto``; the window now reaches ``limit``."""
+        # The window opens at once; deleting the acked rows waits for the next commit or beat.
+        # Losing that delete in a crash only re-sends rows the facilitator already holds (and
+        # drops as duplicates), so it needs no fsync of its own.
+        self._report(Count("acked", upto - self._acked))
+        self._acked = upto
+        self._limit = max(self._limit, limit)
+        self._drop_cached(upto)
+        if self._blocked:  # publishers are waiting for room: free it now
+            self.persist_ack()
+            self.retry_blocked()
+
+    def restart_epoch(self, reason: str) -> None:
+        """The facilitator holds more of our stream than our store: start a new epoch."""
+        outbox = self._store()
+        old = outbox.epoch
+        new = outbox.restart_epoch()
+        self._cache.clear()  # cached seqs belong to the old numbering
+        self.session, self._handed, self._acked, self._persisted_ack = None, 0, 0, 0
+        self._last_seq = outbox.last_seq
+        logger.warning(
+            "outbox starts a new stream: epoch {} -> {} ({}); {} unacknowledged messages will be sent again",
+            old,
+            new,
+            reason,
+            self._last_seq,
+        )
+        self._report(Count("epoch_restarts"))
+
+    def persist_ack(self) -> None:
+        # The only writer of this stream tracks its marks itself instead of reading them back.
+        outbox = self._outbox
+        if outbox is not None and self._acked > self._persisted_ack:
+            outbox.ack(self._acked)
+            self._persisted_ack = self._acked
+
+    def _drop_cached(self, upto: int) -> None:
+        now = self._clock()
+        cache = self._cache
+        while cache:
+            seq, (_, at) = next(iter(cache.items()))
+            if seq > upto:
+                break
+            del cache[seq]
+            if seq == upto:  # one sample per ack keeps the histogram cheap
+                self._report(Observe("ack_latency", now - at))
+
+    # ------------------------------------------------------------ beats
+
+    def beat(self, now: float) -> None:
+        """Persist the ack, expire publishes that waited too long, report gauges, and when idle
+        give a drained backlog's pages back (a bounded step per beat)."""
+        self.persist_ack()
+        self.retry_blocked()
+        expired = [p for deadline, p in self._blocked if deadline <= now]
+        if expired:
+            self._blocked = [(d, p) for d, p in self._blocked if d > now]
+            self.fail(expired)
+        stats = self._store().stats()
+        self._report(Gauge("outbox_depth", stats.depth_rows))
+        self._report(Gauge("outbox_bytes", stats.depth_bytes))
+        self._report(Gauge("outbox_oldest_age", stats.oldest_unacked_age or 0.0))
+        self._report(Gauge("in_flight", self.in_flight()))
+        if not self._busy:
+            with contextlib.suppress(StorageError):
+                self._store_db().reclaim_space()
+        self._busy = False
+
+    def _store_db(self) -> Database:
+        assert self._db is not None, "Publisher not opened"
+        return self._db
+
+    def _store(self) -> Outbox:
+        assert self._outbox is not None, "Publisher not opened"
+        return self._outbox
+
+
+def _refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:
+    if result is StatusResult.UNKNOWN_JOB:
+        return UnknownJobError(update.job_id, path=db.path)
+    if result is StatusResult.ALREADY_TERMINAL:
+        return TerminalStatusError(update.job_id, "terminal", update.status, path=db.path)
+    return ValueError(f"invalid status update {update!r}")

@@ -1,0 +1,262 @@
+# What the facilitator's store thread runs: its in-memory state beside the database, the result
+# types, and the operations that touch several tables at once (submit, accept, status checks).
+# Invariants:
+# - Only the store thread calls these, inside a transaction and an operation's savepoint.
+# - What StoreState keeps in memory (Outbox objects, outstanding jobs per worker) follows the
+#   database through rollbacks: an operation's changes are undone when its savepoint rolls back,
+#   the group's when its transaction does.
+# - A job's request is appended to its worker's outbox in the same transaction that records and
+#   routes it; a status update is recorded only if the job was routed to the worker sending it.
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+import msgspec
+from loguru import logger
+
+from jobrelay.protocol.errors import ErrorCode
+from jobrelay.protocol.messages import (
+    FacilitatorBody,
+    JobCancel,
+    JobRequest,
+    JobStatusUpdate,
+    MachineSpecs,
+    WorkerBody,
+    WorkerEvent,
+)
+from jobrelay.storage import routing
+from jobrelay.storage.database import Database
+from jobrelay.storage.inbox import AcceptResult, Inbox, InboxState
+from jobrelay.storage.ledger import JobLedger, StatusResult, StatusUpdate
+from jobrelay.storage.outbox import Outbox, OutboxStats
+
+__all__ = [
+    "ENCODER",
+    "FACILITATOR_BODY",
+    "JOB_REQUEST",
+    "MACHINE_SPECS",
+    "AcceptOutcome",
+    "Assignment",
+    "Refusal",
+    "StoreState",
+    "WorkerFacts",
+    "accept_batch",
+    "least_busy",
+    "submit_jobs",
+]
+
+ENCODER: Final = msgspec.json.Encoder()
+FACILITATOR_BODY: Final = msgspec.json.Decoder(FacilitatorBody)
+JOB_REQUEST: Final = msgspec.json.Decoder(JobRequest)
+MACHINE_SPECS: Final = msgspec.json.Decoder(MachineSpecs)
+_TAGS: Final[dict[type, str]] = {
+    JobStatusUpdate: "job_status",
+    MachineSpecs: "machine_specs",
+    WorkerEvent: "worker_event",
+    JobRequest: "job_request",
+    JobCancel: "job_cancel",
+}
+
+
+class Refusal(NamedTuple):
+    """A status update that was not recorded. ``code`` is set when the worker is told."""
+
+    job_id: str
+    code: ErrorCode | None
+    detail: str
+
+
+class AcceptOutcome(NamedTuple):
+    """What one received batch did.
+
+    Attributes:
+        upto: Highest seq now durable here (accepted now or before); 0 when none.
+        accepted: Messages stored for the first time.
+        duplicates: Messages the store already had (dropped).
+        refused: Status updates not recorded (not this worker's job, or after a terminal one).
+        gap: The store saw a seq gap (its mark disagrees with the session's): close the session.
+    """
+
+    upto: int
+    accepted: int
+    duplicates: int
+    refused: list[Refusal]
+    gap: bool
+
+
+class Assignment(NamedTuple):
+    """Where a submitted job went: ``worker`` "" (and ``seq`` 0) while it is queued."""
+
+    job_id: str
+    worker: str
+    seq: int
+
+
+class WorkerFacts(NamedTuple):
+    """Stored facts of every known worker, for ``Facilitator.workers()``."""
+
+    records: list[routing.WorkerRecord]
+    outboxes: list[OutboxStats]
+    inboxes: list[InboxState]
+    outstanding: dict[str, int]
+
+
+@dataclass
+class _Undo:
+    """In-memory changes made since a savepoint, to undo if it rolls back."""
+
+    created: list[str] = field(default_factory=list)  # outbox streams opened (maybe created)
+    counts: dict[str, int | None] = field(default_factory=dict)  # outstanding before (None: absent)
+
+
+@dataclass
+class StoreState:
+    """Everything the store thread owns.
+
+    Change ``outstanding`` only through ``add_outstanding`` and get outboxes only through
+    ``outbox``: both are journaled so ``rollback_op``/``rollback_group`` can undo them.
+    """
+
+    db: Database
+    inbox: Inbox
+    ledger: JobLedger
+    outstanding: dict[str, int]
+    outboxes: dict[str, Outbox] = field(default_factory=dict)
+    op_undo: _Undo = field(default_factory=_Undo)
+    group_undo: _Undo = field(default_factory=_Undo)
+
+    def outbox(self, worker_id: str) -> Outbox:
+        box = self.outboxes.get(worker_id)
+        if box is None:
+            # Opening may create the stream row in the current savepoint: if that rolls back,
+            # the object must go too (it would point at a row that no longer exists).
+            box = self.outboxes[worker_id] = Outbox(self.db, stream=worker_id)
+            self.op_undo.created.append(worker_id)
+        return box
+
+    def add_outstanding(self, worker_id: str, delta: int) -> None:
+        self.op_undo.counts.setdefault(worker_id, self.outstanding.get(worker_id))
+        self.outstanding[worker_id] = max(0, self.outstanding.get(worker_id, 0) + delta)
+
+    def begin_group(self) -> None:
+        self.group_undo = _Undo()
+        self.op_undo = _Undo()
+
+    def commit_op(self) -> None:
+        """The operation's savepoint was released: its changes belong to the group now."""
+        op, self.op_undo = self.op_undo, _Undo()
+        self.group_undo.created.extend(op.created)
+        for worker_id, before in op.counts.items():
+            self.group_undo.counts.setdefault(worker_id, before)
+
+    def rollback_op(self) -> None:
+        self._undo(self.op_undo)
+        self.op_undo = _Undo()
+
+    def rollback_group(self) -> None:
+        self.rollback_op()
+        self._undo(self.group_undo)
+        self.group_undo = _Undo()
+
+    def _undo(self, undo: _Undo) -> None:
+        for worker_id in undo.created:
+            self.outboxes.pop(worker_id, None)
+        for worker_id, before in undo.counts.items():
+            if before is None:
+                self.outstanding.pop(worker_id, None)
+            else:
+                self.outstanding[worker_id] = before
+
+
+def least_busy(s: StoreState, eligible: Sequence[str]) -> str:
+    return min(eligible, key=lambda w: (s.outstanding.get(w, 0), w))
+
+
+def submit_jobs(
+    s: StoreState, requests: Sequence[JobRequest], worker_id: str | None, eligible: Sequence[str]
+) -> list[Assignment]:
+    out: list[Assignment] = []
+    routed: dict[str, list[tuple[str, bytes]]] = {}
+    for request in requests:
+        existing = s.ledger.get(request.job_id)
+        if existing is not None:
+            out.append(Assignment(request.job_id, existing.peer, 0))
+            continue
+        worker = worker_id or (least_busy(s, eligible) if eligible else "")
+        payload = ENCODER.encode(request)
+        s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
+        if worker:
+            s.add_outstanding(worker, 1)
+            routed.setdefault(worker, []).append((request.job_id, payload))
+        out.append(Assignment(request.job_id, worker, 0))
+    seqs: dict[str, int] = {}
+    for worker, jobs in routed.items():
+        for (job_id, _), seq in zip(
+            jobs, s.outbox(worker).append_many([("job_request", p) for _, p in jobs]), strict=True
+        ):
+            seqs[job_id] = seq
+    return [a._replace(seq=seqs.get(a.job_id, 0)) if a.worker else a for a in out]
+
+
+def accept_batch(
+    s: StoreState, worker_id: str, epoch: str, items: Sequence[tuple[int, WorkerBody]]
+) -> AcceptOutcome:
+    if s.inbox.state(worker_id)[0] != epoch:
+        logger.warning("facilitator: dropping a late batch of worker={} from old epoch {}", worker_id, epoch)
+        return AcceptOutcome(upto=0, accepted=0, duplicates=0, refused=[], gap=True)
+    rows = [(seq, _TAGS[type(body)], ENCODER.encode(body)) for seq, body in items]
+    results = s.inbox.accept_many(worker_id, rows)
+    upto = duplicates = 0
+    gap = False
+    accepted: list[WorkerBody] = []
+    for (seq, body), result in zip(items, results, strict=True):
+        if result is AcceptResult.ACCEPTED:
+            accepted.append(body)
+            upto = seq
+        elif result is AcceptResult.DUPLICATE:
+            duplicates += 1
+            upto = max(upto, seq)
+        else:
+            gap = True
+            break
+    refused: list[Refusal] = []
+    statuses = [b for b in accepted if isinstance(b, JobStatusUpdate)]
+    if statuses:
+        refused = _record_statuses(s, worker_id, statuses)
+    specs = [b for b in accepted if isinstance(b, MachineSpecs)]
+    if specs:
+        routing.record_specs(s.db, worker_id, ENCODER.encode(specs[-1]), specs[-1].at)
+    events = [(b.event, b.detail, b.at) for b in accepted if isinstance(b, WorkerEvent)]
+    if events:
+        routing.record_worker_events(s.db, worker_id, events)
+    if accepted:
+        s.inbox.mark_consumed(worker_id, upto)  # applied in this same transaction
+    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap)
+
+
+def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpdate]) -> list[Refusal]:
+    owners = routing.job_owners(s.db, [u.job_id for u in statuses])
+    refused: list[Refusal] = []
+    mine: list[JobStatusUpdate] = []
+    for update in statuses:
+        owner = owners.get(update.job_id)
+        if owner == worker_id:
+            mine.append(update)
+        elif owner is None:
+            refused.append(Refusal(update.job_id, ErrorCode.JOB_NOT_YOURS, "unknown job"))
+        else:
+            refused.append(Refusal(update.job_id, ErrorCode.JOB_NOT_YOURS, "job was not sent to this worker"))
+    if not mine:
+        return refused
+    results = s.ledger.record_statuses(
+        [StatusUpdate(u.job_id, u.status.value, u.detail, u.progress, u.at) for u in mine]
+    )
+    for update, result in zip(mine, results, strict=True):
+        if result is StatusResult.RECORDED:
+            if update.status.terminal:
+                s.add_outstanding(worker_id, -1)
+        else:
+            refused.append(Refusal(update.job_id, None, f"{update.status.value}: {result.value}"))
+    return refused

@@ -1,0 +1,84 @@
+# What the facilitator's public API returns: read-only views of jobs, workers and counters.
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from jobrelay.storage.ledger import JobRecord, StatusEntry
+
+__all__ = ["FacilitatorStats", "JobView", "WorkerView"]
+
+
+class JobView(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the facilitator knows it.
+
+    Attributes:
+        record: The ledger record (``record.peer`` is the worker it was routed to, "" if queued).
+        history: Every recorded status, oldest first.
+        payload: The payload given to submit().
+    """
+
+    record: JobRecord
+    history: list[StatusEntry]
+    payload: Any = None
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def status(self) -> str | None:
+        return self.record.status
+
+    @property
+    def worker(self) -> str:
+        return self.record.peer
+
+
+class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker as the facilitator knows it.
+
+    Attributes:
+        worker_id: The worker's id.
+        connected: An authenticated session is open now.
+        draining: Its last heartbeat said it is draining (no new jobs are routed to it).
+        last_contact: When a frame last arrived from it (seconds since the epoch), if ever.
+        outbox_depth: Job requests/cancels stored for it and not yet acknowledged.
+        outstanding_jobs: Jobs routed to it without a terminal status.
+        specs: Its latest machine specs, if it sent any.
+        last_event: The name of its latest worker event ("" if none).
+        in_epoch: The epoch of its stream we accept from; in_hwm: our high-water mark there.
+    """
+
+    worker_id: str
+    connected: bool
+    draining: bool
+    last_contact: float | None
+    outbox_depth: int
+    outstanding_jobs: int
+    specs: dict[str, Any] | None = None
+    last_event: str = ""
+    in_epoch: str = ""
+    in_hwm: int = 0
+
+
+class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters since start (see docs/FACILITATOR.md)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    data_accepted: int = 0
+    duplicates_dropped: int = 0
+    new_streams: int = 0
+    epoch_restarts: int = 0
+    refused_updates: int = 0
+    auth_failures: int = 0
+    heartbeat_timeouts: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    connections_replaced: int = 0
+    jobs_submitted: int = 0
+    connected_workers: int = 0
+    store_commits: int = 0
+    store_operations: int = 0
