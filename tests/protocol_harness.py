@@ -9,7 +9,6 @@ it and it must come again). Time is virtual.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,55 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry, public_key_hex
 from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfig, WorkerSession
-from jobrelay.protocol.streams import StreamMarks
+from jobrelay.testing.facilitator import MemoryStore, send_window
+
+Store = MemoryStore  # each side's durable store (the library's in-memory model of one)
+__all__ = ["AUTHORIZED", "KEY", "T0", "WORKER_ID", "Pair", "Side", "Store", "send_window"]
 
 WORKER_ID = "worker-1"
 KEY = Ed25519PrivateKey.generate()
 AUTHORIZED = {WORKER_ID: public_key_hex(KEY)}
 T0 = 1_700_000_000.0
-
-
-def send_window(session: WorkerSession | FacilitatorSession, out: Mapping[int, Any], last_seq: int) -> bool:
-    """Send the stored (unacked) messages ``out`` that the session's window allows, in seq
-    order, up to ``last_seq``; True if any went out."""
-    first = session.sender.sent + 1
-    count = min(session.sender.capacity, last_seq - session.sender.sent)
-    if count <= 0:
-        return False
-    session.send_data([(seq, out[seq]) for seq in range(first, first + count)])
-    return True
-
-
-@dataclass
-class Store:
-    """What a side keeps durably: its outgoing stream and what it accepted of the peer's."""
-
-    out_epoch: str
-    out: dict[int, Any] = field(default_factory=dict)  # unacked seq -> body
-    out_last_seq: int = 0
-    out_acked: int = 0
-    in_epoch: str = ""
-    in_hwm: int = 0
-    delivered: list[Any] = field(default_factory=list)  # what the application received, in order
-    sent: list[Any] = field(default_factory=list)  # what the application published, in order
-
-    def marks(self) -> StreamMarks:
-        return StreamMarks(self.out_epoch, self.out_acked, self.out_last_seq, self.in_epoch, self.in_hwm)
-
-    def publish(self, body: Any) -> int:
-        self.out_last_seq += 1
-        self.out[self.out_last_seq] = body
-        self.sent.append(body)
-        return self.out_last_seq
-
-    def send_window(self, session: WorkerSession | FacilitatorSession) -> bool:
-        return send_window(session, self.out, self.out_last_seq)
-
-    def ack(self, upto: int) -> None:
-        assert upto <= self.out_last_seq, "peer acknowledged a seq we never assigned"
-        for seq in range(self.out_acked + 1, upto + 1):
-            self.out.pop(seq, None)
-        self.out_acked = max(self.out_acked, upto)
 
 
 @dataclass

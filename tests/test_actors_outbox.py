@@ -15,8 +15,8 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ErrorCode, ProtocolError
 from jobrelay.protocol.messages import JobRequest, JobStatus, WorkerEvent
 from jobrelay.storage import OutboxFull
+from jobrelay.testing import MemoryFacilitator
 
-from .memory_facilitator import MemoryFacilitator
 from .test_actors_worker import KEY, config, terminal
 
 

@@ -14,8 +14,7 @@ from jobrelay.actors import CommandHandler, JobContext, WorkerConfig, start_work
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.messages import JobRequest, JobStatus, MachineSpecs
-
-from .memory_facilitator import MemoryFacilitator
+from jobrelay.testing import MemoryFacilitator
 
 KEY = Ed25519PrivateKey.generate()
 KEY_HEX = KEY.private_bytes_raw().hex()
