@@ -23,156 +23,28 @@ from __future__ import annotations
 import contextlib
 import queue
 import secrets
-import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from loguru import logger
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
-from jobrelay.common.transport import BackgroundSender, TransportClosed, TransportError
-from jobrelay.facilitator.config import FacilitatorConfig
-from jobrelay.facilitator.store import FacilitatorStore
+from jobrelay.common.transport import BackgroundSender
+from jobrelay.facilitator.hub import Hub
+from jobrelay.facilitator.server_transport import CLOSE_TIMEOUT, Lost, ServerTransport, read_frames
 from jobrelay.protocol import events as ev
-from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
 from jobrelay.protocol.messages import Response
-from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfig, SessionState
+from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionState
 
-__all__ = [
-    "Counters",
-    "Hub",
-    "LockedNonceRegistry",
-    "WorkerConnection",
-]
+__all__ = ["WorkerConnection"]
 
-CLOSE_TIMEOUT: Final = 1.0
-"""The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
 _CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
 _INBOX_FRAMES: Final = 64  # received frames buffered for the handler thread
 _DRAIN: Final = 32  # received frames handled per round (their data persisted in one operation)
-
-
-class LockedNonceRegistry(NonceRegistry):
-    """A NonceRegistry shared by all connection threads."""
-
-    def __init__(self, ttl: float = 600.0, max_entries: int = 100_000) -> None:
-        super().__init__(ttl, max_entries)
-        self._lock = threading.Lock()
-
-    def use(self, nonce: str, now: float) -> bool:
-        with self._lock:
-            return super().use(nonce, now)
-
-
-class Counters:
-    """Thread-safe named counters."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, int] = {}
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + n
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
-class Hub(Protocol):
-    """What a connection needs from the facilitator that owns it."""
-
-    config: FacilitatorConfig
-    session_config: SessionConfig
-    store: FacilitatorStore
-    authorized: Mapping[str, str]
-    nonces: NonceRegistry
-    counters: Counters
-    stopping: threading.Event
-
-    def attach(self, conn: WorkerConnection) -> None:
-        """Register an authenticated connection (replacing an older one of the same worker)."""
-
-    def detach(self, conn: WorkerConnection) -> None:
-        """Forget a connection that ended."""
-
-    def worker_ready(self, worker_id: str) -> None:
-        """The worker can take jobs now (connected, or stopped draining)."""
-
-
-class _Lost:
-    """The reader's last item: the connection ended."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-
-
-class ServerTransport:
-    """A websockets ``ServerConnection`` behind the worker's ``Transport`` interface, so the
-    worker's ``BackgroundSender`` can write it. Only ``send`` and ``close`` are used.
-
-    ``close`` is graceful (closing handshake, bounded by the connection's close_timeout) unless a
-    send is stuck or a close already started: then it aborts (shuts the TCP socket down, which
-    makes a blocked send fail at once).
-    """
-
-    def __init__(self, ws: ServerConnection, counters: Counters) -> None:
-        self._ws = ws
-        self._counters = counters
-        self._lock = threading.Lock()
-        self._send_started: float | None = None
-        self._closing = False
-        self.closed = threading.Event()
-
-    def connect(self, url: str, timeout: float) -> None:
-        raise TransportError("a server connection is connected by its client")
-
-    def recv(self) -> bytes | str:
-        raise TransportError("a server connection is read by its WorkerConnection")
-
-    def send(self, data: bytes, binary: bool) -> None:
-        with self._lock:
-            self._send_started = time.monotonic()
-        try:
-            self._ws.send(data, text=not binary)
-        except (ConnectionClosed, OSError) as exc:
-            raise TransportClosed(f"send failed: {exc}") from exc
-        finally:
-            with self._lock:
-                self._send_started = None
-        self._counters.add("frames_out")
-
-    def stuck_for(self, now: float) -> float:
-        """How long the send in progress has been waiting (0 when none), ``now`` monotonic."""
-        started = self._send_started
-        return 0.0 if started is None else now - started
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        with self._lock:
-            graceful = not self._closing and self._send_started is None
-            self._closing = True
-        if not graceful:
-            self.abort()
-            return
-        try:
-            self._ws.close(code, reason[:120])
-        except Exception as exc:  # the socket may already be gone
-            logger.debug("facilitator: close failed: {}", exc)
-        finally:
-            self.closed.set()
-
-    def abort(self) -> None:
-        """Drop the TCP connection now (no closing handshake)."""
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(self._ws.socket, socket.SHUT_RDWR)
-        self.closed.set()
 
 
 class WorkerConnection:
@@ -209,7 +81,7 @@ class WorkerConnection:
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
-        self._inbox: queue.Queue[bytes | _Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
+        self._inbox: queue.Queue[bytes | Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
         self._flag_lock = threading.Lock()
         self._wanted = False
         self._close_request: tuple[int, str] | None = None
@@ -246,24 +118,6 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ reader thread
 
-    def _read(self) -> None:
-        while True:
-            item: bytes | _Lost
-            try:
-                item = self.ws.recv(decode=False)
-            except ConnectionClosed as exc:
-                item = _Lost(f"connection closed ({exc})")
-            except Exception as exc:  # pragma: no cover - websockets raises ConnectionClosed
-                item = _Lost(f"connection failed ({exc})")
-            while not self.released.is_set():
-                try:
-                    self._inbox.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, _Lost) or self.released.is_set():
-                return
-
     # ------------------------------------------------------------------ handler thread
 
     def run(self) -> None:
@@ -274,7 +128,10 @@ class WorkerConnection:
             name=f"facilitator-writer-{self.session.session_id}",
         )
         threading.Thread(
-            target=self._read, name=f"facilitator-reader-{self.session.session_id}", daemon=True
+            target=read_frames,
+            args=(self.ws, self._inbox, self.released),
+            name=f"facilitator-reader-{self.session.session_id}",
+            daemon=True,
         ).start()
         try:
             self._loop()
@@ -311,7 +168,7 @@ class WorkerConnection:
             for item in items:
                 if item is None:
                     continue
-                if isinstance(item, _Lost):
+                if isinstance(item, Lost):
                     self.session.connection_lost(item.detail)
                     continue
                 self.hub.counters.add("frames_in")
@@ -335,18 +192,12 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ SessionHandler (driver)
 
-    def on_data(self, items: list[tuple[int, Any]]) -> None:
-        self._persist(items)
-
-    def on_event(self, event: ev.Event) -> None:
-        self._on_event(event)
-
     def _write(self, frame: OutFrame) -> None:
         writer = self._writer
         if writer is not None:
             writer.put(frame.data, frame.binary)
 
-    def _on_event(self, event: ev.Event) -> None:
+    def on_event(self, event: ev.Event) -> None:
         match event:
             case ev.AuthVerified():
                 self._on_auth(event)
@@ -462,7 +313,7 @@ class WorkerConnection:
             event.detail,
         )
 
-    def _persist(self, batch: Sequence[tuple[int, Any]]) -> None:
+    def on_data(self, batch: list[tuple[int, Any]]) -> None:
         outcome = self.hub.store.accept(self.worker_id, self._in_epoch, batch)
         counters = self.hub.counters
         counters.add("data_accepted", outcome.accepted)

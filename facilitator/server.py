@@ -26,11 +26,13 @@ from loguru import logger
 from websockets.sync.server import Server, ServerConnection, serve
 
 from jobrelay.facilitator.config import FacilitatorConfig
-from jobrelay.facilitator.connection import CLOSE_TIMEOUT, Counters, LockedNonceRegistry, WorkerConnection
+from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.hub import Counters, LockedNonceRegistry
+from jobrelay.facilitator.server_transport import CLOSE_TIMEOUT
 from jobrelay.facilitator.store import FacilitatorStore
-from jobrelay.facilitator.store_ops import JOB_REQUEST, MACHINE_SPECS, Assignment
-from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView
+from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
+from jobrelay.facilitator.views import FacilitatorStats, JobView, Live, WorkerView, worker_views
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY
 from jobrelay.protocol.codec import check_sendable
@@ -210,36 +212,8 @@ class Facilitator:
         """
         facts = self.store.worker_facts()
         with self._lock:
-            conns = dict(self._conns)
-        records = {r.worker_id: r for r in facts.records}
-        outboxes = {o.stream: o for o in facts.outboxes}
-        inboxes = {i.stream: i for i in facts.inboxes}
-        ids = sorted(set(self.authorized) | set(conns) | set(records) | set(outboxes) | set(inboxes))
-        views: list[WorkerView] = []
-        for worker_id in ids:
-            conn = conns.get(worker_id)
-            record = records.get(worker_id)
-            outbox = outboxes.get(worker_id)
-            inbox = inboxes.get(worker_id)
-            specs = None
-            if record is not None and record.specs is not None:
-                specs = MACHINE_SPECS.decode(record.specs).specs
-            last = conn.last_contact if conn is not None else (record.last_seen if record else None)
-            views.append(
-                WorkerView(
-                    worker_id=worker_id,
-                    connected=conn is not None and conn.is_open,
-                    draining=conn is not None and conn.draining,
-                    last_contact=last,
-                    outbox_depth=outbox.depth_rows if outbox else 0,
-                    outstanding_jobs=facts.outstanding.get(worker_id, 0),
-                    specs=specs,
-                    last_event=record.last_event if record else "",
-                    in_epoch=inbox.epoch if inbox else "",
-                    in_hwm=inbox.hwm if inbox else 0,
-                )
-            )
-        return views
+            live = {w: Live(c.is_open, c.draining, c.last_contact) for w, c in self._conns.items()}
+        return worker_views(facts, self.authorized, live)
 
     def stats(self) -> FacilitatorStats:
         """A snapshot of the counters."""

@@ -1,13 +1,15 @@
 # What the facilitator's public API returns: read-only views of jobs, workers and counters.
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import msgspec
 
+from jobrelay.facilitator.store_ops import MACHINE_SPECS, WorkerFacts
 from jobrelay.storage.ledger import JobRecord, StatusEntry
 
-__all__ = ["FacilitatorStats", "JobView", "WorkerView"]
+__all__ = ["FacilitatorStats", "JobView", "Live", "WorkerView", "worker_views"]
 
 
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,3 +84,44 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     connected_workers: int = 0
     store_commits: int = 0
     store_operations: int = 0
+
+
+class Live(NamedTuple):
+    """What the connection of a connected worker knows now."""
+
+    connected: bool
+    draining: bool
+    last_contact: float
+
+
+def worker_views(facts: WorkerFacts, authorized: Iterable[str], live: Mapping[str, Live]) -> list[WorkerView]:
+    """Every worker that is authorized, connected or has stored state, by id."""
+    records = {r.worker_id: r for r in facts.records}
+    outboxes = {o.stream: o for o in facts.outboxes}
+    inboxes = {i.stream: i for i in facts.inboxes}
+    ids = sorted(set(authorized) | set(live) | set(records) | set(outboxes) | set(inboxes))
+    views: list[WorkerView] = []
+    for worker_id in ids:
+        conn = live.get(worker_id)
+        record = records.get(worker_id)
+        outbox = outboxes.get(worker_id)
+        inbox = inboxes.get(worker_id)
+        specs = None
+        if record is not None and record.specs is not None:
+            specs = MACHINE_SPECS.decode(record.specs).specs
+        last = conn.last_contact if conn is not None else (record.last_seen if record else None)
+        views.append(
+            WorkerView(
+                worker_id=worker_id,
+                connected=conn is not None and conn.connected,
+                draining=conn is not None and conn.draining,
+                last_contact=last,
+                outbox_depth=outbox.depth_rows if outbox else 0,
+                outstanding_jobs=facts.outstanding.get(worker_id, 0),
+                specs=specs,
+                last_event=record.last_event if record else "",
+                in_epoch=inbox.epoch if inbox else "",
+                in_hwm=inbox.hwm if inbox else 0,
+            )
+        )
+    return views
