@@ -231,3 +231,128 @@ def test_authorized_keys_file_parsing() -> None:
     for bad in ("w1", f"w1 {key} extra", "w1 nothex", f"w1 {key}\nw1 {key}"):
         with pytest.raises(ValueError, match="line"):
             parse_authorized_keys(bad)
+
+
+# ---------------------------------------------------------------- stream decisions as events
+
+
+def handshake(
+    worker_marks: StreamMarks, facilitator_marks: StreamMarks
+) -> tuple[list[ev.Event], list[ev.Event], WorkerSession, FacilitatorSession]:
+    """Run the handshake between sessions holding these stored marks; every event of each side."""
+    worker = WorkerSession(worker_id=WORKER_ID, key=KEY, marks=worker_marks, now=T0)
+    fac = facilitator()
+    w_events: list[ev.Event] = []
+    f_events: list[ev.Event] = []
+    for _ in range(10):
+        moved = False
+        for frame in worker.data_to_send():
+            fac.receive_data(frame.data, T0)
+            moved = True
+        for event in fac.events_received():
+            f_events.append(event)
+            if isinstance(event, ev.AuthVerified):
+                fac.accept(facilitator_marks)
+                f_events.extend(fac.events_received())
+        for frame in fac.data_to_send():
+            worker.receive_data(frame.data, T0)
+            moved = True
+        w_events.extend(worker.events_received())
+        if not moved:
+            return w_events, f_events, worker, fac
+    raise AssertionError("the handshake did not go quiet")
+
+
+def stream_events(events: list[ev.Event]) -> list[ev.Event]:
+    kinds = (ev.PeerStreamStarted, ev.PeerStreamAdvanced, ev.RestartOwnStream)
+    return [e for e in events if isinstance(e, kinds)]
+
+
+def test_first_connection_starts_both_peer_streams_with_no_previous_epoch() -> None:
+    w_events, f_events, worker, fac = handshake(StreamMarks("w-epoch"), StreamMarks("f-epoch"))
+    assert worker.is_open and fac.is_open
+    assert stream_events(f_events) == [ev.PeerStreamStarted(epoch="w-epoch", after=0, previous_epoch="")]
+    assert stream_events(w_events) == [ev.PeerStreamStarted(epoch="f-epoch", after=0, previous_epoch="")]
+    # Emitted before Opened: the owner records the epoch before anything of the stream arrives.
+    assert [type(e) for e in f_events] == [ev.AuthVerified, ev.PeerStreamStarted, ev.Opened]
+    assert [type(e) for e in w_events] == [ev.PeerStreamStarted, ev.Opened]
+
+
+def test_known_epochs_at_their_stored_marks_emit_no_stream_event() -> None:
+    w_marks = StreamMarks("w-epoch", out_acked=4, out_last_seq=6, in_epoch="f-epoch", in_hwm=2)
+    f_marks = StreamMarks("f-epoch", out_acked=2, out_last_seq=3, in_epoch="w-epoch", in_hwm=4)
+    w_events, f_events, worker, fac = handshake(w_marks, f_marks)
+    assert worker.is_open and fac.is_open
+    assert stream_events(w_events) == stream_events(f_events) == []
+
+
+def test_a_replaced_worker_store_starts_a_new_stream_naming_the_previous_epoch() -> None:
+    """The worker's database was deleted: a new epoch at seq 0, the facilitator held 7 of the old one."""
+    f_marks = StreamMarks("f-epoch", in_epoch="w-epoch-1", in_hwm=7)
+    w_events, f_events, _, fac = handshake(StreamMarks("w-epoch-2"), f_marks)
+    assert fac.is_open
+    assert stream_events(f_events) == [
+        ev.PeerStreamStarted(epoch="w-epoch-2", after=0, previous_epoch="w-epoch-1")
+    ]
+    opened = [e for e in w_events if isinstance(e, ev.Opened)]
+    assert opened[0].resume_after == 0  # the old seq 7 does not count against the new stream
+
+
+def test_a_replaced_facilitator_store_starts_a_new_stream_naming_the_previous_epoch() -> None:
+    w_marks = StreamMarks("w-epoch", in_epoch="f-epoch-1", in_hwm=5)
+    w_events, _, worker, _ = handshake(w_marks, StreamMarks("f-epoch-2", out_acked=0, out_last_seq=2))
+    assert worker.is_open
+    assert stream_events(w_events) == [
+        ev.PeerStreamStarted(epoch="f-epoch-2", after=0, previous_epoch="f-epoch-1")
+    ]
+
+
+def test_a_restored_facilitator_store_advances_the_peer_stream_mark() -> None:
+    """Restored from an older copy: it holds up to 3 of the worker's stream, the worker knows 6
+    were acknowledged. Same epoch, so the mark is raised, not a new stream."""
+    w_marks = StreamMarks("w-epoch", out_acked=6, out_last_seq=8)
+    f_marks = StreamMarks("f-epoch", in_epoch="w-epoch", in_hwm=3)
+    w_events, f_events, worker, fac = handshake(w_marks, f_marks)
+    assert worker.is_open and fac.is_open
+    assert stream_events(f_events) == [ev.PeerStreamAdvanced(epoch="w-epoch", hwm=6, stored_hwm=3)]
+    assert stream_events(w_events) == [ev.PeerStreamStarted(epoch="f-epoch", after=0, previous_epoch="")]
+    assert fac.receiver.seen == 6
+
+
+def test_a_restored_worker_store_advances_the_peer_stream_mark() -> None:
+    w_marks = StreamMarks("w-epoch", in_epoch="f-epoch", in_hwm=1)
+    f_marks = StreamMarks("f-epoch", out_acked=4, out_last_seq=5, in_epoch="w-epoch")
+    w_events, f_events, worker, _ = handshake(w_marks, f_marks)
+    assert worker.is_open
+    assert stream_events(w_events) == [ev.PeerStreamAdvanced(epoch="f-epoch", hwm=4, stored_hwm=1)]
+    assert stream_events(f_events) == []
+
+
+def test_a_welcome_acking_beyond_our_stream_restarts_it_then_closes() -> None:
+    """The worker's store was restored from an older copy: the facilitator holds seq 9 of a
+    stream that only reached 3 here."""
+    w_marks = StreamMarks("w-epoch", out_acked=2, out_last_seq=3)
+    f_marks = StreamMarks("f-epoch", in_epoch="w-epoch", in_hwm=9)
+    w_events, f_events, worker, fac = handshake(w_marks, f_marks)
+    restart, closed = w_events[-2:]
+    assert isinstance(restart, ev.RestartOwnStream) and "9" in restart.detail
+    assert closed == ev.Closed(code=ErrorCode.ACK_OUT_OF_RANGE, detail=restart.detail, by_peer=False)
+    assert [type(e) for e in w_events] == [ev.RestartOwnStream, ev.Closed]
+    assert worker.state is SessionState.CLOSED
+    # The facilitator was told why in an error frame.
+    assert fac.state is SessionState.CLOSED
+    assert f_events[-1] == ev.Closed(code=ErrorCode.ACK_OUT_OF_RANGE, detail=restart.detail, by_peer=True)
+
+
+def test_an_accept_acking_beyond_our_stream_restarts_it_then_closes() -> None:
+    """The facilitator's store was restored: the worker holds seq 8 of a stream that reached 3."""
+    w_marks = StreamMarks("w-epoch", in_epoch="f-epoch", in_hwm=8)
+    f_marks = StreamMarks("f-epoch", out_acked=1, out_last_seq=3, in_epoch="w-epoch")
+    w_events, f_events, worker, fac = handshake(w_marks, f_marks)
+    assert [type(e) for e in f_events] == [ev.AuthVerified, ev.RestartOwnStream, ev.Closed]
+    restart, closed = f_events[1:]
+    assert isinstance(restart, ev.RestartOwnStream) and "8" in restart.detail
+    assert closed == ev.Closed(code=ErrorCode.ACK_OUT_OF_RANGE, detail=restart.detail, by_peer=False)
+    assert fac.state is SessionState.CLOSED
+    assert w_events == [ev.Closed(code=ErrorCode.ACK_OUT_OF_RANGE, detail=restart.detail, by_peer=True)]
+    assert worker.state is SessionState.CLOSED

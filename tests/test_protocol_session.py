@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from jobrelay.protocol import events as ev
 from jobrelay.protocol import messages as m
+from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.backoff import full_jitter, full_jitter_delays
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
-from jobrelay.protocol.session import ACCEPTS, SessionConfig, SessionState
+from jobrelay.protocol.session import (
+    ACCEPT,
+    ACCEPTS,
+    CLOSE,
+    TRANSITIONS,
+    FacilitatorSession,
+    SessionConfig,
+    SessionState,
+    WorkerSession,
+)
+from jobrelay.protocol.streams import StreamMarks
 
 from . import strategies as s
-from .protocol_harness import T0, Pair
+from .protocol_harness import AUTHORIZED, KEY, T0, WORKER_ID, Pair
 
-VALID_STATES = set(SessionState)
+S = TypeVar("S", WorkerSession, FacilitatorSession)
+
+NONCE = "ab" * 32
+FACILITATOR_STATES = [
+    SessionState.AWAIT_HELLO,
+    SessionState.AWAIT_AUTH,
+    SessionState.VERIFYING,
+    SessionState.OPEN,
+    SessionState.CLOSED,
+]
+WORKER_STATES = [
+    SessionState.AWAIT_CHALLENGE,
+    SessionState.AWAIT_WELCOME,
+    SessionState.OPEN,
+    SessionState.CLOSED,
+]
 
 
 def open_pair(**config: Any) -> Pair:
@@ -29,44 +55,218 @@ def open_pair(**config: Any) -> Pair:
     return pair
 
 
-def steer(pair: Pair, steps: int) -> None:
-    """Advance the handshake a given number of frames (0..4) so every state is reachable."""
-    for direction in ["w2f", "f2w", "w2f"][:steps]:
-        pair.deliver(direction, 1)
+def sessions() -> tuple[WorkerSession, FacilitatorSession]:
+    worker = WorkerSession(worker_id=WORKER_ID, key=KEY, marks=StreamMarks("w-epoch"), now=T0)
+    fac = FacilitatorSession(
+        nonce=NONCE, session_id="s1", authorized=AUTHORIZED, nonces=NonceRegistry(), now=T0
+    )
+    return worker, fac
 
 
-@given(steps=st.integers(0, 3), frame=s.worker_frames)
-def test_every_state_and_worker_frame_moves_to_a_valid_state(steps: int, frame: Any) -> None:
-    """h2-style: any frame in any state moves to a valid state or closes with a typed error."""
-    pair = Pair()
-    pair.connect()
-    steer(pair, steps)
-    session = pair.facilitator.session
-    if session is None:
-        return
+def forward(source: WorkerSession | FacilitatorSession, target: WorkerSession | FacilitatorSession) -> None:
+    for frame in source.data_to_send():
+        target.receive_data(frame.data, T0)
+
+
+def settled(session: S, state: SessionState) -> S:
+    """The session steered into ``state``, with nothing left to send and no events pending."""
+    session.data_to_send()
+    session.events_received()
+    assert session.state is state, f"steering reached {session.state}, not {state}"
+    return session
+
+
+def exchange(worker: WorkerSession, fac: FacilitatorSession, count: int) -> None:
+    """Both open sessions send ``count`` data messages and receive the other's (none acknowledged)."""
+    if count:
+        worker.send_data([(seq, m.WorkerEvent(event="e", at=0.0)) for seq in range(1, count + 1)])
+        fac.send_data([(seq, m.JobRequest(job_id=f"j{seq}", kind="k")) for seq in range(1, count + 1)])
+        forward(worker, fac)
+        forward(fac, worker)
+
+
+def facilitator_in(state: SessionState, traffic: int = 0) -> FacilitatorSession:
+    """A facilitator session in ``state``, reached by a real handshake (or close()); when OPEN,
+    after ``traffic`` data messages each way."""
+    worker, fac = sessions()
+    if state is SessionState.CLOSED:
+        fac.close()
+        return settled(fac, state)
+    if state is not SessionState.AWAIT_HELLO:
+        forward(worker, fac)  # hello
+    if state in (SessionState.VERIFYING, SessionState.OPEN):
+        forward(fac, worker)  # challenge
+        forward(worker, fac)  # auth
+    if state is SessionState.OPEN:
+        fac.accept(StreamMarks("f-epoch"))
+        forward(fac, worker)  # welcome
+        exchange(worker, fac, traffic)
+    return settled(fac, state)
+
+
+def worker_in(state: SessionState, traffic: int = 0) -> WorkerSession:
+    """A worker session in ``state``, reached by a real handshake (or close()); when OPEN, after
+    ``traffic`` data messages each way."""
+    worker, fac = sessions()
+    if state is SessionState.CLOSED:
+        worker.close()
+        return settled(worker, state)
+    forward(worker, fac)  # hello
+    if state is not SessionState.AWAIT_CHALLENGE:
+        forward(fac, worker)  # challenge
+    if state is SessionState.OPEN:
+        forward(worker, fac)  # auth
+        fac.accept(StreamMarks("f-epoch"))
+        forward(fac, worker)  # welcome
+        exchange(worker, fac, traffic)
+    return settled(worker, state)
+
+
+def content_valid(session: WorkerSession | FacilitatorSession, frame: Any) -> bool:
+    """Whether a frame of a type the state accepts passes the checks of its handler."""
+    match frame:
+        case m.Hello():
+            return frame.version == m.PROTOCOL_VERSION and any(
+                f in frame.codecs for f in session.config.formats
+            )
+        case m.Challenge():
+            return frame.version == m.PROTOCOL_VERSION and frame.codec in session.config.formats
+        case m.Auth():
+            return False  # random keys and signatures never verify (valid ones: test_protocol_handshake)
+        case m.Welcome():
+            assert isinstance(session, WorkerSession)
+            marks = session.marks
+            return marks.out_acked <= frame.ack <= max(marks.out_last_seq, session.sender.last_seq)
+        case m.Ack():
+            return frame.upto <= session.sender.sent
+        case m.Data() | m.DataBatch():
+            seen, acked = session.receiver.seen, session.receiver.acked
+            for item in frame.items if isinstance(frame, m.DataBatch) else [frame]:
+                if item.seq <= seen:
+                    continue  # a duplicate is dropped, not an error
+                if item.seq != seen + 1 or item.seq - acked > session.receiver.window:
+                    return False
+                seen = item.seq
+            return True
+        case _:
+            return True  # heartbeat, request, response: nothing to refuse
+
+
+def predicted_state(session: WorkerSession | FacilitatorSession, frame: Any) -> SessionState:
+    """The next state the transition table predicts for ``frame`` in the session's state."""
+    state = session.state
+    if state is SessionState.CLOSED:
+        return state  # a closed session ignores input
+    if isinstance(frame, m.Error):
+        return state if not frame.fatal and state is SessionState.OPEN else TRANSITIONS[state][CLOSE]
+    target = TRANSITIONS[state].get(type(frame))
+    if target is None:
+        return SessionState.CLOSED  # not accepted in this state
+    return target if content_valid(session, frame) else TRANSITIONS[state][CLOSE]
+
+
+def check_transition(session: WorkerSession | FacilitatorSession, frame: Any) -> None:
     before = session.state
+    want = predicted_state(session, frame)
     session.receive_data(msgspec.json.encode(frame), T0)
-    assert session.state in VALID_STATES
-    for event in session.events_received():
-        if isinstance(event, ev.Closed) and not event.by_peer:
-            assert isinstance(event.code, ErrorCode)
-    if not isinstance(frame, m.Error) and not isinstance(frame, ACCEPTS[before]):
-        assert session.state is SessionState.CLOSED
+    assert session.state is want, f"{type(frame).__name__} in {before}: {session.state}, want {want}"
+    event(f"{before.value} -> {want.value}")
+    closed = [e for e in session.events_received() if isinstance(e, ev.Closed)]
+    if want is SessionState.CLOSED and before is not SessionState.CLOSED:
+        assert len(closed) == 1
+        if not closed[0].by_peer:  # we refused it: the code says why and the peer was told
+            assert isinstance(closed[0].code, ErrorCode)
+            assert msgspec.json.decode(session.data_to_send()[-1].data)["type"] == "error"
+    else:
+        assert closed == []
 
 
-@given(steps=st.integers(0, 4), frame=s.facilitator_frames)
-def test_every_state_and_facilitator_frame_moves_to_a_valid_state(steps: int, frame: Any) -> None:
-    pair = Pair()
-    pair.connect()
-    steer(pair, steps)
-    session = pair.worker.session
-    if session is None:
-        return
-    before = session.state
-    session.receive_data(msgspec.json.encode(frame), T0)
-    assert session.state in VALID_STATES
-    if not isinstance(frame, m.Error) and not isinstance(frame, ACCEPTS[before]):
-        assert session.state is SessionState.CLOSED
+@given(state=st.sampled_from(FACILITATOR_STATES), traffic=st.integers(0, 3), frame=s.worker_frames)
+def test_every_state_and_worker_frame_moves_as_the_table_predicts(
+    state: SessionState, traffic: int, frame: Any
+) -> None:
+    """h2-style: any frame in any state moves exactly to the state TRANSITIONS predicts."""
+    check_transition(facilitator_in(state, traffic), frame)
+
+
+@given(state=st.sampled_from(WORKER_STATES), traffic=st.integers(0, 3), frame=s.facilitator_frames)
+def test_every_state_and_facilitator_frame_moves_as_the_table_predicts(
+    state: SessionState, traffic: int, frame: Any
+) -> None:
+    check_transition(worker_in(state, traffic), frame)
+
+
+def valid_frame(session: WorkerSession | FacilitatorSession, trigger: type) -> Any:
+    """A frame of type ``trigger`` whose content the session's handler accepts."""
+    worker = isinstance(session, WorkerSession)
+
+    def body(seq: int) -> Any:
+        return m.JobRequest(job_id=f"j{seq}", kind="k") if worker else m.WorkerEvent(event="e", at=0.0)
+
+    if trigger is m.Auth:  # signed by a worker answering this session's challenge (same nonce)
+        signer, challenger = sessions()
+        forward(signer, challenger)
+        forward(challenger, signer)
+        return msgspec.json.decode(signer.data_to_send()[-1].data, type=m.Auth)
+    frames: dict[type, Any] = {
+        m.Hello: m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID),
+        m.Challenge: m.Challenge(version=m.PROTOCOL_VERSION, nonce=NONCE),
+        m.Welcome: m.Welcome(session_id="s1", ack=0, out_epoch="f-epoch"),
+        m.Ack: m.Ack(upto=0),
+        m.Heartbeat: m.Heartbeat(at=T0),
+        m.Request: m.Request(id="r1", method="ping"),
+        m.Response: m.Response(id="r1"),
+        m.Data: m.Data(seq=1, body=body(1)),
+        m.DataBatch: m.DataBatch(items=[m.Data(seq=1, body=body(1)), m.Data(seq=2, body=body(2))]),
+    }
+    return frames[trigger]
+
+
+def take(session: WorkerSession | FacilitatorSession, trigger: Any) -> None:
+    """Take the transition ``trigger`` out of the session's state, with valid content."""
+    if trigger == ACCEPT:
+        assert isinstance(session, FacilitatorSession)
+        session.accept(StreamMarks("f-epoch"))
+    elif trigger == CLOSE:
+        session.close()
+    else:
+        session.receive_data(msgspec.json.encode(valid_frame(session, trigger)), T0)
+
+
+def transitions(states: list[SessionState]) -> list[Any]:
+    return [
+        pytest.param(state, trigger, id=f"{state.value}-{getattr(trigger, '__name__', trigger)}")
+        for state in states
+        for trigger in TRANSITIONS[state]
+    ]
+
+
+@pytest.mark.parametrize(("state", "trigger"), transitions(FACILITATOR_STATES))
+def test_every_facilitator_transition_is_taken_by_a_valid_trigger(state: SessionState, trigger: Any) -> None:
+    session = facilitator_in(state)
+    take(session, trigger)
+    assert session.state is TRANSITIONS[state][trigger]
+    closed = [e for e in session.events_received() if isinstance(e, ev.Closed)]
+    assert len(closed) == (1 if trigger == CLOSE else 0)
+
+
+@pytest.mark.parametrize(("state", "trigger"), transitions(WORKER_STATES))
+def test_every_worker_transition_is_taken_by_a_valid_trigger(state: SessionState, trigger: Any) -> None:
+    session = worker_in(state)
+    take(session, trigger)
+    assert session.state is TRANSITIONS[state][trigger]
+    closed = [e for e in session.events_received() if isinstance(e, ev.Closed)]
+    assert len(closed) == (1 if trigger == CLOSE else 0)
+
+
+def test_the_table_covers_every_state_and_accepts_is_read_from_it() -> None:
+    assert set(TRANSITIONS) == set(SessionState)
+    assert TRANSITIONS[SessionState.CLOSED] == {}
+    for state, row in TRANSITIONS.items():
+        assert ACCEPTS[state] == tuple(t for t in row if isinstance(t, type))
+        if state is not SessionState.CLOSED:
+            assert row[CLOSE] is SessionState.CLOSED
+    assert set(FACILITATOR_STATES) | set(WORKER_STATES) == set(SessionState)
 
 
 def test_closed_session_ignores_input() -> None:
