@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pykka
@@ -84,6 +85,12 @@ def all_done(fac: Facilitator, job_ids: list[str]) -> bool:
     )
 
 
+def started(fac: Facilitator, job_ids: list[str], at_least: int) -> bool:
+    """Whether the worker has reported a status of ``at_least`` of ``job_ids``."""
+    wanted = set(job_ids)
+    return sum(1 for r in fac.jobs(limit=1000) if r.job_id in wanted and r.status is not None) >= at_least
+
+
 def steps_handler(job: JobRequest, ctx: JobContext) -> None:
     n = int(job.payload["steps"])
     for i in range(n):
@@ -143,8 +150,10 @@ def test_cuts_facilitator_restart_and_worker_kill9_lose_nothing(tmp_path: Path) 
         for chunk in range(4):
             part = ids[chunk * 100 : (chunk + 1) * 100]
             fac.submit_many([("steps", {"steps": steps[j], "pause": 0.01}, j) for j in part])
-            # Chaos between chunks: cut, restart the facilitator, cut, kill -9 the worker.
-            time.sleep(rng.uniform(0.05, 0.3))  # let some work start, at a random point
+            # Chaos between chunks: cut, restart the facilitator, cut, kill -9 the worker, each
+            # once some of the chunk's jobs have started (how many: a random point).
+            some = rng.randint(1, 30)
+            wait_until(partial(started, fac, part, some), 30, f"{some} jobs of chunk {chunk} started")
             if chunk == 0:
                 proxy.cut()
             elif chunk == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -79,8 +80,9 @@ def test_silent_connection_times_out(tmp_path: Path) -> None:
         opcode, close = ws.recv_data_frame(control_frame=True)
         assert int.from_bytes(close.data[:2], "big") == 4003
         worker.connect()
-        time.sleep(0.6)  # the worker deliberately stays silent past heartbeat_timeout
-        assert worker.wait_closed(timeout=3.0) == 4002
+        assert worker.session is not None
+        worker.session.heartbeat_interval = math.inf  # the worker deliberately stays silent
+        assert worker.wait_closed(timeout=3.0) == 4002  # well past heartbeat_timeout
         assert worker.closed is not None and worker.closed.code is ErrorCode.HEARTBEAT_TIMEOUT
         assert fac.stats().heartbeat_timeouts == 1
     finally:

@@ -12,8 +12,16 @@ def test_public_api_is_importable_from_jobrelay() -> None:
     from jobrelay import FacilitatorConfig, WorkerConfig, start_facilitator, start_worker
 
     assert callable(start_worker) and callable(start_facilitator)
-    assert WorkerConfig.__module__ == "jobrelay.actors.config"
-    assert FacilitatorConfig.__module__ == "jobrelay.facilitator.config"
+    # The public names, not where they happen to be defined: the same objects under the package
+    # face and under their subpackage's face, each listed in its __all__.
+    import jobrelay.actors
+    import jobrelay.facilitator
+
+    assert {"WorkerConfig", "FacilitatorConfig", "start_worker", "start_facilitator"} <= set(jobrelay.__all__)
+    assert WorkerConfig is jobrelay.actors.WorkerConfig and "WorkerConfig" in jobrelay.actors.__all__
+    assert FacilitatorConfig is jobrelay.facilitator.FacilitatorConfig
+    assert "FacilitatorConfig" in jobrelay.facilitator.__all__
+    assert (WorkerConfig.__name__, FacilitatorConfig.__name__) == ("WorkerConfig", "FacilitatorConfig")
     for name in jobrelay.__all__:
         assert getattr(jobrelay, name) is not None, name
 
