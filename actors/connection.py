@@ -38,10 +38,11 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig, load_key
+from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
-from jobrelay.common.transport import BackgroundSender, Transport, TransportError
+from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
-from jobrelay.protocol.backoff import full_jitter
+from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.session import OutFrame, WorkerSession
@@ -50,8 +51,6 @@ from jobrelay.protocol.streams import StreamMarks
 __all__ = ["HANDOVER_WINDOWS", "ConnectionActor", "ConnectionProxy", "connection_proxy"]
 
 
-# A session open this long counts as a success: the next failure starts backing off afresh.
-STABLE_SESSION = 10.0
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
 HANDOVER_WINDOWS = 4
@@ -96,7 +95,9 @@ class ConnectionActor(pykka.ThreadingActor):
         self._rand = rand
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
-        self._failures = 0
+        self._retry = ReconnectPolicy(
+            base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
+        )
         self._transport: Transport | None = None
         self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
@@ -107,7 +108,6 @@ class ConnectionActor(pykka.ThreadingActor):
         self._last_contact = 0.0
         self._draining = False
         self._stopping = False
-        self._opened_at: float | None = None
         self._sent_mark = 0  # data_sent counted up to this seq of the current session
 
     # ------------------------------------------------------------ lifecycle
@@ -237,7 +237,7 @@ class ConnectionActor(pykka.ThreadingActor):
         transport = self._factory()
         self._transport = transport
         thread = threading.Thread(
-            target=_io_loop,
+            target=read_connection,
             args=(
                 self.actor_ref,
                 attempt,
@@ -310,7 +310,7 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._router, event)  # the JobRouter owns the inbox: it records where the stream resumes
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
-        self._opened_at = self._clock()
+        self._retry.opened(self._clock())
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
@@ -319,11 +319,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
 
     def _on_closed(self, event: ev.Closed, session: WorkerSession) -> None:
-        opened_at, self._opened_at = self._opened_at, None
-        if opened_at is not None and self._clock() - opened_at >= STABLE_SESSION:
-            # Only a session that held for a while resets the backoff: one that opens and then
-            # fails at once (a poisoned stream, a peer that keeps refusing) must back off more.
-            self._failures = 0
+        self._retry.closed(self._clock())
         self._connected.clear()
         self._report_counts()
         self._driver = None
@@ -344,15 +340,12 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
-        self._failures += 1
-        limit = self.config.max_attempts
-        if limit is not None and self._failures >= limit:
-            self._log.error("giving up after {} failed connection attempts", self._failures)
-            self._set_state(ConnectionState.CLOSED, f"gave up after {self._failures} attempts")
+        delay = self._retry.next_delay(self._rand())
+        if delay is None:
+            failures = self._retry.failures
+            self._log.error("giving up after {} failed connection attempts", failures)
+            self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
             return
-        delay = full_jitter(
-            self._failures - 1, base=self.config.backoff_base, cap=self.config.backoff_cap, rand=self._rand()
-        )
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}")
         self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
@@ -380,35 +373,6 @@ class ConnectionActor(pykka.ThreadingActor):
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
             send(ref, message)
-
-
-def _io_loop(
-    ref: pykka.ActorRef[Any],
-    attempt: int,
-    transport: Transport,
-    url: str,
-    timeout: float,
-    marks: Callable[[], StreamMarks],
-) -> None:
-    """One connection attempt: read marks, connect, then read until the connection ends."""
-    try:
-        stream_marks = marks()
-        transport.connect(url, timeout)
-    except Exception as exc:
-        send(ref, IoFailed(attempt, str(exc)))
-        return
-    if not send(ref, IoConnected(attempt, stream_marks)):  # the worker stopped meanwhile
-        transport.close(GOING_AWAY, "worker stopped")
-        return
-    while True:
-        try:
-            data = transport.recv()
-        except TransportError as exc:
-            send(ref, IoClosed(attempt, str(exc)))
-            return
-        if not send(ref, IoReceived(attempt, data)):
-            transport.close(GOING_AWAY, "worker stopped")
-            return
 
 
 class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):

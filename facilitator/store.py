@@ -30,10 +30,11 @@ from jobrelay.facilitator.store_ops import (
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, WorkerBody
 from jobrelay.protocol.streams import StreamMarks
 from jobrelay.storage import routing
-from jobrelay.storage.database import Durability, open_database
+from jobrelay.storage.database import Durability
 from jobrelay.storage.errors import StorageError
 from jobrelay.storage.inbox import Inbox
 from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
+from jobrelay.storage.opening import open_database
 from jobrelay.storage.outbox import outbox_streams
 
 __all__ = ["FacilitatorStore"]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from jobrelay.storage.database import Database, Durability, open_database
+    from jobrelay.storage.database import Database, Durability
     from jobrelay.storage.errors import (
         AckOutOfRange,
         OutboxFull,
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
     from jobrelay.storage.inspect import DatabaseSummary, inspect_database
     from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
+    from jobrelay.storage.opening import open_database
     from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
     from jobrelay.storage.schema import SCHEMA_VERSION
 
@@ -74,7 +75,7 @@ _EXPORTS = {
     "TerminalStatusError": "jobrelay.storage.errors",
     "UnknownJobError": "jobrelay.storage.errors",
     "inspect_database": "jobrelay.storage.inspect",
-    "open_database": "jobrelay.storage.database",
+    "open_database": "jobrelay.storage.opening",
     "outbox_streams": "jobrelay.storage.outbox",
 }
 lazy_exports(globals(), _EXPORTS)

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from jobrelay.storage.database import open_database
 from jobrelay.storage.inbox import Inbox, InboxState
 from jobrelay.storage.ledger import JobLedger
+from jobrelay.storage.opening import open_database
 from jobrelay.storage.outbox import OutboxStats, outbox_streams
 
 __all__ = ["DatabaseSummary", "inspect_database"]

@@ -34,6 +34,7 @@ _TERMINAL_SQL: Final = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSE
 _UNFINISHED: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}))"
 _CHUNK: Final = 500  # ids per IN (...) query
 
+
 class QueuedJob(NamedTuple):
     """A recorded job no worker has been chosen for yet."""
 
