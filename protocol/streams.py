@@ -98,14 +98,15 @@ class Sender:
         """Hand over ``items`` (``(seq, body)``, contiguous after ``handed``) to be sent in order.
 
         Raises:
-            LocalProtocolError: SEQ_GAP when the first seq does not follow ``handed``.
+            LocalProtocolError: SEQ_GAP when the seqs do not continue ``handed`` one by one
+                (nothing is queued then).
         """
-        if not items:
-            return
-        if items[0][0] != self.handed + 1:
-            raise LocalProtocolError(
-                ErrorCode.SEQ_GAP, f"next seq to hand over is {self.handed + 1}, not {items[0][0]}"
-            )
+        expected = self.handed + 1
+        for offset, (seq, _) in enumerate(items):
+            if seq != expected + offset:
+                raise LocalProtocolError(
+                    ErrorCode.SEQ_GAP, f"next seq to hand over is {expected + offset}, not {seq}"
+                )
         self._queued.extend(items)
 
     def sendable(self) -> list[tuple[int, Any]]:

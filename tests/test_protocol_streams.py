@@ -258,11 +258,6 @@ def test_queue_data_needs_an_open_session_and_the_next_seq() -> None:
     assert worker.is_open and worker.sender.queued == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="queue_data() checks only the first seq of a hand-over (Sender.queue): a gap inside it "
-    "is not refused with LocalProtocolError but closes the session with INTERNAL when sent",
-)
 def test_queue_data_refuses_a_gap_inside_the_hand_over() -> None:
     _, worker = open_worker(window=3)
     with pytest.raises(LocalProtocolError) as info:
