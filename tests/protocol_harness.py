@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry, public_key_hex
 from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfig, WorkerSession
-from jobrelay.testing.facilitator import MemoryStore, send_window
+from jobrelay.testing.store import MemoryStore, send_window
 
 Store = MemoryStore  # each side's durable store (the library's in-memory model of one)
 __all__ = ["AUTHORIZED", "KEY", "T0", "WORKER_ID", "Pair", "Side", "Store", "send_window"]

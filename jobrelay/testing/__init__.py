@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from jobrelay.testing.facilitator import MemoryFacilitator, MemoryStore
+    from jobrelay.testing.facilitator import MemoryFacilitator
     from jobrelay.testing.memory import MemoryEnd, MemoryNetwork, memory_pair
     from jobrelay.testing.proxy import TcpProxy
+    from jobrelay.testing.store import MemoryStore
 
 __all__ = [
     "MemoryEnd",
@@ -36,7 +37,7 @@ _EXPORTS = {
     "MemoryEnd": "jobrelay.testing.memory",
     "MemoryFacilitator": "jobrelay.testing.facilitator",
     "MemoryNetwork": "jobrelay.testing.memory",
-    "MemoryStore": "jobrelay.testing.facilitator",
+    "MemoryStore": "jobrelay.testing.store",
     "TcpProxy": "jobrelay.testing.proxy",
     "memory_pair": "jobrelay.testing.memory",
 }
