@@ -78,7 +78,12 @@ def test_a_terminal_status_waits_for_room_past_the_publish_timeout(
         gate.wait(30)
 
     cfg = config(tmp_path, max_outbox_rows=5, publish_timeout=0.3)
-    with start_worker(cfg, {"gated": gated}, transport_factory=facilitator.network) as worker:
+    skew = [0.0]  # the worker's clock runs ahead by this much (its beats expire waiting publishes)
+
+    def clock() -> float:
+        return time.time() + skew[0]
+
+    with start_worker(cfg, {"gated": gated}, transport_factory=facilitator.network, clock=clock) as worker:
         worker.wait_connected(5)
         facilitator.submit("j", "gated")
         facilitator.wait_for(lambda: JobStatus.RUNNING in [s.status for s in facilitator.statuses("j")])
@@ -92,8 +97,12 @@ def test_a_terminal_status_waits_for_room_past_the_publish_timeout(
             except OutboxFull:
                 break
             assert stored <= cfg.max_outbox_rows
+        full = worker.snapshot().counter("outbox_full")
         gate.set()  # the job ends now, with no room for its terminal status
-        time.sleep(cfg.publish_timeout * 3)  # well past the deadline an ordinary publish gets
+        facilitator.wait_for(lambda: worker.snapshot().counter("outbox_full") > full)  # it waits for room
+        skew[0] = 60.0  # 200 publish timeouts later (still within the auth clock-skew limit)...
+        beats = worker.heartbeat.beats().get(timeout=5)
+        facilitator.wait_for(lambda: worker.heartbeat.beats().get(timeout=5) >= beats + 2)  # ...and 2 beats on
         facilitator.network.refuse.clear()
         facilitator.wait_for(lambda: bool(terminal(facilitator, "j")), timeout=10)
         assert terminal(facilitator, "j") == [JobStatus.COMPLETED]
