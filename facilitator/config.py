@@ -30,7 +30,11 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         heartbeat_interval: Seconds between heartbeats sent to a worker.
         heartbeat_timeout: A worker silent this long is disconnected (close 4002).
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
-        tick_interval: How often each connection checks its deadlines (seconds).
+        max_workers: Connections held at once (authenticated or not); one more is refused
+            with close code 1013 (try again later). Also capped by the open-file limit.
+        max_handshakes: Connections authenticating at once; the others wait their turn (a
+            reconnect storm is absorbed by pacing, not by a freeze).
+        listen_backlog: The listening socket's backlog (pending TCP connections).
         tls_cert_file / tls_key_file: PEM certificate chain and key: serve ``wss://`` (TLS).
 
     The settings shared with the worker (``db_path``, ``durability``, ``max_frame_bytes``,
@@ -46,7 +50,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     max_clock_skew: float = 120.0
-    tick_interval: float = 0.5
+    max_workers: int = 20_000
+    max_handshakes: int = 256
+    listen_backlog: int = 4096
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
 
@@ -64,8 +70,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             raise self.error("host", "must not be empty", self.host)
         if not 0 <= self.port <= 65535:
             raise self.error("port", "must be 0..65535", self.port)
-        self.check_counts("max_inflight")
-        self.check_durations("heartbeat_interval", "max_clock_skew", "tick_interval")
+        self.check_counts("max_inflight", "max_workers", "max_handshakes", "listen_backlog")
+        self.check_durations("heartbeat_interval", "max_clock_skew")
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(
                 "heartbeat_timeout",

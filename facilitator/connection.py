@@ -1,38 +1,32 @@
-# One worker connection on the reference facilitator: runs a FacilitatorSession over a
-# `websockets` sync server connection. Three threads per connection:
-#   - the server's handler thread (``run``) is the only one that touches the session, reads the
-#     worker's outbox rows and decides what to send;
-#   - a reader thread moves received frames into the handler's queue (bounded: a slow handler
-#     stops reading, TCP pushes back on the worker);
-#   - a writer thread (``BackgroundSender``) writes frames to the socket, so no thread of ours
-#     ever waits on a stalled peer.
+# One worker connection on the reference facilitator: a FacilitatorSession over a `websockets`
+# asyncio server connection, driven by the shared SessionDriver. Everything runs on the
+# facilitator's event loop: one coroutine per connection (``run``: reads and acts), one writer
+# task (``_write_loop``: a stalled peer blocks only its own writer), one loop timer for the next
+# deadline (heartbeat due, peer silence, handshake, stuck send). No thread of its own.
 # Invariants:
-# - Other threads never touch the session or the socket: they call ``wake()`` (send stored job
-#   requests now) or ``request_close()``; both only set a flag and enqueue a wake-up.
-# - Frames leave in the order the session queued them (one writer, one queue).
-# - Durable before acknowledged: acknowledge(upto) is called only after the store committed the
-#   batch holding ``upto``. Refused status updates are still acknowledged (the stream moves on).
-# - The handler thread wakes at least every ``tick_interval`` to run session deadlines and
-#   heartbeats; nothing here blocks without a timeout except the store's bounded calls.
-# - A worker that is silent past heartbeat_timeout, or that stops reading so a send is stuck
-#   that long, is closed with 4002; a send still stuck after the close grace aborts the socket.
-# - After the session closes with an error code, its error frame is sent, then the WebSocket is
-#   closed with the mapped close code (close_code_for()).
+# - Only the loop thread touches the session. Other threads reach a connection through
+#   ``loop.call_soon_threadsafe`` (``wake``, ``request_close``).
+# - Events are acted on in the order the session emitted them, one at a time, awaiting the store
+#   where needed (``_act``): data is acknowledged only after the store committed it (durable
+#   before acknowledged); refused status updates are still acknowledged (the stream moves on).
+# - Frames leave in the order the session queued them (one writer task, one queue); after the
+#   session closes, its error frame is sent, then the WebSocket is closed with the mapped code
+#   (close_code_for()); a writer still stuck after the grace aborts the TCP connection.
+# - Stored job requests are sent by one fill at a time (``_fill``), so seqs never go out twice.
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import queue
 import secrets
-import threading
 import time
-from typing import Any, Final
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
-from websockets.sync.server import ServerConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
-from jobrelay.common.transport import BackgroundSender
-from jobrelay.facilitator.hub import Hub
-from jobrelay.facilitator.server_transport import CLOSE_TIMEOUT, Lost, ServerTransport, read_frames
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
@@ -40,11 +34,15 @@ from jobrelay.protocol.errors import ErrorCode, JobrelayError
 from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionState
 
-__all__ = ["WorkerConnection"]
+if TYPE_CHECKING:
+    from jobrelay.facilitator.hub import ConnectionHub
 
+__all__ = ["CLOSE_TIMEOUT", "WorkerConnection"]
+
+CLOSE_TIMEOUT: Final = 1.0
+"""The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
 _CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
-_INBOX_FRAMES: Final = 64  # received frames buffered for the handler thread
-_DRAIN: Final = 32  # received frames handled per round (their data persisted in one operation)
+_CLOSE: Final = object()  # the writer's last item: close the WebSocket
 
 
 class WorkerConnection:
@@ -54,12 +52,12 @@ class WorkerConnection:
         worker_id: The authenticated worker ("" before authentication).
         draining: The worker said in its last heartbeat that it is draining.
         last_contact: When the last frame arrived (seconds since the epoch).
-        released: Set when the handler stopped using the session and the store for this
-            connection (the socket may still be closing).
-        done: Set when the handler returned.
+        released: Set once the session is closed and no store operation of this connection is in
+            flight (the socket may still be closing): a connection replacing it may start.
+        done: Set when the connection's coroutine has finished (socket closed, store told).
     """
 
-    def __init__(self, ws: ServerConnection, hub: Hub) -> None:
+    def __init__(self, ws: ServerConnection, hub: ConnectionHub) -> None:
         now = time.time()
         self.ws = ws
         self.hub = hub
@@ -73,144 +71,146 @@ class WorkerConnection:
         )
         self.worker_id = ""
         self.draining = False
-        self.connected_at = now
         self.last_contact = now
-        self.released = threading.Event()
-        self.done = threading.Event()
+        self.released = asyncio.Event()
+        self.done = asyncio.Event()
+        self.driver = SessionDriver(self.session, self._queue_frame, self)
+        self._loop = asyncio.get_running_loop()
+        self._todo: deque[ev.Event | list[tuple[int, Any]]] = deque()
+        self._out: deque[OutFrame | object] = deque()
+        self._out_ready = asyncio.Event()
+        self._send_started: float | None = None  # loop time of the send in progress
+        self._timer: asyncio.TimerHandle | None = None
+        self._close_request: tuple[int, str] | None = None
+        self._fill_wanted = False
+        self._filling = False
+        self._acting = False
+        self._finished = False
         self._opened = False
+        self._release: Callable[[], None] | None = None  # gives back the handshake slot
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
-        self._inbox: queue.Queue[bytes | Lost | None] = queue.Queue(_INBOX_FRAMES)  # None: wake up
-        self._flag_lock = threading.Lock()
-        self._wanted = False
-        self._close_request: tuple[int, str] | None = None
-        self._transport = ServerTransport(ws, hub.counters)
-        self._writer: BackgroundSender | None = None
-        self.driver = SessionDriver(self.session, self._write, self)
 
     @property
     def is_open(self) -> bool:
         return self.session.is_open
 
-    # ------------------------------------------------------------------ any thread
+    # ------------------------------------------------------------------ from the loop's callbacks
 
     def wake(self) -> None:
-        """Stored job requests/cancels may be waiting: the handler thread sends what the window
-        allows. Never blocks."""
-        with self._flag_lock:
-            if self._wanted:
-                return
-            self._wanted = True
-        self._poke()
+        """Stored job requests/cancels may be waiting: send what the window allows."""
+        self._fill_wanted = True
+        if not self._filling and self.worker_id:
+            self._filling = True
+            self._loop.create_task(self._fill())
 
     def request_close(self, code: int = GOING_AWAY, reason: str = "") -> None:
-        """Close the connection with ``code`` (e.g. 1001 on shutdown or when replaced); the
-        handler thread closes the session and the socket. Never blocks."""
-        with self._flag_lock:
-            if self._close_request is None:
-                self._close_request = (code, reason)
-        self._poke()
+        """Close the connection with ``code`` (1001 on shutdown or when replaced)."""
+        if self._close_request is None:
+            self._close_request = (code, reason)
+        if self.session.state is not SessionState.CLOSED:
+            self.driver.close(None, reason)  # → Closed
+        self._finish_writing()
+        self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
 
-    def _poke(self) -> None:
-        with contextlib.suppress(queue.Full):  # a full queue wakes the handler anyway
-            self._inbox.put_nowait(None)
+    # ------------------------------------------------------------------ the connection's coroutine
 
-    # ------------------------------------------------------------------ reader thread
+    def release_handshake(self) -> None:
+        """Authentication ended (opened or refused): give back the handshake slot, once."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
-    # ------------------------------------------------------------------ handler thread
+    async def run(self, authenticated: Callable[[], None] | None = None) -> None:
+        """Serve the connection until it closes (the server's handler for this socket).
 
-    def run(self) -> None:
-        """Serve the connection until it closes (the server's handler for this socket)."""
-        self._writer = BackgroundSender(
-            self._transport,
-            self._on_send_failed,
-            name=f"facilitator-writer-{self.session.session_id}",
-        )
-        threading.Thread(
-            target=read_frames,
-            args=(self.ws, self._inbox, self.released),
-            name=f"facilitator-reader-{self.session.session_id}",
-            daemon=True,
-        ).start()
+        Args:
+            authenticated: called once when the handshake ends (opened or refused).
+        """
+        self._release = authenticated
+        writer = self._loop.create_task(self._write_loop())
+        self._arm_timer()
         try:
-            self._loop()
+            await self._serve()
         except Exception:
             self._log.exception("facilitator: connection handler failed worker={}", self.worker_id or "?")
-            self.session.close(ErrorCode.INTERNAL, "facilitator error")
-            self.driver.flush()
+            self.driver.close(ErrorCode.INTERNAL, "facilitator error")
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             self.released.set()
-            self._close_transport()
-            self._finish()
+            self._finish_writing()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer), _CLOSE_GRACE + CLOSE_TIMEOUT)
+            if not writer.done():
+                writer.cancel()
+                self.ws.transport.abort()
+            await self._finish()
+            self._finished = True
+            self.done.set()
 
-    def _on_send_failed(self, detail: str) -> None:  # writer thread
-        self._log.debug("facilitator: {}", detail)
-        self._transport.abort()  # the reader then sees the end of the connection
-
-    def _loop(self) -> None:
-        tick = self.hub.config.tick_interval
-        timeout = self.hub.config.heartbeat_timeout
-        while True:
-            if self.hub.stopping.is_set():
-                self.request_close(GOING_AWAY, "facilitator shutting down")
-            try:
-                items = [self._inbox.get(timeout=tick)]
-            except queue.Empty:
-                items = []
-            while items and len(items) < _DRAIN:
-                try:
-                    items.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            now = time.time()
-            driver = self.driver
-            for item in items:
-                if item is None:
-                    continue
-                if isinstance(item, Lost):
-                    self.session.connection_lost(item.detail)
-                    continue
-                self.hub.counters.add("frames_in")
+    async def _serve(self) -> None:
+        counters, ws = self.hub.counters, self.ws
+        try:
+            while True:
+                message = await ws.recv(decode=False)
+                now = time.time()
                 self.last_contact = now
-                driver.feed(item, now)  # a burst's data is persisted in one store operation
-            stuck = self._transport.stuck_for(time.monotonic())
-            if self.session.is_open and stuck > timeout:
-                self.session.close(
-                    ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s"
-                )
-            if self._close_request is not None and self.session.state is not SessionState.CLOSED:
-                self.session.close(None, self._close_request[1])
-            driver.pump()
-            with self._flag_lock:
-                wanted, self._wanted = self._wanted, False
-            if wanted:
-                self._fill()
-            driver.tick(now)  # deadlines, and a heartbeat when one is due
-            if self.session.state is SessionState.CLOSED:
-                return
+                counters.add("frames_in")
+                self.driver.receive(message, now)
+                await self._act()
+                if self.session.state is SessionState.CLOSED:
+                    return
+        except ConnectionClosed as exc:
+            detail = f"connection closed ({exc})"
+        self.driver.lost(detail)
+        await self._act()
+
+    async def _act(self) -> None:
+        """Act on what the session emitted, in order; acting may emit more (accept(), acks)."""
+        self._acting = True
+        try:
+            while self._todo:
+                item = self._todo.popleft()
+                if isinstance(item, list):
+                    await self._persist(item)
+                else:
+                    await self._on_event(item)
+                self.driver.pump()
+        finally:
+            self._acting = False
+        if self._closed():
+            self.released.set()
 
     # ------------------------------------------------------------------ SessionHandler (driver)
 
-    def _write(self, frame: OutFrame) -> None:
-        writer = self._writer
-        if writer is not None:
-            writer.put(frame.data, frame.binary)
+    def on_data(self, items: list[tuple[int, Any]]) -> None:
+        self._todo.append(items)
 
     def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Closed) and not self._todo and not self._acting:
+            # Closed by a timer or a close request while run() waits for a frame: account for it
+            # now, before the socket closes (nothing else is pending to keep it in order with).
+            self._on_closed(event)
+            return
+        self._todo.append(event)
+
+    async def _on_event(self, event: ev.Event) -> None:
+        store, counters = self.hub.store, self.hub.counters
         match event:
             case ev.AuthVerified():
-                self._on_auth(event)
+                await self._on_auth(event)
             case ev.Opened():
                 self._on_opened(event)
             case ev.PeerStreamStarted() | ev.PeerStreamAdvanced():
-                self._on_peer_stream(event)
+                await self._on_peer_stream(event)
             case ev.RestartOwnStream():
                 # The worker holds more of our stream than our store does (restored from an older
                 # copy): what we still have goes out again as a new stream; the worker's ledger
                 # recognises job ids it already has.
-                epoch = self.hub.store.restart_stream(self.session.peer_id)
-                self.hub.counters.add("epoch_restarts")
+                epoch = await self.hub.wait(store.restart_stream(self.session.peer_id))
+                counters.add("epoch_restarts")
                 self._log.warning(
                     "facilitator: our stream to worker={} restarts as epoch {} ({})",
                     self.session.peer_id,
@@ -218,25 +218,20 @@ class WorkerConnection:
                     event.detail,
                 )
             case ev.Acked():
-                self.hub.store.ack(self.worker_id, event.upto)
-                self._fill()
+                await self.hub.wait(store.ack(self.worker_id, event.upto))
+                self.wake()
             case ev.DuplicateDropped():
-                self.hub.counters.add("duplicates_dropped")
-            case ev.HeartbeatReceived():
-                if event.draining != self.draining:
-                    self.draining = event.draining
-                    self._log.info(
-                        "facilitator: worker draining changed worker={} draining={}",
-                        self.worker_id,
-                        event.draining,
-                    )
-                    if not event.draining:
-                        self.hub.worker_ready(self.worker_id)
-            case ev.RequestReceived():
-                if self.session.is_open:
-                    self.session.send_response(
-                        Response(id=event.request.id, ok=False, error="unknown method")
-                    )
+                counters.add("duplicates_dropped")
+            case ev.HeartbeatReceived() if event.draining != self.draining:
+                self.draining = event.draining
+                self._log.info(
+                    "facilitator: worker draining changed worker={} draining={}",
+                    self.worker_id,
+                    self.draining,
+                )
+                self.hub.worker_ready(self, not self.draining)
+            case ev.RequestReceived() if self.session.is_open:
+                self.session.send_response(Response(id=event.request.id, ok=False, error="unknown method"))
             case ev.PeerWarning():
                 self._log.warning(
                     "facilitator: worker warning worker={} code={} detail={}",
@@ -249,18 +244,23 @@ class WorkerConnection:
             case _:
                 pass
 
-    def _on_auth(self, event: ev.AuthVerified) -> None:
+    async def _on_auth(self, event: ev.AuthVerified) -> None:
         self.worker_id = event.worker_id
         self._log = self._log.bind(worker=event.worker_id)
-        self.hub.attach(self)
-        self._stored_out_last_seq = (marks := self.hub.store.marks(event.worker_id)).out_last_seq
-        self.session.accept(marks)
+        await self.hub.attach(self)
+        if self.session.state is SessionState.CLOSED:
+            return  # closed while the replaced connection let go
+        marks = await self.hub.wait(self.hub.store.marks(event.worker_id))
+        self._stored_out_last_seq = marks.out_last_seq
+        if self.session.state is SessionState.VERIFYING:
+            self.session.accept(marks)
 
-    def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
+    async def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
+        store = self.hub.store
         if isinstance(event, ev.PeerStreamAdvanced):
-            self.hub.store.open_stream(self.worker_id, event.epoch, event.hwm, False)
+            await self.hub.wait(store.open_stream(self.worker_id, event.epoch, event.hwm, False))
             return
-        self.hub.store.open_stream(self.worker_id, event.epoch, event.after, True)
+        await self.hub.wait(store.open_stream(self.worker_id, event.epoch, event.after, True))
         self.hub.counters.add("new_streams")
         # A first stream is routine; a replaced one means the worker's store was lost.
         self._log.log(
@@ -274,6 +274,8 @@ class WorkerConnection:
 
     def _on_opened(self, event: ev.Opened) -> None:
         self.hub.counters.add("sessions_opened")
+        self.release_handshake()
+        self._arm_timer()  # from the handshake deadline to heartbeats and silence
         self._opened = True
         self._in_epoch = event.in_epoch
         if event.new_out_stream and self._stored_out_last_seq:
@@ -289,11 +291,15 @@ class WorkerConnection:
             event.resume_after,
             event.in_hwm,
         )
-        self._fill()
-        self.hub.worker_ready(self.worker_id)
+        self.wake()
+        self.hub.worker_ready(self, True)
 
     def _on_closed(self, event: ev.Closed) -> None:
         counters = self.hub.counters
+        self.release_handshake()
+        self._finish_writing()
+        if not self._acting:
+            self.released.set()  # no store operation of ours is in flight: a successor may start
         if event.code in AUTH_CODES:
             counters.add("auth_failures")
             self._log.warning(
@@ -313,8 +319,8 @@ class WorkerConnection:
             event.detail,
         )
 
-    def on_data(self, batch: list[tuple[int, Any]]) -> None:
-        outcome = self.hub.store.accept(self.worker_id, self._in_epoch, batch)
+    async def _persist(self, batch: list[tuple[int, Any]]) -> None:
+        outcome = await self.hub.wait(self.hub.store.accept(self.worker_id, self._in_epoch, batch))
         counters = self.hub.counters
         counters.add("data_accepted", outcome.accepted)
         if outcome.duplicates:
@@ -331,53 +337,123 @@ class WorkerConnection:
                 self.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
         if outcome.gap:
             self.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
-            return
-        if outcome.upto and self.session.is_open:
+        elif outcome.upto and self.session.is_open:
             self.session.acknowledge(min(outcome.upto, self.session.receiver.seen))
 
-    def _fill(self) -> None:
-        """Send stored job requests/cancels to the worker while the window has room."""
-        if not self.worker_id:
-            return
-        limit = self.hub.config.max_batch
-        while self.session.is_open and self.session.sender.capacity > 0:
-            after = self.session.sender.sent
-            want = min(self.session.sender.capacity, limit)
-            rows = self.hub.store.pending(self.worker_id, after, want)
-            if not rows or rows[0][0] != after + 1:
-                return
-            self.session.note_appended(rows[-1][0])
-            self.session.send_data(rows)
-            self.driver.flush()
-            if len(rows) < want:
-                return
+    async def _fill(self) -> None:
+        """Send stored job requests/cancels while the window has room (one fill at a time)."""
+        try:
+            while self._fill_wanted and self.session.is_open:
+                self._fill_wanted = False
+                sender = self.session.sender
+                while self.session.is_open and sender.capacity > 0:
+                    after, want = sender.sent, min(sender.capacity, self.hub.config.max_batch)
+                    rows = await self.hub.wait(self.hub.store.pending(self.worker_id, after, want))
+                    if not rows or rows[0][0] != after + 1 or not self.session.is_open:
+                        break
+                    if sender is not self.session.sender or sender.sent != after:
+                        break  # the session moved on meanwhile (cannot happen with one fill)
+                    self.session.note_appended(rows[-1][0])
+                    self.session.send_data(rows)
+                    self.driver.flush()
+                    if len(rows) < want:
+                        break
+        except (JobrelayError, TimeoutError) as exc:
+            self._log.warning("facilitator: could not send stored jobs to worker={}: {}", self.worker_id, exc)
+        finally:
+            self._filling = False
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ writing
 
-    def _close_transport(self) -> None:
-        """Close the WebSocket after the frames already queued; bounded (a stuck writer is
-        aborted after the grace)."""
+    def _queue_frame(self, frame: OutFrame) -> None:
+        self._out.append(frame)
+        self._out_ready.set()
+
+    def _finish_writing(self) -> None:
+        """After what is queued, close the WebSocket (once)."""
+        if _CLOSE not in self._out:
+            self._out.append(_CLOSE)
+            self._out_ready.set()
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        while True:
+            while not self._out:
+                self._out_ready.clear()
+                await self._out_ready.wait()
+            item = self._out.popleft()
+            if item is _CLOSE:
+                code, reason = self._close_code()
+                self._send_started = self._loop.time()
+                with contextlib.suppress(Exception):  # the socket may already be gone
+                    await ws.close(code, reason[:120])
+                return
+            assert isinstance(item, OutFrame)
+            self._send_started = self._loop.time()
+            try:
+                await ws.send(item.data, text=not item.binary)
+            except (ConnectionClosed, OSError) as exc:
+                self._log.debug("facilitator: send failed: {}", exc)
+                ws.transport.abort()  # the reader then sees the end of the connection
+                return
+            finally:
+                self._send_started = None
+            self.hub.counters.add("frames_out")
+
+    def _close_code(self) -> tuple[int, str]:
         request = self._close_request
         if request is not None and self.session.close_code is None:
-            code, reason = request
-        else:
-            error = self.session.close_code
-            code, reason = close_code_for(error), error.value if error else ""
-        writer = self._writer
-        if writer is None:  # pragma: no cover - run() makes it first
-            self._transport.close(code, reason)
-            return
-        writer.finish(code, reason, grace=_CLOSE_GRACE)
-        if not self._transport.closed.wait(_CLOSE_GRACE + CLOSE_TIMEOUT + 0.5):
-            self._transport.abort()
+            return request
+        error = self.session.close_code
+        return close_code_for(error), error.value if error else ""
 
-    def _finish(self) -> None:
+    # ------------------------------------------------------------------ deadlines (one loop timer)
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        session, now = self.session, time.time()
+        if session.is_open:
+            due = min(
+                session.last_sent + session.heartbeat_interval,
+                session.last_received + session.heartbeat_timeout,
+            )
+        else:
+            due = session.started_at + session.config.handshake_timeout
+        if self._send_started is not None:  # a stuck send is checked at the silence deadline
+            due = min(due, now + session.heartbeat_timeout)
+        self._timer = self._loop.call_later(max(0.01, due - now + 0.001), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        session = self.session
+        if self._closed():
+            return
+        stuck = 0.0 if self._send_started is None else self._loop.time() - self._send_started
+        if session.is_open and stuck > session.heartbeat_timeout:
+            self.driver.close(ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s")
+        else:
+            self.driver.tick(time.time())  # deadlines, and a heartbeat when one is due
+        if self._closed():
+            # run() is waiting for the next frame: closing the WebSocket ends that wait.
+            self._finish_writing()
+            self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
+            return
+        self._arm_timer()
+
+    def _closed(self) -> bool:
+        return self.session.state is SessionState.CLOSED
+
+    def _abort_if_open(self) -> None:
+        if not self._finished:
+            self.ws.transport.abort()  # the writer is stuck: run() then sees the end at once
+
+    async def _finish(self) -> None:
         if self.worker_id:
             self.hub.detach(self)
             try:
-                self.hub.store.touch(self.worker_id, self.last_contact)
+                await self.hub.wait(self.hub.store.touch(self.worker_id, self.last_contact))
             except (JobrelayError, TimeoutError) as exc:
                 self._log.warning("facilitator: could not record last contact: {}", exc)
         if self._opened:
             self.hub.counters.add("sessions_closed")
-        self.done.set()

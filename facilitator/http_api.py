@@ -32,7 +32,7 @@ class FacilitatorHealth:
         stats = fac.stats()
         workers = fac.workers()
         body: dict[str, Any] = {
-            "state": "stopping" if fac.stopping.is_set() else "serving",
+            "state": "stopping" if fac.stopping else "serving",
             "url": fac.url,
             "connected_workers": stats.connected_workers,
             "outbox_depth": sum(w.outbox_depth for w in workers),
@@ -47,7 +47,7 @@ class FacilitatorHealth:
                 for w in workers
             },
         }
-        if fac.stopping.is_set():
+        if fac.stopping:
             return HealthReport(False, "facilitator stopping", body)
         return HealthReport(True, "", body)
 

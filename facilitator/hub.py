@@ -1,37 +1,48 @@
-# What the facilitator's connections share with the server that owns them: the Hub interface
-# (config, store, keys, counters, attach/detach), named counters and the registry of auth nonces
-# already used. Invariant: Counters and LockedNonceRegistry are safe to use from any thread.
+# The facilitator's connections on its event loop: the `websockets` asyncio server's handler, the
+# registry of connections by worker, who can take jobs, routing wake-ups, and the limits that make
+# the server degrade instead of collapse (a cap on connections, paced handshakes).
+# Invariants:
+# - Everything here runs on the loop thread, except the methods documented as thread-safe
+#   (``eligible``, ``notify``, ``live``, ``connected``, ``close_all``), which only take ``_lock``
+#   briefly or hand work to the loop with call_soon_threadsafe.
+# - At most one authenticated connection per worker id; a newer one replaces the older (closed
+#   with 1001) after waiting a bounded time for it to let go of its session and the store.
+# - A connection over ``max_workers`` is refused at once with close code 1013 (try again later),
+#   counted, and logged once per remote address per minute; at most ``max_handshakes`` connections
+#   authenticate at a time, the rest wait (a reconnect storm is absorbed, not a freeze).
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Final, TypeVar
+
+from loguru import logger
+from websockets.asyncio.server import ServerConnection
 
 from jobrelay.facilitator.config import FacilitatorConfig
+from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.store import FacilitatorStore
+from jobrelay.facilitator.store_ops import Assignment
+from jobrelay.facilitator.views import Live
 from jobrelay.protocol.auth import NonceRegistry
-from jobrelay.protocol.session import SessionConfig
+from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
+from jobrelay.protocol.session import SessionState
 
-if TYPE_CHECKING:
-    from jobrelay.facilitator.connection import WorkerConnection
+__all__ = ["ConnectionHub", "Counters"]
 
-__all__ = ["Counters", "Hub", "LockedNonceRegistry"]
+T = TypeVar("T")
 
-
-class LockedNonceRegistry(NonceRegistry):
-    """A NonceRegistry shared by all connection threads."""
-
-    def __init__(self, ttl: float = 600.0, max_entries: int = 100_000) -> None:
-        super().__init__(ttl, max_entries)
-        self._lock = threading.Lock()
-
-    def use(self, nonce: str, now: float) -> bool:
-        with self._lock:
-            return super().use(nonce, now)
+_REPLACE_WAIT: Final = 2.0  # longest a new connection waits for the one it replaces to let go
+_STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
+_LOG_EVERY: Final = 60.0  # one refusal line per remote address per minute
+_DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
 
 
 class Counters:
-    """Thread-safe named counters."""
+    """Named counters, safe to add to and read from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -46,22 +57,177 @@ class Counters:
             return dict(self._values)
 
 
-class Hub(Protocol):
-    """What a connection needs from the facilitator that owns it."""
+class ConnectionHub:
+    """What the connections share with the server that owns them (see module invariants)."""
 
-    config: FacilitatorConfig
-    session_config: SessionConfig
-    store: FacilitatorStore
-    authorized: Mapping[str, str]
-    nonces: NonceRegistry
-    counters: Counters
-    stopping: threading.Event
+    def __init__(
+        self,
+        config: FacilitatorConfig,
+        store: FacilitatorStore,
+        authorized: Mapping[str, str],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.session_config = config.session_config()
+        self.store = store
+        self.authorized: Mapping[str, str] = dict(authorized)
+        self.nonces = NonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
+        self.counters = Counters()
+        self.loop = loop
+        self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._conns: dict[str, WorkerConnection] = {}  # authenticated, by worker id
+        self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
+        self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
+        self._handshakes = asyncio.Semaphore(config.max_handshakes)
+        self._waiting_handshakes = 0
+        self._refusals_logged: dict[str, float] = {}
+        self._dispatch_handle: asyncio.TimerHandle | None = None
 
-    def attach(self, conn: WorkerConnection) -> None:
-        """Register an authenticated connection (replacing an older one of the same worker)."""
+    # ------------------------------------------------------------------ the server's handler
+
+    async def handle(self, ws: ServerConnection) -> None:
+        """Serve one worker connection (the `websockets` server's handler)."""
+        if self.stopping:
+            await ws.close(GOING_AWAY, "facilitator shutting down")
+            return
+        if len(self._all) >= self.max_workers:
+            self._refuse(ws)
+            await ws.close(TRY_AGAIN_LATER, f"facilitator at capacity ({self.max_workers} workers)")
+            return
+        conn = WorkerConnection(ws, self)
+        self._all.add(conn)
+        try:
+            self._waiting_handshakes += 1
+            try:
+                await self._handshakes.acquire()
+            finally:
+                self._waiting_handshakes -= 1
+            try:
+                await conn.run(authenticated=self._handshakes.release)
+            finally:
+                conn.release_handshake()
+        finally:
+            self._all.discard(conn)
+
+    def _refuse(self, ws: ServerConnection) -> None:
+        self.counters.add("refused_capacity")
+        source = str(ws.remote_address[0]) if ws.remote_address else "?"
+        now = time.monotonic()
+        if now - self._refusals_logged.get(source, -_LOG_EVERY) >= _LOG_EVERY:
+            if len(self._refusals_logged) > 10_000:
+                self._refusals_logged.clear()  # bounded: a flood of sources only logs more
+            self._refusals_logged[source] = now
+            logger.warning(
+                "facilitator: refusing connections from {}: at capacity ({} workers, max_workers)",
+                source,
+                self.max_workers,
+            )
+
+    # ------------------------------------------------------------------ what a connection calls
+
+    async def wait(self, future: Future[T]) -> T:
+        """Await a store operation without blocking the loop.
+
+        Raises:
+            TimeoutError: the store did not answer within _STORE_WAIT seconds.
+        """
+        return await asyncio.wait_for(asyncio.wrap_future(future), _STORE_WAIT)
+
+    async def attach(self, conn: WorkerConnection) -> None:
+        """Register an authenticated connection; an older one of the same worker is closed
+        first, and waited for (bounded), so the new one reads the marks after its last commit."""
+        with self._lock:
+            old = self._conns.get(conn.worker_id)
+            self._conns[conn.worker_id] = conn
+            self._ready.pop(conn.worker_id, None)
+        if old is None or old is conn:
+            return
+        self.counters.add("connections_replaced")
+        logger.warning("facilitator: connection replaced worker={}", conn.worker_id)
+        old.request_close(GOING_AWAY, "replaced by a new connection")
+        try:
+            await asyncio.wait_for(old.released.wait(), _REPLACE_WAIT)
+        except TimeoutError:
+            logger.warning(
+                "facilitator: the replaced connection of worker={} did not let go in {}s",
+                conn.worker_id,
+                _REPLACE_WAIT,
+            )
 
     def detach(self, conn: WorkerConnection) -> None:
-        """Forget a connection that ended."""
+        """Forget a connection that ended (unless a newer one replaced it)."""
+        with self._lock:
+            if self._conns.get(conn.worker_id) is conn:
+                del self._conns[conn.worker_id]
+            if self._ready.get(conn.worker_id) is conn:
+                del self._ready[conn.worker_id]
+        logger.info("facilitator: worker disconnected worker={}", conn.worker_id)
 
-    def worker_ready(self, worker_id: str) -> None:
-        """The worker can take jobs now (connected, or stopped draining)."""
+    def worker_ready(self, conn: WorkerConnection, ready: bool) -> None:
+        """``conn`` can take jobs now (opened, or stopped draining), or no longer can."""
+        with self._lock:
+            if ready and self._conns.get(conn.worker_id) is conn:
+                self._ready[conn.worker_id] = conn
+            elif self._ready.get(conn.worker_id) is conn:
+                del self._ready[conn.worker_id]
+        if ready and self._dispatch_handle is None:
+            # Many workers become ready together (a reconnect storm): one routing pass for all.
+            self._dispatch_handle = self.loop.call_later(_DISPATCH_DELAY, self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_handle = None
+        eligible = self.eligible()
+        if eligible:
+            self.loop.create_task(self._route_queued(eligible))
+
+    async def _route_queued(self, eligible: list[str]) -> None:
+        try:
+            assignments: list[Assignment] = await self.wait(self.store.dispatch_queued(eligible))
+            self.notify(assignments)
+        except Exception as exc:
+            logger.warning("facilitator: routing queued jobs failed: {}", exc)
+
+    # ------------------------------------------------------------------ thread-safe
+
+    def eligible(self) -> list[str]:
+        """Workers that may take jobs now: connected and not draining."""
+        if self.stopping:
+            return []
+        with self._lock:
+            return list(self._ready)
+
+    def notify(self, assignments: Sequence[Assignment]) -> None:
+        """Wake the connections of workers that got new rows (never blocks: they send)."""
+        workers = {a.worker for a in assignments if a.worker and a.seq}
+        with self._lock:
+            conns = [self._conns[w] for w in workers if w in self._conns]
+        for conn in conns:
+            self.loop.call_soon_threadsafe(conn.wake)
+
+    def live(self) -> dict[str, Live]:
+        """What each authenticated connection knows now."""
+        with self._lock:
+            return {w: Live(c.is_open, c.draining, c.last_contact) for w, c in self._conns.items()}
+
+    def connected(self) -> int:
+        with self._lock:
+            return sum(1 for c in self._conns.values() if c.is_open)
+
+    def saturation(self) -> str:
+        """Why the facilitator cannot take more workers now ("" when it can)."""
+        if len(self._all) >= self.max_workers:
+            return f"at capacity: {len(self._all)} connections, max_workers {self.max_workers}"
+        if self._waiting_handshakes:
+            return f"{self._waiting_handshakes} connections wait to authenticate"
+        return ""
+
+    async def close_all(self, reason: str) -> None:
+        """Close every connection with 1001 and wait (bounded by the caller) until they let go."""
+        self.stopping = True
+        conns = list(self._all)
+        for conn in conns:
+            if conn.session.state is not SessionState.CLOSED or not conn.released.is_set():
+                conn.request_close(GOING_AWAY, reason)
+        await asyncio.gather(*(conn.done.wait() for conn in conns))

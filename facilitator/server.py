@@ -1,40 +1,40 @@
-# The reference facilitator: a `websockets` threaded server (one handler thread per worker
-# connection) in front of one SQLite database owned by a single store thread (group commit).
+# The reference facilitator: a `websockets` asyncio server on one event loop (its own thread), one
+# coroutine per worker connection (connection.py), in front of one SQLite database owned by a
+# single store thread (group commit). The public API below is synchronous and thread-safe; it is
+# for callers outside the loop (user threads, the HTTP API's executor).
 # Invariants:
 # - submit()/cancel() return only after the job (and its request in the worker's outbox) is
 #   committed; a job is routed at most once: to the named worker, else to the connected
 #   non-draining worker with the fewest unfinished jobs, else it stays queued and is routed when
 #   a worker becomes ready.
 # - submit()/cancel() never wait on a socket: after the commit they only wake the worker's
-#   connection, whose own thread sends (facilitator_conn.py).
+#   connection on the loop, which sends.
 # - A job whose request would not fit in one frame (max_frame_bytes) is refused, never stored.
-# - At most one connection per worker id: a newer authenticated connection replaces the older,
-#   which is closed with 1001 ("replaced by a new connection"); the new one waits a bounded time
-#   for the old one to let go.
+# - The open-file limit is raised to its hard limit at start, and the connections held are capped
+#   below what it allows, so the listener never fails to accept for want of descriptors.
 # - stop() is bounded: connections are closed with 1001, the server stops, the store commits
 #   what is queued and closes the file, all within the timeout.
 from __future__ import annotations
 
+import asyncio
+import resource
 import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from loguru import logger
-from websockets.sync.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, serve
 
 from jobrelay.facilitator.config import FacilitatorConfig
-from jobrelay.facilitator.connection import WorkerConnection
+from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.errors import JobTooLarge
-from jobrelay.facilitator.hub import Counters, LockedNonceRegistry
-from jobrelay.facilitator.server_transport import CLOSE_TIMEOUT
+from jobrelay.facilitator.hub import ConnectionHub, Counters
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
-from jobrelay.facilitator.views import FacilitatorStats, JobView, Live, WorkerView, worker_views
-from jobrelay.protocol.auth import NonceRegistry
-from jobrelay.protocol.close_codes import GOING_AWAY
+from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
@@ -42,8 +42,8 @@ from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
 
-
-_REPLACE_WAIT = 2.0  # longest a new connection waits for the one it replaces to let go
+_CALL_TIMEOUT: Final = 30.0
+_FD_RESERVE: Final = 256  # descriptors kept for the database, the HTTP API, logs and the listener
 
 
 class Facilitator:
@@ -53,24 +53,25 @@ class Facilitator:
         config: Its configuration.
         url: ``ws://host:port`` workers connect to.
         port: The TCP port it listens on.
+        loop: The event loop its connections run on (in its own thread).
+        max_workers: Connections it holds at most: ``config.max_workers``, or fewer when the
+            open-file limit allows fewer.
     """
 
     def __init__(
         self, config: FacilitatorConfig, store: FacilitatorStore, authorized: Mapping[str, str]
     ) -> None:
         self.config = config
-        self.session_config = config.session_config()
         self.store = store
         self.authorized: Mapping[str, str] = dict(authorized)
-        self.nonces: NonceRegistry = LockedNonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
-        self.counters = Counters()
-        self.stopping = threading.Event()
         self.port = 0
         self.url = ""
-        self._lock = threading.Lock()
-        self._conns: dict[str, WorkerConnection] = {}
+        self.max_workers = config.max_workers
+        self.loop = asyncio.new_event_loop()
+        self.hub = ConnectionHub(config, store, self.authorized, self.loop)
+        self.counters: Counters = self.hub.counters
         self._server: Server | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run_loop, name="facilitator-loop", daemon=True)
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -83,6 +84,10 @@ class Facilitator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self.hub.stopping
 
     # ------------------------------------------------------------------ public API
 
@@ -137,11 +142,14 @@ class Facilitator:
             request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
-        assignments = self.store.submit(requests, worker, self._eligible())
+        self._not_on_loop("submit")
+        hub = self.hub
+        assignments = self.store.submit(requests, worker, hub.eligible())
         self.counters.add("jobs_submitted", len(requests))
-        self._notify(assignments)
-        if any(not a.worker for a in assignments):
-            self._dispatch()  # a worker may have become ready while we were routing
+        hub.notify(assignments)
+        if any(not a.worker for a in assignments) and (eligible := hub.eligible()):
+            # A worker may have become ready while we were routing.
+            hub.notify(self.store.dispatch_queued(eligible).result(_CALL_TIMEOUT))
         return [r.job_id for r in requests]
 
     def cancel(self, job_id: str, reason: str = "") -> bool:
@@ -157,9 +165,10 @@ class Facilitator:
             TimeoutError: The store did not answer in time.
         """
         self._check_frame(JobCancel(job_id=job_id, reason=reason), f"the cancel of job {job_id!r}")
+        self._not_on_loop("cancel")
         done, worker, seq = self.store.cancel(job_id, reason)
         if done and worker:
-            self._notify([Assignment(job_id, worker, seq)])
+            self.hub.notify([Assignment(job_id, worker, seq)])
         return done
 
     def _check_frame(self, body: JobRequest | JobCancel, what: str) -> None:
@@ -210,22 +219,21 @@ class Facilitator:
             StorageError: The read failed.
             TimeoutError: The store did not answer in time.
         """
-        facts = self.store.worker_facts()
-        with self._lock:
-            live = {w: Live(c.is_open, c.draining, c.last_contact) for w, c in self._conns.items()}
-        return worker_views(facts, self.authorized, live)
+        self._not_on_loop("workers")
+        return worker_views(self.store.worker_facts(), self.authorized, self.hub.live())
 
     def stats(self) -> FacilitatorStats:
         """A snapshot of the counters."""
-        values = self.counters.snapshot()
-        with self._lock:
-            connected = sum(1 for c in self._conns.values() if c.is_open)
         return FacilitatorStats(
-            **values,
-            connected_workers=connected,
+            **self.counters.snapshot(),
+            connected_workers=self.hub.connected(),
             store_commits=self.store.commits,
             store_operations=self.store.operations,
         )
+
+    def saturation(self) -> str:
+        """Why no more workers can connect now ("" when they can)."""
+        return self.hub.saturation()
 
     def stop(self, timeout: float | None = None) -> None:
         """Close every connection with 1001, stop the server and close the database.
@@ -237,92 +245,46 @@ class Facilitator:
             return
         self._stopped = True
         deadline = time.monotonic() + (self.config.stop_timeout if timeout is None else timeout)
-        self.stopping.set()
-        with self._lock:
-            conns = list(self._conns.values())
-        for conn in conns:
-            conn.request_close(GOING_AWAY, "facilitator shutting down")
-        server = self._server
-        if server is not None:
-            shutdown = threading.Thread(
-                target=server.shutdown,
-                kwargs={"code": 1001, "reason": "facilitator shutting down"},
-                name="facilitator-shutdown",
-                daemon=True,
-            )
-            shutdown.start()
-            shutdown.join(max(0.0, deadline - time.monotonic() - 0.5))
-            if shutdown.is_alive():
+        if self._thread.is_alive():
+            shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+            try:
+                shutdown.result(max(0.1, deadline - time.monotonic() - 0.5))
+            except TimeoutError:
                 logger.warning("facilitator: connections did not close in time; abandoning them")
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic() - 0.5))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(max(0.1, deadline - time.monotonic() - 0.3))
         if not self.store.stop(max(0.1, deadline - time.monotonic())):
             logger.warning("facilitator: the store thread did not stop in time")
         logger.info("facilitator: stopped url={}", self.url)
 
-    # ------------------------------------------------------------------ connection hub
+    # ------------------------------------------------------------------ the loop thread
 
-    def handle(self, ws: ServerConnection) -> None:
-        """The server's handler: serve one worker connection."""
-        WorkerConnection(ws, self).run()
-
-    def attach(self, conn: WorkerConnection) -> None:
-        """Register an authenticated connection; an older one of the same worker is closed.
-
-        Waits at most ``_REPLACE_WAIT`` seconds for the old connection's thread to stop using
-        its session (so the new one reads the stream marks after the old one's last commit);
-        the old socket closes on its own thread, aborted if its writer is stuck.
-        """
-        with self._lock:
-            old = self._conns.get(conn.worker_id)
-            self._conns[conn.worker_id] = conn
-        if old is not None and old is not conn:
-            self.counters.add("connections_replaced")
-            logger.warning("facilitator: connection replaced worker={}", conn.worker_id)
-            old.request_close(GOING_AWAY, "replaced by a new connection")
-            if not old.released.wait(_REPLACE_WAIT):
-                logger.warning(
-                    "facilitator: the replaced connection of worker={} did not let go in {}s",
-                    conn.worker_id,
-                    _REPLACE_WAIT,
-                )
-
-    def detach(self, conn: WorkerConnection) -> None:
-        """Forget a connection that ended (unless a newer one replaced it)."""
-        with self._lock:
-            if self._conns.get(conn.worker_id) is conn:
-                del self._conns[conn.worker_id]
-        logger.info("facilitator: worker disconnected worker={}", conn.worker_id)
-
-    def worker_ready(self, worker_id: str) -> None:
-        """Route queued jobs now that ``worker_id`` can take them."""
-        self._dispatch()
-
-    def _eligible(self) -> list[str]:
-        if self.stopping.is_set():
-            return []
-        with self._lock:
-            return sorted(w for w, c in self._conns.items() if c.is_open and not c.draining)
-
-    def _dispatch(self) -> None:
-        eligible = self._eligible()
-        if eligible:
-            self._notify(self.store.dispatch_queued(eligible))
-
-    def _notify(self, assignments: Sequence[Assignment]) -> None:
-        """Wake the connections of workers that got new rows (never blocks: they send)."""
-        workers = {a.worker for a in assignments if a.worker and a.seq}
-        with self._lock:
-            conns = [self._conns[w] for w in sorted(workers) if w in self._conns]
-        for conn in conns:
-            conn.wake()
-
-    def _serve(self) -> None:
-        config = self.config
-        tls = config.tls_context()
+    def _run_loop(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
         try:
-            server = serve(
-                self.handle,
+            loop.run_forever()
+        finally:
+            # What stop() could not finish in time (a stuck close) is cancelled, not leaked.
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def _not_on_loop(self, what: str) -> None:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(
+                f"Facilitator.{what}() blocks: call it from another thread, not the event loop"
+            )
+
+    async def _listen(self) -> None:
+        config = self.config
+        try:
+            self._server = await serve(
+                self.hub.handle,
                 config.host,
                 config.port,
                 compression=None,
@@ -330,17 +292,46 @@ class Facilitator:
                 ping_interval=None,
                 open_timeout=config.handshake_timeout,
                 close_timeout=CLOSE_TIMEOUT,
-                ssl=tls,
+                ssl=config.tls_context(),
+                backlog=config.listen_backlog,
             )
         except OSError as exc:
             raise ConfigError(
                 f"FacilitatorConfig.port: cannot listen on {config.host}:{config.port} ({exc})"
             ) from exc
-        self._server = server
-        self.port = int(server.socket.getsockname()[1])
-        self.url = f"{'wss' if tls else 'ws'}://{config.host}:{self.port}"
-        self._thread = threading.Thread(target=server.serve_forever, name="facilitator-server", daemon=True)
+        self.port = int(next(iter(self._server.sockets)).getsockname()[1])
+        self.url = f"{'wss' if config.tls_cert_file else 'ws'}://{config.host}:{self.port}"
+
+    async def _shutdown(self) -> None:
+        server = self._server
+        if server is not None:
+            server.close(close_connections=False)  # stop accepting; ours close below, with 1001
+        await self.hub.close_all("facilitator shutting down")
+        if server is not None:
+            await server.wait_closed()
+
+    def _start(self) -> None:
+        self.max_workers = min(self.config.max_workers, _raise_open_file_limit())
+        self.hub.max_workers = self.max_workers
         self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(30)
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            raise
+
+
+def _raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one; how many workers the result allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # pragma: no cover - the hard limit is ours to take
+            logger.warning("facilitator: could not raise the open-file limit to {}: {}", hard, exc)
+    return max(1, (1 << 30 if soft == resource.RLIM_INFINITY else soft) - _FD_RESERVE)
 
 
 def start_facilitator(config: FacilitatorConfig) -> Facilitator:
@@ -363,11 +354,23 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
     store.start()
     facilitator = Facilitator(config, store, authorized)
     try:
-        facilitator._serve()
+        facilitator._start()
     except BaseException:
         store.stop()
         raise
+    capacity = facilitator.max_workers
+    if capacity < config.max_workers:
+        logger.warning(
+            "facilitator: the open-file limit allows about {} workers (max_workers {}); raise it "
+            "(ulimit -n, LimitNOFILE=) to hold more",
+            capacity,
+            config.max_workers,
+        )
     logger.info(
-        "facilitator: listening url={} db={} workers={}", facilitator.url, config.db_path, len(authorized)
+        "facilitator: listening url={} db={} workers={} capacity={}",
+        facilitator.url,
+        config.db_path,
+        len(authorized),
+        capacity,
     )
     return facilitator

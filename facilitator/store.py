@@ -171,17 +171,27 @@ class FacilitatorStore:
             else:
                 op.future.set_exception(error)
 
-    def _call(self, name: str, fn: Callable[[StoreState], T], timeout: float = _CALL_TIMEOUT) -> T:
+    def queue_op(self, name: str, fn: Callable[[StoreState], T]) -> Future[T]:
+        """Queue ``fn`` for the store thread; its future resolves after the group commit.
+
+        Raises:
+            StorageError: The store is stopped (nothing was queued).
+        """
         future: Future[T] = Future()
         with self._gate:
             if self._stopping or not self._thread.is_alive():
                 raise StorageError("the facilitator store is not running", path=self.path)
             self._queue.put(_Op(name, fn, future))
-        return future.result(timeout)
+        return future
 
-    # ------------------------------------------------------------------ streams
+    def _call(self, name: str, fn: Callable[[StoreState], T], timeout: float = _CALL_TIMEOUT) -> T:
+        return self.queue_op(name, fn).result(timeout)
 
-    def marks(self, worker_id: str) -> StreamMarks:
+    # ------------------------------------------------------------------ streams (the connections')
+    # What a connection needs returns a Future (the event loop awaits it without blocking); what
+    # the API needs blocks its caller's thread until the commit (at most _CALL_TIMEOUT seconds).
+
+    def marks(self, worker_id: str) -> Future[StreamMarks]:
         """The stored marks of both streams with ``worker_id`` (for ``session.accept``)."""
 
         def op(s: StoreState) -> StreamMarks:
@@ -190,9 +200,9 @@ class FacilitatorStore:
             in_epoch, in_hwm = s.inbox.state(worker_id)
             return StreamMarks(stats.epoch, stats.last_acked, stats.last_seq, in_epoch, in_hwm)
 
-        return self._call("read marks", op)
+        return self.queue_op("read marks", op)
 
-    def open_stream(self, worker_id: str, in_epoch: str, in_hwm: int, new_stream: bool) -> bool:
+    def open_stream(self, worker_id: str, in_epoch: str, in_hwm: int, new_stream: bool) -> Future[bool]:
         """Persist where the worker's stream resumes; True when a new epoch was recorded."""
 
         def op(s: StoreState) -> bool:
@@ -201,35 +211,37 @@ class FacilitatorStore:
             s.inbox.raise_hwm(worker_id, in_epoch, in_hwm)
             return False
 
-        return self._call("open stream", op)
+        return self.queue_op("open stream", op)
 
-    def restart_stream(self, worker_id: str) -> str:
+    def restart_stream(self, worker_id: str) -> Future[str]:
         """Give our stream to ``worker_id`` a new epoch (pending rows renumbered from 1)."""
-        return self._call("restart stream", lambda s: s.outbox(worker_id).restart_epoch())
+        return self.queue_op("restart stream", lambda s: s.outbox(worker_id).restart_epoch())
 
-    def accept(self, worker_id: str, epoch: str, items: Sequence[tuple[int, WorkerBody]]) -> AcceptOutcome:
+    def accept(
+        self, worker_id: str, epoch: str, items: Sequence[tuple[int, WorkerBody]]
+    ) -> Future[AcceptOutcome]:
         """Make a received batch of the worker's stream ``epoch`` durable and apply it
         (statuses, specs, events) in one commit. A batch of another epoch than the stored one
         (a replaced connection finishing late, after the worker came back with a new store)
         is not stored: ``gap`` is set and the session must close without acknowledging."""
-        return self._call("accept data", lambda s: accept_batch(s, worker_id, epoch, items))
+        return self.queue_op("accept data", lambda s: accept_batch(s, worker_id, epoch, items))
 
-    def ack(self, worker_id: str, upto: int) -> int:
+    def ack(self, worker_id: str, upto: int) -> Future[int]:
         """The worker holds our stream up to ``upto``: delete those rows."""
-        return self._call("ack outbox", lambda s: s.outbox(worker_id).ack(upto))
+        return self.queue_op("ack outbox", lambda s: s.outbox(worker_id).ack(upto))
 
-    def pending(self, worker_id: str, after: int, limit: int) -> list[tuple[int, FacilitatorBody]]:
+    def pending(self, worker_id: str, after: int, limit: int) -> Future[list[tuple[int, FacilitatorBody]]]:
         """Up to ``limit`` unacknowledged messages for the worker after seq ``after``."""
 
         def op(s: StoreState) -> list[tuple[int, FacilitatorBody]]:
             rows = s.outbox(worker_id).pending(after, limit)
             return [(row.seq, FACILITATOR_BODY.decode(row.payload)) for row in rows]
 
-        return self._call("read outbox", op)
+        return self.queue_op("read outbox", op)
 
-    def touch(self, worker_id: str, at: float) -> None:
+    def touch(self, worker_id: str, at: float) -> Future[None]:
         """Remember when the worker was last heard from."""
-        self._call("touch worker", lambda s: routing.touch_worker(s.db, worker_id, at))
+        return self.queue_op("touch worker", lambda s: routing.touch_worker(s.db, worker_id, at))
 
     # ------------------------------------------------------------------ jobs
 
@@ -239,7 +251,7 @@ class FacilitatorStore:
         """Record and route jobs in one commit (an existing job id is left as it is)."""
         return self._call("submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible))
 
-    def dispatch_queued(self, eligible: Sequence[str]) -> list[Assignment]:
+    def dispatch_queued(self, eligible: Sequence[str]) -> Future[list[Assignment]]:
         """Route queued jobs to the least busy of ``eligible`` workers."""
 
         def op(s: StoreState) -> list[Assignment]:
@@ -256,7 +268,7 @@ class FacilitatorStore:
                     out.append(Assignment(job.job_id, worker, seq))
             return out
 
-        return self._call("dispatch queued jobs", op)
+        return self.queue_op("dispatch queued jobs", op)
 
     def cancel(self, job_id: str, reason: str) -> tuple[bool, str, int]:
         """Cancel a job: ``(done, worker, seq)``; a queued job is cancelled in the ledger."""

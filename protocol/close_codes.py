@@ -6,10 +6,11 @@ from typing import Final
 
 from jobrelay.protocol.errors import ErrorCode
 
-__all__ = ["AUTH_CODES", "GOING_AWAY", "NORMAL", "close_code_for"]
+__all__ = ["AUTH_CODES", "GOING_AWAY", "NORMAL", "TRY_AGAIN_LATER", "close_code_for"]
 
 NORMAL: Final = 1000
 GOING_AWAY: Final = 1001  # a peer shutting down (or stopping)
+TRY_AGAIN_LATER: Final = 1013  # the facilitator is at capacity (max_workers): reconnect with backoff
 
 AUTH_CODES: Final = frozenset(
     {

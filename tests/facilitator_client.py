@@ -40,7 +40,6 @@ def make_facilitator(tmp_path: Path, **overrides: Any) -> Facilitator:
         "db_path": str(tmp_path / "facilitator.db"),
         "authorized_keys": AUTHORIZED,
         "durability": "normal",
-        "tick_interval": 0.05,
         "stop_timeout": 3.0,
     }
     values.update(overrides)

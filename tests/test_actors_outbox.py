@@ -102,7 +102,7 @@ def test_a_terminal_status_waits_for_room_past_the_publish_timeout(
         facilitator.wait_for(lambda: worker.snapshot().counter("outbox_full") > full)  # it waits for room
         skew[0] = 60.0  # 200 publish timeouts later (still within the auth clock-skew limit)...
         beats = worker.heartbeat.beats().get(timeout=5)
-        facilitator.wait_for(lambda: worker.heartbeat.beats().get(timeout=5) >= beats + 2)  # ...and 2 beats on
+        facilitator.wait_for(lambda: worker.heartbeat.beats().get(timeout=5) >= beats + 2)  # 2 beats on
         facilitator.network.refuse.clear()
         facilitator.wait_for(lambda: bool(terminal(facilitator, "j")), timeout=10)
         assert terminal(facilitator, "j") == [JobStatus.COMPLETED]

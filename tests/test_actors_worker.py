@@ -369,7 +369,7 @@ def test_durations_must_be_finite_and_positive(tmp_path: Path, value: float) -> 
 
     with pytest.raises(ConfigError, match=r"WorkerConfig\.stop_timeout: must be a finite number"):
         start_worker(config(tmp_path, stop_timeout=value))
-    with pytest.raises(ConfigError, match=r"FacilitatorConfig\.tick_interval"):
-        FacilitatorConfig(db_path=str(tmp_path / "f.db"), tick_interval=value)
+    with pytest.raises(ConfigError, match=r"FacilitatorConfig\.max_clock_skew"):
+        FacilitatorConfig(db_path=str(tmp_path / "f.db"), max_clock_skew=value)
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.stop_timeout"):
         FacilitatorConfig(db_path=str(tmp_path / "f.db"), stop_timeout=value)

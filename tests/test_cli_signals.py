@@ -30,7 +30,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Facilitator, TcpProxy, Path]]:
     key, public = make_key(tmp_path, "w1")
     config = FacilitatorConfig(
         db_path=str(tmp_path / "f.db"), authorized_keys={"w1": public}, durability="normal",
-        tick_interval=0.05, stop_timeout=3.0,
+        stop_timeout=3.0,
     )  # fmt: skip
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
         yield fac, proxy, key

@@ -25,7 +25,6 @@ def test_status_of_a_running_worker(tmp_path: Path) -> None:
         db_path=str(tmp_path / "f.db"),
         authorized_keys={"w1": public},
         durability="normal",
-        tick_interval=0.05,
     )
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy, services() as running:
         worker = Service(worker_args(tmp_path, proxy.url, "w1", key, "--http-port", "0"), tmp_path / "w1.log")

@@ -55,7 +55,6 @@ def system(tmp_path: Path) -> Iterator[tuple[Facilitator, TcpProxy, Worker]]:
         db_path=str(tmp_path / "f.db"),
         authorized_keys={"w1": public},
         durability="normal",
-        tick_interval=0.05,
     )
     with start_facilitator(fconfig) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
         wconfig = WorkerConfig(

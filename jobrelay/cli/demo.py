@@ -256,7 +256,6 @@ def _demo(args: argparse.Namespace, tmp: Path) -> bool:
         authorized_keys={WORKER_ID: public},
         heartbeat_interval=1.0,
         heartbeat_timeout=5.0,
-        tick_interval=0.1,
         stop_timeout=3.0,
     )
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
