@@ -92,23 +92,28 @@ class ConnectionHub:
         if self.stopping:
             await ws.close(GOING_AWAY, "facilitator shutting down")
             return
-        if len(self._all) >= self.max_workers:
+        if len(self._all) + self._waiting_handshakes >= self.max_workers:
             self._refuse(ws)
             await ws.close(TRY_AGAIN_LATER, f"facilitator at capacity ({self.max_workers} workers)")
+            return
+        # Paced: a connection waits here, costing a descriptor and no CPU, until a handshake slot
+        # is free; its handshake deadline starts when it gets one. A worker that gives up meanwhile
+        # is noticed at once when its turn comes.
+        self._waiting_handshakes += 1
+        try:
+            await self._handshakes.acquire()
+        finally:
+            self._waiting_handshakes -= 1
+        if self.stopping:
+            self._handshakes.release()
+            await ws.close(GOING_AWAY, "facilitator shutting down")
             return
         conn = WorkerConnection(ws, self)
         self._all.add(conn)
         try:
-            self._waiting_handshakes += 1
-            try:
-                await self._handshakes.acquire()
-            finally:
-                self._waiting_handshakes -= 1
-            try:
-                await conn.run(authenticated=self._handshakes.release)
-            finally:
-                conn.release_handshake()
+            await conn.run(authenticated=self._handshakes.release)
         finally:
+            conn.release_handshake()
             self._all.discard(conn)
 
     def _refuse(self, ws: ServerConnection) -> None:
@@ -217,8 +222,9 @@ class ConnectionHub:
 
     def saturation(self) -> str:
         """Why the facilitator cannot take more workers now ("" when it can)."""
-        if len(self._all) >= self.max_workers:
-            return f"at capacity: {len(self._all)} connections, max_workers {self.max_workers}"
+        held = len(self._all) + self._waiting_handshakes
+        if held >= self.max_workers:
+            return f"at capacity: {held} connections, max_workers {self.max_workers}"
         if self._waiting_handshakes:
             return f"{self._waiting_handshakes} connections wait to authenticate"
         return ""

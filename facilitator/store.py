@@ -21,10 +21,10 @@ from jobrelay.facilitator.store_ops import (
     FACILITATOR_BODY,
     AcceptOutcome,
     Assignment,
+    LeastBusy,
     StoreState,
     WorkerFacts,
     accept_batch,
-    least_busy,
     submit_jobs,
 )
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, WorkerBody
@@ -256,12 +256,13 @@ class FacilitatorStore:
 
         def op(s: StoreState) -> list[Assignment]:
             out: list[Assignment] = []
-            while eligible:
+            picker = LeastBusy(s, eligible)
+            while picker:
                 queued = routing.queued_jobs(s.db, 500)
                 if not queued:
                     break
                 for job in queued:
-                    worker = least_busy(s, eligible)
+                    worker = picker.pick()
                     routing.assign_job(s.db, job.job_id, worker)
                     seq = s.outbox(worker).append("job_request", job.payload)
                     s.add_outstanding(worker, 1)

@@ -9,6 +9,7 @@
 #   routes it; a status update is recorded only if the job was routed to the worker sending it.
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -39,11 +40,11 @@ __all__ = [
     "MACHINE_SPECS",
     "AcceptOutcome",
     "Assignment",
+    "LeastBusy",
     "Refusal",
     "StoreState",
     "WorkerFacts",
     "accept_batch",
-    "least_busy",
     "submit_jobs",
 ]
 
@@ -170,8 +171,25 @@ class StoreState:
                 self.outstanding[worker_id] = before
 
 
-def least_busy(s: StoreState, eligible: Sequence[str]) -> str:
-    return min(eligible, key=lambda w: (s.outstanding.get(w, 0), w))
+class LeastBusy:
+    """Picks, job after job, the eligible worker with the fewest unfinished jobs (ties: by id).
+
+    Built once per operation: O(workers) to start, O(log workers) per job, so routing a batch
+    to one of ten thousand workers does not scan them all for every job.
+    """
+
+    def __init__(self, s: StoreState, eligible: Sequence[str]) -> None:
+        self._heap = [(s.outstanding.get(w, 0), w) for w in eligible]
+        heapq.heapify(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def pick(self) -> str:
+        """The least busy worker; it counts one more job from now on."""
+        count, worker = self._heap[0]
+        heapq.heapreplace(self._heap, (count + 1, worker))
+        return worker
 
 
 def submit_jobs(
@@ -179,12 +197,15 @@ def submit_jobs(
 ) -> list[Assignment]:
     out: list[Assignment] = []
     routed: dict[str, list[tuple[str, bytes]]] = {}
+    picker: LeastBusy | None = None
     for request in requests:
         existing = s.ledger.get(request.job_id)
         if existing is not None:
             out.append(Assignment(request.job_id, existing.peer, 0))
             continue
-        worker = worker_id or (least_busy(s, eligible) if eligible else "")
+        if worker_id is None and picker is None:
+            picker = LeastBusy(s, eligible)
+        worker = worker_id or (picker.pick() if picker else "")
         payload = ENCODER.encode(request)
         s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
         if worker:

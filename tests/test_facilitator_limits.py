@@ -1,0 +1,127 @@
+"""Limits that degrade, never collapse: a cap on connections with a clear refusal, handshakes
+paced instead of piled up, and the open-file limit raised (and respected) at start. Real sockets
+on 127.0.0.1; the facilitator runs in this process unless a test needs its own rlimits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import websocket
+from loguru import logger
+
+from jobrelay.facilitator import Facilitator
+from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def close_code(ws: websocket.WebSocket) -> int:
+    """Read frames until the close frame; its status code."""
+    while True:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+
+
+def test_a_connection_over_max_workers_is_refused_with_1013_counted_and_logged_once(tmp_path: Path) -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    fac = make_facilitator(tmp_path, max_workers=2)
+    held = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2")]
+    extra: list[websocket.WebSocket] = []
+    try:
+        for worker in held:
+            worker.connect()
+        assert "at capacity" in fac.saturation()
+        for _ in range(3):
+            ws = websocket.create_connection(fac.url, timeout=5)
+            extra.append(ws)
+            assert close_code(ws) == 1013
+        assert fac.stats().refused_capacity == 3
+        refusals = [line for line in lines if "refusing connections from 127.0.0.1" in line]
+        assert len(refusals) == 1, lines  # one line per source per minute, not one per attempt
+        # The workers held are untouched, and a freed slot is taken again.
+        assert all(worker.is_open for worker in held)
+        held[0].disconnect()
+        wait_until(lambda: fac.saturation() == "")
+        again = TestWorker(fac.url, "w3", KEYS["w3"])
+        held.append(again)
+        again.connect()
+    finally:
+        for ws in extra:
+            ws.close()
+        for worker in held:
+            worker.disconnect()
+        fac.stop()
+        logger.remove(sink)
+
+
+def test_handshakes_are_paced_and_a_waiting_worker_gets_its_full_deadline(tmp_path: Path) -> None:
+    """With one handshake slot, a silent connection holds it until its handshake deadline; the
+    next worker waits for the slot and then authenticates with a fresh deadline of its own."""
+    fac = make_facilitator(tmp_path, max_handshakes=1, handshake_timeout=1.0)
+    silent = websocket.create_connection(fac.url, timeout=5)
+    worker = TestWorker(fac.url, "w1", KEYS["w1"])
+    try:
+        wait_until(lambda: fac.hub.saturation() == "" and len(fac.hub._all) == 1)
+        started = time.monotonic()
+        worker.connect(timeout=5.0)  # waits for the slot (about a second), then opens
+        waited = time.monotonic() - started
+        assert 0.7 < waited < 4.0, waited
+        assert close_code(silent) == 4003
+        assert worker.is_open
+        wait_until(lambda: fac.stats().sessions_opened == 1)
+    finally:
+        silent.close()
+        worker.disconnect()
+        fac.stop()
+
+
+def test_stop_is_bounded_with_connections_waiting_for_a_handshake(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, max_handshakes=1, handshake_timeout=30.0, stop_timeout=3.0)
+    waiting = [websocket.create_connection(fac.url, timeout=5) for _ in range(20)]
+    try:
+        wait_until(lambda: "wait to authenticate" in fac.saturation())
+        started = time.monotonic()
+        fac.stop()
+        assert time.monotonic() - started < 3.5
+        for ws in waiting:
+            assert close_code(ws) in (1001, 1006)
+    finally:
+        for ws in waiting:
+            ws.close()
+
+
+CAPACITY_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))
+    from jobrelay.facilitator import FacilitatorConfig, start_facilitator
+    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000)) as fac:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        print(soft, hard, fac.max_workers, flush=True)
+    """
+)
+
+
+def test_the_open_file_limit_is_raised_at_start_and_caps_the_workers_held(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CAPACITY_CHILD, str(tmp_path / "f.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    soft, hard, capacity = map(int, done.stdout.split())
+    assert (soft, hard) == (600, 600)
+    assert capacity == 600 - 256
+    assert "the open-file limit allows about 344 workers (max_workers 10000)" in done.stderr
+
+
+def test_a_facilitator_reports_no_saturation_when_idle(fac: Facilitator) -> None:
+    assert fac.saturation() == ""
