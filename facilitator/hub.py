@@ -104,7 +104,7 @@ class ConnectionHub:
             await self._handshakes.acquire()
         finally:
             self._waiting_handshakes -= 1
-        if self.stopping:
+        if self.is_stopping():  # it may have begun while this connection waited
             self._handshakes.release()
             await ws.close(GOING_AWAY, "facilitator shutting down")
             return
@@ -195,6 +195,9 @@ class ConnectionHub:
             logger.warning("facilitator: routing queued jobs failed: {}", exc)
 
     # ------------------------------------------------------------------ thread-safe
+
+    def is_stopping(self) -> bool:
+        return self.stopping
 
     def eligible(self) -> list[str]:
         """Workers that may take jobs now: connected and not draining."""
