@@ -89,6 +89,7 @@ class WorkerConnection:
         self._opened = False
         self._release: Callable[[], None] | None = None  # gives back the handshake slot
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
+        self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
 
@@ -98,8 +99,12 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ from the loop's callbacks
 
-    def wake(self) -> None:
-        """Stored job requests/cancels may be waiting: send what the window allows."""
+    def wake(self, stored_upto: int = 0) -> None:
+        """Our stream to this worker holds rows up to ``stored_upto`` (0: no news): send what the
+        window allows of what is stored and not yet sent."""
+        self._stored_upto = max(self._stored_upto, stored_upto)
+        if self.session.sender.sent >= self._stored_upto:
+            return  # nothing new: no store read
         self._fill_wanted = True
         if not self._filling and self.worker_id:
             self._filling = True
@@ -252,6 +257,7 @@ class WorkerConnection:
             return  # closed while the replaced connection let go
         marks = await self.hub.wait(self.hub.store.marks(event.worker_id))
         self._stored_out_last_seq = marks.out_last_seq
+        self._stored_upto = max(self._stored_upto, marks.out_last_seq)
         if self.session.state is SessionState.VERIFYING:
             self.session.accept(marks)
 

@@ -16,7 +16,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from typing import Final, TypeVar
 
 from loguru import logger
@@ -132,13 +131,14 @@ class ConnectionHub:
 
     # ------------------------------------------------------------------ what a connection calls
 
-    async def wait(self, future: Future[T]) -> T:
+    async def wait(self, future: asyncio.Future[T]) -> T:
         """Await a store operation without blocking the loop.
 
         Raises:
             TimeoutError: the store did not answer within _STORE_WAIT seconds.
         """
-        return await asyncio.wait_for(asyncio.wrap_future(future), _STORE_WAIT)
+        async with asyncio.timeout(_STORE_WAIT):
+            return await future
 
     async def attach(self, conn: WorkerConnection) -> None:
         """Register an authenticated connection; an older one of the same worker is closed
@@ -177,7 +177,15 @@ class ConnectionHub:
                 self._ready[conn.worker_id] = conn
             elif self._ready.get(conn.worker_id) is conn:
                 del self._ready[conn.worker_id]
-        if ready and self._dispatch_handle is None:
+        if ready:
+            self._schedule_dispatch()
+
+    def request_dispatch(self) -> None:
+        """Route queued jobs soon (thread-safe)."""
+        self.loop.call_soon_threadsafe(self._schedule_dispatch)
+
+    def _schedule_dispatch(self) -> None:
+        if self._dispatch_handle is None:
             # Many workers become ready together (a reconnect storm): one routing pass for all.
             self._dispatch_handle = self.loop.call_later(_DISPATCH_DELAY, self._dispatch)
 
@@ -208,11 +216,14 @@ class ConnectionHub:
 
     def notify(self, assignments: Sequence[Assignment]) -> None:
         """Wake the connections of workers that got new rows (never blocks: they send)."""
-        workers = {a.worker for a in assignments if a.worker and a.seq}
+        upto: dict[str, int] = {}
+        for a in assignments:
+            if a.worker and a.seq:
+                upto[a.worker] = max(upto.get(a.worker, 0), a.seq)
         with self._lock:
-            conns = [self._conns[w] for w in workers if w in self._conns]
-        for conn in conns:
-            self.loop.call_soon_threadsafe(conn.wake)
+            conns = [(self._conns[w], seq) for w, seq in upto.items() if w in self._conns]
+        for conn, seq in conns:
+            self.loop.call_soon_threadsafe(conn.wake, seq)
 
     def live(self) -> dict[str, Live]:
         """What each authenticated connection knows now."""

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import secrets
 import threading
@@ -42,7 +43,6 @@ from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
 
-_CALL_TIMEOUT: Final = 30.0
 _FD_RESERVE: Final = 256  # descriptors kept for the database, the HTTP API, logs and the listener
 
 
@@ -147,9 +147,8 @@ class Facilitator:
         assignments = self.store.submit(requests, worker, hub.eligible())
         self.counters.add("jobs_submitted", len(requests))
         hub.notify(assignments)
-        if any(not a.worker for a in assignments) and (eligible := hub.eligible()):
-            # A worker may have become ready while we were routing.
-            hub.notify(self.store.dispatch_queued(eligible).result(_CALL_TIMEOUT))
+        if any(not a.worker for a in assignments):
+            hub.request_dispatch()  # a worker may have become ready while we were routing
         return [r.job_id for r in requests]
 
     def cancel(self, job_id: str, reason: str = "") -> bool:
@@ -282,6 +281,9 @@ class Facilitator:
 
     async def _listen(self) -> None:
         config = self.config
+        # websockets logs an open and a close line per connection at INFO: with thousands of
+        # workers that drowns the facilitator's own (one line per worker connected/disconnected).
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)
         try:
             self._server = await serve(
                 self.hub.handle,

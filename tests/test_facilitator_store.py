@@ -3,8 +3,9 @@ of one operation and of a whole group commit."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ def store(tmp_path: Path) -> Iterator[FacilitatorStore]:
         made.stop()
 
 
+def run(op: Callable[..., asyncio.Future[Any]], *args: Any) -> Any:
+    """Call a connection-side store operation (they return futures of the calling event loop)."""
+
+    async def call() -> Any:
+        return await asyncio.wait_for(op(*args), 5)
+
+    return asyncio.run(call())
+
+
 def touch_then_fail(s: Any) -> None:
     """An operation that opens a never-seen worker's outbox (creating its stream row in its
     savepoint), counts a job for it, and then fails."""
@@ -40,9 +50,9 @@ def touch_then_fail(s: Any) -> None:
 def assert_w9_usable(store: FacilitatorStore, outstanding: dict[str, int]) -> None:
     [assignment] = store.submit([JobRequest(job_id="j1", kind="k")], "w9", [])
     assert assignment.seq == 1
-    marks = store.marks("w9").result(5)
+    marks = run(store.marks, "w9")
     assert (marks.out_acked, marks.out_last_seq) == (0, 1)
-    assert [seq for seq, _ in store.pending("w9", 0, 10).result(5)] == [1]
+    assert [seq for seq, _ in run(store.pending, "w9", 0, 10)] == [1]
     assert store.worker_facts().outstanding == outstanding
 
 
@@ -104,7 +114,7 @@ def test_a_call_after_stop_fails_at_once(store: FacilitatorStore) -> None:
     wait_until(lambda: store._queue.qsize() == 0)
     assert not store.stop(timeout=0)  # the thread is busy: stop is queued
     with pytest.raises(StorageError, match="not running"):
-        store.marks("w1").result(5)
+        run(store.marks, "w1")
     gate.set()
     blocker.join(5)
     assert store.stop(timeout=5)
@@ -115,10 +125,10 @@ def test_a_late_batch_from_an_old_epoch_is_not_stored(store: FacilitatorStore) -
     epoch's inbox (they would make the new stream's seq 1.. look like duplicates)."""
     from jobrelay.protocol.messages import WorkerEvent
 
-    store.open_stream("w1", "old-epoch", 0, True).result(5)
-    assert store.accept("w1", "old-epoch", [(1, WorkerEvent(event="a", at=0.0))]).result(5).upto == 1
-    store.open_stream("w1", "new-epoch", 0, True).result(5)  # the worker came back with a new store
-    late = store.accept("w1", "old-epoch", [(2, WorkerEvent(event="late", at=0.0))]).result(5)
+    run(store.open_stream, "w1", "old-epoch", 0, True)
+    assert run(store.accept, "w1", "old-epoch", [(1, WorkerEvent(event="a", at=0.0))]).upto == 1
+    run(store.open_stream, "w1", "new-epoch", 0, True)  # the worker came back with a new store
+    late = run(store.accept, "w1", "old-epoch", [(2, WorkerEvent(event="late", at=0.0))])
     assert late.gap and late.upto == 0 and late.accepted == 0
-    fresh = store.accept("w1", "new-epoch", [(1, WorkerEvent(event="fresh", at=0.0))]).result(5)
+    fresh = run(store.accept, "w1", "new-epoch", [(1, WorkerEvent(event="fresh", at=0.0))])
     assert (fresh.upto, fresh.accepted, fresh.duplicates) == (1, 1, 0)
