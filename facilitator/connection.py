@@ -270,7 +270,7 @@ class WorkerConnection:
         self.hub.counters.add("new_streams")
         # A first stream is routine; a replaced one means the worker's store was lost.
         self._log.log(
-            "WARNING" if event.previous_epoch else "INFO",
+            "WARNING" if event.previous_epoch else "DEBUG",
             "facilitator: new worker stream worker={} epoch={} previous_epoch={} resume_after={}",
             self.worker_id,
             event.epoch,
@@ -317,8 +317,11 @@ class WorkerConnection:
             return
         if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        self._log.info(
-            "facilitator: session closed worker={} code={} by_peer={} detail={}",
+        # One line per connection that ends (worker connected has its own): the two of them are
+        # what an operator of thousands of workers can still read.
+        self._log.log(
+            "INFO" if self.worker_id else "DEBUG",
+            "facilitator: worker disconnected worker={} code={} by_peer={} detail={}",
             self.worker_id or self.session.peer_id or "?",
             event.code.value if event.code else "normal",
             event.by_peer,

@@ -168,7 +168,6 @@ class ConnectionHub:
                 del self._conns[conn.worker_id]
             if self._ready.get(conn.worker_id) is conn:
                 del self._ready[conn.worker_id]
-        logger.info("facilitator: worker disconnected worker={}", conn.worker_id)
 
     def worker_ready(self, conn: WorkerConnection, ready: bool) -> None:
         """``conn`` can take jobs now (opened, or stopped draining), or no longer can."""

@@ -4,6 +4,7 @@
 # Encoders/decoders are built once per (format, direction) and reused.
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Generic, Literal, TypeVar, cast
 
@@ -30,11 +31,13 @@ F = TypeVar("F", WorkerFrame, FacilitatorFrame)
 
 _JSON_ENCODER = msgspec.json.Encoder()
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
-_DECODERS: dict[tuple[Format, object], msgspec.json.Decoder[object] | msgspec.msgpack.Decoder[object]] = {
-    ("json", WorkerFrame): msgspec.json.Decoder(WorkerFrame),
-    ("json", FacilitatorFrame): msgspec.json.Decoder(FacilitatorFrame),
-    ("msgpack", WorkerFrame): msgspec.msgpack.Decoder(WorkerFrame),
-    ("msgpack", FacilitatorFrame): msgspec.msgpack.Decoder(FacilitatorFrame),
+# Keyed by the union's id: hashing a typing Union walks its members, and a facilitator builds
+# two codecs per connection.
+_DECODERS: dict[tuple[Format, int], msgspec.json.Decoder[object] | msgspec.msgpack.Decoder[object]] = {
+    ("json", id(WorkerFrame)): msgspec.json.Decoder(WorkerFrame),
+    ("json", id(FacilitatorFrame)): msgspec.json.Decoder(FacilitatorFrame),
+    ("msgpack", id(WorkerFrame)): msgspec.msgpack.Decoder(WorkerFrame),
+    ("msgpack", id(FacilitatorFrame)): msgspec.msgpack.Decoder(FacilitatorFrame),
 }
 
 
@@ -110,7 +113,7 @@ class Codec(Generic[F]):
         self.fmt: Format = fmt
         self.binary = fmt == "msgpack"
         self.max_frame_bytes = max_frame_bytes
-        self._decoder = _DECODERS[(fmt, incoming)]
+        self._decoder = _DECODERS[(fmt, id(incoming))]
         self._encode = _MSGPACK_ENCODER.encode if self.binary else _JSON_ENCODER.encode
 
     def encode(self, frame: msgspec.Struct) -> bytes:
@@ -149,15 +152,18 @@ class Codec(Generic[F]):
             raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, str(exc)[:200]) from None
 
 
+@functools.lru_cache(maxsize=64)
 def worker_codec(
     fmt: Format = "json", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> Codec[FacilitatorFrame]:
-    """The codec a worker uses: decodes frames sent by a facilitator."""
+    """The codec a worker uses: decodes frames sent by a facilitator (codecs hold no state: one
+    per format and limit is shared)."""
     return Codec(FacilitatorFrame, fmt, max_frame_bytes)
 
 
+@functools.lru_cache(maxsize=64)
 def facilitator_codec(
     fmt: Format = "json", max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> Codec[WorkerFrame]:
-    """The codec a facilitator uses: decodes frames sent by a worker."""
+    """The codec a facilitator uses: decodes frames sent by a worker (shared, like worker_codec)."""
     return Codec(WorkerFrame, fmt, max_frame_bytes)
