@@ -178,7 +178,8 @@ def test_a_handler_error_is_a_500_with_one_log_line_and_the_server_keeps_serving
     assert records[0]["message"].endswith("ValueError: boom") and records[0]["exception"] is not None
 
 
-def test_64_concurrent_submitters_all_get_201(fac: Facilitator) -> None:
+@pytest.mark.parametrize("on_the_facilitators_loop", [False, True], ids=["own-loop", "facilitator-loop"])
+def test_64_concurrent_submitters_all_get_201(fac: Facilitator, on_the_facilitators_loop: bool) -> None:
     clients, per_client = 64, 4
     barrier = threading.Barrier(clients)
     answers: list[Any] = []
@@ -194,7 +195,8 @@ def test_64_concurrent_submitters_all_get_201(fac: Facilitator) -> None:
                 answers.append(exc)
             latencies.append(time.monotonic() - started)
 
-    with HealthServer(FacilitatorHealth(fac)) as server:
+    loop = fac.loop if on_the_facilitators_loop else None  # its submit() refuses to run on that loop
+    with HealthServer(FacilitatorHealth(fac), loop=loop) as server:
         threads = [threading.Thread(target=submit, args=(n,)) for n in range(clients)]
         started = time.monotonic()
         for thread in threads:
