@@ -1,5 +1,6 @@
 # The worker's health and metrics source for the shared HTTP server (jobrelay.common.http).
-# Invariant: every value is read at request time from the running worker's actors.
+# Invariant: every value is read at request time from the running worker's actors, in the HTTP
+# server's thread pool (never on its event loop), so the short blocking asks here are fine.
 from __future__ import annotations
 
 import threading

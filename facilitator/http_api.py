@@ -1,16 +1,17 @@
 # The facilitator's health, metrics and small JSON job API, served by the shared HTTP server
-# (jobrelay.common.http). Invariants: every value is read at request time from the running
-# facilitator; a bad request (path, query, body fields) is a 4xx with a JSON error.
+# (jobrelay.common.http): the API's routes on aiohttp's router. Invariants: every value is read at
+# request time from the running facilitator; every facilitator call runs in the server's thread pool,
+# never on the event loop; a bad request (path, query, body fields) is a 4xx with a JSON error.
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import msgspec
+from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jobrelay.common.http import HealthReport, HealthServer, small_int
+from jobrelay.common.http import HealthReport, HealthServer, answer, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
 
 if TYPE_CHECKING:
@@ -85,43 +86,44 @@ class FacilitatorHealth:
             per_worker["outstanding_jobs"].add_metric([view.worker_id], view.outstanding_jobs)
         yield from per_worker.values()
 
-    # --- the JSON API (used by `jobrelay submit` and `jobrelay jobs`)
+    # --- the JSON API (used by `jobrelay submit` and `jobrelay jobs`), on aiohttp's router.
+    # Handlers read the request on the event loop; every facilitator call runs in the server's pool.
 
-    def api(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
-        """Answer one API request: ``(HTTP status, JSON-able document)``."""
-        fac = self.facilitator
-        parts = [unquote(p) for p in path.split("/") if p]  # ids arrive as quote(job_id, safe="")
-        match method, parts:
-            case "POST", ["jobs"]:
-                return self._submit(body)
-            case "GET", ["jobs"]:
-                status = query.get("status", [None])[0]
-                text = query.get("limit", ["1000"])[0].strip()
-                limit = small_int(text)
-                if not 0 <= limit <= _MAX_LIMIT:
-                    return 400, {"error": f"limit must be an integer 0..{_MAX_LIMIT}, got {text!r}"}
-                return 200, {"jobs": [r._asdict() for r in fac.jobs(status, limit)]}
-            case "GET", ["jobs", job_id]:
-                view = fac.job(job_id)
-                if view is None:
-                    return 404, {"error": f"no job {job_id!r}"}
-                return 200, {
-                    **view.record._asdict(),
-                    "payload": view.payload,
-                    "history": [e._asdict() for e in view.history],
-                }
-            case "POST", ["jobs", job_id, "cancel"]:
-                reason = body.get("reason", "") if isinstance(body, dict) else ""
-                try:
-                    cancelled = fac.cancel(job_id, str(reason))
-                except JobTooLarge as exc:
-                    return 413, {"error": str(exc)}
-                return 200, {"job_id": job_id, "cancelled": cancelled}
-            case "GET", ["workers"]:
-                return 200, {"workers": [msgspec.to_builtins(w) for w in fac.workers()]}
-            case "GET", ["stats"]:
-                return 200, msgspec.to_builtins(fac.stats())
-        return 404, {"error": f"no route {method} {path}"}
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The API's routes, for the HealthServer's router (beside /healthz and /metrics)."""
+        job = "/jobs/{job_id:[^/]+}"  # ids arrive as quote(job_id, safe=""); the router decodes them
+        return [
+            web.post("/jobs", self._post_jobs),
+            web.get("/jobs", self._get_jobs),
+            web.get(job, self._get_job),
+            web.post(job + "/cancel", self._post_cancel),
+            web.get("/workers", self._get_workers),
+            web.get("/stats", self._get_stats),
+        ]
+
+    async def _post_jobs(self, request: web.Request) -> web.Response:
+        return await answer(request, self._submit, await read_json(request))
+
+    async def _get_jobs(self, request: web.Request) -> web.Response:
+        status = request.query.get("status") or None  # blank means "any", as before
+        limit = (request.query.get("limit") or "1000").strip()
+        return await answer(request, self._list, status, limit)
+
+    async def _get_job(self, request: web.Request) -> web.Response:
+        return await answer(request, self._view, request.match_info["job_id"])
+
+    async def _post_cancel(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        reason = body.get("reason", "") if isinstance(body, dict) else ""
+        return await answer(request, self._cancel, request.match_info["job_id"], str(reason))
+
+    async def _get_workers(self, request: web.Request) -> web.Response:
+        return await answer(request, self._workers)
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return await answer(request, self._stats)
+
+    # --- the blocking halves (run in the server's pool), each ``(HTTP status, JSON-able document)``
 
     def _submit(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict):
@@ -141,6 +143,35 @@ class FacilitatorHealth:
         except (ValueError, TypeError) as exc:
             return 400, {"error": str(exc)}
         return 201, {"job_id": new_id}
+
+    def _list(self, status: str | None, limit_text: str) -> tuple[int, Any]:
+        limit = small_int(limit_text)
+        if not 0 <= limit <= _MAX_LIMIT:
+            return 400, {"error": f"limit must be an integer 0..{_MAX_LIMIT}, got {limit_text!r}"}
+        return 200, {"jobs": [r._asdict() for r in self.facilitator.jobs(status, limit)]}
+
+    def _view(self, job_id: str) -> tuple[int, Any]:
+        view = self.facilitator.job(job_id)
+        if view is None:
+            return 404, {"error": f"no job {job_id!r}"}
+        return 200, {
+            **view.record._asdict(),
+            "payload": view.payload,
+            "history": [e._asdict() for e in view.history],
+        }
+
+    def _cancel(self, job_id: str, reason: str) -> tuple[int, Any]:
+        try:
+            cancelled = self.facilitator.cancel(job_id, reason)
+        except JobTooLarge as exc:
+            return 413, {"error": str(exc)}
+        return 200, {"job_id": job_id, "cancelled": cancelled}
+
+    def _workers(self) -> tuple[int, Any]:
+        return 200, {"workers": [msgspec.to_builtins(w) for w in self.facilitator.workers()]}
+
+    def _stats(self) -> tuple[int, Any]:
+        return 200, msgspec.to_builtins(self.facilitator.stats())
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

@@ -1,204 +1,113 @@
-# The HTTP plumbing the worker's health endpoint and the facilitator's API share: one small
-# threaded server (stdlib ThreadingHTTPServer) answering /healthz and /metrics from a source, and
-# the source's JSON ``api`` for every other path.
-# Invariants: binds 127.0.0.1 unless told otherwise; every value is read at request time from the
-# source (no caching, no background polling); metrics go to a private CollectorRegistry, never
-# prometheus-client's global one; a handler error is a 500 with one log line, never a dead server
-# thread; a bad request (body length, JSON) is a 4xx, and a slow or idle client holds its thread
-# for at most SOCKET_TIMEOUT seconds per read.
+# The HTTP server the worker's health endpoint and the facilitator's API share: aiohttp on one
+# asyncio event loop (its own, in one daemon thread "jobrelay-http", or one it is given), serving the
+# application of jobrelay.common.http_app.
+# Invariants: binds 127.0.0.1 unless told otherwise, and binds in the constructor (OSError there);
+# no thread per request or per client (connections are asyncio transports; the only threads are the
+# loop's and a pool of EXECUTOR_THREADS for source calls); a client silent for ``idle_timeout``
+# seconds (before a request, between requests, or while sending a body) is disconnected; start() and
+# stop() are thread-safe and stop() is bounded (STOP_TIMEOUT) and releases the port.
 from __future__ import annotations
 
-import json
-import re
+import asyncio
+import contextlib
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-import msgspec
+from aiohttp import web
 from loguru import logger
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry
 
-__all__ = ["HealthReport", "HealthServer", "HealthSource", "metric_name", "small_int"]
+from jobrelay.common.http_app import (
+    AIOHTTP_LOG,
+    ApiSource,
+    HealthReport,
+    HealthSource,
+    Refusal,
+    SourceCollector,
+    answer,
+    make_app,
+    metric_name,
+    offload,
+    read_json,
+    small_int,
+)
 
-_CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
-_MAX_BODY = 1 << 20
-SOCKET_TIMEOUT = 10.0
-_DIGITS = re.compile(r"[0-9]+")
+# HealthReport … small_int are re-exported: callers import the HTTP plumbing from this one module.
+__all__ = [
+    "ApiSource",
+    "HealthReport",
+    "HealthServer",
+    "HealthSource",
+    "Refusal",
+    "answer",
+    "metric_name",
+    "offload",
+    "read_json",
+    "small_int",
+]
 
+T = TypeVar("T")
 
-class HealthReport(msgspec.Struct, frozen=True):
-    """What ``/healthz`` answers: ``healthy`` decides 200 or 503; ``reason`` says why not."""
-
-    healthy: bool
-    reason: str
-    body: dict[str, Any]
-
-
-class HealthSource(Protocol):
-    """Something the server can report on."""
-
-    def health(self) -> HealthReport: ...
-
-    def metrics(self) -> Iterable[Metric]: ...
-
-
-class _SourceCollector(Collector):
-    """A prometheus-client Collector that reads the source at scrape time."""
-
-    def __init__(self, source: HealthSource) -> None:
-        self._source = source
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._source.metrics()
-
-
-def metric_name(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", text)
+IDLE_TIMEOUT = 10.0  # seconds a client may stay silent
+EXECUTOR_THREADS = 4  # threads that run source calls
+STOP_TIMEOUT = 2.0  # stop() returns within this
+_START_TIMEOUT = 5.0
+_SHUTDOWN_GRACE = 0.5  # in-flight requests get this long at stop (aiohttp waits twice, at most)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = SOCKET_TIMEOUT  # socket timeout per read/write: a silent client frees its thread
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # every request is logged once by _respond
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        started = time.monotonic()
-        url = urlsplit(self.path)
-        status = 500
-        try:
-            status, ctype, payload = self._route(method, url.path, parse_qs(url.query))
-        except Exception as exc:
-            logger.opt(exception=exc).error("http: {} {} failed: {}", method, url.path, exc)
-            ctype, payload = "application/json", _json({"error": f"{type(exc).__name__}: {exc}"})
-        self._respond(status, ctype, payload)
-        level = "DEBUG" if method == "GET" and status < 500 else "INFO" if status < 500 else "WARNING"
-        logger.log(
-            level,
-            "http: {} {} -> {} ({:.1f} ms)",
-            method,
-            url.path,
-            status,
-            (time.monotonic() - started) * 1000,
-        )
-
-    def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        source = self.server.source
-        if method == "GET" and path == "/healthz":
-            report = source.health()
-            doc = {"healthy": report.healthy, "reason": report.reason, **report.body}
-            return (200 if report.healthy else 503), "application/json", _json(doc)
-        if method == "GET" and path == "/metrics":
-            return 200, _CONTENT_TYPE_METRICS, generate_latest(self.server.registry)
-        api = getattr(source, "api", None)
-        if api is None:
-            return 404, "application/json", _json({"error": f"no route {method} {path}"})
-        body: Any = None
-        if method == "POST":
-            length, refusal = self._body_length()
-            if refusal is not None:
-                self.close_connection = True  # the unread body must not be parsed as a next request
-                return refusal[0], "application/json", _json({"error": refusal[1]})
-            try:
-                raw = self.rfile.read(length) if length else b""
-            except TimeoutError:
-                self.close_connection = True
-                return 408, "application/json", _json({"error": "request body not received in time"})
-            if len(raw) < length:
-                self.close_connection = True
-                return 400, "application/json", _json({"error": "request body shorter than Content-Length"})
-            try:
-                body = json.loads(raw) if raw else {}
-            except (ValueError, RecursionError):  # RecursionError: nested too deeply
-                return 400, "application/json", _json({"error": "request body is not JSON"})
-        status, doc = api(method, path, query, body)
-        return status, "application/json", _json(doc)
-
-    def _body_length(self) -> tuple[int, tuple[int, str] | None]:
-        """The POST body's length, or why it cannot be read: ``(0, (status, error))``."""
-        if self.headers.get("Transfer-Encoding"):
-            return 0, (411, "send the body with a Content-Length (no Transfer-Encoding)")
-        text = (self.headers.get("Content-Length") or "0").strip()
-        length = small_int(text)
-        if length < 0:
-            return 0, (400, f"Content-Length must be a non-negative integer, got {text!r}")
-        if length > _MAX_BODY:
-            return 0, (413, "request body too large")
-        return length, None
-
-    def _respond(self, status: int, ctype: str, payload: bytes) -> None:
-        try:
-            self.send_response(status, HTTPStatus(status).phrase)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            pass  # the client went away
-
-
-def small_int(text: str) -> int:
-    """``text`` as a non-negative int; a huge one (more than 9 digits) as 10**9; -1 if not digits.
-    (Never int() on thousands of digits: Python refuses those with ValueError.)"""
-    if not _DIGITS.fullmatch(text):
-        return -1
-    digits = text.lstrip("0")
-    return 10**9 if len(digits) > 9 else int(digits or "0")
-
-
-def _json(doc: Any) -> bytes:
-    return json.dumps(doc, default=str).encode() + b"\n"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    source: HealthSource
-    registry: CollectorRegistry
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    if not 0 <= port <= 65535:  # checked here: socket.create_server would leak its socket
+        raise OverflowError(f"port must be 0-65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 class HealthServer:
-    """Serves ``/healthz`` and ``/metrics`` (and the source's ``api``, if it has one).
+    """Serves ``/healthz`` and ``/metrics`` (and the routes of an :class:`ApiSource`).
 
     Args:
         source: what to report on (the worker's or the facilitator's health source).
         host: interface to bind (default loopback only).
         port: TCP port; 0 picks a free one (read it back from ``port``/``url``).
+        loop: serve on this running event loop (``start``/``stop`` are called from another thread,
+            never on that loop's own thread); ``None``: run an own loop in a daemon thread "jobrelay-http".
+        backlog: the listen backlog (connections the kernel queues before they are accepted).
+        idle_timeout: seconds a client may stay silent before it is disconnected.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound (OverflowError: a port outside 0..65535).
     """
 
-    def __init__(self, source: HealthSource, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        source: HealthSource,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        backlog: int = 1024,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_SourceCollector(source))
-        self._server = _Server((host, port), _Handler)
-        self._server.source = source
-        self._server.registry = self.registry
+        self.registry.register(SourceCollector(source))
+        self._sock = _listen(host, port, backlog)  # bound and listening now, as before start()
         self.host = host
-        self.port: int = int(self._server.server_address[1])
-        self.url = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="jobrelay-http",
-            daemon=True,
-        )
+        self.port: int = int(self._sock.getsockname()[1])
+        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        self._backlog = backlog
+        self._idle_timeout = idle_timeout
+        self._loop = loop
+        self._own_loop = loop is None
+        self._thread: threading.Thread | None = None
+        self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="jobrelay-http-call")
+        self._runner: web.AppRunner | None = None
+        self._lock = threading.Lock()
+        self._started = self._stopped = False
 
     def __enter__(self) -> HealthServer:
         return self.start()
@@ -207,13 +116,102 @@ class HealthServer:
         self.stop()
 
     def start(self) -> HealthServer:
-        self._thread.start()
+        """Start serving; returns once requests are answered. Thread-safe: with a given loop, call it
+        from any thread but that loop's own.
+
+        Raises:
+            RuntimeError: started twice, after stop(), or on the given loop's own thread.
+            TimeoutError: the loop did not start the server within 5 s (is the given loop running?).
+        """
+        if self._loop is not None and _running_loop() is self._loop:
+            raise RuntimeError("HealthServer: start() would wait on the loop's own thread")
+        with self._lock:
+            if self._started or self._stopped:
+                raise RuntimeError("HealthServer: start() once, before stop()")
+            self._started = True
+        if self._own_loop:
+            loop = self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=_run_loop, args=(loop,), name="jobrelay-http", daemon=True)
+            self._thread.start()
+        try:
+            self._on_loop(self._open(), _START_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
         logger.info("http: serving /healthz and /metrics on {}", self.url)
         return self
 
+    async def _open(self) -> None:
+        runner = web.AppRunner(
+            make_app(self.source, self.registry, self._executor, self._idle_timeout),
+            handle_signals=False,
+            access_log=None,  # _guard logs each request once
+            logger=AIOHTTP_LOG,
+            shutdown_timeout=_SHUTDOWN_GRACE,
+            keepalive_timeout=self._idle_timeout,  # also closes a connection that never sends a request
+            lingering_time=self._idle_timeout,
+        )
+        await runner.setup()
+        self._runner = runner
+        await web.SockSite(runner, self._sock, backlog=self._backlog).start()
+
     def stop(self) -> None:
-        """Stop serving (bounded: the serve loop polls every 0.2 s)."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=2.0)
-        self._server.server_close()
+        """Stop serving within STOP_TIMEOUT (2 s): the port is released, open connections closed,
+        requests still running get 0.5 s. Idempotent; safe before start(); thread-safe like start().
+
+        Raises:
+            RuntimeError: called on the given loop's own thread (nothing is stopped then).
+        """
+        if self._loop is not None and _running_loop() is self._loop:
+            raise RuntimeError("HealthServer: stop() would wait on the loop's own thread")
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        deadline = time.monotonic() + STOP_TIMEOUT
+        loop = self._loop
+        try:
+            if self._runner is not None and loop is not None and not loop.is_closed():
+                self._on_loop(self._runner.cleanup(), STOP_TIMEOUT - 0.4)
+        except Exception as exc:  # a timeout or a closed loop: still release what we hold
+            logger.warning("http: stopping {} did not finish cleanly: {!r}", self.url, exc)
+        finally:
+            if self._thread is not None and loop is not None:
+                with contextlib.suppress(RuntimeError):  # closed already
+                    loop.call_soon_threadsafe(loop.stop)
+                self._thread.join(max(0.1, deadline - time.monotonic()))
+            self._sock.close()  # asyncio closed it already; this covers a server never started
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coro`` on the server's loop from another thread and wait for it."""
+        loop = self._loop
+        assert loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The own loop's thread: run until stop(), then end what is left and close the loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=0.2))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
