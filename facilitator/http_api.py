@@ -48,8 +48,12 @@ class FacilitatorHealth:
                 for w in workers
             },
         }
+        saturation = fac.saturation()
+        body["saturated"] = bool(saturation)
         if fac.stopping:
             return HealthReport(False, "facilitator stopping", body)
+        if saturation:
+            return HealthReport(False, f"saturated: {saturation}", body)
         return HealthReport(True, "", body)
 
     def metrics(self) -> Iterator[Metric]:

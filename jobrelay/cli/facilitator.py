@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     fac = _start(config, resolved)
     http: HealthServer | None = None
     try:
-        http = start_http(FacilitatorHealth(fac), resolved)
-        logger.info("facilitator listening on {} (HTTP API {})", fac.url, http.url if http else "off")
+        http = start_http(FacilitatorHealth(fac), resolved, loop=fac.loop)
+        logger.info("facilitator: HTTP API, /healthz and /metrics on {}", http.url if http else "(off)")
         write_ready_file(resolved.values["ready_file"], url=fac.url, http_url=http.url if http else None)
 
         def stop(timeout: float) -> None:

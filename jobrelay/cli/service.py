@@ -4,6 +4,7 @@
 # accepted is already durable in SQLite; signal handlers only set flags or exit, never block.
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,8 +23,11 @@ from jobrelay.cli.settings import Resolved
 from jobrelay.common.http import HealthServer, HealthSource
 
 
-def start_http(source: HealthSource, resolved: Resolved) -> HealthServer | None:
-    """Start the HTTP server (/healthz, /metrics, API) if ``http_port`` is set.
+def start_http(
+    source: HealthSource, resolved: Resolved, loop: asyncio.AbstractEventLoop | None = None
+) -> HealthServer | None:
+    """Start the HTTP server (/healthz, /metrics, API) if ``http_port`` is set, on ``loop`` if
+    given (the facilitator's), else on a loop of its own.
 
     Raises:
         UsageError: the address cannot be bound (one line naming ``http_port`` and its source).
@@ -32,7 +36,7 @@ def start_http(source: HealthSource, resolved: Resolved) -> HealthServer | None:
     if port is None:
         return None
     try:
-        return HealthServer(source, host, port).start()
+        return HealthServer(source, host, port, loop=loop).start()
     except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
         why = getattr(exc, "strerror", None) or str(exc)
         raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {why}") from None
