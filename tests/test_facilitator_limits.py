@@ -125,3 +125,22 @@ def test_the_open_file_limit_is_raised_at_start_and_caps_the_workers_held(tmp_pa
 
 def test_a_facilitator_reports_no_saturation_when_idle(fac: Facilitator) -> None:
     assert fac.saturation() == ""
+
+
+def test_healthz_says_when_the_facilitator_is_saturated(tmp_path: Path) -> None:
+    from jobrelay.facilitator import FacilitatorHealth
+
+    fac = make_facilitator(tmp_path, max_workers=1)
+    worker = TestWorker(fac.url, "w1", KEYS["w1"])
+    try:
+        assert FacilitatorHealth(fac).health().healthy
+        worker.connect()
+        report = FacilitatorHealth(fac).health()
+        assert not report.healthy
+        assert report.reason == "saturated: at capacity: 1 connections, max_workers 1"
+        assert report.body["saturated"] is True
+        worker.disconnect()
+        wait_until(lambda: FacilitatorHealth(fac).health().healthy)
+    finally:
+        worker.disconnect()
+        fac.stop()
