@@ -20,7 +20,6 @@ import contextlib
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
@@ -87,7 +86,7 @@ class WorkerConnection:
         self._acting = False
         self._finished = False
         self._opened = False
-        self._release: Callable[[], None] | None = None  # gives back the handshake slot
+        self._slot_held = False  # one of the hub's max_handshakes slots, from auth to open/close
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
@@ -123,17 +122,12 @@ class WorkerConnection:
 
     def release_handshake(self) -> None:
         """Authentication ended (opened or refused): give back the handshake slot, once."""
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        if self._slot_held:
+            self._slot_held = False
+            self.hub.release_slot()
 
-    async def run(self, authenticated: Callable[[], None] | None = None) -> None:
-        """Serve the connection until it closes (the server's handler for this socket).
-
-        Args:
-            authenticated: called once when the handshake ends (opened or refused).
-        """
-        self._release = authenticated
+    async def run(self) -> None:
+        """Serve the connection until it closes (the server's handler for this socket)."""
         writer = self._loop.create_task(self._write_loop())
         self._arm_timer()
         try:
@@ -141,7 +135,12 @@ class WorkerConnection:
         except Exception:
             self._log.exception("facilitator: connection handler failed worker={}", self.worker_id or "?")
             self.driver.close(ErrorCode.INTERNAL, "facilitator error")
+            for item in self._todo:  # nothing more is acted on, but the ending is accounted for
+                if isinstance(item, ev.Closed):
+                    self._on_closed(item)
+            self._todo.clear()
         finally:
+            self.release_handshake()
             if self._timer is not None:
                 self._timer.cancel()
             self.released.set()
@@ -160,6 +159,12 @@ class WorkerConnection:
         try:
             while True:
                 message = await ws.recv(decode=False)
+                if not self._slot_held and self.session.state is SessionState.AWAIT_AUTH:
+                    # The auth frame: verifying it and reading the store wait for a slot.
+                    await self.hub.handshake_slot()
+                    self._slot_held = True
+                    if self._closed():  # the handshake deadline passed meanwhile
+                        return
                 now = time.time()
                 self.last_contact = now
                 counters.add("frames_in")
@@ -279,8 +284,10 @@ class WorkerConnection:
         )
 
     def _on_opened(self, event: ev.Opened) -> None:
-        self.hub.counters.add("sessions_opened")
         self.release_handshake()
+        if not self.session.is_open:
+            return  # already closed again (its Closed is next in line)
+        self.hub.counters.add("sessions_opened")
         self._arm_timer()  # from the handshake deadline to heartbeats and silence
         self._opened = True
         self._in_epoch = event.in_epoch
@@ -303,6 +310,7 @@ class WorkerConnection:
     def _on_closed(self, event: ev.Closed) -> None:
         counters = self.hub.counters
         self.release_handshake()
+        self.hub.worker_ready(self, False)
         self._finish_writing()
         if not self._acting:
             self.released.set()  # no store operation of ours is in flight: a successor may start
@@ -367,8 +375,12 @@ class WorkerConnection:
                     self.driver.flush()
                     if len(rows) < want:
                         break
-        except (JobrelayError, TimeoutError) as exc:
+        except Exception as exc:
+            # A stream that cannot go on (a row too large for the frame limit, a store failure or
+            # a store too slow): end the session; the next one replays from the worker's marks.
             self._log.warning("facilitator: could not send stored jobs to worker={}: {}", self.worker_id, exc)
+            if self.session.is_open:
+                self.driver.close(ErrorCode.INTERNAL, "could not send stored jobs")
         finally:
             self._filling = False
 

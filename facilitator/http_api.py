@@ -50,6 +50,7 @@ class FacilitatorHealth:
         }
         saturation = fac.saturation()
         body["saturated"] = bool(saturation)
+        body["waiting_handshakes"] = fac.hub.waiting_handshakes
         if fac.stopping:
             return HealthReport(False, "facilitator stopping", body)
         if saturation:

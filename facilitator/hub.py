@@ -3,16 +3,18 @@
 # the server degrade instead of collapse (a cap on connections, paced handshakes).
 # Invariants:
 # - Everything here runs on the loop thread, except the methods documented as thread-safe
-#   (``eligible``, ``notify``, ``live``, ``connected``, ``close_all``), which only take ``_lock``
-#   briefly or hand work to the loop with call_soon_threadsafe.
+#   (``eligible``, ``notify``, ``request_dispatch``, ``live``, ``connected``, ``saturation``),
+#   which only take ``_lock`` briefly or hand work to the loop with call_soon_threadsafe.
 # - At most one authenticated connection per worker id; a newer one replaces the older (closed
 #   with 1001) after waiting a bounded time for it to let go of its session and the store.
 # - A connection over ``max_workers`` is refused at once with close code 1013 (try again later),
-#   counted, and logged once per remote address per minute; at most ``max_handshakes`` connections
-#   authenticate at a time, the rest wait (a reconnect storm is absorbed, not a freeze).
+#   counted, and logged once per remote address per minute; at most ``max_handshakes`` auth frames
+#   are verified and opened at a time, the rest wait (a reconnect storm is absorbed, not a freeze);
+#   a silent connection never holds a slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -91,29 +93,30 @@ class ConnectionHub:
         if self.stopping:
             await ws.close(GOING_AWAY, "facilitator shutting down")
             return
-        if len(self._all) + self._waiting_handshakes >= self.max_workers:
+        if len(self._all) >= self.max_workers:
             self._refuse(ws)
             await ws.close(TRY_AGAIN_LATER, f"facilitator at capacity ({self.max_workers} workers)")
             return
-        # Paced: a connection waits here, costing a descriptor and no CPU, until a handshake slot
-        # is free; its handshake deadline starts when it gets one. A worker that gives up meanwhile
-        # is noticed at once when its turn comes.
+        conn = WorkerConnection(ws, self)
+        self._all.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._all.discard(conn)
+
+    async def handshake_slot(self) -> None:
+        """Wait for one of ``max_handshakes`` slots (a connection takes one when its auth frame
+        arrives, for the signature check and the store reads, and gives it back with
+        ``release_slot`` once its session opened or closed). Waiting costs no CPU; the
+        connection's handshake deadline keeps running meanwhile."""
         self._waiting_handshakes += 1
         try:
             await self._handshakes.acquire()
         finally:
             self._waiting_handshakes -= 1
-        if self.is_stopping():  # it may have begun while this connection waited
-            self._handshakes.release()
-            await ws.close(GOING_AWAY, "facilitator shutting down")
-            return
-        conn = WorkerConnection(ws, self)
-        self._all.add(conn)
-        try:
-            await conn.run(authenticated=self._handshakes.release)
-        finally:
-            conn.release_handshake()
-            self._all.discard(conn)
+
+    def release_slot(self) -> None:
+        self._handshakes.release()
 
     def _refuse(self, ws: ServerConnection) -> None:
         self.counters.add("refused_capacity")
@@ -132,13 +135,14 @@ class ConnectionHub:
     # ------------------------------------------------------------------ what a connection calls
 
     async def wait(self, future: asyncio.Future[T]) -> T:
-        """Await a store operation without blocking the loop.
+        """Await a store operation without blocking the loop. On a timeout the operation itself
+        is not cancelled (it will still commit): the caller may attach to ``future``.
 
         Raises:
             TimeoutError: the store did not answer within _STORE_WAIT seconds.
         """
         async with asyncio.timeout(_STORE_WAIT):
-            return await future
+            return await asyncio.shield(future)
 
     async def attach(self, conn: WorkerConnection) -> None:
         """Register an authenticated connection; an older one of the same worker is closed
@@ -170,7 +174,9 @@ class ConnectionHub:
                 del self._ready[conn.worker_id]
 
     def worker_ready(self, conn: WorkerConnection, ready: bool) -> None:
-        """``conn`` can take jobs now (opened, or stopped draining), or no longer can."""
+        """``conn`` can take jobs now (opened, or stopped draining), or no longer can (closed,
+        draining)."""
+        ready = ready and conn.is_open
         with self._lock:
             if ready and self._conns.get(conn.worker_id) is conn:
                 self._ready[conn.worker_id] = conn
@@ -181,7 +187,8 @@ class ConnectionHub:
 
     def request_dispatch(self) -> None:
         """Route queued jobs soon (thread-safe)."""
-        self.loop.call_soon_threadsafe(self._schedule_dispatch)
+        with contextlib.suppress(RuntimeError):  # the loop closed (stopping): nothing to route to
+            self.loop.call_soon_threadsafe(self._schedule_dispatch)
 
     def _schedule_dispatch(self) -> None:
         if self._dispatch_handle is None:
@@ -195,11 +202,20 @@ class ConnectionHub:
             self.loop.create_task(self._route_queued(eligible))
 
     async def _route_queued(self, eligible: list[str]) -> None:
+        future = self.store.dispatch_queued(eligible)
         try:
-            assignments: list[Assignment] = await self.wait(self.store.dispatch_queued(eligible))
+            assignments: list[Assignment] = await self.wait(future)
             self.notify(assignments)
+        except TimeoutError:
+            # The store is slow, not gone: whoever gets jobs when it commits must be woken then.
+            future.add_done_callback(self._notify_when_done)
+            logger.warning("facilitator: routing queued jobs is taking long; will wake workers when done")
         except Exception as exc:
             logger.warning("facilitator: routing queued jobs failed: {}", exc)
+
+    def _notify_when_done(self, future: asyncio.Future[list[Assignment]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.notify(future.result())
 
     # ------------------------------------------------------------------ thread-safe
 
@@ -211,7 +227,7 @@ class ConnectionHub:
         if self.stopping:
             return []
         with self._lock:
-            return list(self._ready)
+            return [w for w, c in self._ready.items() if c.is_open]
 
     def notify(self, assignments: Sequence[Assignment]) -> None:
         """Wake the connections of workers that got new rows (never blocks: they send)."""
@@ -222,7 +238,8 @@ class ConnectionHub:
         with self._lock:
             conns = [(self._conns[w], seq) for w, seq in upto.items() if w in self._conns]
         for conn, seq in conns:
-            self.loop.call_soon_threadsafe(conn.wake, seq)
+            with contextlib.suppress(RuntimeError):  # the loop closed (stopping): marks cover it
+                self.loop.call_soon_threadsafe(conn.wake, seq)
 
     def live(self) -> dict[str, Live]:
         """What each authenticated connection knows now."""
@@ -234,13 +251,21 @@ class ConnectionHub:
             return sum(1 for c in self._conns.values() if c.is_open)
 
     def saturation(self) -> str:
-        """Why the facilitator cannot take more workers now ("" when it can)."""
-        held = len(self._all) + self._waiting_handshakes
-        if held >= self.max_workers:
-            return f"at capacity: {held} connections, max_workers {self.max_workers}"
-        if self._waiting_handshakes:
-            return f"{self._waiting_handshakes} connections wait to authenticate"
+        """Why the facilitator cannot take more workers now ("" when it can). Connections
+        waiting for a handshake slot are a normal burst, not saturation (``waiting_handshakes``)."""
+        if len(self._all) >= self.max_workers:
+            return f"at capacity: {len(self._all)} connections, max_workers {self.max_workers}"
         return ""
+
+    @property
+    def waiting_handshakes(self) -> int:
+        """Connections whose auth frame waits for a handshake slot."""
+        return self._waiting_handshakes
+
+    @property
+    def connections(self) -> int:
+        """Connections held now, authenticated or not."""
+        return len(self._all)
 
     async def close_all(self, reason: str) -> None:
         """Close every connection with 1001 and wait (bounded by the caller) until they let go."""

@@ -144,7 +144,8 @@ class Facilitator:
             requests.append(request)
         self._not_on_loop("submit")
         hub = self.hub
-        assignments = self.store.submit(requests, worker, hub.eligible())
+        eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
+        assignments = self.store.submit(requests, worker, eligible, on_late=hub.notify)
         self.counters.add("jobs_submitted", len(requests))
         hub.notify(assignments)
         if any(not a.worker for a in assignments):
@@ -165,7 +166,9 @@ class Facilitator:
         """
         self._check_frame(JobCancel(job_id=job_id, reason=reason), f"the cancel of job {job_id!r}")
         self._not_on_loop("cancel")
-        done, worker, seq = self.store.cancel(job_id, reason)
+        done, worker, seq = self.store.cancel(
+            job_id, reason, on_late=lambda r: self.hub.notify([Assignment(job_id, r[1], r[2])])
+        )
         if done and worker:
             self.hub.notify([Assignment(job_id, worker, seq)])
         return done

@@ -197,8 +197,27 @@ class FacilitatorStore:
                 raise StorageError("the facilitator store is not running", path=self.path)
             self._queue.put(op)
 
-    def _call(self, name: str, fn: Callable[[StoreState], T], timeout: float = _CALL_TIMEOUT) -> T:
-        return self.queue_op(name, fn).result(timeout)
+    def _call(
+        self,
+        name: str,
+        fn: Callable[[StoreState], T],
+        timeout: float = _CALL_TIMEOUT,
+        on_late: Callable[[T], object] | None = None,
+    ) -> T:
+        """Run ``fn`` and wait for its commit. When the wait times out the operation still runs:
+        ``on_late`` then gets its result when it commits (so workers are woken for what it routed).
+
+        Raises:
+            TimeoutError: No commit within ``timeout`` seconds.
+        """
+        future = self.queue_op(name, fn)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if on_late is not None:
+                late = on_late
+                future.add_done_callback(lambda f: late(f.result()) if f.exception() is None else None)
+            raise
 
     # ------------------------------------------------------------------ streams (the connections')
     # What a connection needs returns an asyncio future (called on the event loop, which awaits
@@ -263,32 +282,42 @@ class FacilitatorStore:
     # ------------------------------------------------------------------ jobs
 
     def submit(
-        self, requests: Sequence[JobRequest], worker_id: str | None, eligible: Sequence[str]
+        self,
+        requests: Sequence[JobRequest],
+        worker_id: str | None,
+        eligible: Sequence[str],
+        on_late: Callable[[list[Assignment]], object] | None = None,
     ) -> list[Assignment]:
-        """Record and route jobs in one commit (an existing job id is left as it is)."""
-        return self._call("submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible))
+        """Record and route jobs in one commit (an existing job id is left as it is); ``on_late``
+        gets the assignments if the commit comes after the wait timed out."""
+        return self._call(
+            "submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible), on_late=on_late
+        )
 
     def dispatch_queued(self, eligible: Sequence[str]) -> asyncio.Future[list[Assignment]]:
         """Route queued jobs to the least busy of ``eligible`` workers."""
 
         def op(s: StoreState) -> list[Assignment]:
             out: list[Assignment] = []
+            queued = routing.queued_jobs(s.db, 500)
+            if not queued or not eligible:
+                return out  # the usual case: nothing waits (no heap over every worker for nothing)
             picker = LeastBusy(s, eligible)
-            while picker:
-                queued = routing.queued_jobs(s.db, 500)
-                if not queued:
-                    break
+            while queued:
                 for job in queued:
                     worker = picker.pick()
                     routing.assign_job(s.db, job.job_id, worker)
                     seq = s.outbox(worker).append("job_request", job.payload)
                     s.add_outstanding(worker, 1)
                     out.append(Assignment(job.job_id, worker, seq))
+                queued = routing.queued_jobs(s.db, 500)
             return out
 
         return self.queue_async("dispatch queued jobs", op)
 
-    def cancel(self, job_id: str, reason: str) -> tuple[bool, str, int]:
+    def cancel(
+        self, job_id: str, reason: str, on_late: Callable[[tuple[bool, str, int]], object] | None = None
+    ) -> tuple[bool, str, int]:
         """Cancel a job: ``(done, worker, seq)``; a queued job is cancelled in the ledger."""
 
         def op(s: StoreState) -> tuple[bool, str, int]:
@@ -303,7 +332,7 @@ class FacilitatorStore:
             body = JobCancel(job_id=job_id, reason=reason)
             return True, record.peer, s.outbox(record.peer).append("job_cancel", ENCODER.encode(body))
 
-        return self._call("cancel job", op)
+        return self._call("cancel job", op, on_late=on_late)
 
     def job(self, job_id: str) -> tuple[JobRecord, list[StatusEntry], bytes] | None:
         """The job's record, status history and encoded request, or None."""

@@ -61,32 +61,44 @@ def test_a_connection_over_max_workers_is_refused_with_1013_counted_and_logged_o
         logger.remove(sink)
 
 
-def test_handshakes_are_paced_and_a_waiting_worker_gets_its_full_deadline(tmp_path: Path) -> None:
-    """With one handshake slot, a silent connection holds it until its handshake deadline; the
-    next worker waits for the slot and then authenticates with a fresh deadline of its own."""
-    fac = make_facilitator(tmp_path, max_handshakes=1, handshake_timeout=1.0)
-    silent = websocket.create_connection(fac.url, timeout=5)
+def test_silent_connections_hold_no_handshake_slot(tmp_path: Path) -> None:
+    """A slot is taken when the auth frame arrives: sockets that never say hello (no key needed
+    to open them) cannot keep authorized workers out, however many there are."""
+    fac = make_facilitator(tmp_path, max_handshakes=2, handshake_timeout=1.0)
+    idle = [websocket.create_connection(fac.url, timeout=5) for _ in range(8)]
     worker = TestWorker(fac.url, "w1", KEYS["w1"])
     try:
-        wait_until(lambda: fac.hub.saturation() == "" and len(fac.hub._all) == 1)
+        wait_until(lambda: fac.hub.connections == 8)
         started = time.monotonic()
-        worker.connect(timeout=5.0)  # waits for the slot (about a second), then opens
-        waited = time.monotonic() - started
-        assert 0.7 < waited < 4.0, waited
-        assert close_code(silent) == 4003
-        assert worker.is_open
-        wait_until(lambda: fac.stats().sessions_opened == 1)
+        worker.connect(timeout=2.0)
+        assert time.monotonic() - started < 0.5
+        assert all(close_code(ws) == 4003 for ws in idle)  # they time out on their own deadline
     finally:
-        silent.close()
+        for ws in idle:
+            ws.close()
         worker.disconnect()
         fac.stop()
 
 
-def test_stop_is_bounded_with_connections_waiting_for_a_handshake(tmp_path: Path) -> None:
+def test_many_workers_authenticate_through_one_slot(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, max_handshakes=1)
+    workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
+    try:
+        for worker in workers:  # each opens only after the one before it gave its slot back
+            worker.connect(timeout=5.0)
+        wait_until(lambda: fac.stats().sessions_opened == 3 and fac.hub.waiting_handshakes == 0)
+        assert fac.hub._handshakes._value == 1  # every slot given back
+    finally:
+        for worker in workers:
+            worker.disconnect()
+        fac.stop()
+
+
+def test_stop_is_bounded_with_idle_unauthenticated_connections(tmp_path: Path) -> None:
     fac = make_facilitator(tmp_path, max_handshakes=1, handshake_timeout=30.0, stop_timeout=3.0)
     waiting = [websocket.create_connection(fac.url, timeout=5) for _ in range(20)]
     try:
-        wait_until(lambda: "wait to authenticate" in fac.saturation())
+        wait_until(lambda: fac.hub.connections == 20)
         started = time.monotonic()
         fac.stop()
         assert time.monotonic() - started < 3.5
