@@ -2,29 +2,33 @@
 """Scale benchmark: one facilitator process holding N simulated workers (issue "A facilitator
 that holds 10,000 workers").
 
-The facilitator runs as its own process through `jobrelay facilitator` (or --facilitator-cmd),
-so the threaded and the asyncio implementation are measured the same way, from outside. The
-workers are simulated: K child processes (scripts/simchild.py), each running many workers
+The facilitator runs as its own process through `jobrelay facilitator` with its default settings
+(or --facilitator-cmd, e.g. another checkout's `.venv/bin/python -m jobrelay facilitator`), so
+the threaded and the asyncio implementation are measured the same way, from outside. The workers
+are simulated: K processes (scripts/simchild.py), each running many workers
 (scripts/simworkers.py) on one asyncio loop, each worker with its own Ed25519 key, speaking the
-real protocol. For each N (a fresh facilitator
-and database per N):
+real protocol from source addresses 127.0.0.2-9. The facilitator is pinned to the first CPU and
+the simulator to the others (--facilitator-cpus). For each N, with a fresh facilitator and
+database:
 
-- connect: every worker starts connecting at once; the time until all N sessions are open (as
-  the workers see it; the facilitator's /stats must then say N connected);
+- connect: every worker starts at once (or --connect-rate per second); the time until all N
+  sessions are open as the workers see it (the facilitator's /stats must then say N);
 - the facilitator's RSS, open descriptors and threads once all are connected (/proc/PID);
-- idle CPU of the facilitator over --idle-seconds (utime+stime, as a fraction of one core);
-- heartbeat gaps: the longest silence of the facilitator on any connection (every frame counts),
-  and heartbeat timeouts (the facilitator's /stats and the workers' closes);
+- its idle CPU over --idle-seconds (utime+stime, as a fraction of one core);
+- heartbeat gaps: the longest silence of the facilitator on any connection (any frame counts),
+  and heartbeat timeouts (the facilitator's /stats and the sessions the workers saw end so);
 - jobs: --jobs jobs submitted through POST /jobs by 16 concurrent submitters, job i to worker
   i mod N; done when the worker receives the facilitator's ack of its `completed` update (acked
-  only after the facilitator committed it); afterwards every job is read back with GET /jobs/{id}
-  and must have exactly accepted, running, completed on the named worker;
+  only after the facilitator committed it); then every job is read back with GET /jobs/{id} and
+  must show exactly accepted, running, completed on the named worker;
 - reconnect storm: every connection aborted at once (no close handshake), then the time until
   all N are open again, with the failed connection attempts (timeouts, refusals) and closes.
+Per phase the JSON also has wall time, CPU seconds of the facilitator and of the simulator, and
+the TCP listen-queue overflows and SYN retransmits of the network namespace.
 
-Prints one markdown table (a row per N) and a notes line; --json FILE writes everything.
-Every process it starts is stopped by its process group id (also on Ctrl-C and on errors), and
-every wait has a deadline.
+Prints one markdown table (a row per N), a totals line and a notes line; --json FILE writes
+everything. Every process it starts is stopped by its process group id (also on Ctrl-C, SIGTERM
+and errors), and every wait has a deadline.
 
 Usage: scripts/bench_scale.py [--workers 100,1000,5000,10000] [--quick] [--json FILE]
 """
@@ -48,9 +52,9 @@ from pathlib import Path
 from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from scale_procs import Api, Children, FacilitatorProcess, Processes, proc_stats
-from scale_report import Row, Storm, derive, notes, percentile, table, take_gaps
-from simchild import raise_nofile
+from scale_procs import Api, Children, FacilitatorProcess, Processes, proc_stats, tcp_counters
+from scale_report import Row, Storm, derive, merge, notes, percentile, table, take_gaps
+from simchild import Report, raise_nofile
 
 from jobrelay.protocol.auth import public_key_hex
 
@@ -58,6 +62,16 @@ SUBMITTERS = 16  # concurrent POST /jobs (and GET /jobs/{id}) clients
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]  # workers' source addresses: ephemeral ports x8
 SETTLE = 1.0  # seconds between "all connected" and the idle window
 EXPECTED_HISTORY = ["accepted", "running", "completed"]
+
+
+def cpu_split(k: int) -> tuple[set[int] | None, set[int] | None]:
+    """The facilitator's CPUs (the first ``k`` we may use) and the simulator's (the others); no
+    pinning when ``k`` is 0 or leaves the simulator none. Unpinned, the simulator's connection
+    bursts take the CPU the facilitator needs just then, and the results measure the scheduler."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if k <= 0 or len(cpus) <= k:
+        return None, None
+    return set(cpus[:k]), set(cpus[k:])
 
 
 def make_keys(n: int, folder: Path) -> tuple[Path, list[str]]:
@@ -167,26 +181,49 @@ def run_jobs(row: Row, api: Api, children: Children, n: int, count: int, timeout
         }
 
 
-def run_storm(row: Row, api: Api, children: Children, n: int, timeout: float) -> None:
+class Phases:
+    """Per phase: wall time, CPU seconds of the facilitator and of the simulator processes, the
+    network namespace's TCP listen-queue and SYN-retransmit counters, and the children's gaps and
+    counters (a report round from the children at each end)."""
+
+    def __init__(self, row: Row, children: Children, pid: int) -> None:
+        self.row, self.children, self.pid = row, children, pid
+        self.restart()
+
+    def _now(self, reports: list[Report]) -> dict[str, float]:
+        cpu = proc_stats(self.pid).cpu_seconds
+        now = {"wall": time.monotonic(), "facilitator": cpu, "simulator": sum(r.cpu_seconds for r in reports)}
+        return now | tcp_counters()
+
+    def restart(self) -> None:
+        """The next phase starts now (what happened since is not recorded)."""
+        self.mark = self._now(self.children.report())
+
+    def end(self, phase: str) -> list[Report]:
+        reports = self.children.report()
+        now = self._now(reports)
+        self.row.phases[phase] = {k: now[k] - self.mark[k] for k in now}
+        self.mark = now
+        take_gaps(self.row, phase, reports)
+        return reports
+
+
+def run_storm(row: Row, api: Api, children: Children, phases: Phases, n: int, timeout: float) -> None:
+    """Abort every connection at once; until all N are open again (and the facilitator says so)."""
     before = api.stats()
     started = time.monotonic()
     opened_at = children.cut(started + timeout)
-    storm = Storm()
-    storm.reconnected = children.connected()
+    storm = Storm(reconnected=children.connected())
     if opened_at is not None:
         storm.reconnect_s = opened_at - started
     api.wait_connected(n, time.monotonic() + 30)
     after = api.stats()
     keys = ("sessions_opened", "connections_replaced", "auth_failures", "heartbeat_timeouts")
     storm.facilitator = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
-    reports = children.report()
-    take_gaps(row, f"storm{len(row.storms) + 1}", reports)
+    reports = phases.end(f"storm{len(row.storms) + 1}")
     storm.cut = sum(r.cut for r in reports)
-    for r in reports:
-        for name, count in r.attempt_failures.items():
-            storm.attempt_failures[name] = storm.attempt_failures.get(name, 0) + count
-        for name, count in r.closes.items():
-            storm.closes[name] = storm.closes.get(name, 0) + count
+    storm.attempt_failures = merge(r.attempt_failures for r in reports)
+    storm.closes = merge(r.closes for r in reports)
     row.storms.append(storm)
 
 
@@ -202,16 +239,20 @@ def run_one(
     children: Children | None = None
     try:
         cmd = shlex.split(args.facilitator_cmd)
-        fac = FacilitatorProcess.start(cmd, folder, procs, deadline=time.monotonic() + 30)
+        fac_cpus, sim_cpus = (set(cpus) if cpus else None for cpus in args.cpu_split)
+        fac = FacilitatorProcess.start(cmd, folder, procs, time.monotonic() + 30, fac_cpus)
         api = Api(fac.http_url)
         row.empty = proc_stats(fac.pid)
-        children = Children.start(fac.url, keys, n, min(args.procs, n), SOURCES, folder, procs)
+        children = Children.start(fac.url, keys, n, min(args.procs, n), SOURCES, folder, procs, sim_cpus)
         children.wait_ready(time.monotonic() + 60)
+        phases = Phases(row, children, fac.pid)
         started = time.monotonic()
-        opened_at = children.connect(started + args.connect_timeout)
+        opened_at = children.connect(started + args.connect_timeout, args.connect_rate)
         row.connected = children.connected()
         row.facilitator_connected = api.wait_connected(n, time.monotonic() + (30 if opened_at else 1))
         row.full = proc_stats(fac.pid)
+        reports = phases.end("connect")
+        row.connect_failures = merge([*(r.attempt_failures for r in reports), *(r.closes for r in reports)])
         if opened_at is None or row.facilitator_connected != n:
             row.error = (
                 f"{row.connected}/{n} connected after {args.connect_timeout:g} s "
@@ -220,20 +261,15 @@ def run_one(
             return row
         row.connect_s = opened_at - started
         time.sleep(SETTLE)
-        before = children.report()
-        cpu0, t0 = proc_stats(fac.pid).cpu_seconds, time.monotonic()
+        phases.restart()
         time.sleep(args.idle_seconds)
-        cpu1, t1 = proc_stats(fac.pid).cpu_seconds, time.monotonic()
-        row.idle_cpu = (cpu1 - cpu0) / (t1 - t0)
-        after = children.report()
-        row.sim_idle_cpu = (sum(r.cpu_seconds for r in after) - sum(r.cpu_seconds for r in before)) / (
-            t1 - t0
-        )
-        take_gaps(row, "idle", after)
+        phases.end("idle")
+        idle = row.phases["idle"]
+        row.idle_cpu, row.sim_idle_cpu = idle["facilitator"] / idle["wall"], idle["simulator"] / idle["wall"]
         run_jobs(row, api, children, n, args.jobs, args.job_timeout)
-        take_gaps(row, "jobs", children.report())
+        phases.end("jobs")
         for _ in range(args.storms):
-            run_storm(row, api, children, n, args.connect_timeout)
+            run_storm(row, api, children, phases, n, args.connect_timeout)
         row.after_storm = proc_stats(fac.pid)
         row.heartbeat_timeouts_facilitator = api.stats().get("heartbeat_timeouts", 0)
         return row
@@ -258,12 +294,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per N")
     parser.add_argument("--storms", type=int, default=1, help="reconnect storms per N")
     parser.add_argument("--procs", type=int, default=4, help="simulated-worker processes")
+    parser.add_argument(
+        "--connect-rate", type=float, default=0.0, help="first connect: workers started per second (0: all)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=180.0, help="bound on connecting all N (s)")
     parser.add_argument("--job-timeout", type=float, default=120.0, help="bound on completing the jobs (s)")
     parser.add_argument(
         "--facilitator-cmd",
         default=f"{shlex.quote(sys.executable)} -m jobrelay facilitator",
         help="command that runs `jobrelay facilitator` (its flags are appended)",
+    )
+    parser.add_argument(
+        "--facilitator-cpus",
+        type=int,
+        default=1,
+        help="pin the facilitator to this many CPUs, the simulated workers to the rest (0: no pinning)",
     )
     parser.add_argument("--quick", action="store_true", help="N=200, idle 5 s, 200 jobs, one storm")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -273,6 +318,7 @@ def parse_args() -> argparse.Namespace:
         args.workers, args.idle_seconds, args.jobs, args.storms = "200", 5.0, 200, 1
         args.connect_timeout, args.job_timeout = 30.0, 30.0
     args.ns = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+    args.cpu_split = [sorted(cpus) if cpus else None for cpus in cpu_split(args.facilitator_cpus)]
     return args
 
 

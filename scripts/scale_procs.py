@@ -28,7 +28,16 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from simchild import ChildMessage, Failure, Jobs, Ready, Report, Status
 
-__all__ = ["Api", "Children", "FacilitatorProcess", "ProcStats", "Processes", "proc_stats"]
+__all__ = [
+    "Api",
+    "Children",
+    "FacilitatorProcess",
+    "ProcStats",
+    "Processes",
+    "pin",
+    "proc_stats",
+    "tcp_counters",
+]
 
 SIMCHILD = Path(__file__).with_name("simchild.py")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -40,9 +49,12 @@ class Processes:
     def __init__(self) -> None:
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    def start(self, cmd: list[str], cpus: set[int] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in its own session, on ``cpus`` if given (see ``pin``)."""
         proc = subprocess.Popen(cmd, start_new_session=True, **kw)
         self.running.append(proc)
+        if cpus:
+            pin(proc.pid, cpus)
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -67,6 +79,15 @@ class Processes:
     def stop_all(self) -> None:
         for proc in list(self.running):
             self.stop(proc, 5.0)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Run every thread of ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), cpus)
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # it exited: whoever waits for it will notice
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,20 @@ def proc_stats(pid: int) -> ProcStats:
         threads=int(status["Threads"]),
         cpu_seconds=(int(fields[11]) + int(fields[12])) / _CLK_TCK,
     )
+
+
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPReqQFullDrop")
+
+
+def tcp_counters() -> dict[str, int]:
+    """This network namespace's TCP counters of interest (/proc/net/netstat, TcpExt): accept
+    queue overflows and drops at any listener, SYN retransmits of any client."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header.startswith("TcpExt:"):
+            found = dict(zip(header.split()[1:], values.split()[1:], strict=True))
+            return {name: int(found.get(name, 0)) for name in TCP_COUNTERS}
+    return dict.fromkeys(TCP_COUNTERS, 0)
 
 
 class Api:
@@ -158,7 +193,9 @@ class FacilitatorProcess:
         self.log = log
 
     @classmethod
-    def start(cls, cmd: list[str], folder: Path, procs: Processes, deadline: float) -> FacilitatorProcess:
+    def start(
+        cls, cmd: list[str], folder: Path, procs: Processes, deadline: float, cpus: set[int] | None = None
+    ) -> FacilitatorProcess:
         """Start ``cmd`` with a fresh database, the folder's authorized_keys and its default settings
         (no JOBRELAY_* variables); wait for its ready file.
 
@@ -173,7 +210,7 @@ class FacilitatorProcess:
         flags += ["--ready-file", str(ready_file)]
         with log.open("wb") as out:
             proc = procs.start(
-                [*cmd, *flags], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+                [*cmd, *flags], cpus, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
             )
         while not ready_file.exists():
             if proc.poll() is not None or time.monotonic() >= deadline:
@@ -183,7 +220,10 @@ class FacilitatorProcess:
                     raise RuntimeError(f"facilitator exited with {proc.returncode}:\n{tail}")
                 raise TimeoutError(f"facilitator not ready in time:\n{tail}")
             time.sleep(0.05)
-        return cls(proc, json.loads(ready_file.read_text()), log)
+        fac = cls(proc, json.loads(ready_file.read_text()), log)
+        if cpus:
+            pin(fac.pid, cpus)  # the command may be a wrapper; its threads exist now
+        return fac
 
     def stop(self, procs: Processes) -> None:
         procs.stop(self.proc, 15.0)  # its own stop_timeout is 5 s
@@ -210,7 +250,15 @@ class Children:
 
     @classmethod
     def start(
-        cls, url: str, keys: Path, n: int, k: int, sources: list[str], folder: Path, procs: Processes
+        cls,
+        url: str,
+        keys: Path,
+        n: int,
+        k: int,
+        sources: list[str],
+        folder: Path,
+        procs: Processes,
+        cpus: set[int] | None = None,
     ) -> Children:
         """k processes, worker lines [0, n) of ``keys`` split between them."""
         started = []
@@ -220,7 +268,9 @@ class Children:
             cmd += ["--first", str(first), "--count", str(last - first), "--child", str(index)]
             cmd += ["--sources", ",".join(sources)]
             with (folder / f"simchild-{index}.log").open("wb") as err:
-                started.append(procs.start(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err))
+                started.append(
+                    procs.start(cmd, cpus, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                )
         return cls(started, folder)
 
     def _read(self, index: int, stream: IO[bytes]) -> None:
@@ -260,8 +310,8 @@ class Children:
                 case Report():
                     self.reports.append(message)
 
-    def _send(self, cmd: str) -> None:
-        line = json.dumps({"cmd": cmd}).encode() + b"\n"
+    def _send(self, cmd: str, rate: float = 0.0) -> None:
+        line = json.dumps({"cmd": cmd, "rate": rate}).encode() + b"\n"
         for proc in self.procs:
             assert proc.stdin is not None
             proc.stdin.write(line)
@@ -273,11 +323,11 @@ class Children:
     def connected(self) -> int:
         return sum(s.connected for s in self.status.values())
 
-    def _all_open(self, command: str, deadline: float) -> float | None:
+    def _all_open(self, command: str, deadline: float, rate: float = 0.0) -> float | None:
         """Send ``command`` (connect or cut); when every worker is open again, the latest
         moment one opened (None: not by the deadline)."""
         self.phase += 1
-        self._send(command)
+        self._send(command, rate / len(self.procs))
 
         def all_open() -> bool:
             current = [s for s in self.status.values() if s.phase == self.phase]
@@ -289,8 +339,9 @@ class Children:
             return None
         return max(s.all_open_at or 0.0 for s in self.status.values())
 
-    def connect(self, deadline: float) -> float | None:
-        return self._all_open("connect", deadline)
+    def connect(self, deadline: float, rate: float = 0.0) -> float | None:
+        """Start every worker: all at once, or ``rate`` per second in all."""
+        return self._all_open("connect", deadline, rate)
 
     def cut(self, deadline: float) -> float | None:
         return self._all_open("cut", deadline)

@@ -4,12 +4,13 @@ markdown table and the notes line under it. Pure data and formatting: no process
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scale_procs import ProcStats
 from simchild import Report
 
-__all__ = ["Row", "Storm", "derive", "notes", "percentile", "table", "take_gaps"]
+__all__ = ["Row", "Storm", "derive", "merge", "notes", "percentile", "table", "take_gaps"]
 
 
 @dataclass
@@ -29,11 +30,14 @@ class Row:
     connected: int = 0
     facilitator_connected: int = 0
     connect_s: float | None = None
+    connect_failures: dict[str, int] = field(default_factory=dict)  # failed attempts, ended sessions
     empty: ProcStats | None = None  # the facilitator before any worker connected
     full: ProcStats | None = None  # once all were connected
     after_storm: ProcStats | None = None
     idle_cpu: float | None = None  # fraction of one core
     sim_idle_cpu: float | None = None  # the simulated workers' processes together, same window
+    # phase → wall s, CPU s of the facilitator and the simulator, TCP counters (tcp_counters())
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
     gap_max_s: dict[str, float] = field(default_factory=dict)  # phase → max over connections
     gap_p99_s: dict[str, float] = field(default_factory=dict)  # phase → p99 of per-connection max
     heartbeat_s: tuple[float, float] = (0.0, 0.0)  # interval, timeout (the facilitator's welcome)
@@ -53,6 +57,15 @@ class Row:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def merge(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Counters added up by key."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for name, count in c.items():
+            total[name] = total.get(name, 0) + count
+    return total
 
 
 def take_gaps(row: Row, phase: str, reports: list[Report]) -> None:
@@ -91,16 +104,21 @@ def fmt(value: float | None, spec: str, unit: str = "") -> str:
 
 
 def storm_cells(row: Row) -> tuple[str, str]:
+    """The storm's columns: the slowest reconnect of all, and what failed or ended otherwise."""
     if not row.storms:
         return "–", "–"
     worst = [s.reconnect_s for s in row.storms]
     back = "not all" if None in worst else f"{max(w for w in worst if w is not None):.2f} s"
-    failures: dict[str, int] = {}
-    for s in row.storms:
-        for name, count in [*s.attempt_failures.items(), *s.closes.items()]:
-            if name != "cut":
-                failures[name] = failures.get(name, 0) + count
+    failures = merge([*(s.attempt_failures for s in row.storms), *(s.closes for s in row.storms)])
+    failures.pop("cut", None)
     return back, ", ".join(f"{c} {k}" for k, c in sorted(failures.items())) or "0"
+
+
+def connect_cell(row: Row) -> str:
+    """Time to connect all (or how many did), with the failed attempts on the way."""
+    failed = sum(row.connect_failures.values())
+    cell = f"{row.connect_s:.2f} s" if row.connect_s is not None else f"{row.connected:,} only"
+    return "–" if not row.connected else cell + (f", {failed:,} failed" if failed else "")
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -129,9 +147,7 @@ def table(rows: list[Row]) -> list[str]:
         lines.append(
             (
                 f"{r.n:,}" + (" (failed)" if r.error else ""),
-                fmt(r.connect_s, ".2f", " s")
-                if r.connect_s is not None or not r.connected
-                else f"{r.connected:,} only",
+                connect_cell(r),
                 fmt(full.rss_kib / 1024 if full else None, ".1f", " MiB"),
                 fmt(full.fds if full else None, ","),
                 fmt(full.threads if full else None, ","),
@@ -170,16 +186,26 @@ def notes(rows: list[Row], args: argparse.Namespace, submitters: int, wall: floa
     lag = max((r.sim_loop_lag_max_s for r in rows), default=0.0)
     sim_cpu = max((r.sim_idle_cpu or 0.0 for r in rows), default=0.0)
     interval, timeout = max((r.heartbeat_s for r in rows), default=(0.0, 0.0))
+    overflows = ", ".join(
+        f"{r.n:,}: {r.phases.get('connect', {}).get('ListenOverflows', 0):,.0f} / "
+        f"{sum(v.get('ListenOverflows', 0) for k, v in r.phases.items() if k.startswith('storm')):,.0f}"
+        for r in rows
+    )
+    start = f"{args.connect_rate:g} per s" if args.connect_rate else "all at once"
+    fac_cpus, sim_cpus = args.cpu_split
+    pinned = f"; CPUs: facilitator {fac_cpus}, simulator {sim_cpus}" if fac_cpus else "; no CPU pinning"
     return (
         f"Totals: {once:,}/{jobs:,} jobs completed exactly once; heartbeat timeouts {hb}; failed "
         f"connection attempts in storms {refused}, sessions ended otherwise than by the cut {other}; "
         f"simulator errors {sum(r.sim_errors for r in rows)}; wall {wall:.0f} s. "
-        f"Per worker vs the empty facilitator: {vs_empty or '–'}.\n"
+        f"Per worker vs the empty facilitator: {vs_empty or '–'}. "
+        f"Listen-queue overflows (whole namespace; connect / storms): {overflows}.\n"
         f"Notes: facilitator `{args.facilitator_cmd}`, heartbeat {interval:g} s / timeout {timeout:g} s "
-        f"(its welcome); a job is done when the worker gets the facilitator's ack of its `completed` "
+        f"(its welcome); workers start connecting {start}; a job is done when the worker gets "
+        f"the facilitator's ack of its `completed` "
         f"update (sent after the commit), then GET /jobs/{{id}} must show accepted, running, completed "
         f"on the named worker; {submitters} submitters; idle CPU over {args.idle_seconds:g} s, of one "
         f"core; max gap = the longest silence of the facilitator on any connection; HB timeouts = "
         f"facilitator's /stats / workers' closes; {args.procs} simulator processes (loop lag up to "
-        f"{lag:.3f} s, idle CPU up to {sim_cpu * 100:.1f} % of a core); {args.storms} storm(s) per N."
+        f"{lag:.3f} s, idle CPU up to {sim_cpu * 100:.1f} % of a core); {args.storms} storm(s) per N{pinned}."
     )

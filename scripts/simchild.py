@@ -2,13 +2,14 @@
 """One process of simulated workers (simworkers.py), driven by bench_scale.py over pipes.
 
 Pipe protocol, one JSON object per line:
-- parent → child (stdin): `Command` {"cmd": "connect" | "cut" | "report" | "stop"}; EOF = stop.
+- parent → child (stdin): `Command` {"cmd": "connect" | "cut" | "report" | "stop", "rate": R};
+  EOF = stop.
 - child → parent (stdout): `Ready` once the keys are loaded; `Status` (connected count, phase)
   and `Jobs` (jobs done) every 0.2 s when something changed and at once when all are open;
   one `Report` per "report"; `Failure` if the process fails.
-`connect` starts every worker at once; `cut` aborts every connection (no close handshake) and the
-workers reconnect; each of them starts a new phase, whose `Status.all_open_at` is set when every
-worker is open again. Times are `time.monotonic()` (one clock for every process on Linux).
+`connect` starts every worker at once (or R per second); `cut` aborts every connection (no close
+handshake) and the workers reconnect; each of them starts a new phase, whose `Status.all_open_at`
+is set when every worker is open again. Times are `time.monotonic()` (one clock for every process on Linux).
 
 Invariants: stdout carries only pipe messages; the soft RLIMIT_NOFILE is raised to the hard one;
 stopping closes the connections cleanly within 3 s, then ends the workers' tasks.
@@ -40,6 +41,7 @@ _STOP_CLOSE = 3.0  # seconds the clean closes at stop may take together
 
 class Command(msgspec.Struct, frozen=True):
     cmd: Literal["connect", "cut", "report", "stop"]
+    rate: float = 0.0  # connect: workers started per second by this process (0: all at once)
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):
@@ -166,10 +168,11 @@ class Child:
         tally.attempt_failures.clear()
         self.lag_max = 0.0
 
-    def connect(self) -> None:
+    def connect(self, rate: float) -> None:
         self.phase += 1
         self.tally.expect_all_open()
-        self._tasks = [asyncio.create_task(w.run()) for w in self.workers]
+        delays = [i / rate if rate > 0 else 0.0 for i in range(len(self.workers))]
+        self._tasks = [asyncio.create_task(w.run(d)) for w, d in zip(self.workers, delays, strict=True)]
 
     def cut(self) -> None:
         self.phase += 1
@@ -196,9 +199,10 @@ class Child:
         decoder = msgspec.json.Decoder(Command)
         try:
             while line := await stdin.readline():
-                match decoder.decode(line).cmd:
+                command = decoder.decode(line)
+                match command.cmd:
                     case "connect":
-                        self.connect()
+                        self.connect(command.rate)
                     case "cut":
                         self.cut()
                     case "report":

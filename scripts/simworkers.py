@@ -119,8 +119,10 @@ class SimWorker:
         self.last_frame = 0.0
         self.max_gap = 0.0
 
-    async def run(self) -> None:
-        """Connect, serve, back off, until the child stops (or the task is cancelled)."""
+    async def run(self, delay: float = 0.0) -> None:
+        """After ``delay``: connect, serve, back off, until the process stops (or the task is
+        cancelled)."""
+        await asyncio.sleep(delay)
         while not self.tally.stopping:
             reason = ""
             try:
@@ -130,8 +132,8 @@ class SimWorker:
                 self.tally.error(f"{self.worker_id}: {type(exc).__name__}: {exc}")
             if reason:
                 self.tally.attempt_failures[reason] += 1
-            delay = self.policy.next_delay(random.random())
-            await asyncio.sleep(delay if delay is not None else self.policy.cap)
+            backoff = self.policy.next_delay(random.random())  # None only with max_attempts
+            await asyncio.sleep(backoff if backoff is not None else self.policy.cap)
 
     async def _connection(self) -> str:
         """One connection attempt and its session; returns why the attempt failed ("" if it
@@ -188,8 +190,7 @@ class SimWorker:
                 self.timer.cancel()
             session.connection_lost()
             self._process()
-            self.out.put_nowait(0)  # stops the writer if it is still waiting
-            writer.cancel()
+            writer.cancel()  # it may wait on a dead socket; what it had to send is moot now
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             self.ws = None
@@ -211,8 +212,7 @@ class SimWorker:
             while True:
                 item = await out.get()
                 if isinstance(item, int):
-                    if item:
-                        await ws.close(item)
+                    await ws.close(item)  # after the frames before it (an error frame, say)
                     return
                 await ws.send(item.data, text=not item.binary)
 
