@@ -216,7 +216,8 @@ def run_storm(row: Row, api: Api, children: Children, phases: Phases, n: int, ti
     storm = Storm(reconnected=children.connected())
     if opened_at is not None:
         storm.reconnect_s = opened_at - started
-    api.wait_connected(n, time.monotonic() + 30)
+    if api.wait_connected(n, time.monotonic() + 30) == n:
+        storm.facilitator_reconnect_s = time.monotonic() - started
     after = api.stats()
     keys = ("sessions_opened", "connections_replaced", "auth_failures", "heartbeat_timeouts")
     storm.facilitator = {k: after.get(k, 0) - before.get(k, 0) for k in keys}
@@ -250,6 +251,8 @@ def run_one(
         opened_at = children.connect(started + args.connect_timeout, args.connect_rate)
         row.connected = children.connected()
         row.facilitator_connected = api.wait_connected(n, time.monotonic() + (30 if opened_at else 1))
+        if row.facilitator_connected == n:
+            row.facilitator_connect_s = time.monotonic() - started
         row.full = proc_stats(fac.pid)
         reports = phases.end("connect")
         row.connect_failures = merge([*(r.attempt_failures for r in reports), *(r.closes for r in reports)])

@@ -17,6 +17,7 @@ __all__ = ["Row", "Storm", "derive", "merge", "notes", "percentile", "table", "t
 class Storm:
     cut: int = 0  # open sockets the workers aborted
     reconnect_s: float | None = None  # cut → all N open again (workers' view)
+    facilitator_reconnect_s: float | None = None  # cut → /stats says N connected (polled, 0.1 s)
     reconnected: int = 0
     attempt_failures: dict[str, int] = field(default_factory=dict)
     closes: dict[str, int] = field(default_factory=dict)
@@ -29,7 +30,8 @@ class Row:
     error: str = ""
     connected: int = 0
     facilitator_connected: int = 0
-    connect_s: float | None = None
+    connect_s: float | None = None  # all N open, as the workers see it
+    facilitator_connect_s: float | None = None  # /stats says N connected (polled every 0.1 s)
     connect_failures: dict[str, int] = field(default_factory=dict)  # failed attempts, ended sessions
     empty: ProcStats | None = None  # the facilitator before any worker connected
     full: ProcStats | None = None  # once all were connected
