@@ -29,6 +29,7 @@ from typing import Any, Final
 from loguru import logger
 from websockets.asyncio.server import Server, serve
 
+from jobrelay.common.loop import run_loop
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.errors import JobTooLarge
@@ -71,7 +72,9 @@ class Facilitator:
         self.hub = ConnectionHub(config, store, self.authorized, self.loop)
         self.counters: Counters = self.hub.counters
         self._server: Server | None = None
-        self._thread = threading.Thread(target=self._run_loop, name="facilitator-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=run_loop, args=(self.loop,), name="facilitator-loop", daemon=True
+        )
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -260,21 +263,6 @@ class Facilitator:
         logger.info("facilitator: stopped url={}", self.url)
 
     # ------------------------------------------------------------------ the loop thread
-
-    def _run_loop(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            # What stop() could not finish in time (a stuck close) is cancelled, not leaked.
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            if leftovers:
-                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
 
     def _not_on_loop(self, what: str) -> None:
         if threading.current_thread() is self._thread:

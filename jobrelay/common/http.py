@@ -35,6 +35,7 @@ from jobrelay.common.http_app import (
     read_json,
     small_int,
 )
+from jobrelay.common.loop import run_loop
 
 # HealthReport … small_int are re-exported: callers import the HTTP plumbing from this one module.
 __all__ = [
@@ -131,7 +132,9 @@ class HealthServer:
             self._started = True
         if self._own_loop:
             loop = self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=_run_loop, args=(loop,), name="jobrelay-http", daemon=True)
+            self._thread = threading.Thread(
+                target=run_loop, args=(loop,), kwargs={"grace": 0.2}, name="jobrelay-http", daemon=True
+            )
             self._thread.start()
         try:
             self._on_loop(self._open(), _START_TIMEOUT)
@@ -200,18 +203,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """The own loop's thread: run until stop(), then end what is left and close the loop."""
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.wait(tasks, timeout=0.2))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()

@@ -1,0 +1,25 @@
+# An asyncio event loop in a thread of its own, for the parts of jobrelay that run one (the
+# facilitator's connections, the HTTP server when it is given no loop). Invariant: when the loop
+# stops, whatever is still scheduled on it is cancelled and given a bounded time to end, then the
+# loop is closed: nothing is leaked, and a stop never waits forever on a stuck task.
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["run_loop"]
+
+
+def run_loop(loop: asyncio.AbstractEventLoop, *, grace: float = 1.0) -> None:
+    """Run ``loop`` in the calling thread until ``loop.stop()``, then cancel what is left, wait
+    at most ``grace`` seconds for it, and close the loop."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
