@@ -90,11 +90,21 @@ class WorkerConnection:
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
         self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
-        self._log = logger.bind(session=self.session.session_id, peer=str(ws.remote_address))
+        self._bound: Any = None  # the logger with this connection's context, made when first used
 
     @property
     def is_open(self) -> bool:
         return self.session.is_open
+
+    @property
+    def _log(self) -> Any:
+        # Bound only when a line is logged: binding costs more than most connections ever log.
+        if self._bound is None:
+            peer = str(self.ws.remote_address)
+            self._bound = logger.bind(
+                session=self.session.session_id, peer=peer, worker=self.worker_id or "?"
+            )
+        return self._bound
 
     # ------------------------------------------------------------------ from the loop's callbacks
 
@@ -256,7 +266,7 @@ class WorkerConnection:
 
     async def _on_auth(self, event: ev.AuthVerified) -> None:
         self.worker_id = event.worker_id
-        self._log = self._log.bind(worker=event.worker_id)
+        self._bound = None  # re-bound with the worker's id
         await self.hub.attach(self)
         if self.session.state is SessionState.CLOSED:
             return  # closed while the replaced connection let go
@@ -297,13 +307,14 @@ class WorkerConnection:
                 self.worker_id,
                 event.resume_after,
             )
-        self._log.info(
-            "facilitator: worker connected worker={} session={} resume_after={} in_hwm={}",
-            self.worker_id,
-            event.session_id,
-            event.resume_after,
-            event.in_hwm,
-        )
+        if self.hub.chatter.allow("workers connected"):
+            self._log.info(
+                "facilitator: worker connected worker={} session={} resume_after={} in_hwm={}",
+                self.worker_id,
+                event.session_id,
+                event.resume_after,
+                event.in_hwm,
+            )
         self.wake()
         self.hub.worker_ready(self, True)
 
@@ -325,16 +336,15 @@ class WorkerConnection:
             return
         if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        # One line per connection that ends (worker connected has its own): the two of them are
-        # what an operator of thousands of workers can still read.
-        self._log.log(
-            "INFO" if self.worker_id else "DEBUG",
-            "facilitator: worker disconnected worker={} code={} by_peer={} detail={}",
-            self.worker_id or self.session.peer_id or "?",
-            event.code.value if event.code else "normal",
-            event.by_peer,
-            event.detail,
-        )
+        # One line per session that ends (worker connected has its own), summarised in a storm.
+        if self.worker_id and self.hub.chatter.allow("workers disconnected"):
+            self._log.info(
+                "facilitator: worker disconnected worker={} code={} by_peer={} detail={}",
+                self.worker_id,
+                event.code.value if event.code else "normal",
+                event.by_peer,
+                event.detail,
+            )
 
     async def _persist(self, batch: list[tuple[int, Any]]) -> None:
         outcome = await self.hub.wait(self.hub.store.accept(self.worker_id, self._in_epoch, batch))

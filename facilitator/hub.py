@@ -32,7 +32,7 @@ from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
 from jobrelay.protocol.session import SessionState
 
-__all__ = ["ConnectionHub", "Counters"]
+__all__ = ["Chatter", "ConnectionHub", "Counters"]
 
 T = TypeVar("T")
 
@@ -58,6 +58,40 @@ class Counters:
             return dict(self._values)
 
 
+class Chatter:
+    """Per-connection lines (connected, disconnected) one by one while they are few; in a storm
+    at most ``per_second`` of each kind a second, and one summary line for the rest, so ten
+    thousand reconnecting workers cost neither the loop its time nor the operator the log."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_second: int = 20) -> None:
+        self._loop = loop
+        self._per_second = per_second
+        self._second = 0
+        self._seen: dict[str, int] = {}
+        self._left_out: dict[str, int] = {}
+        self._summary: asyncio.TimerHandle | None = None
+
+    def allow(self, kind: str) -> bool:
+        """True when a line of ``kind`` may be logged now; otherwise it is counted."""
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._seen = second, {}
+        seen = self._seen[kind] = self._seen.get(kind, 0) + 1
+        if seen <= self._per_second:
+            return True
+        self._left_out[kind] = self._left_out.get(kind, 0) + 1
+        if self._summary is None:
+            self._summary = self._loop.call_later(1.0, self._summarise)
+        return False
+
+    def _summarise(self) -> None:
+        self._summary = None
+        left_out, self._left_out = self._left_out, {}
+        if left_out:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(left_out.items()))
+            logger.info("facilitator: also {} in the last second (not logged one by one)", counts)
+
+
 class ConnectionHub:
     """What the connections share with the server that owns them (see module invariants)."""
 
@@ -75,6 +109,7 @@ class ConnectionHub:
         self.nonces = NonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
         self.counters = Counters()
         self.loop = loop
+        self.chatter = Chatter(loop)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

@@ -156,3 +156,28 @@ def test_healthz_says_when_the_facilitator_is_saturated(tmp_path: Path) -> None:
     finally:
         worker.disconnect()
         fac.stop()
+
+
+def test_per_connection_lines_are_summarised_in_a_storm() -> None:
+    import asyncio
+
+    from jobrelay.facilitator.hub import Chatter
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
+
+    async def storm() -> list[bool]:
+        chatter = Chatter(asyncio.get_running_loop(), per_second=5)
+        allowed = [chatter.allow("workers connected") for _ in range(12)]
+        deadline = time.monotonic() + 3
+        while not lines and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the loop's own timer writes the summary
+        return allowed
+
+    try:
+        allowed = asyncio.run(storm())
+    finally:
+        logger.remove(sink)
+    assert allowed.count(True) <= 10  # at most 5 per second (the storm may straddle a second)
+    assert allowed[:5] == [True] * 5
+    assert len(lines) == 1 and "also" in lines[0] and "workers connected" in lines[0], lines
