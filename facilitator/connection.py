@@ -1,7 +1,7 @@
 # One worker connection on the reference facilitator: a FacilitatorSession over a `websockets`
 # asyncio server connection, driven by the shared SessionDriver. Everything runs on the
 # facilitator's event loop: one coroutine per connection (``run``: reads and acts), one writer
-# task (``_write_loop``: a stalled peer blocks only its own writer), one loop timer for the next
+# task (frame_writer.py: a stalled peer blocks only its own writer), one loop timer for the next
 # deadline (heartbeat due, peer silence, handshake, stuck send). No thread of its own.
 # Invariants:
 # - Only the loop thread touches the session. Other threads reach a connection through
@@ -26,12 +26,14 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from jobrelay.facilitator.frame_writer import FrameWriter
+from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
 from jobrelay.protocol.messages import Response
-from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionState
+from jobrelay.protocol.session import FacilitatorSession, SessionState
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.hub import ConnectionHub
@@ -41,7 +43,6 @@ __all__ = ["CLOSE_TIMEOUT", "WorkerConnection"]
 CLOSE_TIMEOUT: Final = 1.0
 """The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
 _CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
-_CLOSE: Final = object()  # the writer's last item: close the WebSocket
 
 
 class WorkerConnection:
@@ -73,23 +74,21 @@ class WorkerConnection:
         self.last_contact = now
         self.released = asyncio.Event()
         self.done = asyncio.Event()
-        self.driver = SessionDriver(self.session, self._queue_frame, self)
+        self._writer = FrameWriter(ws, hub.counters, self._close_code)
+        self.driver = SessionDriver(self.session, self._writer.put, self)
         self._loop = asyncio.get_running_loop()
         self._todo: deque[ev.Event | list[tuple[int, Any]]] = deque()
-        self._out: deque[OutFrame | object] = deque()
-        self._out_ready = asyncio.Event()
-        self._send_started: float | None = None  # loop time of the send in progress
         self._timer: asyncio.TimerHandle | None = None
         self._close_request: tuple[int, str] | None = None
-        self._fill_wanted = False
-        self._filling = False
+        self.fill_wanted = False
+        self.filling = False
         self._acting = False
         self._finished = False
         self._opened = False
         self._slot_held = False  # one of the hub's max_handshakes slots, from auth to open/close
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
-        self._in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
+        self.in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._bound: Any = None  # the logger with this connection's context, made when first used
 
     @property
@@ -114,10 +113,10 @@ class WorkerConnection:
         self._stored_upto = max(self._stored_upto, stored_upto)
         if self.session.sender.sent >= self._stored_upto:
             return  # nothing new: no store read
-        self._fill_wanted = True
-        if not self._filling and self.worker_id:
-            self._filling = True
-            self._loop.create_task(self._fill())
+        self.fill_wanted = True
+        if not self.filling and self.worker_id:
+            self.filling = True
+            self._loop.create_task(fill(self))
 
     def request_close(self, code: int = GOING_AWAY, reason: str = "") -> None:
         """Close the connection with ``code`` (1001 on shutdown or when replaced)."""
@@ -125,7 +124,7 @@ class WorkerConnection:
             self._close_request = (code, reason)
         if self.session.state is not SessionState.CLOSED:
             self.driver.close(None, reason)  # → Closed
-        self._finish_writing()
+        self._writer.finish()
         self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
 
     # ------------------------------------------------------------------ the connection's coroutine
@@ -138,7 +137,7 @@ class WorkerConnection:
 
     async def run(self) -> None:
         """Serve the connection until it closes (the server's handler for this socket)."""
-        writer = self._loop.create_task(self._write_loop())
+        writer = self._loop.create_task(self._writer.run())
         self._arm_timer()
         try:
             await self._serve()
@@ -154,7 +153,7 @@ class WorkerConnection:
             if self._timer is not None:
                 self._timer.cancel()
             self.released.set()
-            self._finish_writing()
+            self._writer.finish()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(writer), _CLOSE_GRACE + CLOSE_TIMEOUT)
             if not writer.done():
@@ -194,7 +193,7 @@ class WorkerConnection:
             while self._todo:
                 item = self._todo.popleft()
                 if isinstance(item, list):
-                    await self._persist(item)
+                    await persist(self, item)
                 else:
                     await self._on_event(item)
                 self.driver.pump()
@@ -224,7 +223,7 @@ class WorkerConnection:
             case ev.Opened():
                 self._on_opened(event)
             case ev.PeerStreamStarted() | ev.PeerStreamAdvanced():
-                await self._on_peer_stream(event)
+                await note_peer_stream(self, event)
             case ev.RestartOwnStream():
                 # The worker holds more of our stream than our store does (restored from an older
                 # copy): what we still have goes out again as a new stream; the worker's ledger
@@ -276,23 +275,6 @@ class WorkerConnection:
         if self.session.state is SessionState.VERIFYING:
             self.session.accept(marks)
 
-    async def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
-        store = self.hub.store
-        if isinstance(event, ev.PeerStreamAdvanced):
-            await self.hub.wait(store.open_stream(self.worker_id, event.epoch, event.hwm, False))
-            return
-        await self.hub.wait(store.open_stream(self.worker_id, event.epoch, event.after, True))
-        self.hub.counters.add("new_streams")
-        # A first stream is routine; a replaced one means the worker's store was lost.
-        self._log.log(
-            "WARNING" if event.previous_epoch else "DEBUG",
-            "facilitator: new worker stream worker={} epoch={} previous_epoch={} resume_after={}",
-            self.worker_id,
-            event.epoch,
-            event.previous_epoch or "-",
-            event.after,
-        )
-
     def _on_opened(self, event: ev.Opened) -> None:
         self.release_handshake()
         if not self.session.is_open:
@@ -300,7 +282,7 @@ class WorkerConnection:
         self.hub.counters.add("sessions_opened")
         self._arm_timer()  # from the handshake deadline to heartbeats and silence
         self._opened = True
-        self._in_epoch = event.in_epoch
+        self.in_epoch = event.in_epoch
         if event.new_out_stream and self._stored_out_last_seq:
             self._log.warning(
                 "facilitator: worker does not know our stream (its store is new) worker={} resume_after={}",
@@ -322,7 +304,7 @@ class WorkerConnection:
         counters = self.hub.counters
         self.release_handshake()
         self.hub.worker_ready(self, False)
-        self._finish_writing()
+        self._writer.finish()
         if not self._acting:
             self.released.set()  # no store operation of ours is in flight: a successor may start
         if event.code in AUTH_CODES:
@@ -346,91 +328,6 @@ class WorkerConnection:
                 event.detail,
             )
 
-    async def _persist(self, batch: list[tuple[int, Any]]) -> None:
-        outcome = await self.hub.wait(self.hub.store.accept(self.worker_id, self._in_epoch, batch))
-        counters = self.hub.counters
-        counters.add("data_accepted", outcome.accepted)
-        if outcome.duplicates:
-            counters.add("duplicates_dropped", outcome.duplicates)
-        for refusal in outcome.refused:
-            counters.add("refused_updates")
-            self._log.warning(
-                "facilitator: refused status update worker={} job={} reason={}",
-                self.worker_id,
-                refusal.job_id,
-                refusal.detail,
-            )
-            if refusal.code is not None and self.session.is_open:
-                self.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
-        if outcome.gap:
-            self.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
-        elif outcome.upto and self.session.is_open:
-            self.session.acknowledge(min(outcome.upto, self.session.receiver.seen))
-
-    async def _fill(self) -> None:
-        """Send stored job requests/cancels while the window has room (one fill at a time)."""
-        try:
-            while self._fill_wanted and self.session.is_open:
-                self._fill_wanted = False
-                sender = self.session.sender
-                while self.session.is_open and sender.capacity > 0:
-                    after, want = sender.sent, min(sender.capacity, self.hub.config.max_batch)
-                    rows = await self.hub.wait(self.hub.store.pending(self.worker_id, after, want))
-                    if not rows or rows[0][0] != after + 1 or not self.session.is_open:
-                        break
-                    if sender is not self.session.sender or sender.sent != after:
-                        break  # the session moved on meanwhile (cannot happen with one fill)
-                    self.session.note_appended(rows[-1][0])
-                    self.session.send_data(rows)
-                    self.driver.flush()
-                    if len(rows) < want:
-                        break
-        except Exception as exc:
-            # A stream that cannot go on (a row too large for the frame limit, a store failure or
-            # a store too slow): end the session; the next one replays from the worker's marks.
-            self._log.warning("facilitator: could not send stored jobs to worker={}: {}", self.worker_id, exc)
-            if self.session.is_open:
-                self.driver.close(ErrorCode.INTERNAL, "could not send stored jobs")
-        finally:
-            self._filling = False
-
-    # ------------------------------------------------------------------ writing
-
-    def _queue_frame(self, frame: OutFrame) -> None:
-        self._out.append(frame)
-        self._out_ready.set()
-
-    def _finish_writing(self) -> None:
-        """After what is queued, close the WebSocket (once)."""
-        if _CLOSE not in self._out:
-            self._out.append(_CLOSE)
-            self._out_ready.set()
-
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        while True:
-            while not self._out:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-            item = self._out.popleft()
-            if item is _CLOSE:
-                code, reason = self._close_code()
-                self._send_started = self._loop.time()
-                with contextlib.suppress(Exception):  # the socket may already be gone
-                    await ws.close(code, reason[:120])
-                return
-            assert isinstance(item, OutFrame)
-            self._send_started = self._loop.time()
-            try:
-                await ws.send(item.data, text=not item.binary)
-            except (ConnectionClosed, OSError) as exc:
-                self._log.debug("facilitator: send failed: {}", exc)
-                ws.transport.abort()  # the reader then sees the end of the connection
-                return
-            finally:
-                self._send_started = None
-            self.hub.counters.add("frames_out")
-
     def _close_code(self) -> tuple[int, str]:
         request = self._close_request
         if request is not None and self.session.close_code is None:
@@ -451,7 +348,7 @@ class WorkerConnection:
             )
         else:
             due = session.started_at + session.config.handshake_timeout
-        if self._send_started is not None:  # a stuck send is checked at the silence deadline
+        if self._writer.sending:  # a stuck send is checked at the silence deadline
             due = min(due, now + session.heartbeat_timeout)
         self._timer = self._loop.call_later(max(0.01, due - now + 0.001), self._on_timer)
 
@@ -460,14 +357,14 @@ class WorkerConnection:
         session = self.session
         if self._closed():
             return
-        stuck = 0.0 if self._send_started is None else self._loop.time() - self._send_started
+        stuck = self._writer.stuck_for()
         if session.is_open and stuck > session.heartbeat_timeout:
             self.driver.close(ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s")
         else:
             self.driver.tick(time.time())  # deadlines, and a heartbeat when one is due
         if self._closed():
             # run() is waiting for the next frame: closing the WebSocket ends that wait.
-            self._finish_writing()
+            self._writer.finish()
             self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
             return
         self._arm_timer()

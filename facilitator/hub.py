@@ -25,6 +25,7 @@ from websockets.asyncio.server import ServerConnection
 
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
+from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
@@ -40,22 +41,6 @@ _REPLACE_WAIT: Final = 2.0  # longest a new connection waits for the one it repl
 _STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
 _LOG_EVERY: Final = 60.0  # one refusal line per remote address per minute
 _DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
-
-
-class Counters:
-    """Named counters, safe to add to and read from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, int] = {}
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + n
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
 
 
 class Chatter:

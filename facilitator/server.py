@@ -32,8 +32,9 @@ from websockets.asyncio.server import Server, serve
 from jobrelay.common.loop import run_loop
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import CLOSE_TIMEOUT
+from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.errors import JobTooLarge
-from jobrelay.facilitator.hub import ConnectionHub, Counters
+from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views

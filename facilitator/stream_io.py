@@ -1,0 +1,86 @@
+# What a facilitator connection does with the store for its two streams: persist a received batch
+# (and only then acknowledge it), record where the worker's stream resumes, and send stored job
+# requests while the window has room. Runs on the event loop, awaiting the store thread.
+# Invariants: nothing is acknowledged before the store committed it; one fill at a time per
+# connection (``conn.filling``), so no seq goes out twice.
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from jobrelay.protocol import events as ev
+from jobrelay.protocol.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from jobrelay.facilitator.connection import WorkerConnection
+
+__all__ = ["fill", "note_peer_stream", "persist"]
+
+
+async def note_peer_stream(
+    conn: WorkerConnection, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced
+) -> None:
+    store = conn.hub.store
+    if isinstance(event, ev.PeerStreamAdvanced):
+        await conn.hub.wait(store.open_stream(conn.worker_id, event.epoch, event.hwm, False))
+        return
+    await conn.hub.wait(store.open_stream(conn.worker_id, event.epoch, event.after, True))
+    conn.hub.counters.add("new_streams")
+    # A first stream is routine; a replaced one means the worker's store was lost.
+    conn._log.log(
+        "WARNING" if event.previous_epoch else "DEBUG",
+        "facilitator: new worker stream worker={} epoch={} previous_epoch={} resume_after={}",
+        conn.worker_id,
+        event.epoch,
+        event.previous_epoch or "-",
+        event.after,
+    )
+
+
+async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
+    outcome = await conn.hub.wait(conn.hub.store.accept(conn.worker_id, conn.in_epoch, batch))
+    counters = conn.hub.counters
+    counters.add("data_accepted", outcome.accepted)
+    if outcome.duplicates:
+        counters.add("duplicates_dropped", outcome.duplicates)
+    for refusal in outcome.refused:
+        counters.add("refused_updates")
+        conn._log.warning(
+            "facilitator: refused status update worker={} job={} reason={}",
+            conn.worker_id,
+            refusal.job_id,
+            refusal.detail,
+        )
+        if refusal.code is not None and conn.session.is_open:
+            conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
+    if outcome.gap:
+        conn.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
+    elif outcome.upto and conn.session.is_open:
+        conn.session.acknowledge(min(outcome.upto, conn.session.receiver.seen))
+
+
+async def fill(conn: WorkerConnection) -> None:
+    """Send stored job requests/cancels while the window has room (one fill at a time)."""
+    try:
+        while conn.fill_wanted and conn.session.is_open:
+            conn.fill_wanted = False
+            sender = conn.session.sender
+            while conn.session.is_open and sender.capacity > 0:
+                after, want = sender.sent, min(sender.capacity, conn.hub.config.max_batch)
+                rows = await conn.hub.wait(conn.hub.store.pending(conn.worker_id, after, want))
+                if not rows or rows[0][0] != after + 1 or not conn.session.is_open:
+                    break
+                if sender is not conn.session.sender or sender.sent != after:
+                    break  # the session moved on meanwhile (cannot happen with one fill)
+                conn.session.note_appended(rows[-1][0])
+                conn.session.send_data(rows)
+                conn.driver.flush()
+                if len(rows) < want:
+                    break
+    except Exception as exc:
+        # A stream that cannot go on (a row too large for the frame limit, a store failure or
+        # a store too slow): end the session; the next one replays from the worker's marks.
+        conn._log.warning("facilitator: could not send stored jobs to worker={}: {}", conn.worker_id, exc)
+        if conn.session.is_open:
+            conn.driver.close(ErrorCode.INTERNAL, "could not send stored jobs")
+    finally:
+        conn.filling = False
