@@ -30,6 +30,7 @@ from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import LOG, resolve
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.messages import TERMINAL_STATUSES
 from jobrelay.storage import inspect_database
 from jobrelay.storage.ledger import StatusEntry
 from jobrelay.testing.proxy import TcpProxy
@@ -47,7 +48,6 @@ order; 1 otherwise (the problems are listed and the temp directory is kept).
 """
 
 WORKER_ID = "demo"
-TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
@@ -80,16 +80,14 @@ def expected_history(steps: int) -> list[tuple[str, float | None]]:
 
 
 def check_history(history: list[StatusEntry], steps: int) -> tuple[str, str]:
-    """Classify one job's history: ``("completed" | "restarted", "")`` or ``("bad", why)``.
-
-    A good history is a prefix of the expected statuses, complete for a completed job, then
-    exactly one terminal status: completed, or failed with detail worker_restarted.
-    """
+    """Classify one job's history: ``("completed" | "restarted", "")`` or ``("bad", why)``. A good
+    history is a prefix of the expected statuses (all of them for a completed job), then exactly
+    one terminal status: completed, or failed with detail worker_restarted."""
     seen = [(e.status, e.progress) for e in history]
-    terminals = [s for s, _ in seen if s in TERMINAL]
+    terminals = [s for s, _ in seen if s in TERMINAL_STATUSES]
     if not terminals:
         return "bad", f"no terminal status (lost): {seen}"
-    if len(terminals) > 1 or seen[-1][0] not in TERMINAL:
+    if len(terminals) > 1 or seen[-1][0] not in TERMINAL_STATUSES:
         return "bad", f"{len(terminals)} terminal statuses: {seen}"
     body, last = seen[:-1], history[-1]
     expected = expected_history(steps)
@@ -301,7 +299,7 @@ def _drive(
     done = 0
     while True:
         records = fac.jobs(limit=args.jobs + 10)
-        done = sum(1 for r in records if r.status in TERMINAL)
+        done = sum(1 for r in records if r.status in TERMINAL_STATUSES)
         if events and done >= events[0][0] * args.jobs:
             events.pop(0)[1]()
         now = time.monotonic()
