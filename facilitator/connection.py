@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
@@ -172,7 +173,11 @@ class WorkerConnection:
                     # The auth frame: verifying it and reading the store wait for a slot.
                     await self.hub.handshake_slot()
                     self._slot_held = True
-                    if self._closed():  # the handshake deadline passed meanwhile
+                    if self._closed() or ws.state is not State.OPEN:
+                        # The deadline passed, or the worker gave up, while this waited: in a
+                        # reconnect storm verifying for a worker that is gone only feeds the storm.
+                        self.hub.counters.add("handshakes_abandoned")
+                        self.release_handshake()
                         return
                 now = time.time()
                 self.last_contact = now

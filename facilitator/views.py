@@ -82,6 +82,7 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     connections_replaced: int = 0
     jobs_submitted: int = 0
     refused_capacity: int = 0
+    handshakes_abandoned: int = 0
     connected_workers: int = 0
     store_commits: int = 0
     store_operations: int = 0
