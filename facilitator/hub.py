@@ -105,6 +105,10 @@ class ConnectionHub:
         self._waiting_handshakes = 0
         self._refusals_logged: dict[str, float] = {}
         self._dispatch_handle: asyncio.TimerHandle | None = None
+        # Whether jobs may wait for a worker (at start: maybe, from an earlier run); cleared when
+        # a routing pass found none and no submit queued one meanwhile.
+        self._maybe_queued = True
+        self._queued_news = 0
 
     # ------------------------------------------------------------------ the server's handler
 
@@ -202,13 +206,18 @@ class ConnectionHub:
                 self._ready[conn.worker_id] = conn
             elif self._ready.get(conn.worker_id) is conn:
                 del self._ready[conn.worker_id]
-        if ready:
+        if ready and self._maybe_queued:
             self._schedule_dispatch()
 
     def request_dispatch(self) -> None:
-        """Route queued jobs soon (thread-safe)."""
+        """Jobs were left queued: route them soon (thread-safe)."""
         with contextlib.suppress(RuntimeError):  # the loop closed (stopping): nothing to route to
-            self.loop.call_soon_threadsafe(self._schedule_dispatch)
+            self.loop.call_soon_threadsafe(self._queued_now)
+
+    def _queued_now(self) -> None:
+        self._maybe_queued = True
+        self._queued_news += 1
+        self._schedule_dispatch()
 
     def _schedule_dispatch(self) -> None:
         if self._dispatch_handle is None:
@@ -222,9 +231,14 @@ class ConnectionHub:
             self.loop.create_task(self._route_queued(eligible))
 
     async def _route_queued(self, eligible: list[str]) -> None:
+        news = self._queued_news
         future = self.store.dispatch_queued(eligible)
         try:
             assignments: list[Assignment] = await self.wait(future)
+            if not assignments and news == self._queued_news:
+                # Nothing was queued, and nothing was queued since: a worker becoming ready (ten
+                # thousand of them in a reconnect storm) need not look again.
+                self._maybe_queued = False
             self.notify(assignments)
         except TimeoutError:
             # The store is slow, not gone: whoever gets jobs when it commits must be woken then.
