@@ -33,7 +33,7 @@ from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
 from jobrelay.protocol.session import SessionState
 
-__all__ = ["Chatter", "ConnectionHub", "Counters"]
+__all__ = ["Chatter", "ConnectionHub", "NewestFirst"]
 
 T = TypeVar("T")
 
@@ -41,6 +41,38 @@ _REPLACE_WAIT: Final = 2.0  # longest a new connection waits for the one it repl
 _STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
 _LOG_EVERY: Final = 60.0  # one refusal line per remote address per minute
 _DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
+
+
+class NewestFirst:
+    """Handshake slots handed out newest waiter first. Under overload a waiter's worker gives up
+    after its own handshake timeout; serving the newest first serves workers that still wait,
+    where first-come-first-served would spend every slot on workers already gone (and their
+    retries would queue behind more of them: a storm that feeds itself)."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class Chatter:
@@ -101,7 +133,7 @@ class ConnectionHub:
         self._conns: dict[str, WorkerConnection] = {}  # authenticated, by worker id
         self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
-        self._handshakes = asyncio.Semaphore(config.max_handshakes)
+        self._handshakes = NewestFirst(config.max_handshakes)
         self._waiting_handshakes = 0
         self._refusals_logged: dict[str, float] = {}
         self._dispatch_handle: asyncio.TimerHandle | None = None

@@ -87,7 +87,7 @@ def test_many_workers_authenticate_through_one_slot(tmp_path: Path) -> None:
         for worker in workers:  # each opens only after the one before it gave its slot back
             worker.connect(timeout=5.0)
         wait_until(lambda: fac.stats().sessions_opened == 3 and fac.hub.waiting_handshakes == 0)
-        assert fac.hub._handshakes._value == 1  # every slot given back
+        assert fac.hub._handshakes.free == 1  # every slot given back
     finally:
         for worker in workers:
             worker.disconnect()
@@ -181,3 +181,31 @@ def test_per_connection_lines_are_summarised_in_a_storm() -> None:
     assert allowed.count(True) <= 10  # at most 5 per second (the storm may straddle a second)
     assert allowed[:5] == [True] * 5
     assert len(lines) == 1 and "also" in lines[0] and "workers connected" in lines[0], lines
+
+
+def test_handshake_slots_go_to_the_newest_waiter_first() -> None:
+    import asyncio
+
+    from jobrelay.facilitator.hub import NewestFirst
+
+    async def scenario() -> list[int]:
+        slots = NewestFirst(1)
+        await slots.acquire()  # taken
+        served: list[int] = []
+
+        async def waiter(n: int) -> None:
+            await slots.acquire()
+            served.append(n)
+            slots.release()
+
+        tasks = []
+        for n in range(3):
+            tasks.append(asyncio.create_task(waiter(n)))
+            await asyncio.sleep(0)  # let it queue (in this order)
+        slots.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert slots.free == 1
+        return served
+
+    assert asyncio.run(scenario()) == [2, 1, 0]
+
