@@ -124,9 +124,7 @@ class WorkerConnection:
         if self._close_request is None:
             self._close_request = (code, reason)
         if self.session.state is not SessionState.CLOSED:
-            self.driver.close(None, reason)  # → Closed
-        self._writer.finish()
-        self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
+            self.driver.close(None, reason)  # → Closed: _on_closed closes the socket
 
     # ------------------------------------------------------------------ the connection's coroutine
 
@@ -309,7 +307,11 @@ class WorkerConnection:
         counters = self.hub.counters
         self.release_handshake()
         self.hub.worker_ready(self, False)
+        # The one place a closed session's socket is closed: after the frames queued before the
+        # close (its error frame), and aborted if the writer is still stuck after the grace, so
+        # run(), waiting for the next frame, always ends.
         self._writer.finish()
+        self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
         if not self._acting:
             self.released.set()  # no store operation of ours is in flight: a successor may start
         if event.code in AUTH_CODES:
@@ -367,12 +369,8 @@ class WorkerConnection:
             self.driver.close(ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s")
         else:
             self.driver.tick(time.time())  # deadlines, and a heartbeat when one is due
-        if self._closed():
-            # run() is waiting for the next frame: closing the WebSocket ends that wait.
-            self._writer.finish()
-            self._loop.call_later(_CLOSE_GRACE + CLOSE_TIMEOUT, self._abort_if_open)
-            return
-        self._arm_timer()
+        if not self._closed():  # closed: _on_closed closes the socket, which ends run()'s wait
+            self._arm_timer()
 
     def _closed(self) -> bool:
         return self.session.state is SessionState.CLOSED

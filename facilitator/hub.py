@@ -51,6 +51,7 @@ class NewestFirst:
 
     def __init__(self, slots: int) -> None:
         self.free = slots
+        self.waiting = 0
         self._waiters: list[asyncio.Future[None]] = []
 
     async def acquire(self) -> None:
@@ -59,12 +60,15 @@ class NewestFirst:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.waiting += 1
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot just as it was cancelled: pass it on
             raise
+        finally:
+            self.waiting -= 1
 
     def release(self) -> None:
         while self._waiters:
@@ -134,7 +138,6 @@ class ConnectionHub:
         self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self._handshakes = NewestFirst(config.max_handshakes)
-        self._waiting_handshakes = 0
         self._refusals_logged: dict[str, float] = {}
         self._dispatch_handle: asyncio.TimerHandle | None = None
         # Whether jobs may wait for a worker (at start: maybe, from an earlier run); cleared when
@@ -165,11 +168,7 @@ class ConnectionHub:
         arrives, for the signature check and the store reads, and gives it back with
         ``release_slot`` once its session opened or closed). Waiting costs no CPU; the
         connection's handshake deadline keeps running meanwhile."""
-        self._waiting_handshakes += 1
-        try:
-            await self._handshakes.acquire()
-        finally:
-            self._waiting_handshakes -= 1
+        await self._handshakes.acquire()
 
     def release_slot(self) -> None:
         self._handshakes.release()
@@ -326,7 +325,7 @@ class ConnectionHub:
     @property
     def waiting_handshakes(self) -> int:
         """Connections whose auth frame waits for a handshake slot."""
-        return self._waiting_handshakes
+        return self._handshakes.waiting
 
     @property
     def connections(self) -> int:

@@ -368,10 +368,8 @@ def _release(done: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
         future = op.future
         if isinstance(future, asyncio.Future):
             by_loop.setdefault(future.get_loop(), []).append((future, value, error))
-        elif error is None:
-            future.set_result(value)
         else:
-            future.set_exception(error)
+            _set(future, value, error)
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle, items)
@@ -379,9 +377,12 @@ def _release(done: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
 
 def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, error in items:
-        if future.done():  # its waiter was cancelled
-            continue
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
+        if not future.done():  # done: its waiter was cancelled
+            _set(future, value, error)
+
+
+def _set(future: Future[Any] | asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
