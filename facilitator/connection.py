@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections import deque
@@ -348,13 +349,9 @@ class WorkerConnection:
         if self._timer is not None:
             self._timer.cancel()
         session, now = self.session, time.time()
-        if session.is_open:
-            due = min(
-                session.last_sent + session.heartbeat_interval,
-                session.last_received + session.heartbeat_timeout,
-            )
-        else:
-            due = session.started_at + session.config.handshake_timeout
+        due = session.next_deadline()
+        if due == math.inf:
+            return  # closed: nothing more to time
         if self._writer.sending:  # a stuck send is checked at the silence deadline
             due = min(due, now + session.heartbeat_timeout)
         self._timer = self._loop.call_later(max(0.01, due - now + 0.001), self._on_timer)

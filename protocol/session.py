@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Generic, NamedTuple, TypeVar
@@ -221,6 +222,21 @@ class _Session(Generic[In]):
 
     def heartbeat_due(self, now: float) -> bool:
         return self.is_open and now - self.last_sent >= self.heartbeat_interval
+
+    def next_deadline(self) -> float:
+        """When ``tick`` next has work (same clock as ``now``): before the session opens, the
+        handshake deadline; once open, the next heartbeat due, the peer's silence deadline or a
+        request's timeout, whichever comes first; ``inf`` once closed. An owner sleeps until then
+        instead of ticking on a fixed period."""
+        if self.state is SessionState.CLOSED:
+            return math.inf
+        if self.state is not SessionState.OPEN:
+            return self.started_at + self.config.handshake_timeout
+        return min(
+            self.last_sent + self.heartbeat_interval,
+            self.last_received + self.heartbeat_timeout,
+            min(self._requests.values(), default=math.inf),
+        )
 
     def send_data(self, items: Sequence[tuple[int, Any]]) -> None:
         """Send data messages ``(seq, body)``; seqs must continue the stream contiguously.

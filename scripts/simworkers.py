@@ -225,14 +225,7 @@ class SimWorker:
         session = self.session
         if session is None or session.state is SessionState.CLOSED:
             return
-        if session.is_open:
-            at = min(
-                session.last_sent + session.heartbeat_interval,
-                session.last_received + session.heartbeat_timeout,
-            )
-        else:
-            at = session.started_at + session.config.handshake_timeout
-        delay = max(0.0, at - time.time()) + 0.001
+        delay = max(0.0, session.next_deadline() - time.time()) + 0.001
         self.timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:

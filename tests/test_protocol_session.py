@@ -408,3 +408,22 @@ def test_full_jitter_stays_under_its_ceiling(attempt: int, rand: float) -> None:
 def test_full_jitter_delays_end_after_max_attempts() -> None:
     delays = list(full_jitter_delays(base=1.0, cap=8.0, random=lambda: 0.999, max_attempts=6))
     assert [round(d) for d in delays] == [1, 2, 4, 8, 8, 8]
+
+
+def test_next_deadline_is_when_tick_next_has_work() -> None:
+    """Owners sleep until next_deadline() instead of ticking on a period: it must never be later
+    than the moment tick() would act."""
+    worker, _ = sessions()
+    assert worker.next_deadline() == T0 + worker.config.handshake_timeout
+    pair = open_pair(heartbeat_interval=2.0, heartbeat_timeout=9.0)
+    session = pair.facilitator.session
+    assert session is not None
+    due = session.next_deadline()
+    assert due == min(session.last_sent + 2.0, session.last_received + 9.0)
+    session.tick(due - 0.001)
+    assert not session.heartbeat_due(due - 0.001) and session.is_open
+    assert session.heartbeat_due(due)  # the heartbeat is what comes due first here
+    session.send_request(m.Request(id="r1", method="x", timeout_ms=500), now=session.last_sent)
+    assert session.next_deadline() == session.last_sent + 0.5  # a request's timeout is sooner
+    session.close()
+    assert session.next_deadline() == float("inf")
