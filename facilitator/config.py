@@ -34,6 +34,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             with close code 1013 (try again later). Also capped by the open-file limit.
         max_handshakes: Connections authenticating at once; the others wait their turn (a
             reconnect storm is absorbed by pacing, not by a freeze).
+        max_unauthenticated: Connections held that have not yet proved a worker key; one more
+            is reset at once (the worker backs off and retries). Bounds what anonymous clients
+            can hold, and admits a reconnect storm at the pace handshakes finish.
+        max_unauthenticated_per_address: The same, per remote address.
         listen_backlog: The listening socket's backlog (pending TCP connections).
         tls_cert_file / tls_key_file: PEM certificate chain and key: serve ``wss://`` (TLS).
 
@@ -52,6 +56,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     max_clock_skew: float = 120.0
     max_workers: int = 20_000
     max_handshakes: int = 256
+    max_unauthenticated: int = 512
+    max_unauthenticated_per_address: int = 128
     listen_backlog: int = 4096
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -70,7 +76,14 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             raise self.error("host", "must not be empty", self.host)
         if not 0 <= self.port <= 65535:
             raise self.error("port", "must be 0..65535", self.port)
-        self.check_counts("max_inflight", "max_workers", "max_handshakes", "listen_backlog")
+        self.check_counts(
+            "max_inflight",
+            "max_workers",
+            "max_handshakes",
+            "max_unauthenticated",
+            "max_unauthenticated_per_address",
+            "listen_backlog",
+        )
         self.check_durations("heartbeat_interval", "max_clock_skew")
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(

@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
 from jobrelay.protocol import events as ev
@@ -269,6 +270,8 @@ class WorkerConnection:
 
     async def _on_auth(self, event: ev.AuthVerified) -> None:
         self.worker_id = event.worker_id
+        if isinstance(self.ws, GatedConnection):
+            self.ws.mark_authenticated()  # its room among the unauthenticated is free again
         self._bound = None  # re-bound with the worker's id
         await self.hub.attach(self)
         if self.session.state is SessionState.CLOSED:

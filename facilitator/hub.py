@@ -23,6 +23,7 @@ from typing import Final, TypeVar
 from loguru import logger
 from websockets.asyncio.server import ServerConnection
 
+from jobrelay.common.admission import ConnectionGate, RefusalLog
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
@@ -39,7 +40,7 @@ T = TypeVar("T")
 
 _REPLACE_WAIT: Final = 2.0  # longest a new connection waits for the one it replaces to let go
 _STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
-_LOG_EVERY: Final = 60.0  # one refusal line per remote address per minute
+_ACCEPT_TROUBLE: Final = 10.0  # /healthz reports a failed accept() this long
 _DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
 
 
@@ -138,7 +139,16 @@ class ConnectionHub:
         self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self._handshakes = NewestFirst(config.max_handshakes)
-        self._refusals_logged: dict[str, float] = {}
+        self._refusals = RefusalLog()
+        # Sized to the open-file limit at start (Facilitator._fit_to_descriptors).
+        self.gate = ConnectionGate(
+            config.max_workers + config.max_unauthenticated,
+            config.max_unauthenticated,
+            config.max_unauthenticated_per_address,
+            self.counters.add,
+        )
+        self._accept_failed_at = -_ACCEPT_TROUBLE
+        self._accept_error = ""
         self._dispatch_handle: asyncio.TimerHandle | None = None
         # Whether jobs may wait for a worker (at start: maybe, from an earlier run); cleared when
         # a routing pass found none and no submit queued one meanwhile.
@@ -176,15 +186,23 @@ class ConnectionHub:
     def _refuse(self, ws: ServerConnection) -> None:
         self.counters.add("refused_capacity")
         source = str(ws.remote_address[0]) if ws.remote_address else "?"
-        now = time.monotonic()
-        if now - self._refusals_logged.get(source, -_LOG_EVERY) >= _LOG_EVERY:
-            if len(self._refusals_logged) > 10_000:
-                self._refusals_logged.clear()  # bounded: a flood of sources only logs more
-            self._refusals_logged[source] = now
+        if self._refusals.should_log(source, "capacity"):
             logger.warning(
                 "facilitator: refusing connections from {}: at capacity ({} workers, max_workers)",
                 source,
                 self.max_workers,
+            )
+
+    def accept_failed(self, exc: object) -> None:
+        """The listener's accept() failed (asyncio pauses it for a second and accepts again)."""
+        self.counters.add("accept_errors")
+        self._accept_failed_at = time.monotonic()
+        self._accept_error = str(exc) or type(exc).__name__
+        if self._refusals.should_log("listener", "accept"):
+            logger.error(
+                "facilitator: cannot accept connections ({}); retrying every second. Raise the "
+                "open-file limit or lower max_workers; counted in accept_errors, logged once a minute",
+                self._accept_error,
             )
 
     # ------------------------------------------------------------------ what a connection calls
@@ -320,6 +338,10 @@ class ConnectionHub:
         waiting for a handshake slot are a normal burst, not saturation (``waiting_handshakes``)."""
         if len(self._all) >= self.max_workers:
             return f"at capacity: {len(self._all)} connections, max_workers {self.max_workers}"
+        if time.monotonic() - self._accept_failed_at < _ACCEPT_TROUBLE:
+            return f"cannot accept connections: {self._accept_error}"
+        if self.gate.open >= self.gate.max_connections:
+            return f"at capacity: {self.gate.open} sockets open, the most this process holds"
         return ""
 
     @property

@@ -30,6 +30,7 @@ from loguru import logger
 from websockets.asyncio.server import Server, serve
 
 from jobrelay.common.loop import run_loop
+from jobrelay.facilitator.admission import gated_connection
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
@@ -45,7 +46,10 @@ from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
 
-_FD_RESERVE: Final = 256  # descriptors kept for the database, the HTTP API, logs and the listener
+# Descriptors kept for the database, logs, the listeners and the HTTP API's connections (at most
+# jobrelay.common.http.MAX_CONNECTIONS).
+_FD_RESERVE: Final = 512
+_MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
 
 
 class Facilitator:
@@ -288,6 +292,7 @@ class Facilitator:
                 close_timeout=CLOSE_TIMEOUT,
                 ssl=config.tls_context(),
                 backlog=config.listen_backlog,
+                create_connection=gated_connection(self.hub.gate),
             )
         except OSError as exc:
             raise ConfigError(
@@ -305,8 +310,8 @@ class Facilitator:
             await server.wait_closed()
 
     def _start(self) -> None:
-        self.max_workers = min(self.config.max_workers, _raise_open_file_limit())
-        self.hub.max_workers = self.max_workers
+        self._fit_to_descriptors(_raise_open_file_limit())
+        self.loop.set_exception_handler(self._on_loop_error)
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(30)
@@ -315,9 +320,39 @@ class Facilitator:
             self._thread.join(5)
             raise
 
+    def _fit_to_descriptors(self, usable: int) -> None:
+        """Size the connection limits to ``usable`` descriptors: unauthenticated connections
+        get at most half, workers the rest, so the listener never fails to accept.
+
+        Raises:
+            ConfigError: fewer than _MIN_CONNECTIONS connections would fit.
+        """
+        config = self.config
+        if usable < _MIN_CONNECTIONS:
+            raise ConfigError(
+                f"FacilitatorConfig.max_workers: the open-file limit leaves descriptors for "
+                f"{max(usable, 0)} connections ({_FD_RESERVE} are kept for the database, the HTTP "
+                f"API and logs); raise it (ulimit -n, LimitNOFILE=) to at least "
+                f"{_FD_RESERVE + _MIN_CONNECTIONS}"
+            )
+        unauthenticated = min(config.max_unauthenticated, usable // 2)
+        self.max_workers = min(config.max_workers, usable - unauthenticated)
+        self.hub.max_workers = self.max_workers
+        gate = self.hub.gate
+        gate.max_unauthenticated = unauthenticated
+        gate.max_connections = self.max_workers + unauthenticated
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # asyncio pauses the listener for a second when accept() fails (out of descriptors) and
+        # then accepts again: note it so /healthz says so, and log it once a minute.
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            self.hub.accept_failed(context.get("exception"))
+            return
+        loop.default_exception_handler(context)
+
 
 def _raise_open_file_limit() -> int:
-    """Raise the soft open-file limit to the hard one; how many workers the result allows."""
+    """Raise the soft open-file limit to the hard one; the descriptors left for connections."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         try:
@@ -325,7 +360,7 @@ def _raise_open_file_limit() -> int:
             soft = hard
         except (ValueError, OSError) as exc:  # pragma: no cover - the hard limit is ours to take
             logger.warning("facilitator: could not raise the open-file limit to {}: {}", hard, exc)
-    return max(1, (1 << 30 if soft == resource.RLIM_INFINITY else soft) - _FD_RESERVE)
+    return (1 << 30 if soft == resource.RLIM_INFINITY else soft) - _FD_RESERVE
 
 
 def start_facilitator(config: FacilitatorConfig) -> Facilitator:

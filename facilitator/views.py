@@ -82,6 +82,10 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     connections_replaced: int = 0
     jobs_submitted: int = 0
     refused_capacity: int = 0
+    refused_connections: int = 0
+    refused_unauthenticated: int = 0
+    refused_per_address: int = 0
+    accept_errors: int = 0
     handshakes_abandoned: int = 0
     connected_workers: int = 0
     store_commits: int = 0

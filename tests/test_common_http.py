@@ -16,8 +16,9 @@ import pytest
 from loguru import logger
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from jobrelay.common.http import HealthReport, HealthServer
+from jobrelay.common.http import MAX_PER_ADDRESS, HealthReport, HealthServer
 from jobrelay.facilitator import Facilitator, FacilitatorHealth
+from tests.facilitator_client import wait_until
 from tests.test_health import http
 
 pytestmark = pytest.mark.timeout(30)
@@ -215,9 +216,35 @@ def test_64_concurrent_submitters_all_get_201(fac: Facilitator, on_the_facilitat
 def test_200_idle_connections_do_not_stop_a_request() -> None:
     threads_before = threading.active_count()
     with HealthServer(FakeSource()) as server, contextlib.ExitStack() as idle:
-        for _ in range(200):  # connected, never sending a request (the idle timeout is 10 s)
-            idle.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        for _ in range(200):  # connected from one address, never sending a request
+            address = ("127.0.0.1", server.port)
+            idle.enter_context(socket.create_connection(address, timeout=5, source_address=("127.0.0.2", 0)))
+        wait_until(lambda: server.refused.get("refused_per_address") == 200 - MAX_PER_ADDRESS)
         started = time.monotonic()
-        status, _ = http("GET", server.url + "/healthz")
+        status, _ = http("GET", server.url + "/healthz")  # from another address
         assert status == 200 and time.monotonic() - started < 1.0
         assert threading.active_count() <= threads_before + 1 + 4  # its loop's thread and the pool
+        wait_until(lambda: server.gate.open == MAX_PER_ADDRESS)  # the others were reset at once
+
+
+def test_a_client_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
+    with HealthServer(FakeSource(), idle_timeout=1.0) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
+        started = time.monotonic()
+        sock.settimeout(0.05)
+        closed = False
+        try:
+            for byte in request:  # one byte every 50 ms: never silent, never done
+                try:
+                    sock.send(bytes([byte]))
+                    closed = sock.recv(1) == b""
+                except TimeoutError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = True
+                if closed:
+                    break
+        finally:
+            sock.close()
+        assert closed and time.monotonic() - started < 3.0

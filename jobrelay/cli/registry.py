@@ -117,6 +117,8 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("formats", STRS, FORMATS, "--formats", "codecs offered, preferred first (comma-separated)"),
     _f("max_workers", int, 20_000, "--max-workers", "connections held at once; more are refused (1013)"),
     _f("max_handshakes", int, 256, "--max-handshakes", "connections authenticating at once; others wait"),
+    _f("max_unauthenticated", int, 512, "--max-unauthenticated", "connections not yet authenticated"),
+    _f("max_unauthenticated_per_address", int, 128, "--max-unauth-per-address", "the same, per address"),
     _f("listen_backlog", int, 4096, "--listen-backlog", "pending TCP connections the listener queues"),
     _f("http_host", str, "127.0.0.1", "--http-host", "interface for the HTTP API, /healthz and /metrics",
        config=False),

@@ -15,12 +15,14 @@ import threading
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from jobrelay.common.admission import ConnectionGate
 from jobrelay.common.http_app import (
     AIOHTTP_LOG,
     ApiSource,
@@ -53,11 +55,63 @@ __all__ = [
 
 T = TypeVar("T")
 
-IDLE_TIMEOUT = 10.0  # seconds a client may stay silent
+IDLE_TIMEOUT = 10.0  # seconds a client may take to send a request's headers (or stay silent)
+MAX_CONNECTIONS = 256  # connections held at once (within the facilitator's descriptor reserve)
+MAX_PER_ADDRESS = 128  # of those, from one remote address
 EXECUTOR_THREADS = 4  # threads that run source calls
 STOP_TIMEOUT = 2.0  # stop() returns within this
 _START_TIMEOUT = 5.0
 _SHUTDOWN_GRACE = 0.5  # in-flight requests get this long at stop (aiohttp waits twice, at most)
+
+
+class _GatedHandler(RequestHandler):
+    """aiohttp's per-connection protocol, asking the server's ConnectionGate first: a connection
+    over a limit is reset before anything is parsed (a slow or idle flood holds at most
+    MAX_CONNECTIONS descriptors, MAX_PER_ADDRESS from one address)."""
+
+    gate: ConnectionGate
+    address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self.gate.admit(address):
+            self._manager = None  # never registered: connection_lost has nothing to undo
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.address = address
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.address:
+            self.gate.closed(self.address, authenticated=False)
+            self.address = ""
+        super().connection_lost(exc)
+
+
+class _GatedSite(web.SockSite):
+    """A SockSite whose connections are _GatedHandlers of ``gate``."""
+
+    def __init__(
+        self, runner: web.AppRunner, sock: socket.socket, gate: ConnectionGate, backlog: int
+    ) -> None:
+        super().__init__(runner, sock, backlog=backlog)
+        self.gate = gate
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        assert server is not None
+        gate = self.gate
+
+        def protocol() -> RequestHandler:
+            # What aiohttp's Server.__call__ does, with the gated class.
+            handler = _GatedHandler(server, loop=loop, **server._kwargs)
+            handler.gate = gate
+            return handler
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocol, sock=self._sock, backlog=self._backlog)
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -77,7 +131,10 @@ class HealthServer:
         loop: serve on this running event loop (``start``/``stop`` are called from another thread,
             never on that loop's own thread); ``None``: run an own loop in a daemon thread "jobrelay-http".
         backlog: the listen backlog (connections the kernel queues before they are accepted).
-        idle_timeout: seconds a client may stay silent before it is disconnected.
+        idle_timeout: seconds a connection may take to send a request's headers (from when it
+            opened, or from the previous answer); slower or silent ones are disconnected.
+        max_connections / max_per_address: connections held at once, in all and from one remote
+            address; one more is reset at once (counted in ``refused``, logged once a minute).
 
     Raises:
         OSError: the address cannot be bound (OverflowError: a port outside 0..65535).
@@ -92,6 +149,8 @@ class HealthServer:
         loop: asyncio.AbstractEventLoop | None = None,
         backlog: int = 1024,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
     ) -> None:
         self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
@@ -109,6 +168,18 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()
         self._started = self._stopped = False
+        self.refused: dict[str, int] = {}  # refused_<reason> → connections reset
+        self.gate = ConnectionGate(
+            max_connections,
+            max_connections,
+            max_per_address,
+            self._count_refusal,
+            server="http",
+            per_address_setting="max_per_address",
+        )
+
+    def _count_refusal(self, name: str) -> None:
+        self.refused[name] = self.refused.get(name, 0) + 1
 
     def __enter__(self) -> HealthServer:
         return self.start()
@@ -156,7 +227,7 @@ class HealthServer:
         )
         await runner.setup()
         self._runner = runner
-        await web.SockSite(runner, self._sock, backlog=self._backlog).start()
+        await _GatedSite(runner, self._sock, self.gate, self._backlog).start()
 
     def stop(self) -> None:
         """Stop serving within STOP_TIMEOUT (2 s): the port is released, open connections closed,
