@@ -1,17 +1,19 @@
 # The facilitator's health, metrics and small JSON job API, served by the shared HTTP server
 # (jobrelay.common.http): the API's routes on aiohttp's router. Invariants: every value is read at
-# request time from the running facilitator; every facilitator call runs in the server's thread pool,
-# never on the event loop; a bad request (path, query, body fields) is a 4xx with a JSON error.
+# request time from the running facilitator; every blocking facilitator call runs in the server's
+# thread pool, never on the event loop (a submit served on the facilitator's own loop awaits its
+# commit there instead); a bad request (path, query, body fields) is a 4xx with a JSON error.
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jobrelay.common.http import HealthReport, HealthServer, answer, read_json, small_int
+from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
 
 if TYPE_CHECKING:
@@ -107,7 +109,23 @@ class FacilitatorHealth:
         ]
 
     async def _post_jobs(self, request: web.Request) -> web.Response:
-        return await answer(request, self._submit, await read_json(request))
+        body = await read_json(request)
+        fac = self.facilitator
+        if asyncio.get_running_loop() is not fac.loop:
+            return await answer(request, self._submit, body)
+        # On the facilitator's own loop (as `jobrelay facilitator` serves it): await the commit
+        # here, no pool thread per submit, so concurrent submitters share group commits.
+        args = _submit_args(body)
+        if isinstance(args, Answer):
+            return answer_here(*args)
+        kind, payload, job_id, worker = args
+        try:
+            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker))[0]
+        except JobTooLarge as exc:
+            return answer_here(413, {"error": str(exc)})
+        except (ValueError, TypeError) as exc:
+            return answer_here(400, {"error": str(exc)})
+        return answer_here(201, {"job_id": new_id})
 
     async def _get_jobs(self, request: web.Request) -> web.Response:
         status = request.query.get("status") or None  # blank means "any", as before
@@ -131,18 +149,12 @@ class FacilitatorHealth:
     # --- the blocking halves (run in the server's pool), each ``(HTTP status, JSON-able document)``
 
     def _submit(self, body: Any) -> tuple[int, Any]:
-        if not isinstance(body, dict):
-            return 400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?}"}
-        unknown = set(body) - {"kind", "payload", "job_id", "worker"}
-        if unknown:
-            return 400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"}
-        kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
-        if not isinstance(kind, str) or any(
-            v is not None and not isinstance(v, str) for v in (job_id, worker)
-        ):
-            return 400, {"error": "kind must be a string; job_id and worker strings or null"}
+        args = _submit_args(body)
+        if isinstance(args, Answer):
+            return args
+        kind, payload, job_id, worker = args
         try:
-            new_id = self.facilitator.submit(kind, body.get("payload"), job_id=job_id, worker=worker)
+            new_id = self.facilitator.submit(kind, payload, job_id=job_id, worker=worker)
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -177,6 +189,26 @@ class FacilitatorHealth:
 
     def _stats(self) -> tuple[int, Any]:
         return 200, msgspec.to_builtins(self.facilitator.stats())
+
+
+class Answer(NamedTuple):
+    """An HTTP status and its JSON document."""
+
+    status: int
+    doc: Any
+
+
+def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None]:
+    """``(kind, payload, job_id, worker)`` of a POST /jobs body, or the 400 that refuses it."""
+    if not isinstance(body, dict):
+        return Answer(400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?}"})
+    unknown = set(body) - {"kind", "payload", "job_id", "worker"}
+    if unknown:
+        return Answer(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
+    kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
+    if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
+        return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
+    return kind, body.get("payload"), job_id, worker
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

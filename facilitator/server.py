@@ -138,6 +138,43 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
+        requests = self._requests(jobs, worker)
+        self._not_on_loop("submit")
+        hub = self.hub
+        eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
+        assignments = self.store.submit(requests, worker, eligible, on_late=hub.notify)
+        self._routed(assignments)
+        return [r.job_id for r in requests]
+
+    async def submit_async(
+        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+    ) -> list[str]:
+        """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
+        is awaited instead of blocking a thread, so concurrent submitters share group commits.
+
+        Raises:
+            As ``submit_many``.
+        """
+        requests = self._requests(jobs, worker)
+        hub = self.hub
+        eligible = [] if worker is not None else hub.eligible()
+        future = self.store.submit_async(requests, worker, eligible)
+        try:
+            assignments = await hub.wait(future)
+        except TimeoutError:
+            future.add_done_callback(
+                lambda f: hub.notify(f.result()) if not f.cancelled() and f.exception() is None else None
+            )
+            raise
+        self._routed(assignments)
+        return [r.job_id for r in requests]
+
+    def _requests(self, jobs: Sequence[tuple[str, Any, str | None]], worker: str | None) -> list[JobRequest]:
+        """The requests of ``jobs``, each checked before anything is stored.
+
+        Raises:
+            ValueError, JobTooLarge, TypeError: as for ``submit``.
+        """
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
         now = time.time()
@@ -150,15 +187,14 @@ class Facilitator:
             request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
-        self._not_on_loop("submit")
+        return requests
+
+    def _routed(self, assignments: Sequence[Assignment]) -> None:
         hub = self.hub
-        eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
-        assignments = self.store.submit(requests, worker, eligible, on_late=hub.notify)
-        self.counters.add("jobs_submitted", len(requests))
+        self.counters.add("jobs_submitted", len(assignments))
         hub.notify(assignments)
         if any(not a.worker for a in assignments):
             hub.request_dispatch()  # a worker may have become ready while we were routing
-        return [r.job_id for r in requests]
 
     def cancel(self, job_id: str, reason: str = "") -> bool:
         """Cancel a job: a routed job gets a durable cancel request to its worker (which then

@@ -294,6 +294,12 @@ class FacilitatorStore:
             "submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible), on_late=on_late
         )
 
+    def submit_async(
+        self, requests: Sequence[JobRequest], worker_id: str | None, eligible: Sequence[str]
+    ) -> asyncio.Future[list[Assignment]]:
+        """``submit`` for a caller on the event loop: the future resolves after the commit."""
+        return self.queue_async("submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible))
+
     def dispatch_queued(self, eligible: Sequence[str]) -> asyncio.Future[list[Assignment]]:
         """Route queued jobs to the least busy of ``eligible`` workers."""
 

@@ -22,9 +22,12 @@ pytestmark = pytest.mark.timeout(30)
 IDLE = 0.5  # the server's idle timeout here (10 s in production), to keep the tests quick
 
 
-@pytest.fixture
-def server(fac: Facilitator) -> Iterator[HealthServer]:
-    with HealthServer(FacilitatorHealth(fac), idle_timeout=IDLE) as srv:
+@pytest.fixture(params=["own loop", "facilitator's loop"])
+def server(fac: Facilitator, request: pytest.FixtureRequest) -> Iterator[HealthServer]:
+    """Served on its own loop, and on the facilitator's (as the CLI does: submits await their
+    commit there, not in the pool)."""
+    loop = fac.loop if request.param == "facilitator's loop" else None
+    with HealthServer(FacilitatorHealth(fac), idle_timeout=IDLE, loop=loop) as srv:
         yield srv
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "Refusal",
     "SourceCollector",
     "answer",
+    "answer_here",
     "make_app",
     "metric_name",
     "offload",
@@ -139,6 +140,12 @@ async def answer(
     """Run ``fn`` (returning ``(status, JSON-able document)``) and encode its answer in the pool."""
     status, payload = await offload(request, lambda: _encoded(fn(*args, **kwargs)))
     return _json_response(status, payload)
+
+
+def answer_here(status: int, doc: Any) -> web.Response:
+    """A JSON answer encoded on the loop: for handlers that awaited their result there (small
+    documents; large ones go through ``answer``, which encodes in the pool)."""
+    return _json_response(status, _json(doc))
 
 
 def _encoded(result: tuple[int, Any]) -> tuple[int, bytes]:
