@@ -139,6 +139,54 @@ def test_the_open_file_limit_is_raised_at_start_and_caps_the_workers_held(tmp_pa
     assert "the open-file limit allows about 44 workers (max_workers 10000)" in done.stderr
 
 
+TOO_FEW_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_NOFILE, (520, 520))
+    from jobrelay.facilitator import FacilitatorConfig, start_facilitator
+    from jobrelay.protocol.errors import ConfigError
+    try:
+        start_facilitator(FacilitatorConfig(db_path=sys.argv[1]))
+    except ConfigError as exc:
+        print(exc)
+    """
+)
+
+
+def test_a_facilitator_without_descriptors_to_spare_refuses_to_start(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TOO_FEW_CHILD, str(tmp_path / "f.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "the open-file limit leaves descriptors for 8 connections" in done.stdout
+    assert "raise it (ulimit -n, LimitNOFILE=) to at least 528" in done.stdout
+
+
+def test_a_client_dripping_its_upgrade_request_is_cut_off_at_the_handshake_deadline(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, handshake_timeout=1.0)
+    sock = socket.create_connection(("127.0.0.1", fac.port), timeout=5)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    started = time.monotonic()
+    try:
+        closed = False
+        for byte in request:  # one byte every 50 ms: never silent, never done
+            try:
+                sock.send(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            closed = closed or _was_reset(sock, 0.05)
+            if closed:
+                break
+        assert closed and time.monotonic() - started < 3.0
+        wait_until(lambda: fac.hub.gate.open == 0)  # its room is free again
+    finally:
+        sock.close()
+        fac.stop()
+
+
 def test_a_facilitator_reports_no_saturation_when_idle(fac: Facilitator) -> None:
     assert fac.saturation() == ""
 
@@ -214,9 +262,9 @@ def test_handshake_slots_go_to_the_newest_waiter_first() -> None:
     assert asyncio.run(scenario()) == [2, 1, 0]
 
 
-def _was_reset(sock: socket.socket) -> bool:
+def _was_reset(sock: socket.socket, wait: float = 0.3) -> bool:
     """True when the facilitator reset or closed ``sock``; False while it holds it open."""
-    sock.settimeout(0.3)
+    sock.settimeout(wait)
     try:
         return sock.recv(1) == b""
     except (ConnectionResetError, BrokenPipeError):
