@@ -21,6 +21,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
@@ -35,7 +36,7 @@ from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
-from jobrelay.protocol.messages import Response
+from jobrelay.protocol.messages import FacilitatorBody, Response
 from jobrelay.protocol.session import FacilitatorSession, SessionState
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ __all__ = ["CLOSE_TIMEOUT", "WorkerConnection"]
 CLOSE_TIMEOUT: Final = 1.0
 """The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
 _CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
+_FRESH_MAX: Final = 1000  # rows kept in memory to send without a store read; beyond, the store
 
 
 class WorkerConnection:
@@ -92,6 +94,7 @@ class WorkerConnection:
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
         self.in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
+        self._fresh: dict[int, FacilitatorBody] = {}  # seq → rows of our stream just committed
         self._bound: Any = None  # the logger with this connection's context, made when first used
 
     @property
@@ -110,10 +113,14 @@ class WorkerConnection:
 
     # ------------------------------------------------------------------ from the loop's callbacks
 
-    def wake(self, stored_upto: int = 0) -> None:
+    def wake(self, stored_upto: int = 0, fresh: Sequence[tuple[int, FacilitatorBody]] = ()) -> None:
         """Our stream to this worker holds rows up to ``stored_upto`` (0: no news): send what the
-        window allows of what is stored and not yet sent."""
+        window allows of what is stored and not yet sent. ``fresh``: rows just committed, as
+        stored, so the send needs no store read (kept while few: _FRESH_MAX)."""
         self._stored_upto = max(self._stored_upto, stored_upto)
+        if fresh and self.session.is_open and len(self._fresh) + len(fresh) <= _FRESH_MAX:
+            sent = self.session.sender.sent
+            self._fresh.update((seq, body) for seq, body in fresh if seq > sent)
         if self.session.sender.sent >= self._stored_upto:
             return  # nothing new: no store read
         self.fill_wanted = True
@@ -127,6 +134,21 @@ class WorkerConnection:
             self._close_request = (code, reason)
         if self.session.state is not SessionState.CLOSED:
             self.driver.close(None, reason)  # → Closed: _on_closed closes the socket
+
+    def fresh_rows(self, after: int, limit: int) -> list[tuple[int, FacilitatorBody]]:
+        """Up to ``limit`` rows after seq ``after`` from the fresh ones, consecutive (none if
+        seq ``after + 1`` is not among them: the store has it)."""
+        fresh = self._fresh
+        if not fresh:
+            return []
+        for seq in [seq for seq in fresh if seq <= after]:
+            del fresh[seq]  # sent meanwhile from a store read
+        rows: list[tuple[int, FacilitatorBody]] = []
+        seq = after + 1
+        while len(rows) < limit and seq in fresh:
+            rows.append((seq, fresh.pop(seq)))
+            seq += 1
+        return rows
 
     # ------------------------------------------------------------------ the connection's coroutine
 
@@ -230,6 +252,7 @@ class WorkerConnection:
             case ev.PeerStreamStarted() | ev.PeerStreamAdvanced():
                 await note_peer_stream(self, event)
             case ev.RestartOwnStream():
+                self._fresh.clear()  # the stored rows are renumbered
                 # The worker holds more of our stream than our store does (restored from an older
                 # copy): what we still have goes out again as a new stream; the worker's ledger
                 # recognises job ids it already has.

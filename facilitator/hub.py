@@ -32,6 +32,7 @@ from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
+from jobrelay.protocol.messages import FacilitatorBody
 from jobrelay.protocol.session import SessionState
 
 __all__ = ["Chatter", "ConnectionHub", "NewestFirst"]
@@ -312,17 +313,24 @@ class ConnectionHub:
         with self._lock:
             return [w for w, c in self._ready.items() if c.is_open]
 
-    def notify(self, assignments: Sequence[Assignment]) -> None:
-        """Wake the connections of workers that got new rows (never blocks: they send)."""
+    def notify(
+        self, assignments: Sequence[Assignment], bodies: Mapping[str, FacilitatorBody] | None = None
+    ) -> None:
+        """Wake the connections of workers that got new rows (never blocks: they send).
+        ``bodies``: the rows' bodies by job id, as just committed (sent without a store read)."""
         upto: dict[str, int] = {}
+        fresh: dict[str, list[tuple[int, FacilitatorBody]]] = {}
         for a in assignments:
             if a.worker and a.seq:
                 upto[a.worker] = max(upto.get(a.worker, 0), a.seq)
+                body = bodies.get(a.job_id) if bodies else None
+                if body is not None:
+                    fresh.setdefault(a.worker, []).append((a.seq, body))
         with self._lock:
             conns = [(self._conns[w], seq) for w, seq in upto.items() if w in self._conns]
         for conn, seq in conns:
             with contextlib.suppress(RuntimeError):  # the loop closed (stopping): marks cover it
-                self.loop.call_soon_threadsafe(conn.wake, seq)
+                self.loop.call_soon_threadsafe(conn.wake, seq, fresh.get(conn.worker_id, ()))
 
     def live(self) -> dict[str, Live]:
         """What each authenticated connection knows now."""

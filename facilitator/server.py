@@ -143,7 +143,7 @@ class Facilitator:
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
         assignments = self.store.submit(requests, worker, eligible, on_late=hub.notify)
-        self._routed(assignments)
+        self._routed(assignments, requests)
         return [r.job_id for r in requests]
 
     async def submit_async(
@@ -166,7 +166,7 @@ class Facilitator:
                 lambda f: hub.notify(f.result()) if not f.cancelled() and f.exception() is None else None
             )
             raise
-        self._routed(assignments)
+        self._routed(assignments, requests)
         return [r.job_id for r in requests]
 
     def _requests(self, jobs: Sequence[tuple[str, Any, str | None]], worker: str | None) -> list[JobRequest]:
@@ -189,10 +189,13 @@ class Facilitator:
             requests.append(request)
         return requests
 
-    def _routed(self, assignments: Sequence[Assignment]) -> None:
+    def _routed(self, assignments: Sequence[Assignment], requests: Sequence[JobRequest]) -> None:
         hub = self.hub
         self.counters.add("jobs_submitted", len(assignments))
-        hub.notify(assignments)
+        bodies: dict[str, JobRequest] = {}
+        for request in requests:
+            bodies.setdefault(request.job_id, request)  # a repeated id: the first is the one stored
+        hub.notify(assignments, bodies)
         if any(not a.worker for a in assignments):
             hub.request_dispatch()  # a worker may have become ready while we were routing
 

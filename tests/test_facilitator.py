@@ -76,6 +76,32 @@ def test_submitted_jobs_reach_the_named_worker_and_are_replayed_until_acked(
     assert other.seen == []
 
 
+def test_jobs_sent_as_just_committed_and_as_read_back_are_the_same_stream(
+    fac: Facilitator, workers: list[TestWorker]
+) -> None:
+    """A connected worker's new jobs go out from memory (no store read); a cancel, a job
+    submitted while it was away and a replay come from the store. Either way the worker sees one
+    stream: every body as stored, each seq once, in order."""
+    w1 = connect(fac, workers, "w1")
+    first = [fac.submit("echo", {"n": n, "nested": [n, {"x": None}]}, worker="w1") for n in range(3)]
+    assert fac.cancel(first[1], "changed")  # from the store, between fresh rows
+    more = fac.submit_many([("echo", {"n": 3}, None), ("echo", {"n": 4}, None)], worker="w1")
+    w1.wait_for(lambda: len(w1.store.received) == 6)
+    w1.kill()
+    away = fac.submit("echo", {"n": 5}, worker="w1")  # stored while w1 is away
+    w1.connect()
+    later = fac.submit("echo", {"n": 6}, worker="w1")
+    w1.wait_for(lambda: len(w1.store.received) == 8)
+    received = w1.store.received
+    assert [b.job_id for b in received] == [*first, first[1], *more, away, later]
+    assert received[3] == JobCancel(job_id=first[1], reason="changed")
+    for body in received:
+        if isinstance(body, JobRequest):
+            view = fac.job(body.job_id)
+            assert view is not None and body.payload == view.payload and body.kind == view.record.kind
+    assert w1.store.in_hwm == 8  # seqs 1..8, each delivered once
+
+
 def test_status_history_recorded_in_order_exactly_once_with_resent_duplicates(
     fac: Facilitator, workers: list[TestWorker]
 ) -> None:
