@@ -1,8 +1,9 @@
 # The writer of one facilitator connection: the frames its session queued, written in order by one
 # task on the event loop, then the WebSocket closed. Only this task ever waits on the peer's
 # socket, so a stalled worker stalls nothing else.
-# Invariants: frames leave in the order they were put; nothing is written after the close; a
-# failed send aborts the TCP connection (the reader then sees the end at once).
+# Invariants: frames leave in the order they were put (one is written at once only when nothing is
+# queued or being sent before it); nothing is written after the close; a failed send aborts the TCP
+# connection (the reader then sees the end at once).
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from jobrelay.facilitator.counters import Counters
 from jobrelay.protocol.session import OutFrame
@@ -42,10 +44,24 @@ class FrameWriter:
         self._send_started: float | None = None  # loop time of the send in progress
 
     def put(self, frame: OutFrame) -> None:
-        """Queue ``frame`` (never blocks)."""
-        if not self._closing:
-            self._frames.append(frame)
-            self._ready.set()
+        """Send ``frame`` now if nothing is queued before it and the socket takes data; else queue
+        it for the task (never blocks)."""
+        if self._closing:
+            return
+        ws = self._ws
+        idle = not self._frames and self._send_started is None
+        if idle and ws.protocol.state is State.OPEN and not ws.paused:
+            # Most frames (heartbeats, acks, a job) find the writer idle: writing them here saves
+            # waking its task, which is much of what a frame costs with ten thousand connections.
+            if frame.binary:
+                ws.protocol.send_binary(frame.data)
+            else:
+                ws.protocol.send_text(frame.data)
+            ws.send_data()
+            self._counters.add("frames_out")
+            return
+        self._frames.append(frame)
+        self._ready.set()
 
     def finish(self) -> None:
         """Close the WebSocket after what is queued (idempotent)."""
