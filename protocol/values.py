@@ -89,4 +89,4 @@ def _describe(item: Any) -> str:
         return f"msgpack extension type {item.code}"
     if isinstance(item, bytes | bytearray | memoryview):
         return "binary data"
-    return f"a {type(item).__name__}"
+    return f"a Python {type(item).__name__}"
