@@ -19,6 +19,7 @@ __all__ = [
     "IoConnected",
     "IoFailed",
     "IoReceived",
+    "IoTooLarge",
     "JobDone",
     "Observe",
     "PeerAcked",
@@ -60,6 +61,13 @@ class IoFailed(_Msg, frozen=True):
 class IoReceived(_Msg, frozen=True):
     attempt: int
     data: bytes | str
+
+
+class IoTooLarge(_Msg, frozen=True):
+    """The transport refused a message from its headers (larger than the frame limit)."""
+
+    attempt: int
+    detail: str
 
 
 class IoClosed(_Msg, frozen=True):

@@ -28,6 +28,7 @@ from jobrelay.actors.actor_messages import (
     IoConnected,
     IoFailed,
     IoReceived,
+    IoTooLarge,
     PeerAcked,
     Persisted,
     Reconnect,
@@ -45,6 +46,8 @@ from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
+from jobrelay.protocol.errors import ErrorCode
+from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
@@ -90,7 +93,9 @@ class ConnectionActor(pykka.ThreadingActor):
         self._router = router
         self._metrics = metrics
         self._subscribers = list(subscribers)
-        self._factory = transport_factory or (lambda: WebSocketTransport(config.ca_file))
+        self._factory = transport_factory or (
+            lambda: WebSocketTransport(config.ca_file, config.max_frame_bytes)
+        )
         self._clock = clock
         self._rand = rand
         self._state = ConnectionState.DISCONNECTED
@@ -156,7 +161,9 @@ class ConnectionActor(pykka.ThreadingActor):
         match message:
             case IoReceived(attempt=a, data=data) if a == self._attempt and driver is not None:
                 self._last_contact = self._clock()
-                driver.receive(data, self._last_contact)
+                driver.receive(data, self._last_contact, binary=not isinstance(data, str))
+            case IoTooLarge(attempt=a, detail=detail) if a == self._attempt and driver is not None:
+                driver.close(ErrorCode.FRAME_TOO_LARGE, detail)
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
@@ -212,6 +219,12 @@ class ConnectionActor(pykka.ThreadingActor):
                 send(self._outbox, event)
             case ev.Opened():
                 self._on_opened(event, session)
+            case ev.RequestReceived(request=request) if session.is_open:
+                # No request methods are served yet; answering at once (PROTOCOL §6.2: each request
+                # once) spares the facilitator its timeout.
+                session.send_response(
+                    Response(id=request.id, ok=False, error=f"unknown method {request.method!r}")
+                )
             case ev.PeerWarning(code=code, detail=detail):
                 self._log.warning("facilitator refused a message: {} {}", code, detail)
                 self._counts["refused_by_peer"] += 1

@@ -8,8 +8,8 @@ from typing import Any
 
 import pykka
 
-from jobrelay.actors.actor_messages import IoClosed, IoConnected, IoFailed, IoReceived, send
-from jobrelay.common.transport import Transport, TransportError
+from jobrelay.actors.actor_messages import IoClosed, IoConnected, IoFailed, IoReceived, IoTooLarge, send
+from jobrelay.common.transport import FrameTooLarge, Transport, TransportError
 from jobrelay.protocol.close_codes import GOING_AWAY
 from jobrelay.protocol.streams import StreamMarks
 
@@ -37,6 +37,11 @@ def read_connection(
     while True:
         try:
             data = transport.recv()
+        except FrameTooLarge as exc:
+            # Refused unread: the stream is mid-message now, so reading ends here; the actor
+            # sends the error frame and closes.
+            send(ref, IoTooLarge(attempt, str(exc)))
+            return
         except TransportError as exc:
             send(ref, IoClosed(attempt, str(exc)))
             return

@@ -1,25 +1,54 @@
 # The worker's byte pipe to the facilitator over websocket-client. The only module that imports
 # websocket-client, so another transport (an in-memory pair, QUIC…) plugs in without touching the
-# actors. Invariant: every failure surfaces as TransportError/TransportClosed.
+# actors. Invariants: every failure surfaces as TransportError/TransportClosed; a message larger
+# than the frame limit is refused from its frame headers (FrameTooLarge) before its payload is
+# read, fragments included, so a hostile peer cannot make the worker buffer it.
 from __future__ import annotations
 
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 
 import websocket
+from websocket._abnf import frame_buffer
 
-from jobrelay.common.transport import TransportClosed, TransportError
+from jobrelay.common.transport import FrameTooLarge, TransportClosed, TransportError
 
 __all__ = ["WebSocketTransport"]
 
+_DATA = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
+
+
+class _GuardedFrames(frame_buffer):
+    """websocket-client's frame reader, checking each frame's length as soon as its header is
+    read (websocket-client itself reads the whole payload first)."""
+
+    def __init__(self, recv_fn: Callable[[int], bytes], limit: int) -> None:
+        super().__init__(recv_fn, True)
+        self.limit = limit
+        self.pending = 0  # bytes of the message's earlier fragments
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        assert self.header is not None and self.length is not None  # read just now
+        if self.header[4] < 0x8 and self.pending + self.length > self.limit:  # data, not control
+            raise FrameTooLarge(self.pending + self.length, self.limit)
+
 
 class WebSocketTransport:
-    """websocket-client behind the Transport interface (``ws://`` and ``wss://``)."""
+    """websocket-client behind the Transport interface (``ws://`` and ``wss://``).
 
-    def __init__(self, ca_file: str = "") -> None:
+    Args:
+        ca_file: CA bundle for ``wss://`` ("" for the system's).
+        max_frame_bytes: the largest message read; larger ones raise FrameTooLarge unread.
+    """
+
+    def __init__(self, ca_file: str = "", max_frame_bytes: int = 1_048_576) -> None:
         self._ca_file = ca_file
+        self._limit = max_frame_bytes
         self._ws: websocket.WebSocket | None = None
+        self._frames: _GuardedFrames | None = None
 
     def connect(self, url: str, timeout: float) -> None:
         sslopt: dict[str, object] = {}
@@ -36,6 +65,8 @@ class WebSocketTransport:
         ws.settimeout(None)  # the reader blocks; liveness is the heartbeat's job
         if ws.sock is not None:
             ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # websocket-client has no size limit: its reader is replaced by one that checks headers.
+        self._frames = ws.frame_buffer = _GuardedFrames(ws._recv, self._limit)
         self._ws = ws
 
     def send(self, data: bytes, binary: bool) -> None:
@@ -49,19 +80,46 @@ class WebSocketTransport:
             raise TransportClosed(f"send failed: {exc}") from exc
 
     def recv(self) -> bytes | str:
-        ws = self._ws
-        if ws is None:
+        ws, frames = self._ws, self._frames
+        if ws is None or frames is None:
             raise TransportClosed("not connected")
         try:
-            opcode, data = ws.recv_data()
+            opcode, data = self._read_message(ws, frames)
+        except FrameTooLarge:
+            raise
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportClosed(str(exc) or type(exc).__name__) from exc
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-            raise TransportClosed(f"closed by peer ({code} {data[2:].decode(errors='replace')})")
         if opcode == websocket.ABNF.OPCODE_TEXT:
-            return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        return bytes(data)
+            return data.decode("utf-8", "surrogateescape")  # bad UTF-8 is the codec's to refuse
+        return data
+
+    @staticmethod
+    def _read_message(ws: websocket.WebSocket, frames: _GuardedFrames) -> tuple[int, bytes]:
+        """Read frames until one whole data message (answering pings on the way)."""
+        parts: list[bytes] = []
+        opcode = 0
+        frames.pending = 0
+        while True:
+            frame = ws.recv_frame()  # type: ignore[no-untyped-call]
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                data = bytes(frame.data)
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                raise TransportClosed(f"closed by peer ({code} {data[2:].decode(errors='replace')})")
+            if frame.opcode == websocket.ABNF.OPCODE_PING:
+                ws.pong(frame.data)
+                continue
+            if frame.opcode == websocket.ABNF.OPCODE_PONG:
+                continue
+            if (frame.opcode in _DATA) == bool(
+                parts or opcode
+            ):  # a new message mid-message, or a stray continuation
+                raise websocket.WebSocketProtocolException("illegal frame sequence")
+            opcode = opcode or frame.opcode
+            parts.append(bytes(frame.data))
+            frames.pending += len(frame.data)
+            if frame.fin:
+                frames.pending = 0
+                return opcode, b"".join(parts)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         ws, self._ws = self._ws, None

@@ -32,6 +32,7 @@ from websockets.protocol import State
 from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
+from jobrelay.facilitator.ws_connection import recv_message
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
@@ -190,7 +191,7 @@ class WorkerConnection:
         counters, ws = self.hub.counters, self.ws
         try:
             while True:
-                message = await ws.recv(decode=False)
+                message, binary = await recv_message(ws)
                 if not self._slot_held and self.session.state is SessionState.AWAIT_AUTH:
                     # The auth frame: verifying it and reading the store wait for a slot.
                     await self.hub.handshake_slot()
@@ -204,7 +205,7 @@ class WorkerConnection:
                 now = time.time()
                 self.last_contact = now
                 counters.add("frames_in")
-                self.driver.receive(message, now)
+                self.driver.receive(message, now, binary)
                 await self._act()
                 if self.session.state is SessionState.CLOSED:
                     return

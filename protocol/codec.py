@@ -11,7 +11,8 @@ from typing import Generic, Literal, TypeVar, cast
 import msgspec
 
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from jobrelay.protocol.messages import MAX_SEQ, Data, FacilitatorFrame, WorkerFrame
+from jobrelay.protocol.messages import MAX_SEQ, Data, DataBatch, FacilitatorFrame, WorkerFrame
+from jobrelay.protocol.values import free_form_fields, value_problem
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -19,6 +20,7 @@ __all__ = [
     "Codec",
     "Format",
     "check_sendable",
+    "check_values",
     "facilitator_codec",
     "worker_codec",
 ]
@@ -45,6 +47,54 @@ _DECODERS: dict[tuple[Format, int], msgspec.json.Decoder[object] | msgspec.msgpa
 _DATA_ENVELOPE = len(_JSON_ENCODER.encode(Data(seq=MAX_SEQ, body=None))) - len(b"null")
 
 
+# Message type → its free-form fields, filled on first sight of each type (a dict lookup on the
+# hot path: most frames, status updates included, have none).
+_FREE_FORM: dict[type, tuple[str, ...]] = {}
+
+
+def values_problem(frame: msgspec.Struct) -> str | None:
+    """Why a decoded frame or body holds a free-form value the other end could not store or read
+    back (see values.py), or None."""
+    kind = type(frame)
+    if kind is Data:
+        return _fields_problem(frame.body, "$.body")  # type: ignore[attr-defined]
+    if kind is DataBatch:
+        for index, item in enumerate(frame.items):  # type: ignore[attr-defined]
+            if _free_form(type(item.body)):
+                problem = _fields_problem(item.body, f"$.items[{index}].body")
+                if problem is not None:
+                    return problem
+        return None
+    return _fields_problem(frame, "$")
+
+
+def _free_form(kind: type) -> tuple[str, ...]:
+    names = _FREE_FORM.get(kind)
+    if names is None:
+        names = _FREE_FORM[kind] = free_form_fields(kind) if issubclass(kind, msgspec.Struct) else ()
+    return names
+
+
+def _fields_problem(struct: object, root: str) -> str | None:
+    for name in _free_form(type(struct)):
+        problem = value_problem(getattr(struct, name), f"{root}.{name}")
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_values(frame: msgspec.Struct) -> None:
+    """Refuse, before it is stored or sent, a frame or body whose free-form values the peer would
+    refuse (NaN, bytes, msgpack extension types, non-string keys, too deep, integers beyond 64 bits).
+
+    Raises:
+        LocalProtocolError: INVALID_FIELD, naming the path of the first bad value.
+    """
+    problem = values_problem(frame)
+    if problem is not None:
+        raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"the message cannot be sent: {problem}")
+
+
 def check_sendable(
     body: msgspec.Struct,
     *,
@@ -62,8 +112,10 @@ def check_sendable(
         json_body_size: the body's JSON size when the caller already encoded it (saves a pass).
 
     Raises:
-        LocalProtocolError: FRAME_TOO_LARGE, or INVALID_FIELD when a format cannot encode it.
+        LocalProtocolError: FRAME_TOO_LARGE, or INVALID_FIELD when a format cannot encode it or
+            the peer would refuse one of its values (``check_values``).
     """
+    check_values(body)
     for fmt in formats:
         try:
             if fmt == "json" and json_body_size is not None:
@@ -128,28 +180,45 @@ class Codec(Generic[F]):
         except (OverflowError, TypeError, ValueError, msgspec.EncodeError) as exc:
             raise LocalProtocolError(ErrorCode.INVALID_FIELD, f"cannot encode as {self.fmt}: {exc}") from None
 
-    def decode(self, data: bytes | str) -> F:
+    def decode(self, data: bytes | str, binary: bool | None = None) -> F:
         """Parse one received frame.
 
+        Args:
+            data: the WebSocket message: a text message as ``str`` (decoded with
+                ``surrogateescape`` by the transport, so invalid UTF-8 reaches this check), a
+                binary one as ``bytes``.
+            binary: whether the message was binary; None when the caller cannot tell (a
+                sans-I/O harness handing over bytes): then only a ``str`` counts as text.
+
         Raises:
-            RemoteProtocolError: FRAME_TOO_LARGE, MALFORMED_FRAME, UNKNOWN_TYPE or INVALID_FIELD.
+            RemoteProtocolError: FRAME_TOO_LARGE, MALFORMED_FRAME (not this session's message
+                type, invalid UTF-8, not JSON/msgpack, trailing bytes), UNKNOWN_TYPE or
+                INVALID_FIELD (schema, or a free-form value values.py refuses).
         """
         size = len(data)
         if isinstance(data, str) and size * 4 > self.max_frame_bytes:
             # A str of n characters is n..4n UTF-8 bytes: encode only when it matters.
-            size = len(data.encode("utf-8", "surrogatepass"))
+            size = len(data.encode("utf-8", "surrogateescape"))
         if size > self.max_frame_bytes:
             raise RemoteProtocolError(
                 ErrorCode.FRAME_TOO_LARGE, f"{size} bytes > limit {self.max_frame_bytes}"
             )
-        if self.binary and isinstance(data, str):
-            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "text frame on a msgpack session")
+        if binary is None:  # bytes of an unknown message type count as the session's own
+            binary = self.binary and not isinstance(data, str)
+        if binary != self.binary:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED_FRAME, f"{'binary' if binary else 'text'} frame on a {self.fmt} session"
+            )
         try:
-            return cast(F, self._decoder.decode(data))  # type: ignore[arg-type]  # str is fine for json
+            frame = self._decoder.decode(data)  # type: ignore[arg-type]  # str is fine for json
         except msgspec.ValidationError as exc:
             raise RemoteProtocolError(_classify(exc), str(exc)) from None
         except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
             raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, str(exc)[:200]) from None
+        problem = values_problem(frame)  # type: ignore[arg-type]
+        if problem is not None:
+            raise RemoteProtocolError(ErrorCode.INVALID_FIELD, problem)
+        return cast(F, frame)
 
 
 @functools.lru_cache(maxsize=64)

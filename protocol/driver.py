@@ -57,16 +57,16 @@ class SessionDriver(Generic[S]):
 
     # ------------------------------------------------------------ inputs
 
-    def receive(self, data: bytes | str, now: float) -> None:
-        """One WebSocket message arrived at ``now``."""
-        self.feed(data, now)
+    def receive(self, data: bytes | str, now: float, binary: bool | None = None) -> None:
+        """One WebSocket message arrived at ``now`` (``binary``: see ``Codec.decode``)."""
+        self.feed(data, now, binary)
         self.pump()
 
-    def feed(self, data: bytes | str, now: float) -> None:
+    def feed(self, data: bytes | str, now: float, binary: bool | None = None) -> None:
         """Like ``receive`` but without acting yet: feed a burst of messages, then ``pump()`` once,
         so their data reaches ``on_data`` as one batch (one commit)."""
         self.frames_in += 1
-        self.session.receive_data(data, now)
+        self.session.receive_data(data, now, binary)
 
     def tick(self, now: float) -> None:
         """Time passed: run deadlines and send a heartbeat when one is due."""

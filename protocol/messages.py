@@ -45,7 +45,8 @@ Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Mark = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=512)]
-Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+# Bounded above so Infinity (which msgpack carries and JSON cannot) is refused like NaN.
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Progress = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 

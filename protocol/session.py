@@ -165,13 +165,21 @@ class _Session(Generic[In]):
 
     # ------------------------------------------------------------ owner API: inputs
 
-    def receive_data(self, data: bytes | str, now: float) -> None:
-        """Feed one received WebSocket message. Never raises for anything the peer sent."""
+    def receive_data(self, data: bytes | str, now: float, binary: bool | None = None) -> None:
+        """Feed one received WebSocket message (``binary``: whether it was a binary message, None
+        when the caller cannot tell; see ``Codec.decode``). Never raises for anything the peer
+        sent."""
         if self.state is SessionState.CLOSED:
             return
         self.last_received = now
+        if self.state is SessionState.AWAIT_WELCOME:
+            # The facilitator switches to the negotiated codec right after sending welcome, so an
+            # error we send about what arrives now (a bad welcome) must already use it.
+            self._send_codec = type(self._codec)(
+                self._codec_incoming, self._format, self.config.max_frame_bytes
+            )
         try:
-            frame = self._codec.decode(data)
+            frame = self._codec.decode(data, binary)
             self._dispatch(frame, now)
         except RemoteProtocolError as exc:
             self._fail(exc.code, exc.detail)
@@ -432,6 +440,7 @@ class _Session(Generic[In]):
         self._send_codec = self._codec
 
     _codec_incoming: object = None
+    _format: Format = "json"
 
     def _fail(self, code: ErrorCode, detail: str) -> None:
         self.close(code, detail)

@@ -215,7 +215,7 @@ def test_submit_and_cancel_refuse_what_cannot_work(key: str) -> None:
             facilitator.submit("j", "k" * 257)
         with pytest.raises(JobTooLarge, match="job 'big'"):
             facilitator.submit("big", "resize", "x" * 2000)
-        with pytest.raises(ValueError, match="cannot be sent as json"):
+        with pytest.raises(ValueError, match="a Python object is not a JSON value"):
             facilitator.submit("odd", "resize", object())
         assert facilitator.store.sent == []  # nothing refused was stored
         assert facilitator.submit("j", "resize") == "j"

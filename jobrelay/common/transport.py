@@ -10,7 +10,7 @@ from typing import Protocol
 
 from jobrelay.protocol.errors import JobrelayError
 
-__all__ = ["BackgroundSender", "Transport", "TransportClosed", "TransportError"]
+__all__ = ["BackgroundSender", "FrameTooLarge", "Transport", "TransportClosed", "TransportError"]
 
 
 class TransportError(JobrelayError):
@@ -21,11 +21,24 @@ class TransportClosed(TransportError):
     """The connection is gone (closed by either side or broken)."""
 
 
+class FrameTooLarge(TransportError):
+    """A message larger than the transport's limit was refused from its frame headers, before its
+    payload was read. The connection can still send (the error frame and the close); it cannot
+    be read any more."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a message of at least {size} bytes > limit {limit}")
+        self.size = size
+        self.limit = limit
+
+
 class Transport(Protocol):
     def connect(self, url: str, timeout: float) -> None: ...
     def send(self, data: bytes, binary: bool) -> None: ...
     def recv(self) -> bytes | str:
-        """Block until a message arrives. Raises TransportClosed when the connection ends."""
+        """Block until a message arrives: a text message as ``str`` (invalid UTF-8 kept as
+        surrogate escapes, for the codec to refuse), a binary one as ``bytes``. Raises
+        TransportClosed when the connection ends, FrameTooLarge for a message over the limit."""
         ...
 
     def close(self, code: int = 1000, reason: str = "") -> None: ...

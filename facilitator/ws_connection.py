@@ -1,0 +1,42 @@
+# The `websockets` server connection the facilitator uses: the stock one, plus the type (text or
+# binary) of each message, which ``recv(decode=False)`` drops. The codec needs it: a text frame
+# on a msgpack session, or a binary one on a JSON session, is malformed_frame (PROTOCOL §2).
+# Invariant: one entry per data message, appended as its first frame arrives and taken by the
+# ``recv`` that returns that message, so the two queues stay in step.
+from __future__ import annotations
+
+from collections import deque
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
+
+__all__ = ["FrameConnection", "recv_message"]
+
+
+class FrameConnection(ServerConnection):
+    """A ServerConnection that remembers whether each received message was binary."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._binary: deque[bool] = deque()
+
+    def process_event(self, event: Event) -> None:
+        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._binary.append(event.opcode is Opcode.BINARY)
+        super().process_event(event)
+
+    async def recv_message(self) -> tuple[bytes | str, bool]:
+        """The next message and whether it was binary; a text message as ``str`` decoded with
+        ``surrogateescape`` (invalid UTF-8 is the codec's to refuse, with an error frame)."""
+        data = await self.recv(decode=False)
+        binary = self._binary.popleft()
+        return (data if binary else data.decode("utf-8", "surrogateescape")), binary
+
+
+async def recv_message(ws: ServerConnection) -> tuple[bytes | str, bool | None]:
+    """The next message of ``ws`` and whether it was binary (None from a stock connection, which
+    does not tell)."""
+    if isinstance(ws, FrameConnection):
+        return await ws.recv_message()
+    return await ws.recv(decode=False), None

@@ -1,0 +1,160 @@
+"""Hostile values and frames over real loopback sockets (issue 11, points 2, 3 and 7): an
+authorized worker cannot break the facilitator's reads with one frame, and a hostile facilitator
+cannot make a worker buffer a huge frame."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobrelay.common.transport import FrameTooLarge
+from jobrelay.facilitator.http_api import serve_facilitator
+from jobrelay.protocol.session import OutFrame
+from tests.facilitator_client import KEYS, TestWorker, make_facilitator
+from tests.test_health import http
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), msgspec.msgpack.Ext(1, b"x"), b"raw", 2**64 - 1],
+    ids=["nan", "inf", "ext", "bin", "uint64"],
+)
+def test_a_hostile_value_is_refused_before_it_is_stored_and_reads_keep_working(
+    tmp_path: Path, value: Any
+) -> None:
+    fac = make_facilitator(tmp_path, formats=("msgpack", "json"))
+    server = serve_facilitator(fac)
+    worker = TestWorker(fac.url, "w1", KEYS["w1"], formats=("msgpack",))
+    try:
+        worker.connect()
+        frame = {
+            "type": "data",
+            "seq": 1,
+            "body": {"type": "machine_specs", "at": 1.0, "specs": {"v": [value]}},
+        }
+        worker.send_raw(OutFrame(msgspec.msgpack.encode(frame), True))
+        assert worker.wait_closed() == 4000
+        assert worker.closed is not None and worker.closed.code is not None
+        assert worker.closed.code.value == "invalid_field" and "$.body.specs.v[0]" in worker.closed.detail
+        assert worker.store.out_acked == 0  # never acknowledged
+        for path in ("/healthz", "/workers", "/metrics"):
+            status, _ = http("GET", server.url + path)
+            assert status in (200, 503), path  # 503 = no worker connected, never a 500
+        assert fac.workers()[0].specs is None
+    finally:
+        worker.disconnect()
+        server.stop()
+        fac.stop()
+
+
+def test_a_text_frame_on_a_msgpack_session_is_malformed(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, formats=("msgpack", "json"))
+    worker = TestWorker(fac.url, "w1", KEYS["w1"], formats=("msgpack",))
+    try:
+        worker.connect()
+        worker.send_raw(OutFrame(b'{"type":"heartbeat","at":1.0}', False))
+        assert worker.wait_closed() == 4000
+        assert worker.closed is not None and worker.closed.code is not None
+        assert worker.closed.code.value == "malformed_frame"
+    finally:
+        worker.disconnect()
+        fac.stop()
+
+
+class _HostileServer:
+    """A TCP server that completes the WebSocket upgrade, then announces a huge binary frame and
+    sends only its first bytes, recording what the client sends back."""
+
+    def __init__(self, announced: int) -> None:
+        self.announced = announced
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import base64
+        import hashlib
+
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(10)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in request.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key")
+                )
+                accept = base64.b64encode(
+                    hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+                )
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
+                conn.sendall(b"\x82\x7f" + struct.pack("!Q", self.announced) + b"\x00" * 65536)
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(65536):
+                        self.received += chunk
+        except OSError:
+            pass
+        finally:
+            self.done.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+def test_the_worker_transport_refuses_a_huge_frame_from_its_header() -> None:
+    from jobrelay.actors.websocket_transport import WebSocketTransport
+
+    server = _HostileServer(announced=64 * 1024 * 1024)
+    transport = WebSocketTransport(max_frame_bytes=1_048_576)
+    try:
+        transport.connect(f"ws://127.0.0.1:{server.port}", 5.0)
+        with pytest.raises(FrameTooLarge) as info:
+            transport.recv()  # returns at once: nothing but the header is read
+        assert info.value.size == 64 * 1024 * 1024
+        transport.close(1009, "frame_too_large")
+        assert server.done.wait(10)
+        assert b"\x88" in server.received[:2]  # a close frame came back (masked, from the client)
+    finally:
+        transport.close()
+        server.close()
+
+
+def test_a_refused_welcome_is_answered_in_the_negotiated_codec() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from jobrelay.protocol import messages as m
+    from jobrelay.protocol.session import SessionConfig, WorkerSession
+    from jobrelay.protocol.streams import StreamMarks
+
+    w = WorkerSession(
+        worker_id="w1",
+        key=Ed25519PrivateKey.generate(),
+        marks=StreamMarks("e", 0, 0, "", 0),
+        now=1.0,
+        config=SessionConfig(formats=("msgpack",)),
+    )
+    w.receive_data(msgspec.json.encode(m.Challenge(version=1, nonce="ab", codec="msgpack")).decode(), 1.0)
+    w.data_to_send()
+    w.receive_data(msgspec.json.encode(m.Welcome(session_id="s", ack=9, out_epoch="f")).decode(), 1.0)
+    (error,) = w.data_to_send()
+    assert error.binary and msgspec.msgpack.decode(error.data)["code"] == "ack_out_of_range"
