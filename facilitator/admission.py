@@ -8,14 +8,14 @@ import asyncio
 from typing import ClassVar, cast
 
 from websockets.asyncio.connection import Connection
-from websockets.asyncio.server import ServerConnection
 
 from jobrelay.common.admission import ConnectionGate
+from jobrelay.facilitator.ws_connection import FrameConnection
 
 __all__ = ["GatedConnection", "gated_connection"]
 
 
-class GatedConnection(ServerConnection):
+class GatedConnection(FrameConnection):
     """A `websockets` server connection that asks the gate first (``create_connection=``)."""
 
     gate: ClassVar[ConnectionGate]

@@ -39,7 +39,6 @@ from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
-from jobrelay.facilitator.ws_connection import FrameConnection
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
@@ -326,7 +325,6 @@ class Facilitator:
                 config.host,
                 config.port,
                 compression=None,
-                create_connection=FrameConnection,
                 max_size=config.max_frame_bytes,
                 ping_interval=None,
                 open_timeout=config.handshake_timeout,
