@@ -32,7 +32,7 @@ from websockets.protocol import State
 from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
-from jobrelay.facilitator.ws_connection import recv_message
+from jobrelay.facilitator.ws_connection import FrameConnection, recv_message
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
@@ -81,6 +81,8 @@ class WorkerConnection:
         self.released = asyncio.Event()
         self.done = asyncio.Event()
         self._writer = FrameWriter(ws, hub.counters, self._close_code)
+        if isinstance(ws, FrameConnection):
+            ws.on_too_big = self._too_big
         self.driver = SessionDriver(self.session, self._writer.put, self)
         self._loop = asyncio.get_running_loop()
         self._todo: deque[ev.Event | list[tuple[int, Any]]] = deque()
@@ -128,6 +130,11 @@ class WorkerConnection:
         if not self.filling and self.worker_id:
             self.filling = True
             self._loop.create_task(fill(self))
+
+    def _too_big(self, reason: str) -> None:
+        """websockets is refusing a message over max_frame_bytes: our error frame goes first."""
+        if self.session.state is not SessionState.CLOSED:
+            self.driver.close(ErrorCode.FRAME_TOO_LARGE, reason)
 
     def request_close(self, code: int = GOING_AWAY, reason: str = "") -> None:
         """Close the connection with ``code`` (1001 on shutdown or when replaced)."""

@@ -50,6 +50,7 @@ __all__ = ["Facilitator", "start_facilitator"]
 # jobrelay.common.http.MAX_CONNECTIONS).
 _FD_RESERVE: Final = 512
 _MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
+_QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
 
 
 class Facilitator:
@@ -427,7 +428,7 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
         store.stop()
         raise
     capacity = facilitator.max_workers
-    if capacity < config.max_workers:
+    if capacity < min(config.max_workers, _QUIET_CAPACITY):
         logger.warning(
             "facilitator: the open-file limit allows about {} workers (max_workers {}); raise it "
             "(ulimit -n, LimitNOFILE=) to hold more",

@@ -1,25 +1,42 @@
 # The `websockets` server connection the facilitator uses: the stock one, plus the type (text or
 # binary) of each message, which ``recv(decode=False)`` drops. The codec needs it: a text frame
 # on a msgpack session, or a binary one on a JSON session, is malformed_frame (PROTOCOL §2).
-# Invariant: one entry per data message, appended as its first frame arrives and taken by the
+# A message over max_size gets the session's `error` frame (frame_too_large) before websockets'
+# close 1009. Invariant: one entry per data message, appended as its first frame arrives and taken by the
 # ``recv`` that returns that message, so the two queues stay in step.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import Event, State
 
 __all__ = ["FrameConnection", "recv_message"]
 
 
 class FrameConnection(ServerConnection):
-    """A ServerConnection that remembers whether each received message was binary."""
+    """A ServerConnection that remembers whether each received message was binary, and lets its
+    user send an ``error`` frame before websockets closes a too-large message with 1009."""
+
+    on_too_big: Callable[[str], None] | None = None  # called with websockets' reason, then 1009
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._binary: deque[bool] = deque()
+        protocol = self.protocol
+        fail = protocol.fail
+
+        def fail_after_error_frame(code: int, reason: str = "") -> None:
+            # websockets refuses a message over max_size from its header (nothing is buffered) and
+            # closes at once; PROTOCOL §7 wants the `error` frame (frame_too_large) first.
+            callback = self.on_too_big
+            if code == CloseCode.MESSAGE_TOO_BIG and callback is not None and protocol.state is State.OPEN:
+                callback(reason)
+            fail(code, reason)
+
+        protocol.fail = fail_after_error_frame  # type: ignore[method-assign]
 
     def process_event(self, event: Event) -> None:
         if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):

@@ -70,6 +70,21 @@ def test_a_text_frame_on_a_msgpack_session_is_malformed(tmp_path: Path) -> None:
         fac.stop()
 
 
+def test_a_message_over_the_limit_gets_an_error_frame_before_the_close(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, max_frame_bytes=4096)
+    worker = TestWorker(fac.url, "w1", KEYS["w1"])
+    try:
+        worker.connect()
+        worker.send_raw(OutFrame(b'{"type":"heartbeat","at":1.0,"x":"' + b"a" * 10_000 + b'"}', False))
+        assert worker.wait_closed() == 1009  # refused from its header by websockets
+        assert worker.closed is not None and worker.closed.code is not None
+        assert worker.closed.code.value == "frame_too_large"  # our error frame came first
+        assert fac.stats().frames_in == 2  # hello and auth: the big one was never read whole
+    finally:
+        worker.disconnect()
+        fac.stop()
+
+
 class _HostileServer:
     """A TCP server that completes the WebSocket upgrade, then announces a huge binary frame and
     sends only its first bytes, recording what the client sends back."""
