@@ -114,7 +114,7 @@ CAPACITY_CHILD = textwrap.dedent(
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))
     from jobrelay.facilitator import FacilitatorConfig, start_facilitator
-    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000)) as fac:
+    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000, key="01" * 32)) as fac:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         print(soft, hard, fac.max_workers, flush=True)
     """
@@ -208,4 +208,3 @@ def test_handshake_slots_go_to_the_newest_waiter_first() -> None:
         return served
 
     assert asyncio.run(scenario()) == [2, 1, 0]
-
