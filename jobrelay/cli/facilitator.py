@@ -64,15 +64,16 @@ def run(args: argparse.Namespace) -> int:
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
     try:
-        # Refuse a missing key, a bad keys file or certificate before anything starts.
-        config.load_key()
+        # Refuse a bad keys file or certificate, and (unless only printing the settings) a
+        # missing or unreadable facilitator key, before anything starts.
         config.load_authorized_keys()
         config.tls_context()
+        if args.print_config:
+            print_config(resolved, log)
+            return EXIT_OK
+        config.load_key()
     except ConfigError as exc:
         raise config_error(resolved, exc) from None
-    if args.print_config:
-        print_config(resolved, log)
-        return EXIT_OK
     logs.configure(log.values["level"], json=log.values["json"])
     fac = _start(config, resolved)
     http: HealthServer | None = None
