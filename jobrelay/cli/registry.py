@@ -72,7 +72,7 @@ WORKER: tuple[Setting, ...] = (
     _w("key_file", str, "", "--key-file", "file with the Ed25519 private key (from `jobrelay keygen`)"),
     _w("key", str, "", None, "the private key itself, 64 hex chars (prefer key_file)", env="JOBRELAY_KEY"),
     _w("facilitator_key", str, "", "--facilitator-key",
-       "required: the facilitator's public key to pin, 64 hex chars (`jobrelay keygen --facilitator` prints it)"),
+       "required: the facilitator's public key to pin, 64 hex (`jobrelay keygen --facilitator` prints it)"),
     _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file (outbox, inbox, job ledger)"),
     _w("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
     _w("max_concurrent_jobs", int, 4, "--max-jobs", "handlers running at once"),
