@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.auth import check_public_key, public_key_hex
 from jobrelay.protocol.config import LinkConfig
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
@@ -24,6 +24,10 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         worker_id: this worker's id, as listed in the facilitator's authorized keys.
         key: Ed25519 private key as 64 hex characters (or use ``key_file``).
         key_file: a file holding that hex key (written by ``jobrelay keygen``).
+        facilitator_key: the facilitator's Ed25519 public key (64 hex characters, printed by
+            ``jobrelay keygen --facilitator``). Required: the worker signs only a challenge made
+            by this key, so an endpoint it dials cannot relay another facilitator's handshake.
+            There is no trust-on-first-use.
         db_path: the worker's SQLite file (outbox, inbox, job ledger).
         max_outbox_rows / max_outbox_bytes: outbox bounds; a full outbox blocks publishers.
         publish_timeout: how long a publish waits for room before failing with OutboxFull.
@@ -41,6 +45,7 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     worker_id: str
     key: str = ""
     key_file: str = ""
+    facilitator_key: str = ""
     max_outbox_rows: int = 1_000_000
     max_outbox_bytes: int = 1 << 30
     publish_timeout: float = 30.0
@@ -77,6 +82,17 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.check_counts("max_attempts")
         if self.ca_file and not Path(self.ca_file).is_file():
             self.bad("ca_file", "no such file", self.ca_file)
+        if not self.facilitator_key:
+            self.bad(
+                "facilitator_key",
+                "required: pin the facilitator's public key (`jobrelay keygen --facilitator` prints "
+                "it; no key is trusted on first use)",
+                "",
+            )
+        if not check_public_key(self.facilitator_key.lower()):
+            self.bad(
+                "facilitator_key", "expected an Ed25519 public key as 64 hex characters", self.facilitator_key
+            )
         load_key(self)
 
     def session_config(self) -> SessionConfig:

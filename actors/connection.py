@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -277,6 +278,8 @@ class ConnectionActor(pykka.ThreadingActor):
         session = WorkerSession(
             worker_id=self.config.worker_id,
             key=self._key,
+            facilitator_key=self.config.facilitator_key,
+            nonce=secrets.token_hex(32),
             marks=marks,
             now=self._clock(),
             config=self.config.session_config(),
@@ -339,10 +342,14 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(event.detail, close_code_for(event.code))
         send(self._outbox, SessionClosed(session.session_id))
         who = "facilitator" if event.by_peer else "we"
-        log = self._log.warning if event.code is not None else self._log.info
-        log("connection closed ({} ended it): {}", who, " ".join(filter(None, [event.code, event.detail])))
+        what = " ".join(filter(None, [event.code, event.detail]))
         if event.code in AUTH_CODES:
-            self._log.error("authentication refused ({}): check worker_id and key", event.code)
+            # We refused the facilitator (its key is not the pinned one), or it refused us.
+            hint = "check worker_id and key" if event.by_peer else "check facilitator_key and url"
+            self._log.error("authentication failed ({} ended it): {}; {}", who, what, hint)
+        else:
+            log = self._log.warning if event.code is not None else self._log.info
+            log("connection closed ({} ended it): {}", who, what)
         self._backoff(event.detail)
 
     def _backoff(self, why: str) -> None:

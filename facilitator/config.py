@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.protocol.auth import parse_authorized_keys
 from jobrelay.protocol.config import LinkConfig, is_duration
@@ -40,6 +41,11 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         max_unauthenticated_per_address: The same, per remote address.
         listen_backlog: The listening socket's backlog (pending TCP connections).
         tls_cert_file / tls_key_file: PEM certificate chain and key: serve ``wss://`` (TLS).
+        key_file: The facilitator's own Ed25519 private key (64 hex characters, from ``jobrelay
+            keygen --facilitator``); it signs every challenge and workers pin its public key.
+        key: That key itself, as hex (set exactly one of ``key`` and ``key_file``). Neither is
+            generated: ``start_facilitator`` refuses to start without one (a new key on each
+            start would make every worker's pin fail).
 
     The settings shared with the worker (``db_path``, ``durability``, ``max_frame_bytes``,
     ``max_batch``, ``handshake_timeout`` (close 4003 when missed), ``formats``,
@@ -61,6 +67,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     listen_backlog: int = 4096
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    key_file: str | None = None
+    key: str = ""
 
     def __post_init__(self) -> None:
         self.check()
@@ -95,6 +103,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             raise self.error(
                 "tls_cert_file", "set both tls_cert_file and tls_key_file (or neither)", self.tls_cert_file
             )
+        if self.key and self.key_file:
+            raise self.error("key", "set only one of key and key_file", "both")
         for worker_id, key in self.authorized_keys.items():
             try:
                 parse_authorized_keys(f"{worker_id} {key}")
@@ -117,6 +127,31 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
                 "tls_cert_file", f"cannot load certificate/key ({exc})", self.tls_cert_file
             ) from None
         return context
+
+    def load_key(self) -> Ed25519PrivateKey:
+        """The facilitator's own private key, from ``key`` or ``key_file``.
+
+        Raises:
+            ConfigError: neither is set, the file cannot be read, or it holds no 64-hex-char key.
+        """
+        field, text = "key", self.key
+        if not self.key:
+            field = "key_file"
+            if not self.key_file:
+                raise self.error(
+                    field,
+                    "required: the facilitator's own key (create one with `jobrelay keygen "
+                    "--facilitator --key-file PATH`; workers pin the public key it prints)",
+                    self.key_file,
+                )
+            try:
+                text = Path(self.key_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeError) as exc:
+                raise self.error(field, f"cannot be read ({exc})", self.key_file) from None
+        try:
+            return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.strip()))
+        except ValueError:
+            raise self.error(field, "expected an Ed25519 private key as 64 hex characters", "…") from None
 
     def load_authorized_keys(self) -> dict[str, str]:
         """The authorized keys: ``authorized_keys`` plus those of ``authorized_keys_file``.

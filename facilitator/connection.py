@@ -70,6 +70,7 @@ class WorkerConnection:
         self.session = FacilitatorSession(
             nonce=secrets.token_hex(32),
             session_id=secrets.token_hex(8),
+            key=hub.key,
             authorized=hub.authorized,
             nonces=hub.nonces,
             now=now,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Final, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from websockets.asyncio.server import ServerConnection
 
@@ -124,8 +125,10 @@ class ConnectionHub:
         store: FacilitatorStore,
         authorized: Mapping[str, str],
         loop: asyncio.AbstractEventLoop,
+        key: Ed25519PrivateKey,
     ) -> None:
         self.config = config
+        self.key = key  # signs every challenge (mutual authentication)
         self.session_config = config.session_config()
         self.store = store
         self.authorized: Mapping[str, str] = dict(authorized)

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from websockets.asyncio.server import Server, serve
 
@@ -39,6 +40,7 @@ from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
+from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
@@ -63,10 +65,15 @@ class Facilitator:
         loop: The event loop its connections run on (in its own thread).
         max_workers: Connections it holds at most: ``config.max_workers``, or fewer when the
             open-file limit allows fewer.
+        public_key: Its own Ed25519 public key (hex): what workers pin as ``facilitator_key``.
     """
 
     def __init__(
-        self, config: FacilitatorConfig, store: FacilitatorStore, authorized: Mapping[str, str]
+        self,
+        config: FacilitatorConfig,
+        store: FacilitatorStore,
+        authorized: Mapping[str, str],
+        key: Ed25519PrivateKey,
     ) -> None:
         self.config = config
         self.store = store
@@ -75,7 +82,8 @@ class Facilitator:
         self.url = ""
         self.max_workers = config.max_workers
         self.loop = asyncio.new_event_loop()
-        self.hub = ConnectionHub(config, store, self.authorized, self.loop)
+        self.public_key = public_key_hex(key)
+        self.hub = ConnectionHub(config, store, self.authorized, self.loop, key)
         self.counters: Counters = self.hub.counters
         self._server: Server | None = None
         self._thread = threading.Thread(
@@ -413,15 +421,17 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
         The running Facilitator (stop it with ``stop()`` or use it as a context manager).
 
     Raises:
-        ConfigError: The authorized keys cannot be loaded or the address cannot be bound.
+        ConfigError: The facilitator's key or the authorized keys cannot be loaded, or the
+            address cannot be bound.
         StorageError: The database cannot be opened (corrupt, read-only, other application…).
     """
+    key = config.load_key()
     authorized = config.load_authorized_keys()
     if not authorized:
         logger.warning("facilitator: no authorized keys; every worker will be refused")
     store = FacilitatorStore(config.db_path, config.durability)
     store.start()
-    facilitator = Facilitator(config, store, authorized)
+    facilitator = Facilitator(config, store, authorized, key)
     try:
         facilitator._start()
     except BaseException:
@@ -436,10 +446,11 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
             config.max_workers,
         )
     logger.info(
-        "facilitator: listening url={} db={} workers={} capacity={}",
+        "facilitator: listening url={} db={} workers={} capacity={} key={}",
         facilitator.url,
         config.db_path,
         len(authorized),
         capacity,
+        facilitator.public_key,
     )
     return facilitator

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from jobrelay.protocol.auth import NonceRegistry, parse_authorized_keys, public_key_hex, sign_challenge
+    from jobrelay.protocol.auth import NonceRegistry, Transcript, parse_authorized_keys, public_key_hex
     from jobrelay.protocol.backoff import full_jitter, full_jitter_delays
     from jobrelay.protocol.codec import Codec, Format, facilitator_codec, worker_codec
     from jobrelay.protocol.config import LinkConfig
@@ -50,6 +50,7 @@ __all__ = [
     "SessionDriver",
     "SessionState",
     "StreamMarks",
+    "Transcript",
     "WorkerSession",
     "facilitator_codec",
     "full_jitter",
@@ -57,7 +58,6 @@ __all__ = [
     "parse_authorized_keys",
     "public_key_hex",
     "resolve_resume",
-    "sign_challenge",
     "worker_codec",
 ]
 
@@ -78,6 +78,7 @@ _EXPORTS = {
     "SessionDriver": "jobrelay.protocol.driver",
     "SessionState": "jobrelay.protocol.session",
     "StreamMarks": "jobrelay.protocol.streams",
+    "Transcript": "jobrelay.protocol.auth",
     "WorkerSession": "jobrelay.protocol.session",
     "facilitator_codec": "jobrelay.protocol.codec",
     "full_jitter": "jobrelay.protocol.backoff",
@@ -85,7 +86,6 @@ _EXPORTS = {
     "parse_authorized_keys": "jobrelay.protocol.auth",
     "public_key_hex": "jobrelay.protocol.auth",
     "resolve_resume": "jobrelay.protocol.streams",
-    "sign_challenge": "jobrelay.protocol.auth",
     "worker_codec": "jobrelay.protocol.codec",
 }
 lazy_exports(globals(), _EXPORTS)

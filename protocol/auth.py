@@ -1,35 +1,114 @@
-# Ed25519 challenge–response, pure: keys and time come in as arguments, nothing is read from
-# disk or a clock here. Invariant: verify_auth() either returns the verified worker id or raises
-# RemoteProtocolError with one of UNKNOWN_KEY, WRONG_KEY, BAD_SIGNATURE, STALE_TIMESTAMP,
-# REPLAYED_NONCE; it never accepts a nonce twice within the registry's memory.
+# Ed25519 mutual authentication, pure: keys, nonces and time come in as arguments, nothing is read
+# from disk or a clock here. Both signatures of a handshake cover one Transcript (protocol version,
+# both nonces, the facilitator's public key, the codec, the worker id) under different contexts, so
+# neither can be reused for the other or for another facilitator or connection.
+# Invariants: verify_challenge() returns only if the challenge was signed by the pinned facilitator
+# key for this worker's nonce, else raises WRONG_KEY or BAD_SIGNATURE; verify_auth() either returns
+# the verified worker id or raises RemoteProtocolError with one of UNKNOWN_KEY, WRONG_KEY,
+# BAD_SIGNATURE, STALE_TIMESTAMP, REPLAYED_NONCE; it never accepts a nonce twice within the
+# registry's memory.
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from jobrelay.protocol.errors import ErrorCode, RemoteProtocolError
-from jobrelay.protocol.messages import Auth
+from jobrelay.protocol.messages import Auth, Challenge
 
 __all__ = [
     "AUTH_CONTEXT",
+    "CHALLENGE_CONTEXT",
+    "NONCE_HEX_CHARS",
     "NonceRegistry",
-    "auth_payload",
+    "Transcript",
+    "check_nonce",
+    "check_public_key",
+    "facilitator_signature",
     "parse_authorized_keys",
     "public_key_hex",
-    "sign_challenge",
     "verify_auth",
+    "verify_challenge",
+    "worker_signature",
 ]
 
-# Domain separation: a signature made for jobrelay auth can never be valid for anything else.
-AUTH_CONTEXT = b"jobrelay-auth-v1"
+# Domain separation: one context per signer, so a facilitator's signature can never pass as a
+# worker's (or the reverse), and neither is valid for anything outside jobrelay v2.
+CHALLENGE_CONTEXT = b"jobrelay-challenge-v2"
+AUTH_CONTEXT = b"jobrelay-auth-v2"
+NONCE_HEX_CHARS = 64
+"""Both nonces are 32 random bytes as lowercase hex: shorter ones would make a replay guessable."""
+
+_NONCE = re.compile(r"[0-9a-f]{64}")
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
-def auth_payload(nonce: str, worker_id: str, timestamp_ms: int) -> bytes:
-    """The exact bytes a worker signs: context, nonce, worker id and timestamp, NUL-separated."""
-    return b"\x00".join((AUTH_CONTEXT, nonce.encode(), worker_id.encode(), str(timestamp_ms).encode()))
+def check_nonce(nonce: str, field: str) -> None:
+    """Refuse a nonce that is not 32 bytes of lowercase hex.
+
+    Raises:
+        RemoteProtocolError: INVALID_FIELD naming ``field``.
+    """
+    if _NONCE.fullmatch(nonce) is None:
+        raise RemoteProtocolError(
+            ErrorCode.INVALID_FIELD, f"{field} must be {NONCE_HEX_CHARS} lowercase hex characters"
+        )
+
+
+def check_public_key(key: str) -> bool:
+    """Whether ``key`` is a raw 32-byte Ed25519 public key in lowercase hex."""
+    if _KEY.fullmatch(key) is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What both signatures of one handshake bind (protocol v2, docs/PROTOCOL.md §4.3).
+
+    Every field but ``worker_id`` is hex, decimal or a codec name, none containing NUL, and
+    ``worker_id`` comes last: the NUL-joined bytes therefore parse one way only.
+    """
+
+    version: int
+    worker_nonce: str
+    facilitator_nonce: str
+    facilitator_key: str
+    codec: str
+    worker_id: str
+
+    def _fields(self) -> tuple[bytes, ...]:
+        return (
+            str(self.version).encode(),
+            self.worker_nonce.encode(),
+            self.facilitator_nonce.encode(),
+            self.facilitator_key.encode(),
+            self.codec.encode(),
+        )
+
+    def challenge_payload(self) -> bytes:
+        """The exact bytes the facilitator signs in ``challenge``."""
+        return b"\x00".join((CHALLENGE_CONTEXT, *self._fields(), self.worker_id.encode()))
+
+    def auth_payload(self, worker_key: str, timestamp_ms: int) -> bytes:
+        """The exact bytes the worker signs in ``auth``: the transcript plus its own key and clock."""
+        return b"\x00".join(
+            (
+                AUTH_CONTEXT,
+                *self._fields(),
+                worker_key.encode(),
+                str(timestamp_ms).encode(),
+                self.worker_id.encode(),
+            )
+        )
 
 
 def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -38,9 +117,44 @@ def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return public.public_bytes_raw().hex()
 
 
-def sign_challenge(key: Ed25519PrivateKey, nonce: str, worker_id: str, timestamp_ms: int) -> str:
-    """Sign a challenge; returns the signature as hex."""
-    return key.sign(auth_payload(nonce, worker_id, timestamp_ms)).hex()
+def facilitator_signature(key: Ed25519PrivateKey, transcript: Transcript) -> str:
+    """The facilitator's signature of ``transcript`` (hex), sent in ``challenge``."""
+    return key.sign(transcript.challenge_payload()).hex()
+
+
+def worker_signature(key: Ed25519PrivateKey, transcript: Transcript, timestamp_ms: int) -> str:
+    """The worker's signature of ``transcript``, its own public key and ``timestamp_ms`` (hex)."""
+    return key.sign(transcript.auth_payload(public_key_hex(key), timestamp_ms)).hex()
+
+
+def _verifies(public_key: str, signature: str, payload: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key)).verify(
+            bytes.fromhex(signature), payload
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_challenge(challenge: Challenge, transcript: Transcript, *, pinned_key: str) -> None:
+    """The worker's check of a ``challenge``: made by the facilitator it pinned, for this handshake.
+
+    Raises:
+        RemoteProtocolError: WRONG_KEY when the challenge names another key than ``pinned_key``
+            (a relay, or a facilitator whose key changed), BAD_SIGNATURE when the signature does
+            not cover this transcript under that key.
+    """
+    if challenge.public_key != pinned_key.lower():
+        raise RemoteProtocolError(
+            ErrorCode.WRONG_KEY,
+            f"facilitator presented key {challenge.public_key[:16] or '(none)'}…, "
+            f"but the pinned facilitator_key is {pinned_key[:16]}…",
+        )
+    if not _verifies(pinned_key, challenge.signature, transcript.challenge_payload()):
+        raise RemoteProtocolError(
+            ErrorCode.BAD_SIGNATURE, "facilitator's challenge signature does not verify"
+        )
 
 
 class NonceRegistry:
@@ -97,13 +211,13 @@ def parse_authorized_keys(text: str) -> dict[str, str]:
 def verify_auth(
     auth: Auth,
     *,
-    nonce: str,
+    transcript: Transcript,
     authorized: Mapping[str, str],
     nonces: NonceRegistry,
     now: float,
     max_skew: float,
 ) -> str:
-    """Check an ``auth`` frame against the challenge ``nonce`` this session issued.
+    """Check an ``auth`` frame against the transcript of this session's hello and challenge.
 
     Returns:
         The authenticated worker id.
@@ -118,14 +232,13 @@ def verify_auth(
         raise RemoteProtocolError(
             ErrorCode.WRONG_KEY, f"worker {auth.worker_id!r} presented a key that is not its own"
         )
+    nonce = transcript.facilitator_nonce
     if auth.nonce != nonce:
         raise RemoteProtocolError(ErrorCode.REPLAYED_NONCE, "auth answers a nonce this session did not issue")
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(expected_key)).verify(
-            bytes.fromhex(auth.signature), auth_payload(nonce, auth.worker_id, auth.timestamp_ms)
-        )
-    except (InvalidSignature, ValueError):
-        raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify") from None
+    # The transcript names our own key and this connection's nonces: a signature the worker made
+    # for another facilitator (a relay's) or another connection does not verify here.
+    if not _verifies(expected_key, auth.signature, transcript.auth_payload(expected_key, auth.timestamp_ms)):
+        raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
     skew = abs(now - auth.timestamp_ms / 1000.0)
     if skew > max_skew:
         raise RemoteProtocolError(

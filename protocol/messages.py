@@ -37,7 +37,8 @@ __all__ = [
     "WorkerFrame",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: mutual authentication (the facilitator signs the challenge; both sign one transcript).
+PROTOCOL_VERSION = 2
 # 2**53 - 1: the largest integer every JSON implementation represents exactly.
 MAX_SEQ = 2**53 - 1
 
@@ -148,20 +149,26 @@ class Hello(_Message, tag="hello", frozen=True):
     version: int
     worker_id: Id
     codecs: tuple[str, ...] = ("json",)
+    # v2; defaulted so a v1 hello still decodes and is refused as unsupported_version.
+    nonce: Hex = ""
 
 
 class Challenge(_Message, tag="challenge", frozen=True):
-    """Facilitator → worker: a fresh nonce to sign, and the codec both sides use after welcome."""
+    """Facilitator → worker: a fresh nonce to sign, the codec both sides use after welcome, and
+    the facilitator's key and its signature of the handshake transcript (v2)."""
 
     version: int
     nonce: Hex
     codec: str = "json"
+    # v2; defaulted so a v1 challenge still decodes and is refused as unsupported_version.
+    public_key: Hex = ""
+    signature: Hex = ""
 
 
 class Auth(_Message, tag="auth", frozen=True):
     """Worker → facilitator: the signed challenge plus the worker's durable stream state.
 
-    ``signature`` is Ed25519 over ``auth_payload(nonce, worker_id, timestamp_ms)``.
+    ``signature`` is Ed25519 over ``Transcript.auth_payload(public_key, timestamp_ms)`` (auth.py).
     ``out_*`` describe the worker's outgoing stream, ``in_*`` what it accepted of the
     facilitator's stream (``in_epoch`` empty when it has never accepted anything).
     """

@@ -19,7 +19,16 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.protocol.auth import NonceRegistry, public_key_hex, sign_challenge, verify_auth
+from jobrelay.protocol.auth import (
+    NonceRegistry,
+    Transcript,
+    check_nonce,
+    facilitator_signature,
+    public_key_hex,
+    verify_auth,
+    verify_challenge,
+    worker_signature,
+)
 from jobrelay.protocol.codec import FORMATS, Codec, Format, facilitator_codec, worker_codec
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from jobrelay.protocol.events import (
@@ -458,6 +467,9 @@ class WorkerSession(_Session[FacilitatorFrame]):
     Args:
         worker_id: this worker's id (must be in the facilitator's authorized keys).
         key: this worker's Ed25519 private key.
+        facilitator_key: the pinned public key (hex) of the facilitator; a challenge signed by
+            any other key closes the session with WRONG_KEY before the worker signs anything.
+        nonce: a fresh random value (64 hex characters) for this connection, sent in hello.
         marks: durable stream state read from storage just before connecting.
         now: current time (seconds since the epoch; also used for the auth timestamp).
     """
@@ -469,6 +481,8 @@ class WorkerSession(_Session[FacilitatorFrame]):
         *,
         worker_id: str,
         key: Ed25519PrivateKey,
+        facilitator_key: str,
+        nonce: str,
         marks: StreamMarks,
         now: float,
         config: SessionConfig | None = None,
@@ -480,8 +494,10 @@ class WorkerSession(_Session[FacilitatorFrame]):
         self.worker_id = worker_id
         self.marks = marks
         self._key = key
+        self._facilitator_key = facilitator_key.lower()
+        self._nonce = nonce
         self._format: Format = "json"
-        self._send(Hello(version=PROTOCOL_VERSION, worker_id=worker_id, codecs=config.formats))
+        self._send(Hello(version=PROTOCOL_VERSION, worker_id=worker_id, codecs=config.formats, nonce=nonce))
 
     def _on_handshake(self, frame: Any, now: float) -> None:
         match frame:
@@ -495,6 +511,13 @@ class WorkerSession(_Session[FacilitatorFrame]):
             raise RemoteProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"facilitator speaks v{frame.version}")
         if frame.codec not in self.config.formats:
             raise RemoteProtocolError(ErrorCode.UNSUPPORTED_CODEC, f"codec {frame.codec!r} was not offered")
+        check_nonce(frame.nonce, "challenge.nonce")
+        transcript = Transcript(
+            PROTOCOL_VERSION, self._nonce, frame.nonce, frame.public_key, frame.codec, self.worker_id
+        )
+        # Before signing anything: a relay that forwards another facilitator's challenge, or signs
+        # one with its own key, is refused here, and a signature only ever names the pinned key.
+        verify_challenge(frame, transcript, pinned_key=self._facilitator_key)
         self._format = frame.codec
         timestamp_ms = int(now * 1000)
         self._send(
@@ -503,7 +526,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 public_key=public_key_hex(self._key),
                 nonce=frame.nonce,
                 timestamp_ms=timestamp_ms,
-                signature=sign_challenge(self._key, frame.nonce, self.worker_id, timestamp_ms),
+                signature=worker_signature(self._key, transcript, timestamp_ms),
                 out_epoch=self.marks.out_epoch,
                 out_acked=self.marks.out_acked,
                 in_epoch=self.marks.in_epoch,
@@ -551,8 +574,10 @@ class FacilitatorSession(_Session[WorkerFrame]):
     """The facilitator's end of one connection.
 
     Args:
-        nonce: a fresh random challenge (hex) for this connection.
+        nonce: a fresh random challenge (64 hex characters) for this connection.
         session_id: a fresh id for this connection.
+        key: the facilitator's own Ed25519 private key; it signs each challenge (one signature
+            per handshake), and workers pin its public key.
         authorized: worker id → public key hex (the authorized-keys file).
         nonces: the registry shared by all sessions, against replayed auth frames.
         now: current time (seconds since the epoch).
@@ -565,6 +590,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
         *,
         nonce: str,
         session_id: str,
+        key: Ed25519PrivateKey,
         authorized: Mapping[str, str],
         nonces: NonceRegistry,
         now: float,
@@ -576,10 +602,12 @@ class FacilitatorSession(_Session[WorkerFrame]):
         )
         self.session_id = session_id
         self._nonce = nonce
+        self._key = key
         self._authorized = authorized
         self._nonces = nonces
         self._format: Format = "json"
         self._auth: Auth | None = None
+        self._transcript: Transcript | None = None
 
     def _on_handshake(self, frame: Any, now: float) -> None:
         match frame:
@@ -596,16 +624,35 @@ class FacilitatorSession(_Session[WorkerFrame]):
         shared = [f for f in self.config.formats if f in frame.codecs]
         if not shared:
             raise RemoteProtocolError(ErrorCode.UNSUPPORTED_CODEC, f"no common codec in {list(frame.codecs)}")
+        check_nonce(frame.nonce, "hello.nonce")
         self._format = shared[0]
         self.peer_id = frame.worker_id
-        self._send(Challenge(version=PROTOCOL_VERSION, nonce=self._nonce, codec=self._format))
+        transcript = Transcript(
+            PROTOCOL_VERSION,
+            frame.nonce,
+            self._nonce,
+            public_key_hex(self._key),
+            self._format,
+            frame.worker_id,
+        )
+        self._transcript = transcript
+        self._send(
+            Challenge(
+                version=PROTOCOL_VERSION,
+                nonce=self._nonce,
+                codec=self._format,
+                public_key=transcript.facilitator_key,
+                signature=facilitator_signature(self._key, transcript),
+            )
+        )
 
     def _on_auth(self, frame: Auth, now: float) -> None:
         if frame.worker_id != self.peer_id:
             raise RemoteProtocolError(ErrorCode.WRONG_KEY, "auth is for another worker than hello")
+        assert self._transcript is not None  # AWAIT_AUTH is entered only through _on_hello
         verify_auth(
             frame,
-            nonce=self._nonce,
+            transcript=self._transcript,
             authorized=self._authorized,
             nonces=self._nonces,
             now=now,

@@ -58,9 +58,11 @@ def serve_sink() -> None:
         server.serve_forever()
 
 
-def serve_facilitator(db: str, worker_key: str) -> None:
+def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
     """Child mode: a reference facilitator (durability full) for the worker under test."""
-    fac = start_facilitator(FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}))
+    fac = start_facilitator(
+        FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}, key_file=key_file)
+    )
     print(fac.port, flush=True)
     threading.Event().wait()
 
@@ -132,7 +134,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000, help="messages in the throughput run")
     parser.add_argument("--quick", action="store_true", help="10,000 messages and a 1 s latency run")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-facilitator", nargs=2, metavar=("DB", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-facilitator", nargs=3, metavar=("DB", "KEY", "KEY_FILE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_sink:
         serve_sink()
@@ -162,11 +166,14 @@ class Result(NamedTuple):
 def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
     """A worker in this process, the facilitator in a child process, durability full on both."""
     key = Ed25519PrivateKey.generate()
-    fac, port = child("--serve-facilitator", str(tmp / "fac.db"), public_key_hex(key))
+    fac_key = Ed25519PrivateKey.generate()  # the facilitator's own, which the worker pins
+    (tmp / "fac.key").write_text(fac_key.private_bytes_raw().hex())
+    fac, port = child("--serve-facilitator", str(tmp / "fac.db"), public_key_hex(key), str(tmp / "fac.key"))
     config = WorkerConfig(
         url=f"ws://127.0.0.1:{port}",
         worker_id="bench",
         key=key.private_bytes_raw().hex(),
+        facilitator_key=public_key_hex(fac_key),
         db_path=str(tmp / "worker.db"),
         max_outbox_rows=10 * n,
     )

@@ -228,6 +228,13 @@ def run_storm(row: Row, api: Api, children: Children, phases: Phases, n: int, ti
     row.storms.append(storm)
 
 
+def make_facilitator_key(folder: Path) -> str:
+    """The facilitator's own key in ``folder``/facilitator.key; returns the public key workers pin."""
+    key = Ed25519PrivateKey.generate()
+    (folder / "facilitator.key").write_text(key.private_bytes_raw().hex() + "\n")
+    return public_key_hex(key)
+
+
 def run_one(
     n: int, args: argparse.Namespace, tmp: Path, keys: Path, public: list[str], procs: Processes
 ) -> Row:
@@ -236,6 +243,7 @@ def run_one(
     folder = tmp / f"n{n}"
     folder.mkdir()
     (folder / "authorized_keys").write_text("".join(public[:n]))
+    fac_public = make_facilitator_key(folder)
     fac: FacilitatorProcess | None = None
     children: Children | None = None
     try:
@@ -244,7 +252,9 @@ def run_one(
         fac = FacilitatorProcess.start(cmd, folder, procs, time.monotonic() + 30, fac_cpus)
         api = Api(fac.http_url)
         row.empty = proc_stats(fac.pid)
-        children = Children.start(fac.url, keys, n, min(args.procs, n), SOURCES, folder, procs, sim_cpus)
+        children = Children.start(
+            fac.url, keys, n, min(args.procs, n), SOURCES, folder, procs, fac_public, sim_cpus
+        )
         children.wait_ready(time.monotonic() + 60)
         phases = Phases(row, children, fac.pid)
         started = time.monotonic()

@@ -196,8 +196,8 @@ class FacilitatorProcess:
     def start(
         cls, cmd: list[str], folder: Path, procs: Processes, deadline: float, cpus: set[int] | None = None
     ) -> FacilitatorProcess:
-        """Start ``cmd`` with a fresh database, the folder's authorized_keys and its default settings
-        (no JOBRELAY_* variables); wait for its ready file.
+        """Start ``cmd`` with a fresh database, the folder's authorized_keys and facilitator.key
+        (its own key) and its default settings (no JOBRELAY_* variables); wait for its ready file.
 
         Raises:
             TimeoutError: no ready file before the deadline (the process is stopped).
@@ -206,6 +206,7 @@ class FacilitatorProcess:
         ready_file, log = folder / "ready.json", folder / "facilitator.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRELAY_")}  # its defaults
         flags = ["--authorized-keys", str(folder / "authorized_keys"), "--db", str(folder / "facilitator.db")]
+        flags += ["--key-file", str(folder / "facilitator.key")]
         flags += ["--host", "127.0.0.1", "--port", "0", "--http-host", "127.0.0.1", "--http-port", "0"]
         flags += ["--ready-file", str(ready_file)]
         with log.open("wb") as out:
@@ -258,15 +259,17 @@ class Children:
         sources: list[str],
         folder: Path,
         procs: Processes,
+        facilitator_key: str,
         cpus: set[int] | None = None,
     ) -> Children:
-        """k processes, worker lines [0, n) of ``keys`` split between them."""
+        """k processes, worker lines [0, n) of ``keys`` split between them, each pinning
+        ``facilitator_key`` (the facilitator's public key)."""
         started = []
         for index in range(k):
             first, last = n * index // k, n * (index + 1) // k
             cmd = [sys.executable, str(SIMCHILD), "--url", url, "--keys", str(keys)]
             cmd += ["--first", str(first), "--count", str(last - first), "--child", str(index)]
-            cmd += ["--sources", ",".join(sources)]
+            cmd += ["--sources", ",".join(sources), "--facilitator-key", facilitator_key]
             with (folder / f"simchild-{index}.log").open("wb") as err:
                 started.append(
                     procs.start(cmd, cpus, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)

@@ -15,6 +15,7 @@ Invariants: stdout carries only pipe messages; the soft RLIMIT_NOFILE is raised 
 stopping closes the connections cleanly within 3 s, then ends the workers' tasks.
 
 Usage (by bench_scale.py): simchild.py --url ws://127.0.0.1:PORT --keys FILE --first I --count N
+--facilitator-key HEX
 """
 
 from __future__ import annotations
@@ -105,9 +106,12 @@ def raise_nofile() -> int:
 class Child:
     """The workers of this process and the pipe to the parent."""
 
-    def __init__(self, index: int, url: str, keys: list[tuple[str, str]], sources: list[str]) -> None:
+    def __init__(
+        self, index: int, url: str, keys: list[tuple[str, str]], sources: list[str], facilitator_key: str
+    ) -> None:
         self.index = index
-        config = WorkerConfig(url=url, worker_id="sim", key="", db_path="")  # the worker's defaults
+        # The worker's defaults, and the facilitator key every simulated worker pins.
+        config = WorkerConfig(url=url, worker_id="sim", key="", facilitator_key=facilitator_key, db_path="")
         self.tally = Tally(total=len(keys), on_all_open=self.send_status)
         self.workers = [
             SimWorker(
@@ -236,13 +240,14 @@ def main() -> int:
     parser.add_argument("--first", type=int, required=True, help="first line of --keys to use")
     parser.add_argument("--count", type=int, required=True, help="how many workers (lines)")
     parser.add_argument("--child", type=int, default=0, help="this process's index (in its messages)")
+    parser.add_argument("--facilitator-key", required=True, help="the facilitator's public key (hex) to pin")
     parser.add_argument("--sources", default="127.0.0.1", help="comma-separated source addresses")
     args = parser.parse_args()
     raise_nofile()
     with open(args.keys) as f:
         lines = f.read().splitlines()[args.first : args.first + args.count]
     keys = [(parts[0], parts[1]) for parts in (line.split() for line in lines)]
-    child = Child(args.child, args.url, keys, args.sources.split(","))
+    child = Child(args.child, args.url, keys, args.sources.split(","), args.facilitator_key)
     try:
         asyncio.run(child.serve())
     except Exception as exc:

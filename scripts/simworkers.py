@@ -167,6 +167,8 @@ class SimWorker:
         session = WorkerSession(
             worker_id=self.worker_id,
             key=self.key,
+            facilitator_key=self.config.facilitator_key,
+            nonce=secrets.token_hex(32),
             marks=self.store.marks(),
             now=time.time(),
             config=self.session_config,

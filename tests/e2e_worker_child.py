@@ -28,13 +28,14 @@ def steps(job: JobRequest, ctx: JobContext) -> str:
 
 
 def main() -> None:
-    url, worker_id, key, db = sys.argv[1:5]
+    url, worker_id, key, db, facilitator_key = sys.argv[1:6]
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     config = WorkerConfig(
         url=url,
         worker_id=worker_id,
         key=key,
+        facilitator_key=facilitator_key,
         db_path=db,
         backoff_base=0.05,
         backoff_cap=0.5,

@@ -28,7 +28,7 @@ from jobrelay.protocol.messages import JobStatus, JobStatusUpdate, WorkerBody
 from jobrelay.protocol.session import OutFrame, SessionConfig, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-from .protocol_harness import send_window
+from .protocol_harness import FACILITATOR_KEY, FACILITATOR_PUBLIC, send_window
 
 KEYS: dict[str, Ed25519PrivateKey] = {f"w{i}": Ed25519PrivateKey.generate() for i in (1, 2, 3)}
 AUTHORIZED: dict[str, str] = {worker_id: public_key_hex(key) for worker_id, key in KEYS.items()}
@@ -39,6 +39,7 @@ def make_facilitator(tmp_path: Path, **overrides: Any) -> Facilitator:
     values: dict[str, Any] = {
         "db_path": str(tmp_path / "facilitator.db"),
         "authorized_keys": AUTHORIZED,
+        "key": FACILITATOR_KEY.private_bytes_raw().hex(),
         "durability": "normal",
         "stop_timeout": 3.0,
     }
@@ -113,8 +114,10 @@ class TestWorker:
         *,
         persist_incoming: bool = True,
         formats: Sequence[str] = ("json",),
+        facilitator_key: str = FACILITATOR_PUBLIC,
     ) -> None:
         self.url = url
+        self.facilitator_key = facilitator_key
         self.worker_id = worker_id
         self.key = key
         self.store = store or ClientStore()
@@ -144,6 +147,8 @@ class TestWorker:
         self.session = WorkerSession(
             worker_id=self.worker_id,
             key=self.key,
+            facilitator_key=self.facilitator_key,
+            nonce=secrets.token_hex(32),
             marks=self.store.marks(),
             now=time.time(),
             config=SessionConfig(formats=self.formats),  # type: ignore[arg-type]

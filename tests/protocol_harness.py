@@ -20,11 +20,26 @@ from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfi
 from jobrelay.testing.store import MemoryStore, send_window
 
 Store = MemoryStore  # each side's durable store (the library's in-memory model of one)
-__all__ = ["AUTHORIZED", "KEY", "T0", "WORKER_ID", "Pair", "Side", "Store", "send_window"]
+__all__ = [
+    "AUTHORIZED",
+    "FACILITATOR_KEY",
+    "FACILITATOR_KEY_HEX",
+    "FACILITATOR_PUBLIC",
+    "KEY",
+    "T0",
+    "WORKER_ID",
+    "Pair",
+    "Side",
+    "Store",
+    "send_window",
+]
 
 WORKER_ID = "worker-1"
 KEY = Ed25519PrivateKey.generate()
 AUTHORIZED = {WORKER_ID: public_key_hex(KEY)}
+FACILITATOR_KEY = Ed25519PrivateKey.generate()  # the test facilitators' own key
+FACILITATOR_PUBLIC = public_key_hex(FACILITATOR_KEY)  # what test workers pin
+FACILITATOR_KEY_HEX = FACILITATOR_KEY.private_bytes_raw().hex()  # for FacilitatorConfig.key
 T0 = 1_700_000_000.0
 
 
@@ -69,11 +84,18 @@ class Pair:
         self.disconnect()
         n = next(self._ids)
         self.worker.session = WorkerSession(
-            worker_id=WORKER_ID, key=KEY, marks=self.worker.store.marks(), now=self.now, config=self.config
+            worker_id=WORKER_ID,
+            key=KEY,
+            facilitator_key=FACILITATOR_PUBLIC,
+            nonce=f"{n:064x}",
+            marks=self.worker.store.marks(),
+            now=self.now,
+            config=self.config,
         )
         self.facilitator.session = FacilitatorSession(
             nonce=f"{n:064x}",
             session_id=f"s{n}",
+            key=FACILITATOR_KEY,
             authorized=AUTHORIZED,
             nonces=self.nonces,
             now=self.now,

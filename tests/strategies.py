@@ -66,6 +66,7 @@ worker_frames = st.one_of(
         version=st.integers(0, 5),
         worker_id=ids,
         codecs=st.lists(st.sampled_from(["json", "msgpack"])).map(tuple),
+        nonce=st.one_of(st.just("cd" * 32), hexes),
     ),
     st.builds(
         m.Auth,
@@ -84,7 +85,12 @@ worker_frames = st.one_of(
 )
 facilitator_frames = st.one_of(
     st.builds(
-        m.Challenge, version=st.integers(0, 5), nonce=hexes, codec=st.sampled_from(["json", "msgpack"])
+        m.Challenge,
+        version=st.integers(0, 5),
+        nonce=hexes,
+        codec=st.sampled_from(["json", "msgpack"]),
+        public_key=hexes,
+        signature=hexes,
     ),
     st.builds(
         m.Welcome,

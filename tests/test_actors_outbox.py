@@ -16,6 +16,7 @@ from jobrelay.protocol.errors import ErrorCode, ProtocolError
 from jobrelay.protocol.messages import JobRequest, JobStatus, WorkerEvent
 from jobrelay.storage import OutboxFull
 from jobrelay.testing import MemoryFacilitator
+from tests.protocol_harness import FACILITATOR_KEY
 
 from .test_actors_worker import KEY, config, terminal
 
@@ -28,7 +29,7 @@ def _stop_all() -> Iterator[None]:
 
 @pytest.fixture
 def facilitator() -> Iterator[MemoryFacilitator]:
-    fac = MemoryFacilitator({"w1": public_key_hex(KEY)})
+    fac = MemoryFacilitator({"w1": public_key_hex(KEY)}, key=FACILITATOR_KEY)
     yield fac
     fac.stop()
 

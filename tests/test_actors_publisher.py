@@ -25,6 +25,7 @@ from jobrelay.storage import (
     open_database,
 )
 from jobrelay.storage import Outbox as StoredOutbox
+from tests.protocol_harness import FACILITATOR_PUBLIC
 
 KEY_HEX = generate_key()
 
@@ -45,6 +46,7 @@ class Harness:
     def __init__(self, tmp_path: Path, **overrides: Any) -> None:
         self.path = tmp_path / "w.db"
         self.config = WorkerConfig(
+            facilitator_key=FACILITATOR_PUBLIC,
             url="ws://127.0.0.1:9",
             worker_id="w1",
             key=KEY_HEX,

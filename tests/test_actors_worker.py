@@ -15,6 +15,7 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.messages import JobRequest, JobStatus, MachineSpecs
 from jobrelay.testing import MemoryFacilitator
+from tests.protocol_harness import FACILITATOR_KEY, FACILITATOR_KEY_HEX, FACILITATOR_PUBLIC
 
 KEY = Ed25519PrivateKey.generate()
 KEY_HEX = KEY.private_bytes_raw().hex()
@@ -30,7 +31,7 @@ def _stop_all() -> Iterator[None]:
 
 @pytest.fixture
 def facilitator() -> Iterator[MemoryFacilitator]:
-    fac = MemoryFacilitator({"w1": public_key_hex(KEY)})
+    fac = MemoryFacilitator({"w1": public_key_hex(KEY)}, key=FACILITATOR_KEY)
     yield fac
     fac.stop()
 
@@ -40,6 +41,7 @@ def config(tmp_path: Path, **overrides: object) -> WorkerConfig:
         "url": "ws://127.0.0.1:1",
         "worker_id": "w1",
         "key": KEY_HEX,
+        "facilitator_key": FACILITATOR_PUBLIC,
         "db_path": str(tmp_path / "worker.db"),
         "backoff_base": 0.01,
         "backoff_cap": 0.05,
@@ -370,6 +372,6 @@ def test_durations_must_be_finite_and_positive(tmp_path: Path, value: float) -> 
     with pytest.raises(ConfigError, match=r"WorkerConfig\.stop_timeout: must be a finite number"):
         start_worker(config(tmp_path, stop_timeout=value))
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.max_clock_skew"):
-        FacilitatorConfig(db_path=str(tmp_path / "f.db"), max_clock_skew=value)
+        FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), max_clock_skew=value)
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.stop_timeout"):
-        FacilitatorConfig(db_path=str(tmp_path / "f.db"), stop_timeout=value)
+        FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), stop_timeout=value)

@@ -20,6 +20,7 @@ from jobrelay.cli.service import start_http
 from jobrelay.cli.settings import Resolved
 from jobrelay.common.http import HealthReport
 from jobrelay.facilitator import FacilitatorConfig
+from tests.protocol_harness import FACILITATOR_PUBLIC
 from tests.test_cli_helpers import ROOT, clean_env, make_key, run_cli
 
 pytestmark = pytest.mark.timeout(30)
@@ -42,7 +43,15 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 def worker_base(tmp_path: Path) -> list[str]:
     key, _ = make_key(tmp_path, "w1")
-    return ["worker", "--key-file", str(key), "--db", str(tmp_path / "w1.db")]
+    return [
+        "worker",
+        "--key-file",
+        str(key),
+        "--db",
+        str(tmp_path / "w1.db"),
+        "--facilitator-key",
+        FACILITATOR_PUBLIC,
+    ]
 
 
 def test_flag_beats_env_beats_toml_beats_default(
@@ -208,7 +217,7 @@ def test_bad_values_from_a_real_process_exit_2_without_traceback(tmp_path: Path)
     (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
     result = run_cli(
         ["worker", "--url", "ws://127.0.0.1:9", "--worker-id", "w1", "--key-file", str(key),
-         "--db", str(tmp_path / "junk.db")], env=clean_env(),
+         "--facilitator-key", FACILITATOR_PUBLIC, "--db", str(tmp_path / "junk.db")], env=clean_env(),
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

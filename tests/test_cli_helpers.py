@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.actors.config import generate_key
 from jobrelay.protocol.auth import public_key_hex
+from tests.protocol_harness import FACILITATOR_PUBLIC
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBRELAY = [sys.executable, "-m", "jobrelay"]
@@ -140,6 +141,7 @@ def services() -> Iterator[list[Service]]:
 def worker_args(tmp: Path, url: str, worker_id: str, key: Path, *extra: str) -> list[str]:
     return [
         "worker", "--url", url, "--worker-id", worker_id, "--key-file", str(key),
+        "--facilitator-key", FACILITATOR_PUBLIC,
         "--db", str(tmp / f"{worker_id}.db"), "--backoff-base", "0.05", "--backoff-cap", "0.3",
         "--durability", "normal", "--ready-file", str(tmp / f"{worker_id}.ready"), *extra,
     ]  # fmt: skip

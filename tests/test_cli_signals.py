@@ -17,6 +17,7 @@ import pytest
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.storage import inspect_database
 from jobrelay.testing.proxy import TcpProxy
+from tests.protocol_harness import FACILITATOR_KEY_HEX
 from tests.test_cli_helpers import Service, make_key, services, wait_until, worker_args
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,8 +30,8 @@ TERMINAL = {"completed", "failed", "rejected", "cancelled"}
 def setup(tmp_path: Path) -> Iterator[tuple[Facilitator, TcpProxy, Path]]:
     key, public = make_key(tmp_path, "w1")
     config = FacilitatorConfig(
-        db_path=str(tmp_path / "f.db"), authorized_keys={"w1": public}, durability="normal",
-        stop_timeout=3.0,
+        key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), authorized_keys={"w1": public},
+        durability="normal", stop_timeout=3.0,
     )  # fmt: skip
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
         yield fac, proxy, key

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobrelay.facilitator import FacilitatorConfig, start_facilitator
 from jobrelay.testing.proxy import TcpProxy
+from tests.protocol_harness import FACILITATOR_KEY_HEX
 from tests.test_cli_helpers import Service, make_key, run_cli, services, wait_until, worker_args
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 def test_status_of_a_running_worker(tmp_path: Path) -> None:
     key, public = make_key(tmp_path, "w1")
     config = FacilitatorConfig(
+        key=FACILITATOR_KEY_HEX,
         db_path=str(tmp_path / "f.db"),
         authorized_keys={"w1": public},
         durability="normal",

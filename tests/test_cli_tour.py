@@ -56,10 +56,16 @@ def test_tour_commands_against_each_other(tmp_path: Path) -> None:
     (tmp_path / "authorized_keys").write_text(keyline.stdout)
     again = run_cli(["keygen", "--worker-id", "w1", "--key-file", str(tmp_path / "w1.key")])
     assert again.returncode == 2 and "exists; use --force" in again.stderr
+    made = run_cli(["keygen", "--facilitator", "--key-file", str(tmp_path / "f.key")])
+    fkey = made.stdout.strip()
+    assert made.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", fkey), made.stderr
+    shown = run_cli(["keygen", "--facilitator", "--key-file", str(tmp_path / "f.key"), "--show"])
+    assert shown.stdout.strip() == fkey
 
     with services() as running:
         fac = Service(
-            ["facilitator", "--authorized-keys", str(tmp_path / "authorized_keys"), "--db",
+            ["facilitator", "--key-file", str(tmp_path / "f.key"),
+             "--authorized-keys", str(tmp_path / "authorized_keys"), "--db",
              str(tmp_path / "f.db"), "--port", "0", "--http-port", "0", "--durability", "normal",
              "--ready-file", str(tmp_path / "f.ready")],
             tmp_path / "f.log",
@@ -69,6 +75,7 @@ def test_tour_commands_against_each_other(tmp_path: Path) -> None:
         api = fready["http_url"]
         worker = Service(
             ["worker", "--url", fready["url"], "--worker-id", "w1", "--key-file", str(tmp_path / "w1.key"),
+             "--facilitator-key", fkey,
              "--db", str(tmp_path / "w1.db"), "--log-json", "--ready-file", str(tmp_path / "w1.ready")],
             tmp_path / "w1.log",
         ).start()  # fmt: skip

@@ -22,6 +22,7 @@ from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitat
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import JobRequest, WorkerEvent
 from jobrelay.testing.proxy import TcpProxy
+from tests.protocol_harness import FACILITATOR_KEY_HEX, FACILITATOR_PUBLIC
 
 KEY = Ed25519PrivateKey.generate()
 KEY_HEX = KEY.private_bytes_raw().hex()
@@ -37,7 +38,11 @@ def _stop_all() -> Iterator[None]:
 def start_fac(db: Path, port: int = 0) -> Facilitator:
     return start_facilitator(
         FacilitatorConfig(
-            db_path=str(db), port=port, authorized_keys={"w1": public_key_hex(KEY)}, durability="normal"
+            key=FACILITATOR_KEY_HEX,
+            db_path=str(db),
+            port=port,
+            authorized_keys={"w1": public_key_hex(KEY)},
+            durability="normal",
         )
     )
 
@@ -101,7 +106,12 @@ def steps_handler(job: JobRequest, ctx: JobContext) -> None:
 def test_thousand_jobs_every_update_once_in_order(tmp_path: Path) -> None:
     with start_fac(tmp_path / "fac.db") as fac:
         config = WorkerConfig(
-            url=fac.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"), max_concurrent_jobs=16
+            facilitator_key=FACILITATOR_PUBLIC,
+            url=fac.url,
+            worker_id="w1",
+            key=KEY_HEX,
+            db_path=str(tmp_path / "w.db"),
+            max_concurrent_jobs=16,
         )
         with start_worker(config, {"steps": steps_handler}) as worker:
             worker.wait_connected(10)
@@ -116,7 +126,7 @@ def test_thousand_jobs_every_update_once_in_order(tmp_path: Path) -> None:
 
 def spawn_worker(url: str, db: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, str(CHILD), url, "w1", KEY_HEX, str(db)],
+        [sys.executable, str(CHILD), url, "w1", KEY_HEX, str(db), FACILITATOR_PUBLIC],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
@@ -188,7 +198,13 @@ def test_cuts_facilitator_restart_and_worker_kill9_lose_nothing(tmp_path: Path) 
 def test_stop_is_bounded_with_running_handlers_and_no_facilitator(tmp_path: Path) -> None:
     with start_fac(tmp_path / "fac.db") as fac:
         proxy = TcpProxy(("127.0.0.1", fac.port)).start()
-        config = WorkerConfig(url=proxy.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"))
+        config = WorkerConfig(
+            facilitator_key=FACILITATOR_PUBLIC,
+            url=proxy.url,
+            worker_id="w1",
+            key=KEY_HEX,
+            db_path=str(tmp_path / "w.db"),
+        )
 
         def stubborn(job: JobRequest, ctx: JobContext) -> None:
             ctx.update(progress=0.0)
@@ -215,7 +231,13 @@ def test_facilitator_restored_from_an_older_copy_keeps_serving_the_worker(tmp_pa
     fac_db = tmp_path / "fac.db"
     fac = start_fac(fac_db)
     proxy = TcpProxy(("127.0.0.1", fac.port)).start()
-    config = WorkerConfig(url=proxy.url, worker_id="w1", key=KEY_HEX, db_path=str(tmp_path / "w.db"))
+    config = WorkerConfig(
+        facilitator_key=FACILITATOR_PUBLIC,
+        url=proxy.url,
+        worker_id="w1",
+        key=KEY_HEX,
+        db_path=str(tmp_path / "w.db"),
+    )
     try:
         with start_worker(config, {"steps": steps_handler}) as worker:
             worker.wait_connected(10)
@@ -249,6 +271,7 @@ def test_stalled_network_is_detected_and_nothing_is_lost(tmp_path: Path) -> None
     once the network is back, and delivers everything exactly once."""
     fac = start_facilitator(
         FacilitatorConfig(
+            key=FACILITATOR_KEY_HEX,
             db_path=str(tmp_path / "fac.db"),
             authorized_keys={"w1": public_key_hex(KEY)},
             heartbeat_interval=0.2,
@@ -257,6 +280,7 @@ def test_stalled_network_is_detected_and_nothing_is_lost(tmp_path: Path) -> None
     )
     proxy = TcpProxy(("127.0.0.1", fac.port)).start()
     config = WorkerConfig(
+        facilitator_key=FACILITATOR_PUBLIC,
         url=proxy.url,
         worker_id="w1",
         key=KEY_HEX,

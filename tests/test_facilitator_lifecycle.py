@@ -28,6 +28,7 @@ from tests.facilitator_client import (
     TestWorker,
     make_facilitator,
 )
+from tests.protocol_harness import FACILITATOR_KEY_HEX
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -146,7 +147,9 @@ def test_stop_is_bounded_when_the_worker_never_answers(tmp_path: Path) -> None:
 def test_context_manager_and_authorized_keys_file(tmp_path: Path) -> None:
     keys_file = tmp_path / "authorized_keys"
     keys_file.write_text(f"# workers\nw1 {AUTHORIZED['w1']}\n")
-    config = FacilitatorConfig(db_path=str(tmp_path / "f.db"), authorized_keys_file=str(keys_file))
+    config = FacilitatorConfig(
+        key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), authorized_keys_file=str(keys_file)
+    )
     with start_facilitator(config) as fac:
         assert fac.url == f"ws://127.0.0.1:{fac.port}" and fac.port > 0
         worker = TestWorker(fac.url, "w1", KEYS["w1"])
@@ -180,18 +183,26 @@ def test_bad_config_names_the_field(values: dict[str, object], field: str) -> No
 
 def test_bad_config_in_code_and_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.port: must be 0\.\.65535, got 70000"):
-        FacilitatorConfig(db_path="f.db", port=70000)
+        FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path="f.db", port=70000)
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.authorized_keys_file: cannot be read"):
         start_facilitator(
-            FacilitatorConfig(db_path=str(tmp_path / "f.db"), authorized_keys_file=str(tmp_path / "missing"))
+            FacilitatorConfig(
+                key=FACILITATOR_KEY_HEX,
+                db_path=str(tmp_path / "f.db"),
+                authorized_keys_file=str(tmp_path / "missing"),
+            )
         )
     bad = tmp_path / "keys"
     bad.write_text("w1 nothex\n")
     with pytest.raises(ConfigError, match=r"authorized_keys_file: .*line 1"):
-        start_facilitator(FacilitatorConfig(db_path=str(tmp_path / "f.db"), authorized_keys_file=str(bad)))
+        start_facilitator(
+            FacilitatorConfig(
+                key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), authorized_keys_file=str(bad)
+            )
+        )
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
     with pytest.raises(StorageError):
-        start_facilitator(FacilitatorConfig(db_path=str(tmp_path / "junk.db")))
+        start_facilitator(FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "junk.db")))
     with make_facilitator(tmp_path) as running:
         taken = running.port
         with pytest.raises(ConfigError, match=r"FacilitatorConfig\.port: cannot listen"):

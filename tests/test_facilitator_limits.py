@@ -116,7 +116,7 @@ CAPACITY_CHILD = textwrap.dedent(
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))
     from jobrelay.facilitator import FacilitatorConfig, start_facilitator
-    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000)) as fac:
+    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000, key="01" * 32)) as fac:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         print(soft, hard, fac.max_workers, flush=True)
     """
@@ -146,7 +146,7 @@ TOO_FEW_CHILD = textwrap.dedent(
     from jobrelay.facilitator import FacilitatorConfig, start_facilitator
     from jobrelay.protocol.errors import ConfigError
     try:
-        start_facilitator(FacilitatorConfig(db_path=sys.argv[1]))
+        start_facilitator(FacilitatorConfig(db_path=sys.argv[1], key="01" * 32))
     except ConfigError as exc:
         print(exc)
     """
@@ -344,7 +344,7 @@ ACCEPT_CHILD = textwrap.dedent(
                 raise TimeoutError
             time.sleep(0.02)
 
-    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1])) as fac:
+    with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], key="01" * 32)) as fac:
         hog = []  # descriptors used up elsewhere in the process (a leak, another library)
         try:
             while True:

@@ -20,6 +20,7 @@ from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHeal
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.storage import OutboxStats
 from jobrelay.testing.proxy import TcpProxy
+from tests.protocol_harness import FACILITATOR_KEY_HEX, FACILITATOR_PUBLIC
 from tests.test_cli_helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,14 +53,16 @@ def system(tmp_path: Path) -> Iterator[tuple[Facilitator, TcpProxy, Worker]]:
     key = generate_key()
     public = public_key_hex(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key)))
     fconfig = FacilitatorConfig(
+        key=FACILITATOR_KEY_HEX,
         db_path=str(tmp_path / "f.db"),
         authorized_keys={"w1": public},
         durability="normal",
     )
     with start_facilitator(fconfig) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
         wconfig = WorkerConfig(
-            url=proxy.url, worker_id="w1", key=key, db_path=str(tmp_path / "w1.db"), durability="normal",
-            backoff_base=0.05, backoff_cap=0.2, stop_timeout=2.0,
+            url=proxy.url, worker_id="w1", key=key, facilitator_key=FACILITATOR_PUBLIC,
+            db_path=str(tmp_path / "w1.db"), durability="normal", backoff_base=0.05,
+            backoff_cap=0.2, stop_timeout=2.0,
         )  # fmt: skip
         with start_worker(wconfig, SAMPLE_HANDLERS) as worker:
             worker.wait_connected(10)

@@ -18,7 +18,7 @@ from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.session import FacilitatorSession, OutFrame, SessionConfig, SessionState, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-from .protocol_harness import AUTHORIZED, KEY, T0, WORKER_ID
+from .protocol_harness import AUTHORIZED, FACILITATOR_KEY, FACILITATOR_PUBLIC, KEY, T0, WORKER_ID
 
 Entry = tuple[str, Any]  # ("frame", decoded frame) | ("data", items) | ("event", event)
 
@@ -86,12 +86,22 @@ class Link:
         config = config or SessionConfig()
         w_marks, f_marks = StreamMarks("w-epoch"), StreamMarks("f-epoch")
         self.worker = Side(
-            WorkerSession(worker_id=WORKER_ID, key=KEY, marks=w_marks, now=T0, config=config), w_marks
+            WorkerSession(
+                worker_id=WORKER_ID,
+                key=KEY,
+                facilitator_key=FACILITATOR_PUBLIC,
+                nonce="cd" * 32,
+                marks=w_marks,
+                now=T0,
+                config=config,
+            ),
+            w_marks,
         )
         self.facilitator = Side(
             FacilitatorSession(
                 nonce="ab" * 32,
                 session_id="s1",
+                key=FACILITATOR_KEY,
                 authorized=AUTHORIZED,
                 nonces=NonceRegistry(),
                 now=T0,

@@ -8,20 +8,29 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.protocol import events as ev
 from jobrelay.protocol import messages as m
-from jobrelay.protocol.auth import NonceRegistry, parse_authorized_keys, public_key_hex, sign_challenge
+from jobrelay.protocol.auth import (
+    NonceRegistry,
+    Transcript,
+    facilitator_signature,
+    parse_authorized_keys,
+    public_key_hex,
+    worker_signature,
+)
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
 from jobrelay.protocol.session import FacilitatorSession, SessionConfig, SessionState, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-from .protocol_harness import AUTHORIZED, KEY, T0, WORKER_ID, Pair
+from .protocol_harness import AUTHORIZED, FACILITATOR_KEY, FACILITATOR_PUBLIC, KEY, T0, WORKER_ID, Pair
 
-NONCE = "ab" * 32
+NONCE = "ab" * 32  # the facilitator's
+WNONCE = "ef" * 32  # the worker's
 
 
 def facilitator(nonces: NonceRegistry | None = None, **config: object) -> FacilitatorSession:
     return FacilitatorSession(
         nonce=NONCE,
         session_id="s1",
+        key=FACILITATOR_KEY,
         authorized=AUTHORIZED,
         nonces=nonces or NonceRegistry(),
         now=T0,
@@ -42,10 +51,10 @@ def auth(key: Ed25519PrivateKey = KEY, **overrides: object) -> m.Auth:
         "out_epoch": "w-epoch",
     }
     fields.update(overrides)
-    fields.setdefault(
-        "signature",
-        sign_challenge(key, str(fields["nonce"]), str(fields["worker_id"]), int(fields["timestamp_ms"])),  # type: ignore[call-overload]
+    transcript = Transcript(
+        m.PROTOCOL_VERSION, WNONCE, str(fields["nonce"]), FACILITATOR_PUBLIC, "json", str(fields["worker_id"])
     )
+    fields.setdefault("signature", worker_signature(key, transcript, int(fields["timestamp_ms"])))  # type: ignore[call-overload]
     return m.Auth(**fields)  # type: ignore[arg-type]
 
 
@@ -60,7 +69,7 @@ def refused_with(session: FacilitatorSession) -> ErrorCode | None:
 
 def hello_done(nonces: NonceRegistry | None = None) -> FacilitatorSession:
     session = facilitator(nonces)
-    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID))
+    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID, nonce=WNONCE))
     assert session.state is SessionState.AWAIT_AUTH
     return session
 
@@ -95,7 +104,7 @@ def test_bad_auth_is_refused(frame: m.Auth, code: ErrorCode) -> None:
 def test_unknown_key_is_refused() -> None:
     stranger = Ed25519PrivateKey.generate()
     session = facilitator()
-    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id="stranger"))
+    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id="stranger", nonce=WNONCE))
     send(session, auth(key=stranger, worker_id="stranger"))
     assert refused_with(session) is ErrorCode.UNKNOWN_KEY
 
@@ -144,7 +153,7 @@ def test_version_and_codec_mismatch() -> None:
     send(session, m.Hello(version=99, worker_id=WORKER_ID))
     assert refused_with(session) is ErrorCode.UNSUPPORTED_VERSION
     session = facilitator()
-    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID, codecs=("xml",)))
+    send(session, m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID, codecs=("xml",), nonce=WNONCE))
     assert refused_with(session) is ErrorCode.UNSUPPORTED_CODEC
 
 
@@ -156,20 +165,43 @@ def test_handshake_timeout() -> None:
     assert refused_with(session) is ErrorCode.HANDSHAKE_TIMEOUT
 
 
-def test_worker_refuses_bad_challenge_and_welcome() -> None:
-    def worker() -> WorkerSession:
-        w = WorkerSession(worker_id=WORKER_ID, key=KEY, marks=StreamMarks("w", 0, 3), now=T0)
-        w.data_to_send()
-        return w
+def pinned_worker(pinned: str = FACILITATOR_PUBLIC) -> WorkerSession:
+    """A worker that pinned ``pinned``, its hello already taken off the wire."""
+    w = WorkerSession(
+        worker_id=WORKER_ID,
+        key=KEY,
+        facilitator_key=pinned,
+        nonce=WNONCE,
+        marks=StreamMarks("w", 0, 3),
+        now=T0,
+    )
+    w.data_to_send()
+    return w
 
-    w = worker()
-    w.receive_data(msgspec.json.encode(m.Challenge(version=2, nonce=NONCE)), T0)
+
+def challenge(
+    key: Ed25519PrivateKey = FACILITATOR_KEY, worker_nonce: str = WNONCE, **overrides: object
+) -> m.Challenge:
+    """A challenge signed by ``key`` for a worker whose hello carried ``worker_nonce``."""
+    fields: dict[str, object] = {"version": m.PROTOCOL_VERSION, "nonce": NONCE, "codec": "json"}
+    fields.update(overrides)
+    transcript = Transcript(
+        m.PROTOCOL_VERSION, worker_nonce, NONCE, public_key_hex(key), str(fields["codec"]), WORKER_ID
+    )
+    fields.setdefault("public_key", public_key_hex(key))
+    fields.setdefault("signature", facilitator_signature(key, transcript))
+    return m.Challenge(**fields)  # type: ignore[arg-type]
+
+
+def test_worker_refuses_bad_challenge_and_welcome() -> None:
+    w = pinned_worker()
+    w.receive_data(msgspec.json.encode(challenge(version=3)), T0)
     assert w.close_code is ErrorCode.UNSUPPORTED_VERSION
-    w = worker()
-    w.receive_data(msgspec.json.encode(m.Challenge(version=1, nonce=NONCE, codec="msgpack")), T0)
+    w = pinned_worker()
+    w.receive_data(msgspec.json.encode(challenge(codec="msgpack")), T0)
     assert w.close_code is ErrorCode.UNSUPPORTED_CODEC
-    w = worker()
-    w.receive_data(msgspec.json.encode(m.Challenge(version=1, nonce=NONCE)), T0)
+    w = pinned_worker()
+    w.receive_data(msgspec.json.encode(challenge()), T0)
     # The facilitator claims to have accepted seq 9 of a stream that only reached 3.
     w.receive_data(msgspec.json.encode(m.Welcome(session_id="s", ack=9, out_epoch="f")), T0)
     assert w.close_code is ErrorCode.ACK_OUT_OF_RANGE
@@ -240,7 +272,14 @@ def handshake(
     worker_marks: StreamMarks, facilitator_marks: StreamMarks
 ) -> tuple[list[ev.Event], list[ev.Event], WorkerSession, FacilitatorSession]:
     """Run the handshake between sessions holding these stored marks; every event of each side."""
-    worker = WorkerSession(worker_id=WORKER_ID, key=KEY, marks=worker_marks, now=T0)
+    worker = WorkerSession(
+        worker_id=WORKER_ID,
+        key=KEY,
+        facilitator_key=FACILITATOR_PUBLIC,
+        nonce=WNONCE,
+        marks=worker_marks,
+        now=T0,
+    )
     fac = facilitator()
     w_events: list[ev.Event] = []
     f_events: list[ev.Event] = []

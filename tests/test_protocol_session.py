@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from jobrelay.protocol import events as ev
 from jobrelay.protocol import messages as m
-from jobrelay.protocol.auth import NonceRegistry
+from jobrelay.protocol.auth import NonceRegistry, Transcript, verify_challenge
 from jobrelay.protocol.backoff import full_jitter, full_jitter_delays
-from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
+from jobrelay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from jobrelay.protocol.session import (
     ACCEPT,
     ACCEPTS,
@@ -27,11 +27,12 @@ from jobrelay.protocol.session import (
 from jobrelay.protocol.streams import StreamMarks
 
 from . import strategies as s
-from .protocol_harness import AUTHORIZED, KEY, T0, WORKER_ID, Pair
+from .protocol_harness import AUTHORIZED, FACILITATOR_KEY, FACILITATOR_PUBLIC, KEY, T0, WORKER_ID, Pair
 
 S = TypeVar("S", WorkerSession, FacilitatorSession)
 
-NONCE = "ab" * 32
+NONCE = "ab" * 32  # the facilitator's
+WNONCE = "cd" * 32  # the worker's
 FACILITATOR_STATES = [
     SessionState.AWAIT_HELLO,
     SessionState.AWAIT_AUTH,
@@ -56,9 +57,21 @@ def open_pair(**config: Any) -> Pair:
 
 
 def sessions() -> tuple[WorkerSession, FacilitatorSession]:
-    worker = WorkerSession(worker_id=WORKER_ID, key=KEY, marks=StreamMarks("w-epoch"), now=T0)
+    worker = WorkerSession(
+        worker_id=WORKER_ID,
+        key=KEY,
+        facilitator_key=FACILITATOR_PUBLIC,
+        nonce=WNONCE,
+        marks=StreamMarks("w-epoch"),
+        now=T0,
+    )
     fac = FacilitatorSession(
-        nonce=NONCE, session_id="s1", authorized=AUTHORIZED, nonces=NonceRegistry(), now=T0
+        nonce=NONCE,
+        session_id="s1",
+        key=FACILITATOR_KEY,
+        authorized=AUTHORIZED,
+        nonces=NonceRegistry(),
+        now=T0,
     )
     return worker, fac
 
@@ -122,15 +135,32 @@ def worker_in(state: SessionState, traffic: int = 0) -> WorkerSession:
     return settled(worker, state)
 
 
+def signed_for_us(frame: m.Challenge) -> bool:
+    """Whether the pinned facilitator signed this challenge for the test workers' hello."""
+    transcript = Transcript(m.PROTOCOL_VERSION, WNONCE, frame.nonce, frame.public_key, frame.codec, WORKER_ID)
+    try:
+        verify_challenge(frame, transcript, pinned_key=FACILITATOR_PUBLIC)
+    except RemoteProtocolError:
+        return False
+    return True
+
+
 def content_valid(session: WorkerSession | FacilitatorSession, frame: Any) -> bool:
     """Whether a frame of a type the state accepts passes the checks of its handler."""
     match frame:
         case m.Hello():
-            return frame.version == m.PROTOCOL_VERSION and any(
-                f in frame.codecs for f in session.config.formats
+            return (
+                frame.version == m.PROTOCOL_VERSION
+                and any(f in frame.codecs for f in session.config.formats)
+                and len(frame.nonce) == 64
             )
         case m.Challenge():
-            return frame.version == m.PROTOCOL_VERSION and frame.codec in session.config.formats
+            return (
+                frame.version == m.PROTOCOL_VERSION
+                and frame.codec in session.config.formats
+                and len(frame.nonce) == 64
+                and signed_for_us(frame)
+            )
         case m.Auth():
             return False  # random keys and signatures never verify (valid ones: test_protocol_handshake)
         case m.Welcome():
@@ -208,9 +238,12 @@ def valid_frame(session: WorkerSession | FacilitatorSession, trigger: type) -> A
         forward(signer, challenger)
         forward(challenger, signer)
         return msgspec.json.decode(signer.data_to_send()[-1].data, type=m.Auth)
+    if trigger is m.Challenge:  # signed by the pinned facilitator answering this worker's hello
+        hello_from, signer = sessions()
+        forward(hello_from, signer)
+        return msgspec.json.decode(signer.data_to_send()[-1].data, type=m.Challenge)
     frames: dict[type, Any] = {
-        m.Hello: m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID),
-        m.Challenge: m.Challenge(version=m.PROTOCOL_VERSION, nonce=NONCE),
+        m.Hello: m.Hello(version=m.PROTOCOL_VERSION, worker_id=WORKER_ID, nonce=WNONCE),
         m.Welcome: m.Welcome(session_id="s1", ack=0, out_epoch="f-epoch"),
         m.Ack: m.Ack(upto=0),
         m.Heartbeat: m.Heartbeat(at=T0),

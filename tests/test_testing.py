@@ -26,6 +26,7 @@ from jobrelay import (
 from jobrelay.actors import start_worker
 from jobrelay.protocol.session import SessionConfig
 from jobrelay.testing import MemoryFacilitator
+from tests.protocol_harness import FACILITATOR_KEY, FACILITATOR_PUBLIC
 
 from .test_cli_helpers import ROOT
 
@@ -70,12 +71,13 @@ def key() -> str:
 
 @pytest.fixture
 def facilitator(key: str) -> Iterator[MemoryFacilitator]:
-    with MemoryFacilitator({"w1": public_key_of(key)}) as fac:
+    with MemoryFacilitator({"w1": public_key_of(key)}, key=FACILITATOR_KEY) as fac:
         yield fac
 
 
 def worker_config(tmp_path: Path, key: str, max_concurrent_jobs: int = 4) -> WorkerConfig:
     return WorkerConfig(
+        facilitator_key=FACILITATOR_PUBLIC,
         url=MemoryFacilitator.url,
         worker_id="w1",
         key=key,
@@ -153,7 +155,7 @@ def test_the_readme_fragment_runs_given_what_it_leaves_out(tmp_path: Path, key: 
 
 def test_stop_ends_the_serving_thread_and_every_thread_it_started(key: str) -> None:
     before = set(threading.enumerate())
-    facilitator = MemoryFacilitator({"w1": public_key_of(key)})
+    facilitator = MemoryFacilitator({"w1": public_key_of(key)}, key=FACILITATOR_KEY)
     started = set(threading.enumerate()) - before
     assert [t.name for t in started] == [THREAD_NAME]
     assert "waiting" in repr(facilitator)
@@ -164,7 +166,7 @@ def test_stop_ends_the_serving_thread_and_every_thread_it_started(key: str) -> N
 
 
 def test_leaving_the_with_block_stops_it_while_a_worker_is_connected(tmp_path: Path, key: str) -> None:
-    with MemoryFacilitator({"w1": public_key_of(key)}) as facilitator:
+    with MemoryFacilitator({"w1": public_key_of(key)}, key=FACILITATOR_KEY) as facilitator:
         worker = start_worker(worker_config(tmp_path, key), transport_factory=facilitator.transport_factory)
         try:
             worker.wait_connected(10)
@@ -208,7 +210,7 @@ def test_a_wrong_key_shows_in_the_timeout_message(tmp_path: Path, facilitator: M
 
 def test_submit_and_cancel_refuse_what_cannot_work(key: str) -> None:
     small = SessionConfig(heartbeat_interval=0.5, heartbeat_timeout=5.0, max_frame_bytes=1024)
-    with MemoryFacilitator({"w1": public_key_of(key)}, small) as facilitator:
+    with MemoryFacilitator({"w1": public_key_of(key)}, small, key=FACILITATOR_KEY) as facilitator:
         with pytest.raises(ValueError, match=r"job_id must be 1\.\.256"):
             facilitator.submit("", "resize")
         with pytest.raises(ValueError, match=r"kind must be 1\.\.256"):

@@ -20,6 +20,7 @@ from jobrelay import ConfigError, NotConnected, WorkerConfig, start_worker
 from jobrelay.facilitator import FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import MachineSpecs
+from tests.protocol_harness import FACILITATOR_KEY_HEX, FACILITATOR_PUBLIC
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -63,6 +64,7 @@ def self_signed(tmp_path: Path, name: str = "cert") -> tuple[Path, Path]:
 def test_wss_with_ca_file(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     config = FacilitatorConfig(
+        key=FACILITATOR_KEY_HEX,
         db_path=str(tmp_path / "fac.db"),
         authorized_keys={"w1": public_key_hex(KEY)},
         tls_cert_file=str(cert),
@@ -71,6 +73,7 @@ def test_wss_with_ca_file(tmp_path: Path) -> None:
     with start_facilitator(config) as fac:
         assert fac.url.startswith("wss://")
         worker_config = WorkerConfig(
+            facilitator_key=FACILITATOR_PUBLIC,
             url=fac.url,
             worker_id="w1",
             key=KEY.private_bytes_raw().hex(),
@@ -92,6 +95,7 @@ def test_wss_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     other_ca, _ = self_signed(tmp_path, "other")
     config = FacilitatorConfig(
+        key=FACILITATOR_KEY_HEX,
         db_path=str(tmp_path / "fac.db"),
         authorized_keys={"w1": public_key_hex(KEY)},
         tls_cert_file=str(cert),
@@ -99,6 +103,7 @@ def test_wss_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
     )
     with start_facilitator(config) as fac:
         worker_config = WorkerConfig(
+            facilitator_key=FACILITATOR_PUBLIC,
             url=fac.url,
             worker_id="w1",
             key=KEY.private_bytes_raw().hex(),
@@ -113,10 +118,11 @@ def test_wss_refuses_an_untrusted_certificate(tmp_path: Path) -> None:
 
 def test_tls_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.tls_cert_file"):
-        FacilitatorConfig(db_path=str(tmp_path / "f.db"), tls_cert_file="x.pem")
+        FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path=str(tmp_path / "f.db"), tls_cert_file="x.pem")
     with pytest.raises(ConfigError, match=r"WorkerConfig\.ca_file"):
         start_worker(
             WorkerConfig(
+                facilitator_key=FACILITATOR_PUBLIC,
                 url="wss://127.0.0.1:1",
                 worker_id="w",
                 key=KEY.private_bytes_raw().hex(),

@@ -155,21 +155,36 @@ def test_the_worker_transport_refuses_a_huge_frame_from_its_header() -> None:
 
 
 def test_a_refused_welcome_is_answered_in_the_negotiated_codec() -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from jobrelay.protocol import messages as m
-    from jobrelay.protocol.session import SessionConfig, WorkerSession
+    from jobrelay.protocol.auth import NonceRegistry
+    from jobrelay.protocol.session import FacilitatorSession, SessionConfig, WorkerSession
     from jobrelay.protocol.streams import StreamMarks
+    from tests.protocol_harness import AUTHORIZED, FACILITATOR_KEY, FACILITATOR_PUBLIC, KEY, WORKER_ID
 
+    config = SessionConfig(formats=("msgpack",))
     w = WorkerSession(
-        worker_id="w1",
-        key=Ed25519PrivateKey.generate(),
+        worker_id=WORKER_ID,
+        key=KEY,
+        facilitator_key=FACILITATOR_PUBLIC,
+        nonce="01" * 32,
         marks=StreamMarks("e", 0, 0, "", 0),
         now=1.0,
-        config=SessionConfig(formats=("msgpack",)),
+        config=config,
     )
-    w.receive_data(msgspec.json.encode(m.Challenge(version=1, nonce="ab", codec="msgpack")).decode(), 1.0)
-    w.data_to_send()
-    w.receive_data(msgspec.json.encode(m.Welcome(session_id="s", ack=9, out_epoch="f")).decode(), 1.0)
+    f = FacilitatorSession(
+        nonce="02" * 32,
+        session_id="s",
+        key=FACILITATOR_KEY,
+        authorized=AUTHORIZED,
+        nonces=NonceRegistry(),
+        now=1.0,
+        config=config,
+    )
+    (hello,) = w.data_to_send()
+    f.receive_data(hello.data.decode(), 1.0, False)
+    (challenge,) = f.data_to_send()  # a real, signed challenge choosing msgpack
+    w.receive_data(challenge.data.decode(), 1.0, False)
+    w.data_to_send()  # auth
+    w.receive_data(msgspec.json.encode(m.Welcome(session_id="s", ack=9, out_epoch="f")).decode(), 1.0, False)
     (error,) = w.data_to_send()
     assert error.binary and msgspec.msgpack.decode(error.data)["code"] == "ack_out_of_range"

@@ -110,6 +110,7 @@ class WorkerProcess:
     tmp: Path
     url: str
     max_jobs: int
+    facilitator_key: str
     proc: subprocess.Popen[bytes] | None = None
     http_url: str = ""
     incarnation: int = 0
@@ -122,7 +123,7 @@ class WorkerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         argv = [
             sys.executable, "-m", "jobrelay", "worker",
-            "--url", self.url, "--worker-id", WORKER_ID,
+            "--url", self.url, "--worker-id", WORKER_ID, "--facilitator-key", self.facilitator_key,
             "--key-file", str(self.tmp / "demo.key"), "--db", str(self.tmp / "worker.db"),
             "--max-jobs", str(self.max_jobs), "--backoff-base", "0.05", "--backoff-cap", "0.5",
             "--stop-timeout", "5", "--http-port", "0", "--ready-file", str(ready), "--log-json",
@@ -252,12 +253,13 @@ def _demo(args: argparse.Namespace, tmp: Path) -> bool:
     config = FacilitatorConfig(
         db_path=str(tmp / "facilitator.db"),
         authorized_keys={WORKER_ID: public},
+        key=generate_key(),  # the facilitator's own; the worker pins its public key
         heartbeat_interval=1.0,
         heartbeat_timeout=5.0,
         stop_timeout=3.0,
     )
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
-        worker = WorkerProcess(tmp, proxy.url, args.max_jobs)
+        worker = WorkerProcess(tmp, proxy.url, args.max_jobs, fac.public_key)
         try:
             return _drive(args, fac, proxy, worker, started, deadline)
         finally:

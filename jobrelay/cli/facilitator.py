@@ -24,10 +24,12 @@ __all__ = ["add_parser", "run"]
 EPILOG = """\
 examples:
   # listen for workers on 127.0.0.1:8765, HTTP API + /healthz + /metrics on 127.0.0.1:8766
-  jobrelay facilitator --authorized-keys authorized_keys --db facilitator.db
+  # (once: create its own key; give the printed public key to every worker as --facilitator-key)
+  jobrelay keygen --facilitator --key-file facilitator.key
+  jobrelay facilitator --key-file facilitator.key --authorized-keys authorized_keys --db facilitator.db
 
   # any free ports; write {url, http_url, pid} to a file once listening
-  jobrelay facilitator --authorized-keys authorized_keys --db f.db \
+  jobrelay facilitator --key-file facilitator.key --authorized-keys authorized_keys --db f.db \
       --port 0 --http-port 0 --ready-file ready.json
 
   # from a config file, workers on every interface (the HTTP API stays on loopback)
@@ -62,13 +64,16 @@ def run(args: argparse.Namespace) -> int:
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
     try:
-        config.load_authorized_keys()  # refuse a bad keys file or certificate before anything starts
+        # Refuse a bad keys file or certificate, and (unless only printing the settings) a
+        # missing or unreadable facilitator key, before anything starts.
+        config.load_authorized_keys()
         config.tls_context()
+        if args.print_config:
+            print_config(resolved, log)
+            return EXIT_OK
+        config.load_key()
     except ConfigError as exc:
         raise config_error(resolved, exc) from None
-    if args.print_config:
-        print_config(resolved, log)
-        return EXIT_OK
     logs.configure(log.values["level"], json=log.values["json"])
     fac = _start(config, resolved)
     http: HealthServer | None = None

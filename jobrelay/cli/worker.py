@@ -30,7 +30,9 @@ __all__ = ["add_parser", "check_db_path", "run"]
 EPILOG = """\
 examples:
   # run worker w1 against a local facilitator; `sleep` and `echo` are built in
-  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db
+  # (--facilitator-key: the line `jobrelay keygen --facilitator` printed for that facilitator)
+  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db \
+      --facilitator-key 5f1b…(64 hex chars)
 
   # map job kinds to external commands (job JSON on stdin, one JSON status per stdout line)
   jobrelay worker --config worker.toml --handler 'resize=convert-job --fast' --handler 'ping=./ping.sh'

@@ -14,10 +14,12 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from jobrelay.common.transport import TransportClosed
 from jobrelay.facilitator.errors import JobTooLarge
 from jobrelay.protocol import events as ev
-from jobrelay.protocol.auth import NonceRegistry
+from jobrelay.protocol.auth import NonceRegistry, public_key_hex
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest, JobStatus, JobStatusUpdate
@@ -37,7 +39,10 @@ class MemoryFacilitator:
     Give a worker its transport factory and any ``url`` (the transport ignores it)::
 
         with MemoryFacilitator({"w1": public_key_of(key)}) as facilitator:
-            config = WorkerConfig(url=facilitator.url, worker_id="w1", key=key, db_path=...)
+            config = WorkerConfig(
+                url=facilitator.url, worker_id="w1", key=key,
+                facilitator_key=facilitator.public_key, db_path=...,
+            )
             with start_worker(config, handlers, transport_factory=facilitator.transport_factory):
                 facilitator.submit("j1", "resize", {"image": "cat.png"})
                 final = facilitator.wait_for_job("j1")
@@ -49,6 +54,7 @@ class MemoryFacilitator:
 
     Attributes:
         url: A well-formed URL to put in ``WorkerConfig.url`` (never dialled).
+        public_key: Its own public key (hex), to put in ``WorkerConfig.facilitator_key``.
         network: The MemoryNetwork the worker connects through; ``network.refuse.set()`` makes
             connection attempts fail until it is cleared.
         store: Its stream state; ``store.delivered`` is everything the worker sent, in order.
@@ -60,14 +66,23 @@ class MemoryFacilitator:
 
     url: ClassVar[str] = "ws://jobrelay-memory.invalid"
 
-    def __init__(self, authorized: Mapping[str, str], config: SessionConfig | None = None) -> None:
+    def __init__(
+        self,
+        authorized: Mapping[str, str],
+        config: SessionConfig | None = None,
+        key: Ed25519PrivateKey | None = None,
+    ) -> None:
         """Start serving.
 
         Args:
             authorized: Worker id → public key hex (``jobrelay.public_key_of(private_key)``).
             config: The facilitator's session limits and timers (default: heartbeats every 0.5 s,
                 a worker silent for 5 s is dropped).
+            key: Its own Ed25519 key, which signs each challenge (default: a new one, since a
+                test facilitator lives no longer than the workers that pin it).
         """
+        self.key = key or Ed25519PrivateKey.generate()
+        self.public_key = public_key_hex(self.key)
         self.network = MemoryNetwork()
         self.authorized: dict[str, str] = dict(authorized)
         self.config = config or SessionConfig(heartbeat_interval=0.5, heartbeat_timeout=5.0)
@@ -319,6 +334,7 @@ class MemoryFacilitator:
             self._session = FacilitatorSession(
                 nonce=f"{self.sessions:064x}",
                 session_id=f"mem-{self.sessions}",
+                key=self.key,
                 authorized=self.authorized,
                 nonces=self.nonces,
                 now=time.time(),
