@@ -21,6 +21,7 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
+from jobrelay.common.http_access import AccessPolicy, access_middleware, is_loopback
 from jobrelay.common.http_app import (
     AIOHTTP_LOG,
     ApiSource,
@@ -78,6 +79,9 @@ class HealthServer:
             never on that loop's own thread); ``None``: run an own loop in a daemon thread "jobrelay-http".
         backlog: the listen backlog (connections the kernel queues before they are accepted).
         idle_timeout: seconds a client may stay silent before it is disconnected.
+        access: who may use it (tokens, Host, Origin, JSON bodies). Default: for a source with an
+            API, ``AccessPolicy.for_bind(host)`` (no tokens; Host, Origin and JSON checks); for a
+            source without one (the worker's health), no checks.
 
     Raises:
         OSError: the address cannot be bound (OverflowError: a port outside 0..65535).
@@ -92,8 +96,12 @@ class HealthServer:
         loop: asyncio.AbstractEventLoop | None = None,
         backlog: int = 1024,
         idle_timeout: float = IDLE_TIMEOUT,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.source = source
+        if access is None and isinstance(source, ApiSource):
+            access = AccessPolicy.for_bind(host)
+        self.access = access
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SourceCollector(source))
         self._sock = _listen(host, port, backlog)  # bound and listening now, as before start()
@@ -142,11 +150,30 @@ class HealthServer:
             self.stop()
             raise
         logger.info("http: serving /healthz and /metrics on {}", self.url)
+        if self.access is not None:
+            self._log_access(self.access)
         return self
+
+    def _log_access(self, access: AccessPolicy) -> None:
+        if access.tokens is not None:
+            counts = ", ".join(f"{n} {scope}" for scope, n in access.tokens.counts().items())
+            logger.info("http: the API needs a bearer token ({} tokens)", counts)
+        elif not is_loopback(self.host):
+            logger.warning(
+                "http: !!! the API on {} has NO AUTHENTICATION and is reachable beyond this machine: "
+                "anyone who reaches the port can submit, cancel and read jobs; set api_tokens_file !!!",
+                self.url,
+            )
 
     async def _open(self) -> None:
         runner = web.AppRunner(
-            make_app(self.source, self.registry, self._executor, self._idle_timeout),
+            make_app(
+                self.source,
+                self.registry,
+                self._executor,
+                self._idle_timeout,
+                () if self.access is None else (access_middleware(self.access),),
+            ),
             handle_signals=False,
             access_log=None,  # _guard logs each request once
             logger=AIOHTTP_LOG,
