@@ -197,16 +197,14 @@ class AccessPolicy:
         """Refuse the request unless its Host, Origin, credentials and body type are acceptable.
 
         Raises:
-            Refusal: 400 (several Host headers), 421 (Host not ours), 403 (Origin not allowed, or a
+            Refusal: 421 (Host not ours), 403 (Origin not allowed, or a
                 token without the scope), 401 (no or unknown token), 415 (a body that is not JSON).
         """
         headers = request.headers
-        host_headers = headers.getall("Host", [])
-        if len(host_headers) > 1:
-            raise Refusal(400, "more than one Host header")
+        host = headers.get("Host")  # aiohttp's parser already refused a request with two (400)
         # No Host at all: an HTTP/1.0 client, not a browser (browsers always send one); served.
-        if host_headers and "*" not in self.hosts and _host_name(host_headers[0]) not in self.hosts:
-            raise Refusal(421, f"Host {host_headers[0][:100]!r} is not served here (see http_allowed_hosts)")
+        if host is not None and "*" not in self.hosts and _host_name(host) not in self.hosts:
+            raise Refusal(421, f"Host {host[:100]!r} is not served here (see http_allowed_hosts)")
         origin = headers.get("Origin")
         if origin is not None and origin.strip().rstrip("/").lower() not in self.origins:
             raise Refusal(403, f"Origin {origin[:100]!r} is not allowed (see http_allowed_origins)")
