@@ -124,7 +124,7 @@ FACILITATOR: tuple[Setting, ...] = (
        "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False, bounds=PORT),
     _f("api_tokens_file", str, None, "--api-tokens",
        "file of `<scope> <token>` lines (scope read or submit; mode 600): the HTTP API then needs "
-       "`Authorization: Bearer <token>`", config=False),
+       "`Authorization: Bearer <token>`", env="JOBRELAY_API_TOKENS_FILE", config=False),
     _f("http_allowed_hosts", STRS, (), "--http-allowed-hosts",
        "Host header names the HTTP API answers besides http_host and localhost (comma-separated; * any)",
        config=False),
