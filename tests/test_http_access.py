@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from jobrelay.common.http import HealthServer
-from jobrelay.common.http_access import AccessPolicy, load_api_tokens, parse_api_tokens
+from jobrelay.common.http_access import AccessPolicy, exposure_warning, load_api_tokens, parse_api_tokens
 from jobrelay.facilitator import Facilitator, FacilitatorHealth
 from jobrelay.protocol.errors import ConfigError
 
@@ -230,3 +231,29 @@ def test_a_tokens_file_is_read_only_when_private_and_well_formed(tmp_path: Path)
         load_api_tokens(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="not a regular file"):
         load_api_tokens(str(tmp_path))
+
+
+def test_serving_beyond_loopback_without_tokens_is_a_loud_warning() -> None:
+    # Pure: the tests may not bind beyond 127.0.0.1; HealthServer.start logs exactly this at WARNING.
+    for host in ["0.0.0.0", "::", "10.1.2.3", "relay.example.com"]:
+        warning = exposure_warning("http://x", host, AccessPolicy.for_bind(host))
+        assert "NO AUTHENTICATION" in warning and "api_tokens_file" in warning, host
+        assert exposure_warning("http://x", host, AccessPolicy.for_bind(host, tokens=TOKENS)) == ""
+    for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]:
+        assert exposure_warning("http://x", host, AccessPolicy.for_bind(host)) == "", host
+
+
+def test_a_refusal_is_one_log_line_without_the_token(authed: HealthServer) -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{message}")
+    try:
+        assert call(authed, "GET", "/jobs", token=READ + "x").status == 401
+        assert call(authed, "POST", "/jobs", job(), token=READ).status == 403
+    finally:
+        logger.remove(sink)
+    http_lines = [line for line in lines if line.startswith("http: ")]
+    assert [line.split(" (")[0] for line in http_lines] == [
+        "http: GET /jobs -> 401",
+        "http: POST /jobs -> 403",
+    ]
+    assert not any(READ in line for line in lines)

@@ -21,7 +21,7 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
-from jobrelay.common.http_access import AccessPolicy, access_middleware, is_loopback
+from jobrelay.common.http_access import AccessPolicy, access_middleware, exposure_warning
 from jobrelay.common.http_app import (
     AIOHTTP_LOG,
     ApiSource,
@@ -158,12 +158,8 @@ class HealthServer:
         if access.tokens is not None:
             counts = ", ".join(f"{n} {scope}" for scope, n in access.tokens.counts().items())
             logger.info("http: the API needs a bearer token ({} tokens)", counts)
-        elif not is_loopback(self.host):
-            logger.warning(
-                "http: !!! the API on {} has NO AUTHENTICATION and is reachable beyond this machine: "
-                "anyone who reaches the port can submit, cancel and read jobs; set api_tokens_file !!!",
-                self.url,
-            )
+        elif warning := exposure_warning(self.url, self.host, access):
+            logger.warning("http: {}", warning)
 
     async def _open(self) -> None:
         runner = web.AppRunner(

@@ -30,6 +30,7 @@ __all__ = [
     "ApiTokens",
     "Scope",
     "access_middleware",
+    "exposure_warning",
     "is_loopback",
     "load_api_tokens",
     "parse_api_tokens",
@@ -135,6 +136,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def exposure_warning(url: str, bind_host: str, policy: AccessPolicy) -> str:
+    """The loud warning for an API served beyond loopback without tokens; "" when there is none."""
+    if policy.tokens is not None or is_loopback(bind_host):
+        return ""
+    return (
+        f"!!! the API on {url} has NO AUTHENTICATION and is reachable beyond this machine: anyone who "
+        "reaches the port can submit, cancel and read jobs; set api_tokens_file !!!"
+    )
 
 
 def _host_name(header: str) -> str:
