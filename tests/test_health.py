@@ -29,6 +29,8 @@ pytestmark = pytest.mark.timeout(30)
 def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")  # the API takes JSON bodies only
     try:
         with urllib.request.urlopen(request, timeout=5) as resp:
             payload, status, ctype = resp.read(), resp.status, resp.headers["Content-Type"]

@@ -54,7 +54,10 @@ def doc_of(response: bytes) -> dict[str, Any]:
 
 
 def post(headers: str, body: bytes = b"") -> bytes:
-    return f"POST /jobs HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + body
+    return (
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\r\n".encode()
+        + body
+    )
 
 
 # aiohttp's parser refuses a malformed Content-Length itself: 400 with its own plain-text message (the
@@ -121,7 +124,7 @@ def test_silent_clients_are_disconnected(server: HealthServer) -> None:
     assert doc_of(response) == {"error": "request body not received in time"}
     assert time.monotonic() - started < 2 * IDLE + 1.0  # the body's timeout, then aiohttp's lingering
     # Headers that never end are no better than silence.
-    assert exchange(server.port, b"POST /jobs HTTP/1.1\r\nHost: x\r\n") == b""
+    assert exchange(server.port, b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""
     assert http("GET", server.url + "/jobs?limit=1")[0] == 200  # still serving
 
 

@@ -14,12 +14,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
-__all__ = ["ApiError", "FacilitatorClient", "add_parsers"]
+__all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
 
 TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 
@@ -34,7 +36,9 @@ examples:
   # submit and wait for the terminal status (exit 1 unless it completed)
   jobrelay submit sleep --payload 1 --wait 30
 
-The facilitator URL can also come from JOBRELAY_FACILITATOR.
+The facilitator URL can also come from JOBRELAY_FACILITATOR. A facilitator started with
+--api-tokens needs a token: JOBRELAY_API_TOKEN=<token>, or --token-file FILE (or
+JOBRELAY_API_TOKEN_FILE) naming a file that holds it; `submit` needs a token of scope submit.
 """
 
 JOBS_EPILOG = """\
@@ -47,7 +51,7 @@ examples:
   jobrelay jobs --json                                             # machine-readable
 
 Exit codes: 0 ok; 1 facilitator unreachable, job unknown, or (with --wait) not completed in time
-or ended other than completed; 2 bad arguments.
+or ended other than completed; 2 bad arguments, or a missing, unknown or insufficient API token.
 """
 
 
@@ -62,20 +66,25 @@ class ApiError(Exception):
 class FacilitatorClient:
     """A tiny client of the facilitator's JSON API."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"client.facilitator: expected http://host:port, got {base_url!r}")
         self.base = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        if body is None and method != "GET":
+            body = {}  # the API takes JSON bodies only, an empty one included
         data = None if body is None else json.dumps(body).encode()
         deadline = time.monotonic() + self.timeout
         while True:
             req = urllib.request.Request(self.base + path, data=data, method=method)
             if data is not None:
                 req.add_header("Content-Type", "application/json")
+            if self.token:
+                req.add_header("Authorization", f"Bearer {self.token}")
             try:
                 with urllib.request.urlopen(req, timeout=max(1.0, self.timeout)) as resp:
                     return json.loads(resp.read() or b"null")
@@ -137,7 +146,41 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to keep retrying an unreachable facilitator"
     )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("JOBRELAY_API_TOKEN_FILE") or None,
+        help="file holding the API token (its first line: the token, or `<scope> <token>`); "
+        "default: $JOBRELAY_API_TOKEN, else $JOBRELAY_API_TOKEN_FILE",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def api_token(token_file: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The API token: ``token_file``'s first non-comment line (its last field, so a line of the
+    facilitator's tokens file works too), else $JOBRELAY_API_TOKEN, else None. Never a flag with the
+    token itself: command lines are visible to every user of the machine (ps).
+
+    Raises:
+        UsageError: the file cannot be read or holds no token.
+    """
+    env = os.environ if env is None else env
+    if not token_file:
+        return env.get("JOBRELAY_API_TOKEN", "").strip() or None
+    try:
+        text = Path(token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"client.token_file (from --token-file): cannot read {token_file}: {why}") from None
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            return fields[-1]
+    raise UsageError(f"client.token_file (from --token-file): {token_file} holds no token")
+
+
+def _client(args: argparse.Namespace) -> FacilitatorClient:
+    return FacilitatorClient(args.facilitator, timeout=args.timeout, token=api_token(args.token_file))
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
@@ -185,7 +228,7 @@ def run_submit(args: argparse.Namespace) -> int:
             payload = json.loads(args.payload)
         except ValueError as exc:
             raise UsageError(f"submit.payload (from --payload): not JSON: {exc}") from None
-    client = FacilitatorClient(args.facilitator, timeout=args.timeout)
+    client = _client(args)
     try:
         job_id = client.submit(args.kind, payload, job_id=args.job_id, worker=args.worker)
         if args.wait is None:
@@ -199,7 +242,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    client = FacilitatorClient(args.facilitator, timeout=args.timeout)
+    client = _client(args)
     try:
         if args.workers:
             workers = client.workers()
@@ -252,8 +295,10 @@ def run_jobs(args: argparse.Namespace) -> int:
 
 
 def _api_failure(exc: ApiError) -> int:
-    print(f"jobrelay: error: {exc}", file=sys.stderr)
-    return EXIT_USAGE if exc.status in (400, 413) else EXIT_RUNTIME  # 413: job too large
+    hint = " (set JOBRELAY_API_TOKEN or --token-file)" if exc.status == 401 else ""
+    print(f"jobrelay: error: {exc}{hint}", file=sys.stderr)
+    # 413: job too large; 401/403: the token is missing, unknown or of too small a scope
+    return EXIT_USAGE if exc.status in (400, 401, 403, 413) else EXIT_RUNTIME
 
 
 def _print_job(view: dict[str, Any], *, as_json: bool) -> None:

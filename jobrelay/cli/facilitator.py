@@ -15,11 +15,12 @@ from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
 from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
 from jobrelay.cli.worker import check_db_path, print_config
 from jobrelay.common.http import HealthServer
+from jobrelay.common.http_access import AccessPolicy, is_loopback, load_api_tokens
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHealth, start_facilitator
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.storage import StorageError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "api_access", "run"]
 
 EPILOG = """\
 examples:
@@ -35,8 +36,13 @@ examples:
   # from a config file, workers on every interface (the HTTP API stays on loopback)
   jobrelay facilitator --config facilitator.toml --host 0.0.0.0
 
+  # the HTTP API on every interface: it then needs tokens (lines `submit <token>`, `read <token>`)
+  jobrelay facilitator --config facilitator.toml --http-host 0.0.0.0 --api-tokens api_tokens \
+      --http-allowed-hosts relay.example.com
+
 signals: SIGINT or SIGTERM stop within --stop-timeout (exit 0); a second one exits at once with
-code 130. Exit 2: bad configuration.
+code 130. Exit 2: bad configuration (also: a tokens file that group or others may read, or the
+HTTP API beyond loopback without --api-tokens unless --insecure-api is given).
 """
 
 
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         # missing or unreadable facilitator key, before anything starts.
         config.load_authorized_keys()
         config.tls_context()
+        access = api_access(resolved)
         if args.print_config:
             print_config(resolved, log)
             return EXIT_OK
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     fac = _start(config, resolved)
     http: HealthServer | None = None
     try:
-        http = start_http(FacilitatorHealth(fac), resolved, loop=fac.loop)
+        http = start_http(FacilitatorHealth(fac), resolved, loop=fac.loop, access=access)
         logger.info("facilitator: HTTP API, /healthz and /metrics on {}", http.url if http else "(off)")
         write_ready_file(resolved.values["ready_file"], url=fac.url, http_url=http.url if http else None)
 
@@ -93,6 +100,43 @@ def run(args: argparse.Namespace) -> int:
             http.stop()
         with contextlib.suppress(Exception):
             fac.stop(config.stop_timeout)
+
+
+def api_access(resolved: Resolved) -> AccessPolicy:
+    """Who may use the HTTP API, from the settings; checked before anything listens.
+
+    Raises:
+        UsageError: the tokens file is unreadable, malformed or open to group/others; a public
+            path other than /healthz or /metrics; or the API would be served beyond loopback
+            without tokens and without ``insecure_api``.
+    """
+    values = resolved.values
+    tokens = None
+    if values["api_tokens_file"]:
+        try:
+            tokens = load_api_tokens(values["api_tokens_file"])
+        except ConfigError as exc:
+            raise resolved.bad("api_tokens_file", str(exc)) from None
+    try:
+        access = AccessPolicy.for_bind(
+            values["http_host"],
+            tokens=tokens,
+            extra_hosts=values["http_allowed_hosts"],
+            origins=values["http_allowed_origins"],
+            public_paths=values["http_public_paths"],
+        )
+    except ConfigError as exc:
+        raise resolved.bad("http_public_paths", str(exc)) from None
+    exposed = values["http_port"] is not None and not is_loopback(values["http_host"])
+    # Refused rather than only warned about: a warning scrolls by, an open submit API is remote
+    # code execution on every worker that runs a command handler.
+    if exposed and tokens is None and not values["insecure_api"]:
+        raise resolved.bad(
+            "http_host",
+            f"{values['http_host']} is beyond loopback and api_tokens_file is unset: anyone reaching the "
+            "port could submit, cancel and read jobs; set --api-tokens (or accept it with --insecure-api)",
+        )
+    return access
 
 
 def _start(config: FacilitatorConfig, resolved: Resolved) -> Facilitator:

@@ -131,6 +131,19 @@ FACILITATOR: tuple[Setting, ...] = (
        config=False),
     _f("http_port", int, 8766, "--http-port",
        "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False, bounds=PORT),
+    _f("api_tokens_file", str, None, "--api-tokens",
+       "file of `<scope> <token>` lines (scope read or submit; mode 600): the HTTP API then needs "
+       "`Authorization: Bearer <token>`", env="JOBRELAY_API_TOKENS_FILE", config=False),
+    _f("http_allowed_hosts", STRS, (), "--http-allowed-hosts",
+       "Host header names the HTTP API answers besides http_host and localhost (comma-separated; * any)",
+       config=False),
+    _f("http_allowed_origins", STRS, (), "--http-allowed-origins",
+       "browser origins (scheme://host:port) allowed to call the HTTP API; any other Origin is refused",
+       config=False),
+    _f("http_public_paths", STRS, ("/healthz", "/metrics"), "--http-public-paths",
+       "paths served without a token (a subset of /healthz,/metrics; empty: none)", config=False),
+    _f("insecure_api", bool, False, "--insecure-api",
+       "allow the HTTP API beyond loopback without api_tokens_file (refused otherwise)", config=False),
     _f("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once listening",
        config=False),
 )
@@ -175,6 +188,6 @@ def markdown_table() -> str:
 def _doc_default(value: Any) -> str:
     if value is None:
         return "unset"
-    if value in ("", {}):
+    if value in ("", {}, ()):
         return "empty"
     return f"`{show(value)}`"

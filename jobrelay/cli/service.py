@@ -21,13 +21,17 @@ from loguru import logger
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import Resolved
 from jobrelay.common.http import HealthServer, HealthSource
+from jobrelay.common.http_access import AccessPolicy
 
 
 def start_http(
-    source: HealthSource, resolved: Resolved, loop: asyncio.AbstractEventLoop | None = None
+    source: HealthSource,
+    resolved: Resolved,
+    loop: asyncio.AbstractEventLoop | None = None,
+    access: AccessPolicy | None = None,
 ) -> HealthServer | None:
     """Start the HTTP server (/healthz, /metrics, API) if ``http_port`` is set, on ``loop`` if
-    given (the facilitator's), else on a loop of its own.
+    given (the facilitator's), else on a loop of its own, with ``access`` (see HealthServer).
 
     Raises:
         UsageError: the address cannot be bound (one line naming ``http_port`` and its source).
@@ -36,7 +40,7 @@ def start_http(
     if port is None:
         return None
     try:
-        return HealthServer(source, host, port, loop=loop).start()
+        return HealthServer(source, host, port, loop=loop, access=access).start()
     except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
         why = getattr(exc, "strerror", None) or str(exc)
         raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {why}") from None

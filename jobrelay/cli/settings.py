@@ -44,7 +44,9 @@ def add_flags(
             continue
         env = f" [env {s.env}]" if s.env else ""
         default = (
-            "" if s.default is REQUIRED or s.default in (None, "", {}) else f" (default: {show(s.default)})"
+            ""
+            if s.default is REQUIRED or s.default in (None, "", {}, ())
+            else f" (default: {show(s.default)})"
         )
         if s.kind is bool:
             group.add_argument(

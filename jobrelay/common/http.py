@@ -23,6 +23,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from jobrelay.common.admission import ConnectionGate
+from jobrelay.common.http_access import AccessPolicy, access_middleware, exposure_warning
 from jobrelay.common.http_app import (
     AIOHTTP_LOG,
     ApiSource,
@@ -137,6 +138,9 @@ class HealthServer:
             opened, or from the previous answer); slower or silent ones are disconnected.
         max_connections / max_per_address: connections held at once, in all and from one remote
             address; one more is reset at once (counted in ``refused``, logged once a minute).
+        access: who may use it (tokens, Host, Origin, JSON bodies). Default: for a source with an
+            API, ``AccessPolicy.for_bind(host)`` (no tokens; Host, Origin and JSON checks); for a
+            source without one (the worker's health), no checks.
 
     Raises:
         OSError: the address cannot be bound (OverflowError: a port outside 0..65535).
@@ -153,8 +157,12 @@ class HealthServer:
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         max_per_address: int = MAX_PER_ADDRESS,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.source = source
+        if access is None and isinstance(source, ApiSource):
+            access = AccessPolicy.for_bind(host)
+        self.access = access
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SourceCollector(source))
         self._sock = _listen(host, port, backlog)  # bound and listening now, as before start()
@@ -215,11 +223,26 @@ class HealthServer:
             self.stop()
             raise
         logger.info("http: serving /healthz and /metrics on {}", self.url)
+        if self.access is not None:
+            self._log_access(self.access)
         return self
+
+    def _log_access(self, access: AccessPolicy) -> None:
+        if access.tokens is not None:
+            counts = ", ".join(f"{n} {scope}" for scope, n in access.tokens.counts().items())
+            logger.info("http: the API needs a bearer token ({} tokens)", counts)
+        elif warning := exposure_warning(self.url, self.host, access):
+            logger.warning("http: {}", warning)
 
     async def _open(self) -> None:
         runner = web.AppRunner(
-            make_app(self.source, self.registry, self._executor, self._idle_timeout),
+            make_app(
+                self.source,
+                self.registry,
+                self._executor,
+                self._idle_timeout,
+                () if self.access is None else (access_middleware(self.access),),
+            ),
             handle_signals=False,
             access_log=None,  # _guard logs each request once
             logger=AIOHTTP_LOG,

@@ -13,14 +13,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -76,12 +76,15 @@ class ApiSource(HealthSource, Protocol):
 
 
 class Refusal(Exception):
-    """Raised in a handler: answered with ``status`` and ``{"error": message}``; ``close`` ends the
-    connection (its unread body must not be taken for a next request)."""
+    """Raised in a handler or middleware: answered with ``status``, ``{"error": message}`` and
+    ``headers``; ``close`` ends the connection (its unread body must not be taken for a next request)."""
 
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self, status: int, message: str, *, close: bool = False, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.close = status, message, close
+        self.headers = dict(headers or {})
 
 
 class SourceCollector(Collector):
@@ -184,10 +187,15 @@ def _health(source: HealthSource) -> tuple[int, Any]:
 
 
 def make_app(
-    source: HealthSource, registry: CollectorRegistry, executor: ThreadPoolExecutor, idle_timeout: float
+    source: HealthSource,
+    registry: CollectorRegistry,
+    executor: ThreadPoolExecutor,
+    idle_timeout: float,
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    """The application: /healthz, /metrics and the source's own routes, behind the guard middleware."""
-    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    """The application: /healthz, /metrics and the source's own routes, behind the guard middleware
+    and then ``middlewares`` (their refusals are answered and logged by the guard)."""
+    app = web.Application(middlewares=[_guard, *middlewares], client_max_size=MAX_BODY)
     app[_KIT] = _Kit(executor, idle_timeout)
     app.add_routes(_routes(source, registry))
     return app
@@ -215,6 +223,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except Refusal as exc:
         response = _json_response(exc.status, _json({"error": exc.message}), close=exc.close)
+        response.headers.update(exc.headers)
     except web.HTTPException as exc:  # the router's 404 and 405
         message = exc.text or exc.reason
         if request.match_info.http_exception is not None:
@@ -237,7 +246,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             exc,
         )
         return _json_response(500, _json({"error": f"{type(exc).__name__}: {exc}"}))
-    level = "DEBUG" if request.method in ("GET", "HEAD") else "INFO"
+    # A refused credential, Host or Origin is worth a line even on a GET (someone is probing).
+    quiet = request.method in ("GET", "HEAD") and response.status not in (401, 403, 421)
+    level = "DEBUG" if quiet else "INFO"
     logger.log(
         level if response.status < 500 else "WARNING",
         "http: {} {} -> {} ({:.1f} ms)",
