@@ -26,7 +26,7 @@ from chaos_procs import Cluster, Timing
 
 from jobrelay.storage import inspect_database
 
-__all__ = ["Submitter", "main"]
+__all__ = ["Submitter", "check_run", "drain", "main", "on_sigterm"]
 
 EPILOG = f"""\
 faults: {", ".join(KINDS)} (see scripts/chaos_faults.py)
@@ -95,7 +95,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     folder = Path(tempfile.mkdtemp(prefix="jobrelay-chaos-"))
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     print(f"chaos: seed {seed}; replay: scripts/chaos --seed {seed} --duration {args.duration:g} "
           f"--workers {args.workers} --rate {args.rate:g}; files in {folder}", flush=True)  # fmt: skip
     cluster = Cluster(folder, args.workers, Timing())
@@ -154,11 +154,11 @@ def _run(args: argparse.Namespace, seed: int, cluster: Cluster, totals: Totals) 
         raise RuntimeError("; ".join(submitter.errors[:3]))
     print(f"  {time.monotonic() - started:6.1f}s  faults over; {len(submitter.steps)} jobs submitted; "
           "draining", flush=True)  # fmt: skip
-    _drain(cluster, set(submitter.steps), time.monotonic() + args.drain)
+    drain(cluster, set(submitter.steps), time.monotonic() + args.drain)
     print(f"  {time.monotonic() - started:6.1f}s  drained; stopping the workers", flush=True)
     cluster.stop()  # every worker SIGTERMed: must exit 0 in time
     print(f"  {time.monotonic() - started:6.1f}s  checking", flush=True)
-    _check(cluster, submitter.steps, totals)
+    check_run(cluster, submitter.steps, totals)
     totals.extra += [
         ("process starts (facilitator / workers)",
          f"{cluster.facilitator_starts} / {sum(m.starts for m in cluster.members)}"),
@@ -169,7 +169,7 @@ def _run(args: argparse.Namespace, seed: int, cluster: Cluster, totals: Totals) 
     totals.problems += cluster.unclean_stops
 
 
-def _drain(cluster: Cluster, ids: set[str], deadline: float) -> None:
+def drain(cluster: Cluster, ids: set[str], deadline: float) -> None:
     """Wait until every submitted job has a terminal status (or the deadline: the checker then
     reports the unfinished ones). Asks about the oldest unfinished job until it ends, so each
     poll costs a request or two."""
@@ -186,7 +186,7 @@ def _drain(cluster: Cluster, ids: set[str], deadline: float) -> None:
         time.sleep(0.5)  # polling the facilitator's state, under the drain deadline
 
 
-def _check(cluster: Cluster, steps: dict[str, int], totals: Totals) -> None:
+def check_run(cluster: Cluster, steps: dict[str, int], totals: Totals) -> None:
     records: dict[str, list[int]] = {}
     for member in cluster.members:
         lines = member.record.read_text().splitlines() if member.record.exists() else []
