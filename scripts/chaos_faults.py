@@ -53,6 +53,8 @@ class Fault:
 
     def describe(self) -> str:
         where = "all links" if self.target < 0 else f"w{self.target}"
+        if self.kind.startswith("fac"):
+            where = "the facilitator"  # (target is drawn anyway, so schedules stay comparable)
         extra = f" {self.seconds:.1f}s" if self.seconds else ""
         if self.kind == "latency":
             extra += f" +{self.amount * 1000:.0f}ms"

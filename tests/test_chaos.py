@@ -106,3 +106,13 @@ def test_a_60_second_chaos_run_loses_nothing() -> None:
     kinds = {name.removeprefix("faults: ") for name in table if name.startswith("faults: ")}
     assert kinds == set(KINDS), out  # seed 2's schedule has every kind of fault
     assert "chaos: OK (seed 2)" in out
+
+
+def test_the_soak_verdict_flags_what_grows() -> None:
+    from soak_run import Series, verdict
+
+    steady = Series("w0", [(m, 60.0, 9, 9) for m in range(6)])
+    assert verdict(steady, rss_mib=20) == "flat"
+    leaking = Series("w0", [(m, 60.0 + 20 * m, 9 + 5 * m, 9) for m in range(6)])
+    assert verdict(leaking, rss_mib=20) == "GROWING: descriptors, RSS"
+    assert leaking.slope(2) == pytest.approx(300.0)  # 5 descriptors a minute
