@@ -153,7 +153,7 @@ async def _authenticated(
         readers.append(asyncio.create_task(_drain(ws)))
     gen = gens[welcomed.codec]
     stream = Stream(hwm=welcomed.ack, next_seq=welcomed.ack + 1, new_left=0 if plan == "flood" else _NEW_DATA)
-    count = min(tally.left(), rng.choice((50, 500, 2_000, 10_000, 20_000)))
+    count = min(tally.left(), 20_000 if plan == "flood" else rng.choice((50, 200, 1_000, 5_000)))
     for i in range(count):
         name, frame = gen.quiet(stream) if plan == "flood" else gen.soft(stream)
         await _send(ws, tally, name, frame)

@@ -33,6 +33,7 @@ from jobrelay.protocol.messages import (
     Hello,
     JobCancel,
     JobRequest,
+    JobStatus,
     JobStatusUpdate,
     MachineSpecs,
     Request,
@@ -263,15 +264,18 @@ class FrameGen:
         data = base[:-1] + b',"pad":"' + b"p" * pad + b'"}'
         return data, self.fmt == "json"
 
-    def _body(self, wrong: bool = False) -> msgspec.Struct:
+    def _body(self, wrong: bool = False) -> Any:  # either direction's body, on purpose
         rng = self.rng
         mine = (self.side == "worker") != wrong
         if mine:
             return rng.choice(
                 (
                     JobStatusUpdate(
-                        job_id=self._text(), status=rng.choice(("accepted", "failed")), at=1.0, progress=None
-                    ),  # type: ignore[arg-type]
+                        job_id=self._text(),
+                        status=rng.choice((JobStatus.ACCEPTED, JobStatus.FAILED)),
+                        at=1.0,
+                        progress=None,
+                    ),
                     MachineSpecs(
                         specs={"cpus": rng.randint(1, 64), "fuzz": self._any_value(2)}, at=rng.random()
                     ),

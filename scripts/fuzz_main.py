@@ -80,8 +80,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--max-lines-per-session",
         type=float,
-        default=1.0,
-        help="log lines per hostile session allowed (default 1)",
+        default=3.0,
+        help="log lines per hostile session allowed on average (default 3); and no message may be "
+        "logged more often than there were sessions",
     )
     parser.add_argument(
         "--workdir",

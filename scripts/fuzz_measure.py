@@ -94,8 +94,8 @@ def settle(pid: int, baseline: ProcStats, deadline: float, fd_slack: int = 2) ->
 def table(results: list[FuzzResult]) -> str:
     """The report: one row per direction, then the most frequent log messages of each."""
     rows = [
-        "| target | seed | frames | sessions | s | RSS KiB before→after | fds before→after | threads before→after "
-        "| log lines/session | peer served | alive, exit |",
+        "| target | seed | frames | sessions | s | RSS KiB before→after | fds before→after "
+        "| threads before→after | log lines/session | peer served | alive, exit |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -104,8 +104,8 @@ def table(results: list[FuzzResult]) -> str:
         fds = f"{b.fds}→{a.fds}" if b and a else "?"
         threads = f"{b.threads}→{a.threads}" if b and a else "?"
         rows.append(
-            f"| {r.mode} | {r.seed} | {r.frames} | {r.sessions} | {r.seconds:.0f} | {rss} | {fds} | {threads} "
-            f"| {r.lines_per_session:.2f} ({r.log_lines}) | {'yes' if r.peer_ok else 'NO'} | "
+            f"| {r.mode} | {r.seed} | {r.frames} | {r.sessions} | {r.seconds:.0f} | {rss} | {fds} "
+            f"| {threads} | {r.lines_per_session:.2f} ({r.log_lines}) | {'yes' if r.peer_ok else 'NO'} | "
             f"{'yes' if r.target_alive else 'NO'}, {r.exit_code} |"
         )
     for r in results:

@@ -112,7 +112,6 @@ class HostileServer:
             if mode == "good":
                 await self._good(ws)
             else:
-                self.tally.sessions += 1
                 await self._hostile(ws)
         except (ConnectionClosed, TimeoutError):
             pass
@@ -126,6 +125,7 @@ class HostileServer:
         if tally.left() <= 0:
             await asyncio.sleep(0.5)  # budget spent: keep the worker waiting, not spinning
             return
+        tally.sessions += 1
         if rng.random() < 0.1:  # garbage where the handshake goes on
             await asyncio.wait_for(ws.recv(), _TIMEOUT)
             name, frame = self._gens["json"].hard(Stream())
@@ -136,7 +136,7 @@ class HostileServer:
         stream = Stream(hwm=ok.hwm, next_seq=ok.hwm + 1, new_left=_NEW_DATA, acked_ok=ok.auth.out_acked)
         reader = asyncio.create_task(_drain(ws))
         try:
-            count = min(tally.left(), rng.choice((50, 500, 2_000, 10_000, 20_000)))
+            count = min(tally.left(), rng.choice((50, 200, 1_000, 5_000)))
             for _ in range(count):
                 name, frame = gen.soft(stream)
                 await self._send(ws, name, frame)
