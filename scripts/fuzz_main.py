@@ -80,8 +80,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--max-lines-per-session",
         type=float,
-        default=3.0,
-        help="log lines per hostile session allowed on average (default 3); and no message may be "
+        default=5.0,
+        help="log lines per hostile session allowed on average (default 5); and no message may be "
         "logged more often than there were sessions",
     )
     parser.add_argument(
