@@ -42,7 +42,7 @@ from jobrelay.protocol.messages import (
     WorkerEvent,
 )
 
-__all__ = ["HARD", "SOFT", "Frame", "FrameGen", "Stream"]
+__all__ = ["HARD", "SOFT", "Frame", "FrameGen", "Side", "Stream"]
 
 Side = Literal["worker", "facilitator"]  # who the fuzzer pretends to be
 Frame = tuple[bytes, bool]  # (payload, text opcode)
@@ -221,9 +221,8 @@ class FrameGen:
 
     def _plain_heartbeat(self) -> Heartbeat:
         rng = self.rng
-        # Never draining from the fuzzing worker: a draining flag is the worker's to set, and a
-        # toggle on every frame measures a log line per toggle (see the report), not the fuzzer.
-        return Heartbeat(at=rng.choice((0.0, rng.random() * 2e9, 1e300, 5.0)), draining=False)
+        # Draining now and then: each flip changes where jobs may go (and once was a line each).
+        return Heartbeat(at=rng.choice((0.0, rng.random() * 2e9, 1e300, 5.0)), draining=rng.random() < 0.1)
 
     def _request(self) -> dict[str, Any]:
         rng = self.rng

@@ -53,6 +53,7 @@ class HostileServer:
             fmt: FrameGen(self.rng, "facilitator", fmt, max_frame_bytes) for fmt in ("json", "msgpack")
         }
         self._conns: set[ServerConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
@@ -103,7 +104,9 @@ class HostileServer:
 
     def _close_all(self) -> None:
         for ws in list(self._conns):
-            self._loop.create_task(ws.close(1001, "mode change"))  # type: ignore[union-attr]
+            task = asyncio.get_running_loop().create_task(ws.close(1001, "mode change"))
+            self._tasks.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, ws: ServerConnection) -> None:
         mode = self.mode
@@ -169,15 +172,18 @@ class HostileServer:
                     await ws.send(_encode(codec, Data(seq=next_seq, body=job)))
                     next_seq, sent = next_seq + 1, sent + 1
                     self.stream.last_seq = max(self.stream.last_seq, next_seq - 1)
-                self._on_worker_frame(decode(message), ws, codec)
+                upto = self._on_worker_frame(decode(message))
+                if upto:
+                    await ws.send(_encode(codec, Ack(upto=upto)))  # stored at once: ours is no store
         finally:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
 
-    def _on_worker_frame(self, doc: Any, ws: ServerConnection, codec: str) -> None:
+    def _on_worker_frame(self, doc: Any) -> int:
+        """Record the statuses in a worker frame; the highest seq it carried (0: no data)."""
         if not isinstance(doc, dict):
-            return
+            return 0
         items = (
             doc.get("items", []) if doc.get("type") == "batch" else [doc] if doc.get("type") == "data" else []
         )
@@ -187,8 +193,7 @@ class HostileServer:
             if body.get("type") == "job_status":
                 self.statuses.setdefault(body["job_id"], []).append(body["status"])
             upto = max(upto, int(item["seq"]))
-        if upto:
-            self._loop.create_task(ws.send(_encode(codec, Ack(upto=upto))))  # type: ignore[union-attr]
+        return upto
 
     async def _beat(self, ws: ServerConnection, codec: str) -> None:
         with contextlib.suppress(ConnectionClosed):

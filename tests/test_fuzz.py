@@ -26,7 +26,7 @@ from jobrelay.protocol.streams import StreamMarks
 from tests.test_cli_helpers import ROOT, clean_env
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from fuzz_frames import HARD, FrameGen, Stream  # noqa: E402
+from fuzz_frames import HARD, FrameGen, Side, Stream
 
 KEY = Ed25519PrivateKey.generate()
 LIMIT = 65_536
@@ -48,7 +48,9 @@ def _facilitator(fmt: str) -> FacilitatorSession:
         signature=sign_challenge(KEY, "ab" * 32, "w", stamp), out_epoch="wepoch", out_acked=HWM,
     )  # fmt: skip
     session.receive_data(msgspec.json.encode(auth), NOW)
-    session.accept(StreamMarks(out_epoch="fepoch", out_acked=0, out_last_seq=0, in_epoch="wepoch", in_hwm=HWM))
+    session.accept(
+        StreamMarks(out_epoch="fepoch", out_acked=0, out_last_seq=0, in_epoch="wepoch", in_hwm=HWM)
+    )
     assert session.is_open
     return session
 
@@ -64,7 +66,7 @@ def _worker(fmt: str) -> WorkerSession:
     return session
 
 
-def _open(side: str, fmt: str) -> FacilitatorSession | WorkerSession:
+def _open(side: Side, fmt: str) -> FacilitatorSession | WorkerSession:
     """The target's session for a fuzzer playing ``side``."""
     return _facilitator(fmt) if side == "worker" else _worker(fmt)
 
@@ -77,11 +79,11 @@ def _feed(session: FacilitatorSession | WorkerSession, frame: tuple[bytes, bool]
 
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 @pytest.mark.parametrize("side", ["worker", "facilitator"])
-def test_soft_frames_never_close_an_open_session(side: str, fmt: str) -> None:
+def test_soft_frames_never_close_an_open_session(side: Side, fmt: str) -> None:
     """What the fuzzers send most of must be taken without closing (else a fuzz connection would
     carry one frame): 5,000 soft frames of a seeded generator, one open session throughout."""
     session = _open(side, fmt)
-    gen = FrameGen(random.Random(f"{side}/{fmt}"), side, fmt, LIMIT)  # type: ignore[arg-type]
+    gen = FrameGen(random.Random(f"{side}/{fmt}"), side, fmt, LIMIT)
     stream = Stream(hwm=HWM, next_seq=HWM + 1, new_left=200)
     for i in range(5_000):
         name, frame = gen.soft(stream)
@@ -93,12 +95,12 @@ def test_soft_frames_never_close_an_open_session(side: str, fmt: str) -> None:
 
 @pytest.mark.parametrize("name", HARD)
 @pytest.mark.parametrize("side", ["worker", "facilitator"])
-def test_each_hard_frame_closes_the_session_with_one_typed_error(side: str, name: str) -> None:
+def test_each_hard_frame_closes_the_session_with_one_typed_error(side: Side, name: str) -> None:
     """Every class of garbage is refused: the session closes at once, sending at most one error
     frame (none when the garbage was itself a fatal error), and ignores what comes after."""
     for seed in range(5):
         session = _open(side, "json")
-        gen = FrameGen(random.Random(seed), side, "json", LIMIT)  # type: ignore[arg-type]
+        gen = FrameGen(random.Random(seed), side, "json", LIMIT)
         session.data_to_send()
         _, frame = gen.hard(Stream(hwm=HWM, next_seq=HWM + 1), name)
         events = _feed(session, frame)
@@ -113,9 +115,14 @@ def _run_fuzz(tmp_path: Path, target: str) -> dict[str, Any]:
     cmd = [sys.executable, str(ROOT / "scripts" / "fuzz_main.py"), target, "--frames", "20000", "--seed", "1"]
     cmd += ["--json", str(out), "--workdir", str(tmp_path / "work"), "--time-limit", "60"]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=clean_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=ROOT,
+        env=clean_env(),
+        start_new_session=True,  # killed with its whole group below if it overruns
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
     try:
         output, _ = proc.communicate(timeout=150)
     finally:
