@@ -42,6 +42,7 @@ from jobrelay.actors.actor_messages import (
 from jobrelay.actors.config import WorkerConfig, load_key
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
+from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
@@ -58,6 +59,7 @@ __all__ = ["HANDOVER_WINDOWS", "ConnectionActor", "ConnectionProxy", "connection
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
 HANDOVER_WINDOWS = 4
+_TRANSIENT = (ConnectionState.CONNECTING, ConnectionState.AUTHENTICATING)
 
 
 class ConnectionActor(pykka.ThreadingActor):
@@ -89,6 +91,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self.config = config
         self._key = load_key(config)
         self._log = logger.bind(worker_id=config.worker_id)
+        self._repeats = Repeats()  # per-frame lines of this session beyond the first: counted
         self._marks = marks
         self._outbox = outbox
         self._router = router
@@ -169,7 +172,7 @@ class ConnectionActor(pykka.ThreadingActor):
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
                 self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
-                self._backoff(error)
+                self._backoff(error, cause_logged=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
                     driver.lost(detail)
@@ -227,7 +230,8 @@ class ConnectionActor(pykka.ThreadingActor):
                     Response(id=request.id, ok=False, error=f"unknown method {request.method!r}")
                 )
             case ev.PeerWarning(code=code, detail=detail):
-                self._log.warning("facilitator refused a message: {} {}", code, detail)
+                if self._repeats.first("refusals"):
+                    self._log.warning("facilitator refused a message: {} {} (more are counted)", code, detail)
                 self._counts["refused_by_peer"] += 1
             case ev.Closed():
                 self._on_closed(event, session)
@@ -329,6 +333,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._retry.opened(self._clock())
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
+        self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
         send(self._outbox, SessionOpened(session.session_id, event.resume_after, limit, self.actor_ref))
         self._connected.set()
@@ -342,17 +347,18 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(event.detail, close_code_for(event.code))
         send(self._outbox, SessionClosed(session.session_id))
         who = "facilitator" if event.by_peer else "we"
-        what = " ".join(filter(None, [event.code, event.detail]))
+        left_out, self._repeats = self._repeats.left_out(), Repeats()
+        why = " ".join(filter(None, [event.code, event.detail, left_out and f"(not logged: {left_out})"]))
         if event.code in AUTH_CODES:
             # We refused the facilitator (its key is not the pinned one), or it refused us.
             hint = "check worker_id and key" if event.by_peer else "check facilitator_key and url"
-            self._log.error("authentication failed ({} ended it): {}; {}", who, what, hint)
+            self._log.error("authentication failed ({} ended it): {}; {}", who, why, hint)
         else:
             log = self._log.warning if event.code is not None else self._log.info
-            log("connection closed ({} ended it): {}", who, what)
-        self._backoff(event.detail)
+            log("connection closed ({} ended it): {}", who, why)
+        self._backoff(event.detail, cause_logged=True)
 
-    def _backoff(self, why: str) -> None:
+    def _backoff(self, why: str, *, cause_logged: bool = False) -> None:
         self._connected.clear()
         # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
         # now) must not count as a second failure.
@@ -367,7 +373,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
             return
         send(self._metrics, Count("reconnects"))
-        self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}")
+        self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
         self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
         self._timer.daemon = True
         self._timer.start()
@@ -383,13 +389,14 @@ class ConnectionActor(pykka.ThreadingActor):
         elif transport is not None:
             transport.close(code, reason)
 
-    def _set_state(self, state: ConnectionState, detail: str = "") -> None:
+    def _set_state(self, state: ConnectionState, detail: str = "", quiet: bool = False) -> None:
         if state is self._state and state is not ConnectionState.BACKOFF:
             return
         self._state = state
-        self._log.bind(state=state.value).info(
-            "connection {}{}", state.value, f": {detail}" if detail else ""
-        )
+        # Connecting and authenticating pass in milliseconds, and a backoff after a logged close
+        # repeats its cause: a worker a facilitator keeps dropping logs two lines per session.
+        level = "DEBUG" if quiet or state in _TRANSIENT else "INFO"
+        self._log.bind(state=state.value).log(level, "connection {}{}", state.value, detail and f": {detail}")
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
             send(ref, message)

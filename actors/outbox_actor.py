@@ -15,6 +15,7 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import (
     Beat,
+    DropSession,
     PeerAcked,
     Publish,
     SendData,
@@ -105,8 +106,10 @@ class OutboxActor(pykka.ThreadingActor):
                 self._flush_pending = False
             case SessionOpened(session_id=sid, resume_after=after, limit=limit, connection=connection):
                 self._connection = connection
-                publisher.opened(sid, after, limit)
-                self._hand_over()
+                if publisher.opened(sid, after, limit):
+                    self._hand_over()
+                else:
+                    send(connection, DropSession(sid, f"cannot resume after seq {after}: acked before"))
             case SessionClosed(session_id=sid):
                 publisher.closed(sid)
             case PeerAcked(session_id=sid, upto=upto, limit=limit) if sid == publisher.session:

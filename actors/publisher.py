@@ -269,8 +269,19 @@ class Publisher:
             self._handed = items[-1][0]
         return items
 
-    def opened(self, session_id: str, resume_after: int, limit: int) -> None:
-        """A session opened: hand over from ``resume_after`` on, up to ``limit``."""
+    def opened(self, session_id: str, resume_after: int, limit: int) -> bool:
+        """A session opened: hand over from ``resume_after`` on, up to ``limit``. False (and no
+        session) when rows after ``resume_after`` were already deleted: the session must go."""
+        if resume_after < self._persisted_ack:
+            # An earlier session acknowledged (and we deleted) rows up to _persisted_ack after
+            # this session's auth read its marks, and this facilitator resumes below them (it
+            # lost them, or lies). They cannot be replayed; the next auth carries the new mark.
+            logger.warning(
+                "facilitator resumes after seq {}, but seqs up to {} were acked and deleted; reconnecting",
+                resume_after,
+                self._persisted_ack,
+            )
+            return False
         if resume_after > self._persisted_ack:
             self._store().ack(resume_after)
             self._persisted_ack = resume_after
@@ -281,6 +292,7 @@ class Publisher:
         if replay:
             logger.info("replaying {} messages after seq {}", replay, resume_after)
             self._report(Count("replayed", replay))
+        return True
 
     def closed(self, session_id: str) -> None:
         if session_id == self.session:

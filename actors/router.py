@@ -22,6 +22,7 @@ from jobrelay.actors.actor_messages import Count, DropSession, Gauge, Incoming, 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_handler
 from jobrelay.actors.outbox_actor import OutboxHandle
+from jobrelay.common.logs import Repeats
 from jobrelay.protocol.events import PeerStreamAdvanced, PeerStreamStarted
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
@@ -49,6 +50,7 @@ class JobRouter(pykka.ThreadingActor):
         super().__init__()
         self.config = config
         self._handlers = dict(handlers)
+        self._unknown_kinds = Repeats()  # a warning for the first job of each unknown kind only
         self._outbox = outbox
         self._metrics = metrics
         self._clock = clock
@@ -205,7 +207,7 @@ class JobRouter(pykka.ThreadingActor):
         send(self._metrics, Count("jobs_received"))
         if self._ledger.record_request(body.job_id, body.kind, payload):
             return True
-        logger.info("job {} arrived again; already handled", body.job_id)
+        logger.debug("job {} arrived again; already handled", body.job_id)  # counted: jobs_duplicate
         send(self._metrics, Count("jobs_duplicate"))
         return False
 
@@ -218,7 +220,11 @@ class JobRouter(pykka.ThreadingActor):
 
     def _route(self, job: JobRequest) -> None:
         if job.kind not in self._handlers:
-            logger.warning("job {}: no handler for kind {!r}", job.job_id, job.kind)
+            # The facilitator decides how many jobs come: one line per unknown kind (at most 100
+            # kinds), not per job; each is still rejected, and counted in jobs_rejected.
+            kinds = self._unknown_kinds
+            if kinds.first(job.kind if len(kinds.counts) < 100 else "(more kinds)"):
+                logger.warning("job {}: no handler for kind {!r} (more: not logged)", job.job_id, job.kind)
             self._finish(job.job_id, JobStatus.REJECTED, f"unknown job kind {job.kind!r}")
             send(self._metrics, Count("jobs_rejected"))
             return
@@ -266,7 +272,9 @@ class JobRouter(pykka.ThreadingActor):
             self._decoded.pop(job_id, None)
             self._finish(job_id, JobStatus.CANCELLED, reason)
             return
-        logger.info("cancel for job {} that is not running (finished or unknown)", job_id)
+        # Routine (a cancel racing the job's end) and free for a facilitator to send in bulk: not
+        # worth a line each at the default level.
+        logger.debug("cancel for job {} that is not running (finished or unknown)", job_id)
 
     def _finish(self, job_id: str, status: JobStatus, detail: str) -> None:
         self._publish(job_id, status, detail=detail)

@@ -29,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from jobrelay.common.logs import Repeats
 from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
@@ -100,6 +101,7 @@ class WorkerConnection:
         self.in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
         self._fresh: dict[int, FacilitatorBody] = {}  # seq → rows of our stream just committed
         self._bound: Any = None  # the logger with this connection's context, made when first used
+        self.repeats = Repeats()  # per-frame lines beyond the first of their kind: counted only
 
     @property
     def is_open(self) -> bool:
@@ -280,15 +282,16 @@ class WorkerConnection:
                 counters.add("duplicates_dropped")
             case ev.HeartbeatReceived() if event.draining != self.draining:
                 self.draining = event.draining
-                self._log.info(
-                    "facilitator: worker draining changed worker={} draining={}",
-                    self.worker_id,
-                    self.draining,
-                )
+                if self.repeats.first("draining changes"):
+                    self._log.info(
+                        "facilitator: worker draining changed worker={} draining={}",
+                        self.worker_id,
+                        self.draining,
+                    )
                 self.hub.worker_ready(self, not self.draining)
             case ev.RequestReceived() if self.session.is_open:
                 self.session.send_response(Response(id=event.request.id, ok=False, error="unknown method"))
-            case ev.PeerWarning():
+            case ev.PeerWarning() if self.repeats.first("worker warnings"):
                 self._log.warning(
                     "facilitator: worker warning worker={} code={} detail={}",
                     self.worker_id,
@@ -363,12 +366,14 @@ class WorkerConnection:
             counters.add("heartbeat_timeouts")
         # One line per session that ends (worker connected has its own), summarised in a storm.
         if self.worker_id and self.hub.chatter.allow("workers disconnected"):
+            left_out = self.repeats.left_out()
             self._log.info(
-                "facilitator: worker disconnected worker={} code={} by_peer={} detail={}",
+                "facilitator: worker disconnected worker={} code={} by_peer={} detail={}{}",
                 self.worker_id,
                 event.code.value if event.code else "normal",
                 event.by_peer,
                 event.detail,
+                f" (not logged one by one: {left_out})" if left_out else "",
             )
 
     def _close_code(self) -> tuple[int, str]:

@@ -44,12 +44,14 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
         counters.add("duplicates_dropped", outcome.duplicates)
     for refusal in outcome.refused:
         counters.add("refused_updates")
-        conn._log.warning(
-            "facilitator: refused status update worker={} job={} reason={}",
-            conn.worker_id,
-            refusal.job_id,
-            refusal.detail,
-        )
+        if conn.repeats.first("refused status updates"):
+            conn._log.warning(
+                "facilitator: refused status update worker={} job={} reason={} "
+                "(more this session are counted, not logged)",
+                conn.worker_id,
+                refusal.job_id,
+                refusal.detail,
+            )
         if refusal.code is not None and conn.session.is_open:
             conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
     if outcome.gap:

@@ -45,7 +45,8 @@ def facilitator_argv(folder: Path, ready: Path, timing: Timing) -> list[str]:
     return [
         sys.executable, "-m", "jobrelay", "facilitator", "--log-json", "--log-level", "INFO",
         "--db", str(folder / "facilitator.db"), "--authorized-keys", str(folder / "authorized_keys"),
-        "--host", "127.0.0.1", "--port", "0", "--http-host", "127.0.0.1", "--http-port", "0",
+        "--key-file", str(folder / "facilitator.key"), "--host", "127.0.0.1", "--port", "0",
+        "--http-host", "127.0.0.1", "--http-port", "0",
         "--heartbeat-interval", str(timing.heartbeat_interval),
         "--heartbeat-timeout", str(timing.heartbeat_timeout),
         "--stop-timeout", str(timing.stop_timeout), "--ready-file", str(ready),
@@ -57,6 +58,7 @@ def worker_argv(folder: Path, name: str, url: str, ready: Path, timing: Timing) 
     return [
         sys.executable, str(CHAOS_WORKER), "worker", "--log-json", "--log-level", "INFO",
         "--url", url, "--worker-id", name, "--key-file", str(folder / f"{name}.key"),
+        "--facilitator-key", (folder / "facilitator.pub").read_text().strip(),
         "--db", str(folder / f"{name}.db"), "--max-jobs", str(timing.max_jobs),
         "--backoff-base", "0.05", "--backoff-cap", "0.5", "--connect-timeout", "3",
         "--handshake-timeout", "3", "--stop-timeout", str(timing.stop_timeout),
@@ -114,6 +116,10 @@ class Cluster:
     facilitator_starts: int = 0
 
     def start(self, deadline: float) -> None:
+        key = generate_key()  # the facilitator's own key; workers pin its public half
+        (self.folder / "facilitator.key").write_text(key + "\n")
+        (self.folder / "facilitator.key").chmod(0o600)
+        (self.folder / "facilitator.pub").write_text(public_key_of(key) + "\n")
         lines = []
         for n in range(self.workers):
             name = f"w{n}"

@@ -312,6 +312,24 @@ def test_fill_hands_over_up_to_the_limit_and_resumes_after_resume_after(h: Harne
     assert pub.fill() == []
 
 
+def test_a_session_resuming_below_what_was_acked_and_deleted_is_refused(h: Harness) -> None:
+    """Found by scripts/fuzz (server, seed 11): a session acks seq 2 and ends; the next auth read
+    its marks before that ack was persisted, and the facilitator resumes after 1. Seq 2 is gone,
+    so handing over from 2 would start at 3 (the Connection actor crashed on the gap). The
+    session is refused instead (the Outbox drops it); the next one resumes from the new mark."""
+    pub = h.publisher
+    pub.write([publish(event(str(i))) for i in range(1, 5)])
+    assert pub.opened("s1", 0, limit=10)
+    assert seqs(pub.fill()) == [1, 2, 3, 4]
+    pub.acked(2, limit=12)
+    pub.persist_ack()  # seqs 1 and 2 deleted
+    pub.closed("s1")
+    assert not pub.opened("s2", resume_after=1, limit=10)
+    assert pub.session is None and pub.fill() == []
+    assert pub.opened("s3", resume_after=2, limit=10)
+    assert seqs(pub.fill()) == [3, 4]
+
+
 def test_publishes_during_a_session_are_handed_over_from_memory(h: Harness) -> None:
     pub = h.publisher
     pub.opened("s1", 0, limit=3)

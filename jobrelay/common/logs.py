@@ -1,5 +1,6 @@
 # Route stdlib logging (pykka, websockets, websocket-client) into loguru, so an actor's crash
-# traceback, which pykka logs through the stdlib, is never lost.
+# traceback, which pykka logs through the stdlib, is never lost. And Repeats: what keeps a peer
+# from writing the log once per frame it sends.
 from __future__ import annotations
 
 import inspect
@@ -7,7 +8,7 @@ import logging
 
 from loguru import logger
 
-__all__ = ["InterceptHandler", "route_stdlib_logging"]
+__all__ = ["InterceptHandler", "Repeats", "route_stdlib_logging"]
 
 
 class InterceptHandler(logging.Handler):
@@ -33,3 +34,25 @@ def route_stdlib_logging(level: int = logging.INFO) -> None:
         root.addHandler(InterceptHandler())
     for name in ("pykka", "websockets", "websocket"):
         logging.getLogger(name).setLevel(level)
+
+
+class Repeats:
+    """Lines a peer can cause once per frame (its non-fatal errors, refused status updates,
+    draining flips): the first of each kind in a session is logged, the rest only counted, and
+    the counts go into the session's closing line. A hostile peer sending a million of them
+    costs the log one line of each kind, not a million."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def first(self, kind: str) -> bool:
+        """Count one line of ``kind``; True when it is the first (log it)."""
+        seen = self.counts.get(kind, 0)
+        self.counts[kind] = seen + 1
+        return seen == 0
+
+    def left_out(self) -> str:
+        """``"N kind, …"`` for the lines counted but not logged ("" when none were)."""
+        return ", ".join(f"{n - 1} {kind}" for kind, n in sorted(self.counts.items()) if n > 1)
