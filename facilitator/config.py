@@ -10,12 +10,16 @@ from typing import Any
 
 import msgspec
 
-from jobrelay.protocol.auth import parse_authorized_keys
+from jobrelay.common.files import FileRefused, read_small_file
+from jobrelay.protocol.auth import parse_authorized_keys, worker_id_problem
 from jobrelay.protocol.config import LinkConfig, is_duration
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["FacilitatorConfig", "load_facilitator_config"]
+__all__ = ["AUTHORIZED_KEYS_LIMIT", "FacilitatorConfig", "load_facilitator_config"]
+
+AUTHORIZED_KEYS_LIMIT = 64 << 20
+"""The largest authorized-keys file read (about 500,000 workers' lines)."""
 
 
 class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -83,6 +87,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
                 "tls_cert_file", "set both tls_cert_file and tls_key_file (or neither)", self.tls_cert_file
             )
         for worker_id, key in self.authorized_keys.items():
+            problem = worker_id_problem(worker_id)
+            if problem:
+                raise self.error("authorized_keys", f"worker id {worker_id!r} {problem}", key)
             try:
                 parse_authorized_keys(f"{worker_id} {key}")
             except ValueError as exc:
@@ -96,6 +103,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         """
         if not self.tls_cert_file or not self.tls_key_file:
             return None
+        for name, file in (("tls_cert_file", self.tls_cert_file), ("tls_key_file", self.tls_key_file)):
+            if not Path(file).is_file():  # a FIFO would block the loader forever, a device feed it
+                raise self.error(name, "must be a regular file", file)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
@@ -109,15 +119,17 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         """The authorized keys: ``authorized_keys`` plus those of ``authorized_keys_file``.
 
         Raises:
-            ConfigError: the file cannot be read or parsed, or lists a worker with another key.
+            ConfigError: the file cannot be read (or is not a regular file, is larger than
+                AUTHORIZED_KEYS_LIMIT, or is writable by group or others) or parsed, or lists a
+                worker with another key.
         """
         keys = {worker_id: key.lower() for worker_id, key in self.authorized_keys.items()}
         if self.authorized_keys_file is None:
             return keys
         path = Path(self.authorized_keys_file)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as exc:
+            text = read_small_file(str(path), limit=AUTHORIZED_KEYS_LIMIT, trusted=True).decode("utf-8")
+        except (FileRefused, UnicodeError) as exc:
             raise self.error("authorized_keys_file", f"cannot be read ({exc})", str(path)) from None
         try:
             from_file = parse_authorized_keys(text)
