@@ -14,6 +14,7 @@ from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.auth import parse_authorized_keys, worker_id_problem
 from jobrelay.protocol.config import LinkConfig, is_duration
 from jobrelay.protocol.errors import ConfigError
+from jobrelay.protocol.messages import MAX_INFLIGHT
 from jobrelay.protocol.session import SessionConfig
 
 __all__ = ["AUTHORIZED_KEYS_LIMIT", "FacilitatorConfig", "load_facilitator_config"]
@@ -30,7 +31,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         port: TCP port; 0 picks a free one (read it back from ``Facilitator.port``).
         authorized_keys: worker id → Ed25519 public key (hex), merged with the file's keys.
         authorized_keys_file: An authorized-keys file (``<worker_id> <public key hex>`` per line).
-        max_inflight: Unacknowledged data messages allowed per direction and session.
+        max_inflight: Unacknowledged data messages allowed per direction and session (at most
+            1,000,000, the most a worker accepts in ``welcome``).
         heartbeat_interval: Seconds between heartbeats sent to a worker.
         heartbeat_timeout: A worker silent this long is disconnected (close 4002).
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
@@ -75,6 +77,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         if not 0 <= self.port <= 65535:
             raise self.error("port", "must be 0..65535", self.port)
         self.check_counts("max_inflight", "max_workers", "max_handshakes", "listen_backlog")
+        if self.max_inflight > MAX_INFLIGHT:  # sent in welcome, which a worker would refuse
+            raise self.error(
+                "max_inflight", f"must be ≤ {MAX_INFLIGHT} (what a worker accepts)", self.max_inflight
+            )
         self.check_durations("heartbeat_interval", "max_clock_skew")
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(

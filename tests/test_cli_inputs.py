@@ -178,3 +178,64 @@ def test_authorized_keys_errors_name_the_line_and_what_is_wrong() -> None:
         parse_authorized_keys(f"# fleet\nw1 {PUBLIC}\nw\x0b2 {PUBLIC}\n")
     with pytest.raises(ValueError, match=r"^line 2: expected '<worker_id> <public_key_hex>', got 3 fields"):
         parse_authorized_keys(f"w1 {PUBLIC}\r\nw2 {PUBLIC} extra\r\n")
+
+
+# ------------------------------------------------------------------ settings no connection survives
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--max-inflight", "2000000"],
+         r"facilitator\.max_inflight \(from --max-inflight\): must be ≤ 1000000 \(what a worker accepts\), got 2000000"),  # noqa: E501
+        (["--max-frame-bytes", "100000000000000000000000"],
+         r"facilitator\.max_frame_bytes \(from --max-frame-bytes\): must be 1024\.\.1073741824, got 1000+"),
+        (["--max-batch", "20000"],
+         r"facilitator\.max_batch \(from --max-batch\): must be ≤ 10000 \(the most a batch frame may carry\), got 20000"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_facilitator_settings_that_every_connection_would_fail_on_are_refused(
+    tmp_path: Path, extra: list[str], pattern: str
+) -> None:
+    refused(facilitator_args(tmp_path, *extra), pattern)
+
+
+def test_worker_frame_limit_is_bounded(tmp_path: Path) -> None:
+    key, _ = make_key(tmp_path, "w1")
+    refused([*worker_args(tmp_path, key), "--max-frame-bytes", "99999999999999"],
+            r"worker\.max_frame_bytes \(from --max-frame-bytes\): must be 1024\.\.1073741824, got 99999999999999")  # fmt: skip  # noqa: E501
+
+
+# ------------------------------------------------------------------ plain flags: one line, exit 2
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["submit", "x", "--timeout", "nan"], r"jobrelay submit: error: argument --timeout: expected a finite .*'nan'.*"),  # noqa: E501
+        (["submit", "x", "--timeout", "1e400"], r"jobrelay submit: error: argument --timeout: expected a finite .*"),  # noqa: E501
+        (["submit", "x", "--facilitator", "http://[::1"],
+         r"jobrelay: error: client\.facilitator: expected http://host:port, got 'http://\[::1'"),
+        (["jobs", "--facilitator", "http://h:99999"],
+         r"jobrelay: error: client\.facilitator: expected http://host:port, got 'http://h:99999'"),
+        (["jobs", "--limit", "-5"], r"jobrelay jobs: error: argument --limit: expected 0\.\.10000, got -5 .*"),  # noqa: E501
+        (["jobs", "x", "--wait", "inf"], r"jobrelay jobs: error: argument --wait: expected a finite .*"),
+        (["demo", "--jobs", "0"], r"jobrelay demo: error: argument --jobs: expected 1\.\.1000000, got 0 .*"),
+        (["demo", "--job-seconds", "nan"], r"jobrelay demo: error: argument --job-seconds: expected a finite .*"),  # noqa: E501
+        (["demo", "--max-jobs", "0"], r"jobrelay demo: error: argument --max-jobs: expected 1\.\.10000, got 0 .*"),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_bad_plain_flags_are_one_line_and_exit_2(args: list[str], pattern: str) -> None:
+    done = run_cli(args, timeout=20)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(pattern, lines[0]), done.stderr
+
+
+def test_a_ready_file_in_a_missing_directory_is_refused_before_starting(tmp_path: Path) -> None:
+    key, _ = make_key(tmp_path, "w1")
+    refused([*worker_args(tmp_path, key), "--ready-file", str(tmp_path / "no" / "ready.json")],
+            r"worker\.ready_file \(from --ready-file\): directory .*/no does not exist")  # fmt: skip
+    refused(facilitator_args(tmp_path, "--ready-file", str(tmp_path / "no" / "ready.json")),
+            r"facilitator\.ready_file \(from --ready-file\): directory .*/no does not exist")  # fmt: skip
+    assert not (tmp_path / "f.db").exists()  # refused before anything started
