@@ -8,12 +8,16 @@ from urllib.parse import urlparse
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.protocol.auth import check_public_key, public_key_hex
+from jobrelay.common.files import FileRefused, read_small_file
+from jobrelay.protocol.auth import check_public_key, public_key_hex, worker_id_problem
 from jobrelay.protocol.config import LinkConfig
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["WorkerConfig", "generate_key", "load_key", "public_key_of"]
+__all__ = ["KEY_FILE_LIMIT", "WorkerConfig", "generate_key", "load_key", "public_key_of"]
+
+KEY_FILE_LIMIT = 4096
+"""The largest key file read: a key is 64 hex characters, so anything larger is not one."""
 
 
 class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
@@ -69,8 +73,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             parsed.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError:
             self.bad("url", "bad port", self.url)
-        if not self.worker_id or len(self.worker_id) > 256 or any(c.isspace() for c in self.worker_id):
-            self.bad("worker_id", "must be 1-256 characters without spaces", self.worker_id)
+        problem = worker_id_problem(self.worker_id)
+        if problem:
+            self.bad("worker_id", problem, self.worker_id)
         self.check_link()
         if bool(self.key) == bool(self.key_file):
             self.bad("key", "set exactly one of key and key_file", "both" if self.key else "neither")
@@ -112,15 +117,18 @@ def load_key(config: WorkerConfig) -> Ed25519PrivateKey:
     """The worker's private key from ``key`` or ``key_file``.
 
     Raises:
-        ConfigError: the file is missing or unreadable, or the key is not 32 bytes of hex.
+        ConfigError: the file is missing or unreadable, not a regular file, larger than
+            KEY_FILE_LIMIT, readable or writable by group or others, or the key is not 32 bytes
+            of hex.
     """
     field, text = "key", config.key
     if config.key_file:
         field = "key_file"
         try:
-            text = Path(config.key_file).read_text().strip()
-        except OSError as exc:
-            _bad(field, f"cannot read {config.key_file}: {exc.strerror or exc}")
+            raw = read_small_file(config.key_file, limit=KEY_FILE_LIMIT, private=True)
+        except FileRefused as exc:
+            _bad(field, f"cannot read {config.key_file}: {exc}")
+        text = raw.decode("utf-8", errors="replace")
     try:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.strip()))
     except ValueError:

@@ -11,12 +11,18 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.protocol.auth import parse_authorized_keys
+from jobrelay.common.files import FileRefused, read_small_file
+from jobrelay.protocol.auth import parse_authorized_keys, worker_id_problem
 from jobrelay.protocol.config import LinkConfig, is_duration
 from jobrelay.protocol.errors import ConfigError
+from jobrelay.protocol.messages import MAX_INFLIGHT
 from jobrelay.protocol.session import SessionConfig
 
-__all__ = ["FacilitatorConfig", "load_facilitator_config"]
+__all__ = ["AUTHORIZED_KEYS_LIMIT", "FacilitatorConfig", "load_facilitator_config"]
+
+AUTHORIZED_KEYS_LIMIT = 64 << 20
+KEY_FILE_LIMIT = 4096  # the facilitator's own key file (64 hex characters and a newline)
+"""The largest authorized-keys file read (about 500,000 workers' lines)."""
 
 
 class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -27,7 +33,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         port: TCP port; 0 picks a free one (read it back from ``Facilitator.port``).
         authorized_keys: worker id → Ed25519 public key (hex), merged with the file's keys.
         authorized_keys_file: An authorized-keys file (``<worker_id> <public key hex>`` per line).
-        max_inflight: Unacknowledged data messages allowed per direction and session.
+        max_inflight: Unacknowledged data messages allowed per direction and session (at most
+            1,000,000, the most a worker accepts in ``welcome``).
         heartbeat_interval: Seconds between heartbeats sent to a worker.
         heartbeat_timeout: A worker silent this long is disconnected (close 4002).
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
@@ -92,6 +99,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             "max_unauthenticated_per_address",
             "listen_backlog",
         )
+        if self.max_inflight > MAX_INFLIGHT:  # sent in welcome, which a worker would refuse
+            raise self.error(
+                "max_inflight", f"must be ≤ {MAX_INFLIGHT} (what a worker accepts)", self.max_inflight
+            )
         self.check_durations("heartbeat_interval", "max_clock_skew")
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(
@@ -106,6 +117,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         if self.key and self.key_file:
             raise self.error("key", "set only one of key and key_file", "both")
         for worker_id, key in self.authorized_keys.items():
+            problem = worker_id_problem(worker_id)
+            if problem:
+                raise self.error("authorized_keys", f"worker id {worker_id!r} {problem}", key)
             try:
                 parse_authorized_keys(f"{worker_id} {key}")
             except ValueError as exc:
@@ -119,6 +133,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         """
         if not self.tls_cert_file or not self.tls_key_file:
             return None
+        for name, file in (("tls_cert_file", self.tls_cert_file), ("tls_key_file", self.tls_key_file)):
+            if not Path(file).is_file():  # a FIFO would block the loader forever, a device feed it
+                raise self.error(name, "must be a regular file", file)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
@@ -145,8 +162,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
                     self.key_file,
                 )
             try:
-                text = Path(self.key_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeError) as exc:
+                # Like a worker's key: a regular file, small, readable by its owner only.
+                raw = read_small_file(self.key_file, limit=KEY_FILE_LIMIT, private=True)
+                text = raw.decode("utf-8")
+            except (FileRefused, UnicodeError) as exc:
                 raise self.error(field, f"cannot be read ({exc})", self.key_file) from None
         try:
             return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.strip()))
@@ -157,15 +176,17 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         """The authorized keys: ``authorized_keys`` plus those of ``authorized_keys_file``.
 
         Raises:
-            ConfigError: the file cannot be read or parsed, or lists a worker with another key.
+            ConfigError: the file cannot be read (or is not a regular file, is larger than
+                AUTHORIZED_KEYS_LIMIT, or is writable by group or others) or parsed, or lists a
+                worker with another key.
         """
         keys = {worker_id: key.lower() for worker_id, key in self.authorized_keys.items()}
         if self.authorized_keys_file is None:
             return keys
         path = Path(self.authorized_keys_file)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as exc:
+            text = read_small_file(str(path), limit=AUTHORIZED_KEYS_LIMIT, trusted=True).decode("utf-8")
+        except (FileRefused, UnicodeError) as exc:
             raise self.error("authorized_keys_file", f"cannot be read ({exc})", str(path)) from None
         try:
             from_file = parse_authorized_keys(text)

@@ -355,12 +355,17 @@ class WorkerConnection:
             self.released.set()  # no store operation of ours is in flight: a successor may start
         if event.code in AUTH_CODES:
             counters.add("auth_failures")
-            self._log.warning(
-                "facilitator: authentication failed worker={} code={} detail={}",
-                self.session.peer_id or "?",
-                event.code.value if event.code else "",
-                event.detail,
-            )
+        if not self.worker_id:
+            # Anyone can cause this line without a key: one per session, and per remote address
+            # at most a few a minute (the rest counted in the summary), never a flood.
+            if event.code is not None and self.hub.chatter.allow("handshakes refused", self._source()):
+                self._log.warning(
+                    "facilitator: {} worker={} code={} detail={}",
+                    "authentication failed" if event.code in AUTH_CODES else "handshake refused",
+                    self.session.peer_id or "?",
+                    event.code.value,
+                    event.detail,
+                )
             return
         if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
@@ -375,6 +380,10 @@ class WorkerConnection:
                 event.detail,
                 f" (not logged one by one: {left_out})" if left_out else "",
             )
+
+    def _source(self) -> str:
+        address = self.ws.remote_address
+        return str(address[0]) if address else "?"
 
     def _close_code(self) -> tuple[int, str]:
         request = self._close_request

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from jobrelay.protocol.messages import Auth, Challenge
 __all__ = [
     "AUTH_CONTEXT",
     "CHALLENGE_CONTEXT",
+    "MAX_WORKER_ID",
     "NONCE_HEX_CHARS",
     "NonceRegistry",
     "Transcript",
@@ -33,6 +35,7 @@ __all__ = [
     "public_key_hex",
     "verify_auth",
     "verify_challenge",
+    "worker_id_problem",
     "worker_signature",
 ]
 
@@ -183,21 +186,51 @@ class NonceRegistry:
         return True
 
 
+MAX_WORKER_ID = 256
+"""The longest worker id, in characters: the wire's ``Id``."""
+
+
+def worker_id_problem(worker_id: str) -> str:
+    """Why ``worker_id`` cannot be a worker's id, or "" when it can.
+
+    The rule of the authorized-keys file (PROTOCOL.md §4.3): 1..256 characters (the wire's
+    ``Id``), no whitespace or ``#`` (they split a line and start a comment) and no control
+    characters (which would let an id forge lines in a human log). ``jobrelay keygen``, the
+    worker's config and the file's parser all apply this one rule, so a key that keygen makes
+    is always one the facilitator can load.
+    """
+    if not 1 <= len(worker_id) <= MAX_WORKER_ID:
+        return f"must be 1-{MAX_WORKER_ID} characters, got {len(worker_id)}"
+    for char in worker_id:
+        if char.isspace() or char == "#" or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            return f"must not contain whitespace, '#' or control characters, found {char!r}"
+    return ""
+
+
 def parse_authorized_keys(text: str) -> dict[str, str]:
     """Parse an authorized-keys file: one ``<worker_id> <public key hex>`` per line, ``#`` comments.
 
+    Lines are split at ``\\n`` only (``\\r\\n`` too): a control character inside a line
+    is that line's error, not a hidden line break.
+
     Raises:
-        ValueError: a line is malformed or a worker id appears twice (the message names the line).
+        ValueError: a line is malformed, its worker id breaks ``worker_id_problem``'s rule or
+            appears twice (the message names the line number and what is wrong in it).
     """
     keys: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r").split("#", 1)[0].strip(" \t")
         if not line:
             continue
-        parts = line.split()
+        parts = [part for part in line.replace("\t", " ").split(" ") if part]
         if len(parts) != 2:
-            raise ValueError(f"line {number}: expected '<worker_id> <public_key_hex>', got {raw!r}")
+            raise ValueError(
+                f"line {number}: expected '<worker_id> <public_key_hex>', got {len(parts)} fields: {raw!r}"
+            )
         worker_id, key = parts
+        problem = worker_id_problem(worker_id)
+        if problem:
+            raise ValueError(f"line {number}: worker id {worker_id!r} {problem}")
         try:
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
         except ValueError:

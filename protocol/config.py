@@ -12,11 +12,15 @@ import msgspec
 
 from jobrelay.protocol.codec import FORMATS
 from jobrelay.protocol.errors import ConfigError
+from jobrelay.protocol.messages import MAX_BATCH
 
-__all__ = ["MIN_FRAME_BYTES", "LinkConfig", "is_duration"]
+__all__ = ["MAX_FRAME_BYTES", "MIN_FRAME_BYTES", "LinkConfig", "is_duration"]
 
 MIN_FRAME_BYTES = 1024
 """The smallest max_frame_bytes either side accepts: a handshake frame must fit."""
+MAX_FRAME_BYTES = 1 << 30
+"""The largest max_frame_bytes either side accepts: both ends hold a frame whole in memory, and a
+value beyond 64 bits could not even be encoded in ``welcome`` (every connection would fail)."""
 
 
 def is_duration(value: float) -> bool:
@@ -32,8 +36,8 @@ class LinkConfig(msgspec.Struct, kw_only=True, frozen=True):
         db_path: the SQLite file (created if absent; its directory must exist).
         durability: ``full`` (fsync per commit) or ``normal`` (may lose the last commits on
             power loss, never on a process crash).
-        max_frame_bytes: largest WebSocket frame accepted or sent (≥ 1024).
-        max_batch: most data messages per frame.
+        max_frame_bytes: largest WebSocket frame accepted or sent (1 KiB..1 GiB).
+        max_batch: most data messages per frame (≤ 10,000, what a batch frame may carry).
         handshake_timeout: seconds allowed to authenticate a new connection.
         formats: codecs offered, preferred first.
         stop_timeout: default bound of ``stop()``, seconds.
@@ -57,9 +61,14 @@ class LinkConfig(msgspec.Struct, kw_only=True, frozen=True):
             self.bad("db_path", "must name a file", self.db_path)
         if self.durability not in ("full", "normal"):
             self.bad("durability", "must be 'full' or 'normal'", self.durability)
-        if not isinstance(self.max_frame_bytes, int) or self.max_frame_bytes < MIN_FRAME_BYTES:
-            self.bad("max_frame_bytes", f"must be ≥ {MIN_FRAME_BYTES}", self.max_frame_bytes)
+        if (
+            not isinstance(self.max_frame_bytes, int)
+            or not MIN_FRAME_BYTES <= self.max_frame_bytes <= MAX_FRAME_BYTES
+        ):
+            self.bad("max_frame_bytes", f"must be {MIN_FRAME_BYTES}..{MAX_FRAME_BYTES}", self.max_frame_bytes)
         self.check_counts("max_batch")
+        if self.max_batch > MAX_BATCH:  # a larger batch is refused by the peer: nothing would flow
+            self.bad("max_batch", f"must be ≤ {MAX_BATCH} (the most a batch frame may carry)", self.max_batch)
         self.check_durations("handshake_timeout", "stop_timeout")
         if not self.formats or any(f not in FORMATS for f in self.formats):
             self.bad("formats", f"must be a non-empty subset of {FORMATS}", self.formats)

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_INFLIGHT",
     "MAX_SEQ",
     "PROTOCOL_VERSION",
     "TERMINAL_STATUSES",
@@ -41,6 +43,10 @@ __all__ = [
 PROTOCOL_VERSION = 2
 # 2**53 - 1: the largest integer every JSON implementation represents exactly.
 MAX_SEQ = 2**53 - 1
+MAX_INFLIGHT = 1_000_000
+"""The largest window a ``welcome`` may carry: a worker refuses more (so must a facilitator's config)."""
+MAX_BATCH = 10_000
+"""The most items a ``batch`` may carry: a receiver refuses more (so must either side's config)."""
 
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Mark = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
@@ -137,7 +143,7 @@ class Data(_Message, Generic[B], tag="data", frozen=True):
 class DataBatch(_Message, Generic[B], tag="batch", frozen=True):
     """Several data messages with contiguous seqs in one frame (sent when a backlog exists)."""
 
-    items: Annotated[list[Data[B]], msgspec.Meta(min_length=1, max_length=10_000)]
+    items: Annotated[list[Data[B]], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 # ---------------------------------------------------------------- session frames
@@ -198,7 +204,7 @@ class Welcome(_Message, tag="welcome", frozen=True):
     new_stream: bool = False
     heartbeat_interval_ms: Millis = 5_000
     heartbeat_timeout_ms: Millis = 20_000
-    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1_000
+    max_inflight: Annotated[int, msgspec.Meta(ge=1, le=MAX_INFLIGHT)] = 1_000
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
 
 

@@ -114,6 +114,9 @@ def open_database(
     if path.is_dir():
         raise StorageError(f"{path} is a directory; --db must name a file", path=path)
     existed = path.exists()
+    if existed and not path.is_file():
+        # A FIFO would block the header check (or SQLite) forever, a device feed it garbage.
+        raise StorageError(f"{path} is not a regular file; --db must name a file", path=path)
     if readonly and not existed:
         raise StorageError(f"{path} does not exist (nothing to inspect)", path=path)
     if existed:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+from jobrelay.cli.argtypes import count, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
 __all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
@@ -67,8 +68,12 @@ class FacilitatorClient:
     """A tiny client of the facilitator's JSON API."""
 
     def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
+        except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 address)
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"client.facilitator: expected http://host:port, got {base_url!r}")
         self.base = base_url.rstrip("/")
         self.timeout = timeout
@@ -144,7 +149,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="the facilitator's HTTP API (default: $JOBRELAY_FACILITATOR or http://127.0.0.1:8766)",
     )
     p.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to keep retrying an unreachable facilitator"
+        "--timeout", type=seconds, default=10.0, help="seconds to keep retrying an unreachable facilitator"
     )
     p.add_argument(
         "--token-file",
@@ -196,7 +201,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     p.add_argument("--payload", default=None, help="the job's input as JSON (default: null)")
     p.add_argument("--worker", default=None, help="send it to this worker only")
     p.add_argument("--job-id", default=None, help="the job's id (default: a new random id)")
-    p.add_argument("--wait", type=float, default=None, metavar="SECONDS", help="wait for the terminal status")
+    p.add_argument(
+        "--wait", type=seconds, default=None, metavar="SECONDS", help="wait for the terminal status"
+    )
     p.set_defaults(run=run_submit)
 
     p = sub.add_parser(
@@ -209,10 +216,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     _common(p)
     p.add_argument("job_id", nargs="?", help="show this job's status history")
     p.add_argument("--status", default=None, help="only jobs whose last status is this")
-    p.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
+    p.add_argument("--limit", type=count(0, 10_000), default=50, help="at most this many jobs (default 50)")
     p.add_argument(
         "--wait",
-        type=float,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help="with JOB_ID: wait for its terminal status",

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobrelay.actors.config import generate_key
 from jobrelay.cli import logs
+from jobrelay.cli.argtypes import count, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import LOG, resolve
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
@@ -58,11 +59,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
         epilog=EPILOG,
         **kw,
     )
-    p.add_argument("--jobs", type=int, default=500, help="jobs to submit (default 500)")
-    p.add_argument("--job-seconds", type=float, default=0.15, help="each job's duration (default 0.15)")
-    p.add_argument("--steps", type=int, default=3, help="progress updates per job (default 3)")
-    p.add_argument("--max-jobs", type=int, default=8, help="the worker's concurrent jobs (default 8)")
-    p.add_argument("--deadline", type=float, default=55.0, help="give up after this many seconds")
+    p.add_argument("--jobs", type=count(1, 1_000_000), default=500, help="jobs to submit (default 500)")
+    p.add_argument("--job-seconds", type=seconds, default=0.15, help="each job's duration (default 0.15)")
+    p.add_argument("--steps", type=count(1, 10_000), default=3, help="progress updates per job (default 3)")
+    p.add_argument(
+        "--max-jobs", type=count(1, 10_000), default=8, help="the worker's concurrent jobs (default 8)"
+    )
+    p.add_argument("--deadline", type=seconds, default=55.0, help="give up after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
     p.set_defaults(run=run)
 

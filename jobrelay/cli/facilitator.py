@@ -11,7 +11,7 @@ from loguru import logger
 
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
-from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
+from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
 from jobrelay.cli.worker import check_db_path, print_config
 from jobrelay.common.http import HealthServer
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     logs.check(log)
     config: FacilitatorConfig = build_config(resolved, FacilitatorConfig)
     check_db_path(resolved)
+    check_ready_file(resolved)
     try:
         # Refuse a bad keys file or certificate, and (unless only printing the settings) a
         # missing or unreadable facilitator key, before anything starts.

@@ -1,19 +1,24 @@
 # `jobrelay keygen`: a new key pair for a worker or for the facilitator. Invariants: the private
-# key file is created with mode 0600 and never overwritten without --force; stdout gets exactly one
-# line: for a worker the authorized-keys entry `<worker_id> <public key>` (so `>> authorized_keys`
-# works), for the facilitator its public key, which every worker pins as `facilitator_key`.
+# key file is created with mode 0600, never overwritten without --force, never written through a
+# symlink nor into anything but a regular file; a worker id obeys the authorized-keys rule
+# (protocol.auth.worker_id_problem); stdout gets exactly one line: for a worker the authorized-keys
+# entry `<worker_id> <public key>` (so `>> authorized_keys` works), for the facilitator its public
+# key, which every worker pins as `facilitator_key`.
 # --show prints that line for an existing key file instead of creating one.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors.config import generate_key
+from jobrelay.actors.config import KEY_FILE_LIMIT, generate_key
 from jobrelay.cli.errors import EXIT_OK, UsageError
-from jobrelay.protocol.auth import public_key_hex
+from jobrelay.common.files import FileRefused, read_small_file
+from jobrelay.protocol.auth import public_key_hex, worker_id_problem
 
 __all__ = ["add_parser", "run"]
 
@@ -57,14 +62,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: o
 
 def run(args: argparse.Namespace) -> int:
     worker_id: str | None = args.worker_id
-    if worker_id is not None and (
-        not worker_id or len(worker_id) > 256 or any(c.isspace() for c in worker_id)
-    ):
-        raise UsageError(
-            f"keygen.worker_id (from --worker-id): 1-256 characters without spaces, got {worker_id!r}"
-        )
+    problem = worker_id_problem(worker_id) if worker_id is not None else None
+    if problem:
+        # The facilitator refuses such a line, and with it the whole authorized-keys file:
+        # appended there, it would lock every worker out at its next restart.
+        raise UsageError(f"keygen.worker_id (from --worker-id): {problem}, got {worker_id!r}")
     path = Path(args.key_file)
-    key = _read(path) if args.show else _create(path, force=args.force)
+    key = _read(path) if args.show else _new_key_file(path, force=args.force)
     public = public_key_hex(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key)))
     print(public if worker_id is None else f"{worker_id} {public}", flush=True)
     return EXIT_OK
@@ -72,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _read(path: Path) -> str:
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        key = read_small_file(str(path), limit=KEY_FILE_LIMIT).decode("utf-8").strip()
         Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key))
-    except (OSError, UnicodeError) as exc:
+    except (FileRefused, UnicodeError) as exc:
         raise UsageError(f"keygen.key_file (from --key-file): cannot read {path}: {exc}") from None
     except ValueError:
         raise UsageError(
@@ -83,18 +87,46 @@ def _read(path: Path) -> str:
     return key
 
 
-def _create(path: Path, *, force: bool) -> str:
+def _new_key_file(path: Path, *, force: bool) -> str:
+    """A new private key, written to ``path`` (0600); returns it (hex)."""
     key = generate_key()
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise UsageError(
-            f"keygen.key_file (from --key-file): {path} exists; use --force to replace it"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"keygen.key_file (from --key-file): cannot create {path}: {exc.strerror}") from None
+    fd = _create(path, force=force)
     with os.fdopen(fd, "w") as out:
         os.fchmod(out.fileno(), 0o600)
         out.write(key + "\n")
     return key
+
+
+def _create(path: Path, *, force: bool) -> int:
+    """Open the key file for writing: a new file, or with ``force`` an existing regular file.
+
+    O_NOFOLLOW: a symlink planted at the path (by someone who can write the directory) would
+    otherwise make --force truncate whatever it points at and write a private key there.
+
+    Raises:
+        UsageError: it exists (without ``force``), is a symlink or not a regular file, or cannot
+            be created.
+    """
+    where = "keygen.key_file (from --key-file)"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    flags |= 0 if force else os.O_EXCL
+    symlink = UsageError(f"{where}: {path} is a symbolic link; refusing to write a key through it")
+    not_regular = UsageError(f"{where}: {path} is not a regular file; refusing to write a key to it")
+    if path.is_symlink():
+        raise symlink
+    if path.exists() and not path.is_file():
+        raise not_regular
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{where}: {path} exists; use --force to replace it") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink appeared after the checks above
+            raise symlink from None
+        raise UsageError(f"{where}: cannot create {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the checks above
+        os.close(fd)
+        raise not_regular
+    os.set_blocking(fd, True)
+    os.ftruncate(fd, 0)  # only now: a FIFO or device is never truncated, a symlink never followed
+    return fd

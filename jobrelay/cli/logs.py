@@ -1,6 +1,8 @@
 # Logging set-up for the jobrelay command: loguru to stderr, a human format on a TTY (or when
 # asked), JSON lines with --log-json; stdlib logging (pykka, websockets) routed into loguru.
-# Invariant: configure() replaces every loguru sink, so calling it twice never duplicates lines.
+# Invariants: configure() replaces every loguru sink, so calling it twice never duplicates lines;
+# a human-format record is exactly one line (plus a traceback when one is logged): control
+# characters in the message and context are escaped at the format, not at each call site.
 from __future__ import annotations
 
 import logging
@@ -11,16 +13,28 @@ from loguru import logger
 
 from jobrelay.cli.errors import UsageError
 from jobrelay.cli.settings import Resolved
-from jobrelay.common.logs import route_stdlib_logging
+from jobrelay.common.logs import escape_controls, route_stdlib_logging
 
 __all__ = ["LEVELS", "check", "configure"]
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
+# The message and context go in escaped (``_human``): a worker id, an error detail or a frame type
+# sent by a peer must not end the line and forge the next one, nor drive the operator's terminal.
 _HUMAN = (
     "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>{extra[component]}</cyan>{extra[context]} {message}"
+    "<cyan>{extra[_human_component]}</cyan>{extra[_human_context]} {extra[_human_message]}\n{exception}"
 )
+
+
+def _human(record: Any) -> str:
+    """The human format, with every untrusted value escaped once, here, for every call site.
+    Only the human sink sees the escaped copies; JSON lines keep the exact values (json escapes)."""
+    extra = record["extra"]
+    extra["_human_component"] = escape_controls(str(extra["component"]))
+    extra["_human_context"] = escape_controls(extra["context"])
+    extra["_human_message"] = escape_controls(record["message"])
+    return _HUMAN
 
 
 def _context(record: Any) -> None:
@@ -58,7 +72,7 @@ def configure(level: str = "INFO", *, json: bool = False, **context: Any) -> Non
         logger.add(
             sys.stderr,
             level=level,
-            format=_HUMAN,
+            format=_human,
             colorize=sys.stderr.isatty(),
             backtrace=False,
             diagnose=False,

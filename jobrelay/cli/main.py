@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from jobrelay import __version__
 from jobrelay.cli import client, demo, facilitator, keygen, status, worker
@@ -36,15 +36,23 @@ exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 130 forced st
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refusal as the command's other refusals: one line on stderr, exit 2 (the
+    usage it printed first was noise in a log, and split one error over several lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jobrelay",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"jobrelay {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="FILE",
@@ -52,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a TOML file with [worker], [facilitator], [log] tables [env JOBRELAY_CONFIG]",
     )
     add_flags(common, LOG, title="logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     kw: dict[str, Any] = {"formatter_class": argparse.RawDescriptionHelpFormatter}
     keygen.add_parser(sub, **kw)
     facilitator.add_parser(sub, parents=[common], **kw)

@@ -18,7 +18,7 @@ from typing import Any
 
 from loguru import logger
 
-from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME
+from jobrelay.cli.errors import EXIT_FORCED, EXIT_OK, EXIT_RUNTIME, UsageError
 from jobrelay.cli.settings import Resolved
 from jobrelay.common.http import HealthServer, HealthSource
 from jobrelay.common.http_access import AccessPolicy
@@ -46,7 +46,7 @@ def start_http(
         raise resolved.bad("http_port", f"cannot listen on {host}:{port}: {why}") from None
 
 
-__all__ = ["ServiceLoop", "start_http", "write_ready_file"]
+__all__ = ["ServiceLoop", "check_ready_file", "start_http", "write_ready_file"]
 
 
 class ServiceLoop:
@@ -122,14 +122,39 @@ class ServiceLoop:
                 signal.signal(signum, handler)
 
 
+def check_ready_file(resolved: Resolved) -> None:
+    """Refuse a ready file that cannot be written, before anything starts (it is written only
+    once the service runs, where a missing directory used to end it with a traceback).
+
+    Raises:
+        UsageError: its directory is missing, or it names a directory.
+    """
+    path = resolved.values["ready_file"]
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise resolved.bad("ready_file", f"{target} is a directory, expected a file name")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise resolved.bad("ready_file", f"directory {parent} does not exist")
+
+
 def write_ready_file(path: str, **doc: Any) -> None:
-    """Atomically write ``doc`` (plus the pid) as JSON to ``path`` (readers never see half a file)."""
+    """Atomically write ``doc`` (plus the pid) as JSON to ``path`` (readers never see half a file).
+
+    Raises:
+        UsageError: it cannot be written (its directory went away, is read-only, the disk is full).
+    """
     if not path:
         return
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**doc, "pid": os.getpid()}) + "\n")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(json.dumps({**doc, "pid": os.getpid()}) + "\n")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UsageError(f"ready_file: cannot write {target}: {exc.strerror or exc}") from None
 
 
 def stderr_line(text: str) -> None:

@@ -11,7 +11,6 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,9 +18,11 @@ import msgspec
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.cli.errors import UsageError
 from jobrelay.cli.registry import FACILITATOR, LOG, REQUIRED, STATUS, WORKER, Setting, show
+from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.errors import ConfigError
 
 __all__ = [
+    "CONFIG_FILE_LIMIT",
     "FACILITATOR",
     "LOG",
     "STATUS",
@@ -32,6 +33,9 @@ __all__ = [
     "load_toml",
     "resolve",
 ]
+
+CONFIG_FILE_LIMIT = 1 << 20
+"""The largest --config file read: a settings file is a few kilobytes."""
 
 
 def add_flags(
@@ -102,9 +106,9 @@ def load_toml(path: str | None, section: str, settings: Sequence[Setting]) -> tu
     if not path:
         return {}, ""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeError) as exc:
-        raise UsageError(f"--config: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        text = read_small_file(path, limit=CONFIG_FILE_LIMIT).decode("utf-8")
+    except (FileRefused, UnicodeError) as exc:
+        raise UsageError(f"--config: cannot read {path}: {exc}") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -20,7 +20,7 @@ from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
 from jobrelay.cli.samples import SAMPLE_HANDLERS
-from jobrelay.cli.service import ServiceLoop, start_http, write_ready_file
+from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
 from jobrelay.common.http import HealthServer
 from jobrelay.storage import StorageError
@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     logs.check(log)
     config: WorkerConfig = build_config(resolved, WorkerConfig)
     check_db_path(resolved)
+    check_ready_file(resolved)
     handlers = handlers_from(resolved)
     if args.print_config:
         print_config(resolved, log)

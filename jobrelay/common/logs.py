@@ -1,14 +1,32 @@
 # Route stdlib logging (pykka, websockets, websocket-client) into loguru, so an actor's crash
-# traceback, which pykka logs through the stdlib, is never lost. And Repeats: what keeps a peer
-# from writing the log once per frame it sends.
+# traceback, which pykka logs through the stdlib, is never lost; Repeats, what keeps a peer from
+# writing the log once per frame it sends; and make untrusted text safe for a human-format log line
+# (escape_controls).
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 
 from loguru import logger
 
-__all__ = ["InterceptHandler", "Repeats", "route_stdlib_logging"]
+__all__ = ["InterceptHandler", "Repeats", "escape_controls", "route_stdlib_logging"]
+
+# What can end a log line or change how a terminal shows the rest: C0 controls but tab (newline,
+# carriage return, ESC), DEL, C1 controls (U+009B is a one-byte CSI on some terminals), Unicode
+# line and paragraph separators, and the bidirectional overrides that reorder what is displayed.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def escape_controls(text: str) -> str:
+    r"""``text`` with every character that could forge a line or drive a terminal written as
+    Python escapes (``\n``, ``\x1b``, ``\u2028``), so a worker id or error detail sent by a
+    peer stays inside its one log line. Printable text, tabs included, is returned as is."""
+    return _UNSAFE.sub(_escape_one, text) if _UNSAFE.search(text) else text
 
 
 class InterceptHandler(logging.Handler):
