@@ -231,7 +231,9 @@ def run_storm(row: Row, api: Api, children: Children, phases: Phases, n: int, ti
 def make_facilitator_key(folder: Path) -> str:
     """The facilitator's own key in ``folder``/facilitator.key; returns the public key workers pin."""
     key = Ed25519PrivateKey.generate()
-    (folder / "facilitator.key").write_text(key.private_bytes_raw().hex() + "\n")
+    path = folder / "facilitator.key"
+    path.write_text(key.private_bytes_raw().hex() + "\n")
+    path.chmod(0o600)  # the facilitator refuses a private key others may read
     return public_key_hex(key)
 
 
