@@ -31,7 +31,7 @@ from loguru import logger
 from websockets.asyncio.server import Server, serve
 
 from jobrelay.common.loop import run_loop
-from jobrelay.facilitator.admission import AcceptPacer, gated_connection
+from jobrelay.facilitator.admission import gated_connection
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
@@ -52,7 +52,6 @@ __all__ = ["Facilitator", "start_facilitator"]
 # jobrelay.common.http.MAX_CONNECTIONS).
 _FD_RESERVE: Final = 512
 _MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
-_ACCEPT_BATCH: Final = 64  # connections taken off the listen queue per wake-up at most
 _QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
 
 
@@ -347,11 +346,6 @@ class Facilitator:
             raise ConfigError(
                 f"FacilitatorConfig.port: cannot listen on {config.host}:{config.port} ({exc})"
             ) from exc
-        pacer = AcceptPacer(self._server.server, batch=_ACCEPT_BATCH, backlog=config.listen_backlog)
-        pacer.start()
-        gate = self.hub.gate
-        gate.on_full, gate.on_room, gate.resume_margin = pacer.pause, pacer.resume, _ACCEPT_BATCH
-        gate.max_waiting = _ACCEPT_BATCH if pacer.works else 0  # a batch taken past the cap waits
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         self.url = f"{'wss' if config.tls_cert_file else 'ws'}://{config.host}:{self.port}"
 

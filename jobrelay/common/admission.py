@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -65,31 +64,21 @@ class ConnectionGate:
         self.count = count
         self.server = server
         self.per_address_setting = per_address_setting
-        # Called when the unauthenticated connections reach their cap, and when there is room
-        # again (resume_margin below it): the server stops and restarts taking connections off
-        # its listen queue, where they wait at no cost instead of being reset.
-        self.on_full: Callable[[], object] | None = None
-        self.on_room: Callable[[], object] | None = None
-        self.resume_margin = 1
-        self.max_waiting = 0  # connections that may wait for room instead of being reset
         self.open = 0
         self.unauthenticated = 0
         self._by_address: dict[str, int] = {}
-        self._waiting: deque[tuple[str, Callable[[], object]]] = deque()
         self._log = RefusalLog()
 
-    @property
-    def waiting(self) -> int:
-        """Connections accepted while there was no room, waiting (unread) for their turn."""
-        return len(self._waiting)
-
-    def admit(self, address: str, start: Callable[[], object] | None = None) -> bool:
-        """Take a new connection from ``address`` (counted as unauthenticated), or refuse it.
-        With ``start``, a connection that finds no room among the unauthenticated waits (in
-        order, at most ``max_waiting``); ``start()`` is called when it is taken (at once when
-        there is room)."""
+    def admit(self, address: str) -> bool:
+        """Take a new connection from ``address`` (counted as unauthenticated), or refuse it."""
         if self.open >= self.max_connections:
             return self._refuse(address, "connections", f"{self.open} open, the most this process holds")
+        if self.unauthenticated >= self.max_unauthenticated:
+            return self._refuse(
+                address,
+                "unauthenticated",
+                f"{self.unauthenticated} connections not yet authenticated (max_unauthenticated)",
+            )
         from_address = self._by_address.get(address, 0)
         if from_address >= self.per_address:
             return self._refuse(
@@ -97,33 +86,10 @@ class ConnectionGate:
                 "per_address",
                 f"{from_address} connections from it ({self.per_address_setting})",
             )
-        if self.unauthenticated >= self.max_unauthenticated or self._waiting:
-            if start is None or len(self._waiting) >= self.max_waiting:
-                return self._refuse(
-                    address,
-                    "unauthenticated",
-                    f"{self.unauthenticated} connections not yet authenticated (max_unauthenticated)",
-                )
-            self.open += 1  # it holds a descriptor while it waits
-            self._waiting.append((address, start))
-            return True
         self.open += 1
-        self._take(address)
-        if start is not None:
-            start()
-        return True
-
-    def _take(self, address: str) -> None:
         self.unauthenticated += 1
-        self._by_address[address] = self._by_address.get(address, 0) + 1
-        if self.unauthenticated >= self.max_unauthenticated and self.on_full is not None:
-            self.on_full()
-
-    def _let_waiting_in(self) -> None:
-        while self._waiting and self.unauthenticated < self.max_unauthenticated:
-            address, start = self._waiting.popleft()
-            self._take(address)
-            start()
+        self._by_address[address] = from_address + 1
+        return True
 
     def authenticated(self, address: str) -> None:
         """A connection from ``address`` proved its worker key: it no longer counts as
@@ -134,22 +100,12 @@ class ConnectionGate:
             self._by_address[address] = left
         else:
             del self._by_address[address]
-        self._let_waiting_in()
-        if self.on_room is not None and not self._waiting and self.unauthenticated <= self._resume_at():
-            self.on_room()
 
-    def closed(self, address: str, authenticated: bool, start: Callable[[], object] | None = None) -> None:
-        """An admitted connection from ``address`` is gone (``start``: the one it waited with,
-        if it never got its turn)."""
+    def closed(self, address: str, authenticated: bool) -> None:
+        """An admitted connection from ``address`` is gone."""
         self.open -= 1
-        if start is not None:
-            self._waiting.remove((address, start))
-        elif not authenticated:
+        if not authenticated:
             self.authenticated(address)  # drop it from the unauthenticated counts
-
-    def _resume_at(self) -> int:
-        cap = self.max_unauthenticated
-        return cap - min(self.resume_margin, max(1, cap // 2))
 
     def _refuse(self, address: str, reason: str, detail: str) -> bool:
         self.count(f"refused_{reason}")
