@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import pykka
 from loguru import logger
@@ -54,6 +54,9 @@ from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
 __all__ = ["HANDOVER_WINDOWS", "ConnectionActor", "ConnectionProxy", "connection_proxy"]
+
+# What the worker closes with when the facilitator is not the one it pins.
+_NOT_OUR_FACILITATOR: Final = frozenset({ErrorCode.WRONG_KEY, ErrorCode.BAD_SIGNATURE})
 
 
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
@@ -349,11 +352,14 @@ class ConnectionActor(pykka.ThreadingActor):
         who = "facilitator" if event.by_peer else "we"
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         why = " ".join(filter(None, [event.code, event.detail, left_out and f"(not logged: {left_out})"]))
-        if event.code in AUTH_CODES:
-            # We refused the facilitator (its key is not the pinned one), or it refused us.
-            hint = "check worker_id and key" if event.by_peer else "check facilitator_key and url"
+        hint = ""
+        if event.by_peer and event.code in AUTH_CODES:  # the facilitator refused us
+            hint = "check worker_id and key"
+        elif not event.by_peer and event.code in _NOT_OUR_FACILITATOR:  # we refused its identity
+            hint = "check facilitator_key and url"
+        if hint:
             self._log.error("authentication failed ({} ended it): {}; {}", who, why, hint)
-        else:
+        else:  # (a facilitator breaking the handshake's rules is a warning, not a misconfiguration)
             log = self._log.warning if event.code is not None else self._log.info
             log("connection closed ({} ended it): {}", who, why)
         self._backoff(event.detail, cause_logged=True)
