@@ -56,9 +56,9 @@ def main(args: list[str]) -> None:
             break
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
