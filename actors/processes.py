@@ -152,11 +152,13 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def _members(pgid: int) -> list[int]:
+    """Live members of group ``pgid`` (a zombie has ended: it only waits to be reaped)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
                     members.append(int(entry.name))
     return members
 
