@@ -46,7 +46,9 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
             command = table.pop("command", None)
             if not isinstance(command, str):
                 raise resolved.bad("handlers", f'{where}a handler table needs `command = "..."`')
-            options[kind] = {name: _option(resolved, "handlers", kind, name, v) for name, v in table.items()}
+            options[kind] = {
+                name: _option(resolved, "handlers", kind, name, v, typed=True) for name, v in table.items()
+            }
         else:
             command = spec
         commands[kind] = _split(resolved, kind, command)
@@ -78,36 +80,43 @@ def _split(resolved: Resolved, kind: str, command: str) -> list[str]:
     return argv
 
 
-def _option(resolved: Resolved, key: str, kind: str, name: str, value: Any) -> Any:
-    """One option's value, typed (flags and the environment give strings, TOML typed values)."""
+_EXPECTED = {
+    "resumable": "expected true or false",
+    "concurrency": "expected an integer >= 1",
+    "soft_time_limit": "expected seconds > 0",
+    "time_limit": "expected seconds > 0",
+    "kill_after": "expected seconds >= 0",
+}
+
+
+def _option(resolved: Resolved, key: str, kind: str, name: str, value: Any, *, typed: bool = False) -> Any:
+    """One option's value: parsed from a string (flags, environment), or ``typed`` as TOML has it
+    (then a string is refused for a number or a boolean, as for every other TOML setting)."""
     where = f"{kind}:{name}: "
     if name not in OPTION_NAMES:
         raise resolved.bad(key, f"{where}unknown option; expected one of {', '.join(OPTION_NAMES)}")
+    parsed = None if typed and isinstance(value, str) else _parse(name, value)
+    if parsed is None:
+        raise resolved.bad(key, f"{where}{_EXPECTED[name]}, got {value!r}")
+    return parsed
+
+
+def _parse(name: str, value: Any) -> bool | int | float | None:
+    """``value`` as option ``name`` takes it, or None if it is not a valid one."""
+    text = value.strip().lower() if isinstance(value, str) else None
     if name == "resumable":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _BOOLS:
-            return _BOOLS[value.strip().lower()]
-        raise resolved.bad(key, f"{where}expected true or false, got {value!r}")
-    if name == "concurrency":
+        return value if isinstance(value, bool) else _BOOLS.get(text or "")
+    number: Any = value
+    if text is not None:
         try:
-            number = int(value.strip()) if isinstance(value, str) else value
+            number = int(text) if name == "concurrency" else float(text)
         except ValueError:
-            number = None
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-            raise resolved.bad(key, f"{where}expected an integer >= 1, got {value!r}")
-        return number
-    try:
-        seconds = float(value.strip()) if isinstance(value, str) else value
-    except ValueError:
-        seconds = None
-    zero_ok = name == "kill_after"
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not math.isfinite(seconds)
-        or seconds < 0
-        or (seconds == 0 and not zero_ok)
-    ):
-        raise resolved.bad(key, f"{where}expected seconds {'>= 0' if zero_ok else '> 0'}, got {value!r}")
-    return float(seconds)
+            return None
+    if isinstance(number, bool):
+        return None
+    if name == "concurrency":
+        return number if isinstance(number, int) and number >= 1 else None
+    if not isinstance(number, int | float) or not math.isfinite(number):
+        return None
+    low_ok = number >= 0 if name == "kill_after" else number > 0
+    return float(number) if low_ok else None
