@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,16 @@ import pytest
 
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from tests.protocol_harness import FACILITATOR_KEY_HEX
-from tests.test_cli_helpers import Service, make_key, services, wait_until, worker_args
+from tests.test_cli_helpers import (
+    ROOT,
+    Service,
+    clean_env,
+    free_port,
+    make_key,
+    services,
+    wait_until,
+    worker_args,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,3 +141,29 @@ def test_restarted_worker_reports_only_after_the_old_handler_is_gone(
         assert last_status(fac, "j1") == ("failed", "worker_restarted")
         assert not [pid for pid in pids if alive(pid)], "reported failed while the old command ran"
         assert "its command from before the restart was still running" in running[1].text()
+
+
+def docs_example() -> str:
+    section = (ROOT / "docs" / "CLI.md").read_text().split("<!-- command-handler:", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "docs/CLI.md command handler example not found"
+    return match.group(1)
+
+
+def test_docs_command_handler_example_runs_as_pasted() -> None:
+    script = docs_example()
+    for port in ("8765", "8766"):  # the example's ports, swapped for free ones
+        script = re.sub(rf"\b{port}\b", str(free_port()), script)
+    proc = subprocess.Popen(
+        ["bash", "-e", "-c", script], cwd=ROOT, env=clean_env(), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "thumbs/cat.png written (64x64)" in out, out
+    assert "completed" in out, out
