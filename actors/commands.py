@@ -6,6 +6,7 @@
 # is left; a cancelled job's group gets SIGTERM, then SIGKILL after `kill_after` seconds.
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ class CommandHandler:
         self.argv = list(argv)
         self.options = options or CommandOptions()
         if kill_after is not None:
-            self.options = CommandOptions(**{**self.options.__dict__, "kill_after": kill_after})
+            self.options = dataclasses.replace(self.options, kill_after=kill_after)
         # What the JobRouter reads off any handler.
         self.resumable = self.options.resumable
         self.concurrency = self.options.concurrency
