@@ -13,15 +13,17 @@ from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from jobrelay.actors.actor_messages import ConnectionState
+    from jobrelay.actors.commands import CommandHandler, CommandOptions
     from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, resumable
     from jobrelay.actors.health import WorkerHealth, serve_worker
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
 
 __all__ = [
     "CommandHandler",
+    "CommandOptions",
     "ConnectionState",
     "Handler",
     "JobCancelled",
@@ -41,7 +43,8 @@ __all__ = [
 ]
 
 _EXPORTS = {
-    "CommandHandler": "jobrelay.actors.handlers",
+    "CommandHandler": "jobrelay.actors.commands",
+    "CommandOptions": "jobrelay.actors.commands",
     "ConnectionState": "jobrelay.actors.actor_messages",
     "Handler": "jobrelay.actors.handlers",
     "JobCancelled": "jobrelay.actors.handlers",

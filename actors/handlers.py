@@ -4,13 +4,10 @@
 # cancelled) and then tells the router.
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import msgspec
 import pykka
 from loguru import logger
 
@@ -19,9 +16,9 @@ from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 
 if TYPE_CHECKING:
     from jobrelay.actors.outbox_actor import OutboxHandle
+    from jobrelay.actors.processes import ProcessJournal
 
 __all__ = [
-    "CommandHandler",
     "Handler",
     "JobCancelled",
     "JobContext",
@@ -56,8 +53,17 @@ def publish_status(
 class JobContext:
     """What a handler gets besides the job: progress reporting and cancellation."""
 
-    def __init__(self, job: JobRequest, *, outbox: OutboxHandle, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        job: JobRequest,
+        *,
+        outbox: OutboxHandle,
+        clock: Callable[[], float],
+        processes: ProcessJournal | None = None,
+    ) -> None:
         self.job = job
+        # Where a handler that starts processes journals them (None: nowhere, e.g. in unit tests).
+        self.processes = processes
         self._outbox = outbox
         self._clock = clock
         self._cancelled = threading.Event()
@@ -119,86 +125,6 @@ def resumable(handler: H) -> H:
     instead of ending as ``failed: worker_restarted``."""
     handler.resumable = True  # type: ignore[attr-defined]
     return handler
-
-
-class CommandHandler:
-    """Runs an external command per job: the job as JSON on stdin, one JSON status per stdout line.
-
-    Each stdout line is ``{"status": "running", "progress": 0.5, "detail": "…"}`` (all optional).
-    Exit code 0 completes the job; anything else fails it with the end of stderr. A cancelled job's
-    process is terminated (then killed after ``kill_after`` seconds).
-    """
-
-    def __init__(self, argv: Sequence[str], *, kill_after: float = 3.0) -> None:
-        if not argv:
-            raise ValueError("CommandHandler needs a command")
-        self.argv = list(argv)
-        self.kill_after = kill_after
-
-    def __call__(self, job: JobRequest, ctx: JobContext) -> str:
-        proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # Its own session: a Ctrl-C at the worker's terminal must not reach the job directly;
-            # the worker decides (a stopping worker cancels it, which terminates it).
-            start_new_session=True,
-        )
-        watcher = threading.Thread(target=self._watch, args=(proc, ctx), daemon=True)
-        watcher.start()
-        stderr: list[str] = []
-        reader = threading.Thread(
-            target=lambda: stderr.append(proc.stderr.read() if proc.stderr else ""), daemon=True
-        )
-        reader.start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write(msgspec.json.encode(job).decode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        last_detail = ""
-        for line in proc.stdout:
-            last_detail = self._report(line, ctx) or last_detail
-        code = proc.wait()
-        reader.join(timeout=5)
-        ctx.check_cancelled()
-        if code != 0:
-            tail = "".join(stderr).strip()[-500:]
-            raise RuntimeError(f"command exited with {code}" + (f": {tail}" if tail else ""))
-        return last_detail
-
-    @staticmethod
-    def _report(line: str, ctx: JobContext) -> str:
-        line = line.strip()
-        if not line:
-            return ""
-        try:
-            doc = json.loads(line)
-            status = JobStatus(doc.get("status", "running"))
-            progress = doc.get("progress")
-            detail = str(doc.get("detail", ""))
-        except (ValueError, AttributeError, TypeError):
-            logger.warning(
-                "job {}: ignoring a stdout line that is not a status: {!r}", ctx.job.job_id, line[:200]
-            )
-            return ""
-        if status.terminal:
-            return detail  # the exit code decides the terminal status
-        ctx.update(status, progress=progress if isinstance(progress, int | float) else None, detail=detail)
-        return detail
-
-    def _watch(self, proc: subprocess.Popen[str], ctx: JobContext) -> None:
-        while proc.poll() is None:
-            if ctx.wait_cancelled(0.1):
-                proc.terminate()
-                try:
-                    proc.wait(self.kill_after)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                return
 
 
 def run_handler(

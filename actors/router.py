@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -22,6 +23,7 @@ from jobrelay.actors.actor_messages import Count, DropSession, Gauge, Incoming, 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_handler
 from jobrelay.actors.outbox_actor import OutboxHandle
+from jobrelay.actors.processes import ProcessJournal
 from jobrelay.common.logs import Repeats
 from jobrelay.protocol.events import PeerStreamAdvanced, PeerStreamStarted
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus
@@ -58,6 +60,10 @@ class JobRouter(pykka.ThreadingActor):
         self._inbox: Inbox | None = None
         self._ledger: JobLedger | None = None
         self._running: dict[str, JobContext] = {}
+        self._running_kinds: Counter[str] = Counter()  # for handlers with a `concurrency` limit
+        # Command handlers journal their process groups next to the database (never for :memory:).
+        db_path = str(config.db_path)
+        self._processes = None if db_path == ":memory:" else ProcessJournal(Path(db_path + ".handlers"))
         # Job ids only: a long backlog costs a few bytes per job; requests are read back from
         # the ledger when their turn comes.
         self._queued: deque[str] = deque()
@@ -71,6 +77,10 @@ class JobRouter(pykka.ThreadingActor):
         self._db = open_database(self.config.db_path, durability=self.config.durability, check=False)
         self._inbox = Inbox(self._db)
         self._ledger = JobLedger(self._db)
+        if self._processes is not None:
+            # Before any interrupted job is reported or run again: no command of a previous life
+            # may still be working on it (its watchdog kills it with the worker; this makes sure).
+            self._processes.end_leftovers()
         for record in self._ledger.unfinished():
             payload = self._ledger.payload(record.job_id)
             if record.status is None and payload is not None:
@@ -151,7 +161,9 @@ class JobRouter(pykka.ThreadingActor):
                         hwm,
                     )
             case JobDone(job_id=job_id):
-                self._running.pop(job_id, None)
+                ctx = self._running.pop(job_id, None)
+                if ctx is not None:
+                    self._running_kinds[ctx.job.kind] -= 1
                 self._start_queued()
             case _:
                 logger.error("JobRouter got an unknown message {!r}", message)
@@ -240,25 +252,37 @@ class JobRouter(pykka.ThreadingActor):
 
     def _start_queued(self) -> None:
         assert self._ledger is not None
+        skipped: list[str] = []  # jobs whose kind is at its concurrency limit keep their place
         while not self._draining and self._queued and len(self._running) < self.config.max_concurrent_jobs:
             job_id = self._queued.popleft()
-            self._queued_ids.discard(job_id)
             job = self._decoded.pop(job_id, None) or self._read_request(job_id)
             if job is None:  # pragma: no cover - the ledger keeps unfinished jobs
+                self._queued_ids.discard(job_id)
                 logger.error("job {} vanished from the ledger before it could start", job_id)
                 continue
-            if job.kind not in self._handlers:  # its handler was removed since it was accepted
+            handler = self._handlers.get(job.kind)
+            if handler is None:  # its handler was removed since it was accepted
+                self._queued_ids.discard(job_id)
                 self._finish(job_id, JobStatus.REJECTED, f"no handler for job kind {job.kind!r}")
                 continue
-            ctx = JobContext(job, outbox=self._outbox, clock=self._clock)
+            limit = getattr(handler, "concurrency", None)
+            if limit is not None and self._running_kinds[job.kind] >= limit:
+                skipped.append(job_id)
+                if len(self._decoded) < _KEEP_DECODED:
+                    self._decoded[job_id] = job
+                continue
+            self._queued_ids.discard(job_id)
+            ctx = JobContext(job, outbox=self._outbox, clock=self._clock, processes=self._processes)
             self._running[job.job_id] = ctx
+            self._running_kinds[job.kind] += 1
             send(self._metrics, Count("jobs_started"))
             threading.Thread(
                 target=run_handler,
-                args=(self._handlers[job.kind], ctx, self.actor_ref, self._metrics),
+                args=(handler, ctx, self.actor_ref, self._metrics),
                 name=f"jobrelay-job-{job.job_id}",
                 daemon=True,
             ).start()
+        self._queued.extendleft(reversed(skipped))
         send(self._metrics, Gauge("running_jobs", len(self._running)))
 
     def _cancel(self, job_id: str, reason: str) -> None:

@@ -19,9 +19,10 @@ from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from jobrelay.actors.actor_messages import ConnectionState
+    from jobrelay.actors.commands import CommandHandler, CommandOptions
     from jobrelay.actors.config import WorkerConfig, generate_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, resumable
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
     from jobrelay.facilitator.config import FacilitatorConfig
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CommandHandler",
+    "CommandOptions",
     "ConfigError",
     "ConnectionState",
     "Facilitator",
@@ -76,7 +78,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CommandHandler": "jobrelay.actors.handlers",
+    "CommandHandler": "jobrelay.actors.commands",
+    "CommandOptions": "jobrelay.actors.commands",
     "ConfigError": "jobrelay.protocol.errors",
     "ConnectionState": "jobrelay.actors.actor_messages",
     "Facilitator": "jobrelay.facilitator.server",

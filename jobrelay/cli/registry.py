@@ -7,7 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FACILITATOR", "LOG", "REQUIRED", "STATUS", "WORKER", "Setting", "markdown_table", "show"]
+__all__ = [
+    "FACILITATOR",
+    "HANDLERS",
+    "LOG",
+    "REQUIRED",
+    "STATUS",
+    "WORKER",
+    "Setting",
+    "markdown_table",
+    "show",
+]
 
 REQUIRED: Any = object()  # a setting without a default
 
@@ -62,6 +72,7 @@ def _f(key: str, kind: Any, default: Any, flag: str | None, help: str, **kw: Any
 
 STRS = tuple[str, ...]
 TABLE = dict[str, str]
+HANDLERS = dict[str, str | dict[str, Any]]  # kind = command, or (TOML) kind = {command, options}
 FORMATS = ("json", "msgpack")
 PORT = (0, 65535)
 
@@ -90,8 +101,13 @@ WORKER: tuple[Setting, ...] = (
     _w("max_frame_bytes", int, 1_048_576, "--max-frame-bytes", "largest WebSocket frame"),
     _w("max_batch", int, 500, "--max-batch", "most data messages per frame"),
     _w("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds to authenticate"),
-    _w("handlers", TABLE, {}, "--handler", "job kind = command, repeatable (TOML: a [worker.handlers] table)",
-       env="JOBRELAY_HANDLERS", config=False, metavar="KIND=COMMAND"),
+    _w("handlers", HANDLERS, {}, "--handler",
+       "job kind = command, repeatable (TOML: a [worker.handlers] table; a kind may be a table "
+       "with `command` and options)", env="JOBRELAY_HANDLERS", config=False, metavar="KIND=COMMAND"),
+    _w("handler_options", TABLE, {}, "--handler-option",
+       "KIND:OPTION=VALUE, repeatable: resumable, concurrency, soft_time_limit, time_limit, kill_after "
+       "of a command handler (see docs/CLI.md)", env="JOBRELAY_HANDLER_OPTIONS", config=False,
+       metavar="KIND:OPTION=VALUE"),
     _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
        config=False, bounds=PORT),

@@ -17,7 +17,7 @@ import msgspec
 
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.cli.errors import UsageError
-from jobrelay.cli.registry import FACILITATOR, LOG, REQUIRED, STATUS, WORKER, Setting, show
+from jobrelay.cli.registry import FACILITATOR, HANDLERS, LOG, REQUIRED, STATUS, WORKER, Setting, show
 from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.errors import ConfigError
 
@@ -61,7 +61,7 @@ def add_flags(
                 default=None,
                 help=f"{s.help}{default}{env}",
             )
-        elif s.kind == dict[str, str]:
+        elif _is_table(s.kind):
             group.add_argument(
                 s.flag,
                 dest=f"{s.section}__{s.key}",
@@ -178,13 +178,13 @@ def _check_bounds(s: Setting, out: Resolved) -> None:
 
 def _parse_text(s: Setting, raw: str | list[str], out: Resolved) -> Any:
     """Parse a flag or environment value (strings) into the setting's type."""
-    if s.kind == dict[str, str]:
+    if _is_table(s.kind):
         items = raw if isinstance(raw, list) else [p for p in re.split(r"[;\n]", raw) if p.strip()]
         mapping: dict[str, str] = {}
         for item in items:
             kind, sep, command = item.partition("=")
             if not sep or not kind.strip() or not command.strip():
-                raise out.bad(s.key, f"expected KIND=COMMAND, got {item!r}")
+                raise out.bad(s.key, f"expected {s.metavar or 'KEY=VALUE'}, got {item!r}")
             mapping[kind.strip()] = command.strip()
         return mapping
     assert isinstance(raw, str)
@@ -211,6 +211,11 @@ def _convert(s: Setting, value: Any, out: Resolved, *, strict: bool) -> Any:
         raise out.bad(s.key, f"{_type_name(s.kind)}, got {value!r}") from None
 
 
+def _is_table(kind: Any) -> bool:
+    """Settings given as repeated KEY=VALUE flags (or `;`-separated in the environment)."""
+    return bool(kind == dict[str, str] or kind == HANDLERS)
+
+
 def _type_name(kind: Any) -> str:
     names = {
         int: "expected an integer",
@@ -224,6 +229,8 @@ def _type_name(kind: Any) -> str:
         return "expected a list of strings"
     if kind == dict[str, str]:
         return "expected a table of strings"
+    if kind == HANDLERS:
+        return "expected a table of commands (each a string, or a table with `command`)"
     return f"expected {kind}"
 
 

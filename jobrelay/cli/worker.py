@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,10 @@ from loguru import logger
 
 from jobrelay.actors import WorkerHealth
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.handlers import CommandHandler, Handler
 from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
-from jobrelay.cli.samples import SAMPLE_HANDLERS
+from jobrelay.cli.handler_specs import handlers_from
 from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
 from jobrelay.common.http import HealthServer
@@ -78,19 +76,6 @@ def check_db_path(resolved: Resolved, key: str = "db_path") -> None:
             raise resolved.bad(key, f"cannot read and write {path}")
     elif not os.access(parent, os.W_OK | os.X_OK):
         raise resolved.bad(key, f"cannot create a file in {parent}")
-
-
-def handlers_from(resolved: Resolved) -> dict[str, Handler]:
-    handlers: dict[str, Handler] = dict(SAMPLE_HANDLERS)
-    for kind, command in resolved.values["handlers"].items():
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise resolved.bad("handlers", f"{kind}: cannot split {command!r}: {exc}") from None
-        if not argv:
-            raise resolved.bad("handlers", f"{kind}: empty command")
-        handlers[kind] = CommandHandler(argv)
-    return handlers
 
 
 def print_config(*parts: Resolved) -> None:

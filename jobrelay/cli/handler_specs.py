@@ -1,0 +1,122 @@
+# Command handlers from the worker's settings: `handlers` (KIND=COMMAND, or in TOML a table with
+# `command` and options) and `handler_options` (KIND:OPTION=VALUE). Invariant: every option of
+# every kind is checked here, before the worker starts; a bad one is a UsageError naming the
+# setting, its source, the kind and the option (exit 2).
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+from typing import Any
+
+from jobrelay.actors.commands import CommandHandler, CommandOptions
+from jobrelay.actors.handlers import Handler
+from jobrelay.cli.samples import SAMPLE_HANDLERS
+from jobrelay.cli.settings import Resolved
+
+__all__ = ["OPTION_NAMES", "handlers_from"]
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CommandOptions))
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
+def handlers_from(resolved: Resolved) -> dict[str, Handler]:
+    """The sample handlers plus one CommandHandler per configured kind.
+
+    Raises:
+        UsageError: a command cannot be split or is empty; an option is unknown, has a bad value,
+            or names a kind with no command.
+    """
+    handlers: dict[str, Handler] = dict(SAMPLE_HANDLERS)
+    commands: dict[str, list[str]] = {}
+    options: dict[str, dict[str, Any]] = {}
+    for kind, spec in resolved.values["handlers"].items():
+        where = f"{kind}: "
+        if isinstance(spec, dict):
+            table = dict(spec)
+            command = table.pop("command", None)
+            if not isinstance(command, str):
+                raise resolved.bad("handlers", f'{where}a handler table needs `command = "..."`')
+            options[kind] = {
+                name: _option(resolved, "handlers", kind, name, v, typed=True) for name, v in table.items()
+            }
+        else:
+            command = spec
+        commands[kind] = _split(resolved, kind, command)
+    for key, raw in resolved.values["handler_options"].items():
+        kind, sep, name = key.partition(":")
+        kind, name = kind.strip(), name.strip()
+        if not sep or not kind or not name:
+            raise resolved.bad("handler_options", f"expected KIND:OPTION=VALUE, got {key}={raw}")
+        if kind not in commands:
+            raise resolved.bad(
+                "handler_options", f"{kind}: no command handler of that kind (--handler {kind}=...)"
+            )
+        options.setdefault(kind, {})[name] = _option(resolved, "handler_options", kind, name, raw)
+    for kind, argv in commands.items():
+        try:
+            handlers[kind] = CommandHandler(argv, CommandOptions(**options.get(kind, {})))
+        except ValueError as exc:
+            raise resolved.bad("handlers", f"{kind}: {exc}") from None
+    return handlers
+
+
+def _split(resolved: Resolved, kind: str, command: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise resolved.bad("handlers", f"{kind}: cannot split {command!r}: {exc}") from None
+    if not argv:
+        raise resolved.bad("handlers", f"{kind}: empty command")
+    return argv
+
+
+_EXPECTED = {
+    "resumable": "expected true or false",
+    "concurrency": "expected an integer >= 1",
+    "soft_time_limit": "expected seconds > 0",
+    "time_limit": "expected seconds > 0",
+    "kill_after": "expected seconds >= 0",
+}
+
+
+def _option(resolved: Resolved, key: str, kind: str, name: str, value: Any, *, typed: bool = False) -> Any:
+    """One option's value: parsed from a string (flags, environment), or ``typed`` as TOML has it
+    (then a string is refused for a number or a boolean, as for every other TOML setting)."""
+    where = f"{kind}:{name}: "
+    if name not in OPTION_NAMES:
+        raise resolved.bad(key, f"{where}unknown option; expected one of {', '.join(OPTION_NAMES)}")
+    parsed = None if typed and isinstance(value, str) else _parse(name, value)
+    if parsed is None:
+        raise resolved.bad(key, f"{where}{_EXPECTED[name]}, got {value!r}")
+    return parsed
+
+
+def _parse(name: str, value: Any) -> bool | int | float | None:
+    """``value`` as option ``name`` takes it, or None if it is not a valid one."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if name == "resumable":
+        return value if isinstance(value, bool) else _BOOLS.get(text or "")
+    number: Any = value
+    if text is not None:
+        try:
+            number = int(text) if name == "concurrency" else float(text)
+        except ValueError:
+            return None
+    if isinstance(number, bool):
+        return None
+    if name == "concurrency":
+        return number if isinstance(number, int) and number >= 1 else None
+    if not isinstance(number, int | float) or not math.isfinite(number):
+        return None
+    low_ok = number >= 0 if name == "kill_after" else number > 0
+    return float(number) if low_ok else None
