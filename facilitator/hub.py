@@ -28,7 +28,9 @@ from jobrelay.common.admission import ConnectionGate, RefusalLog
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
-from jobrelay.facilitator.placement import Candidates, Offer
+from jobrelay.facilitator.deadlines import StartDeadlines
+from jobrelay.facilitator.placement import Candidates
+from jobrelay.facilitator.ready import ReadyWorkers
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
@@ -46,7 +48,6 @@ _STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
 _ACCEPT_TROUBLE: Final = 10.0  # /healthz reports a failed accept() this long
 _LOG_EVERY: Final = 60.0  # the window of Chatter's per-source line budget
 _DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
-_EXPIRE_EVERY: Final = 0.25  # how often queued jobs' start deadlines are checked while jobs wait
 
 
 class NewestFirst:
@@ -162,11 +163,7 @@ class ConnectionHub:
         self.stopping = False
         self._lock = threading.Lock()
         self._conns: dict[str, WorkerConnection] = {}  # authenticated, by worker id
-        self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
-        # The ready ones again by the kinds their hello announced (no kinds announced: any kind),
-        # so a submit looks only at the workers of its kinds.
-        self._by_kind: dict[str, dict[str, WorkerConnection]] = {}
-        self._any_kind: dict[str, WorkerConnection] = {}
+        self._ready = ReadyWorkers()  # open and not draining: may take jobs (by worker, by kind)
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self._handshakes = NewestFirst(config.max_handshakes)
         self._refusals = RefusalLog()
@@ -188,8 +185,10 @@ class ConnectionHub:
         # that became ready or got credit back since the last pass.
         self._dispatch_all = True
         self._dispatch_for: set[str] = set()
-        self._expiry: asyncio.TimerHandle | None = None
-        loop.call_soon_threadsafe(self._arm_expiry)  # jobs may wait from an earlier run
+        self._deadlines = StartDeadlines(
+            loop, store, config.schedule_to_start_timeout, self.counters, self.wait, self._may_wait
+        )
+        loop.call_soon_threadsafe(self._deadlines.arm)  # jobs may wait from an earlier run
 
     # ------------------------------------------------------------------ the server's handler
 
@@ -259,8 +258,7 @@ class ConnectionHub:
         with self._lock:
             old = self._conns.get(conn.worker_id)
             self._conns[conn.worker_id] = conn
-            if old is not None:
-                self._unready(old)
+            self._ready.remove(old)
         if old is None or old is conn:
             return
         self.counters.add("connections_replaced")
@@ -280,7 +278,7 @@ class ConnectionHub:
         with self._lock:
             if self._conns.get(conn.worker_id) is conn:
                 del self._conns[conn.worker_id]
-            self._unready(conn)
+            self._ready.remove(conn)
 
     def worker_ready(self, conn: WorkerConnection, ready: bool) -> None:
         """``conn`` can take jobs now (opened, or stopped draining), or no longer can (closed,
@@ -288,33 +286,12 @@ class ConnectionHub:
         ready = ready and conn.is_open
         with self._lock:
             if ready and self._conns.get(conn.worker_id) is conn:
-                self._ready[conn.worker_id] = conn
-                kinds = conn.session.hello.kinds if conn.session.hello else None
-                if kinds is None:
-                    self._any_kind[conn.worker_id] = conn
-                for kind in kinds or ():
-                    self._by_kind.setdefault(kind, {})[conn.worker_id] = conn
+                self._ready.add(conn)
             else:
-                self._unready(conn)
+                self._ready.remove(conn)
         if ready and self._maybe_queued:
             self._dispatch_for.add(conn.worker_id)
             self._schedule_dispatch()
-
-    def _unready(self, conn: WorkerConnection) -> None:
-        """Forget ``conn`` as a taker of jobs (under ``_lock``)."""
-        worker = conn.worker_id
-        if self._ready.get(worker) is not conn:
-            return
-        del self._ready[worker]
-        if self._any_kind.get(worker) is conn:
-            del self._any_kind[worker]
-        hello = conn.session.hello
-        for kind in (hello.kinds or ()) if hello else ():
-            takers = self._by_kind.get(kind)
-            if takers is not None and takers.get(worker) is conn:
-                del takers[worker]
-                if not takers:
-                    del self._by_kind[kind]
 
     def credit_freed(self, conn: WorkerConnection) -> None:
         """A job of ``conn``'s worker ended: its credit may take a queued job."""
@@ -332,33 +309,10 @@ class ConnectionHub:
         self._queued_news += 1
         self._dispatch_all = True
         self._schedule_dispatch()
-        self._arm_expiry()
+        self._deadlines.arm()
 
-    def _arm_expiry(self) -> None:
-        if self._expiry is None and self._maybe_queued and not self.stopping:
-            self._expiry = self.loop.call_later(_EXPIRE_EVERY, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        self.loop.create_task(self._expire_queued())
-
-    async def _expire_queued(self) -> None:
-        """End the jobs that waited for a worker past their start deadline, then look again
-        later while jobs may still wait."""
-        try:
-            expired = await self.wait(self.store.expire(time.time(), self.config.schedule_to_start_timeout))
-        except Exception as exc:
-            logger.warning("facilitator: checking queued jobs' start deadlines failed: {}", exc)
-        else:
-            if expired:
-                self.counters.add("jobs_no_worker", len(expired))
-                logger.warning(
-                    "facilitator: {} job(s) found no worker for their kind in time: failed no_worker "
-                    "(first: {})",
-                    len(expired),
-                    expired[0],
-                )
-        self._arm_expiry()
+    def _may_wait(self) -> bool:
+        return self._maybe_queued and not self.stopping
 
     def _schedule_dispatch(self) -> None:
         if self._dispatch_handle is None:
@@ -404,32 +358,15 @@ class ConnectionHub:
         if self.stopping:
             return []
         with self._lock:
-            return [w for w, c in self._ready.items() if c.is_open]
+            return [w for w, c in self._ready.by_worker.items() if c.is_open]
 
     def candidates(self, kinds: Iterable[str] | None, workers: Iterable[str] | None = None) -> Candidates:
         """The ready workers that run any of ``kinds`` (None: every kind), with the credit each
-        granted; only those among ``workers`` if given. Costs O(workers of those kinds)."""
+        granted; only those among ``workers`` if given (thread-safe)."""
         if self.stopping:
             return Candidates()
-
-        def offers(conns: Mapping[str, WorkerConnection]) -> list[Offer]:
-            if workers is None:
-                chosen = list(conns.values())
-            else:
-                chosen = [c for w in only if (c := conns.get(w)) is not None]
-            return [
-                Offer(c.worker_id, hello.credit if (hello := c.session.hello) else None)
-                for c in chosen
-                if c.is_open
-            ]
-
-        only = list(workers) if workers is not None else []
         with self._lock:
-            wanted = self._by_kind.keys() if kinds is None else kinds
-            by_kind = {
-                k: found for k in wanted if (takers := self._by_kind.get(k)) and (found := offers(takers))
-            }
-            return Candidates(by_kind, offers(self._any_kind))
+            return self._ready.candidates(kinds, workers)
 
     def notify(
         self, assignments: Sequence[Assignment], bodies: Mapping[str, FacilitatorBody] | None = None
