@@ -36,6 +36,10 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         max_outbox_rows / max_outbox_bytes: outbox bounds; a full outbox blocks publishers.
         publish_timeout: how long a publish waits for room before failing with OutboxFull.
         max_concurrent_jobs: handlers running at once; further jobs wait in order.
+        prefetch: job requests the facilitator may send beyond ``max_concurrent_jobs`` (they wait
+            here, ready to start the moment a slot frees). The worker grants the facilitator
+            credit for ``max_concurrent_jobs + prefetch`` unfinished jobs; more stay queued at
+            the facilitator, where any other worker can take them.
         backoff_base / backoff_cap: full-jitter reconnect delays, seconds.
         max_attempts: consecutive failed connection attempts before giving up (None: forever).
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
@@ -54,6 +58,7 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     max_outbox_bytes: int = 1 << 30
     publish_timeout: float = 30.0
     max_concurrent_jobs: int = 4
+    prefetch: int = 1
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_attempts: int | None = None
@@ -80,6 +85,12 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         if bool(self.key) == bool(self.key_file):
             self.bad("key", "set exactly one of key and key_file", "both" if self.key else "neither")
         self.check_counts("max_outbox_rows", "max_outbox_bytes", "max_concurrent_jobs")
+        if (
+            not isinstance(self.prefetch, int)
+            or isinstance(self.prefetch, bool)
+            or not 0 <= self.prefetch <= 1000
+        ):
+            self.bad("prefetch", "expected an integer from 0 to 1000", self.prefetch)
         self.check_durations("publish_timeout", "backoff_base", "backoff_cap", "connect_timeout")
         if self.backoff_cap < self.backoff_base:
             self.bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base})", self.backoff_cap)

@@ -75,6 +75,8 @@ class ConnectionActor(pykka.ThreadingActor):
         outbox / router / metrics: actor refs this actor `tell`s.
         subscribers: refs that get a StateChanged message on every state change.
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
+        kinds: the job kinds this worker runs, announced in every hello (None: any kind), with
+            credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ConnectionActor(pykka.ThreadingActor):
         transport_factory: Callable[[], Transport] | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        kinds: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -105,6 +108,7 @@ class ConnectionActor(pykka.ThreadingActor):
         )
         self._clock = clock
         self._rand = rand
+        self._kinds = None if kinds is None else tuple(kinds)
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
         self._retry = ReconnectPolicy(
@@ -290,6 +294,8 @@ class ConnectionActor(pykka.ThreadingActor):
             marks=marks,
             now=self._clock(),
             config=self.config.session_config(),
+            kinds=self._kinds,
+            credit=self.config.max_concurrent_jobs + self.config.prefetch,
         )
 
         def write(frame: OutFrame) -> None:

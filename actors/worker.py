@@ -191,6 +191,7 @@ def start_worker(
             metrics=metrics_ref,
             subscribers=[metrics_ref],
             transport_factory=transport_factory,
+            kinds=sorted(handlers or {}),
             clock=clock,
         )
         refs.append(connection_ref)

@@ -47,6 +47,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             can hold, and admits a reconnect storm at the pace handshakes finish.
         max_unauthenticated_per_address: The same, per remote address.
         listen_backlog: The listening socket's backlog (pending TCP connections).
+        schedule_to_start_timeout: Seconds a submitted job may wait for a worker that runs its
+            kind and has credit, unless its submit says otherwise (``start_within``); still
+            queued then, it ends ``failed`` with detail ``no_worker``. None: it waits as long
+            as it takes.
         tls_cert_file / tls_key_file: PEM certificate chain and key: serve ``wss://`` (TLS).
         key_file: The facilitator's own Ed25519 private key (64 hex characters, from ``jobrelay
             keygen --facilitator``); it signs every challenge and workers pin its public key.
@@ -72,6 +76,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     max_unauthenticated: int = 512
     max_unauthenticated_per_address: int = 128
     listen_backlog: int = 4096
+    schedule_to_start_timeout: float | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     key_file: str | None = None
@@ -104,6 +109,8 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
                 "max_inflight", f"must be ≤ {MAX_INFLIGHT} (what a worker accepts)", self.max_inflight
             )
         self.check_durations("heartbeat_interval", "max_clock_skew")
+        if self.schedule_to_start_timeout is not None:
+            self.check_durations("schedule_to_start_timeout")
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(
                 "heartbeat_timeout",

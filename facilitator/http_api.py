@@ -118,9 +118,11 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return answer_here(*args)
-        kind, payload, job_id, worker = args
+        kind, payload, job_id, worker, start_within = args
         try:
-            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker))[0]
+            new_id = (
+                await fac.submit_async([(kind, payload, job_id)], worker=worker, start_within=start_within)
+            )[0]
         except JobTooLarge as exc:
             return answer_here(413, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
@@ -152,9 +154,11 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return args
-        kind, payload, job_id, worker = args
+        kind, payload, job_id, worker, start_within = args
         try:
-            new_id = self.facilitator.submit(kind, payload, job_id=job_id, worker=worker)
+            new_id = self.facilitator.submit(
+                kind, payload, job_id=job_id, worker=worker, start_within=start_within
+            )
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -198,17 +202,25 @@ class Answer(NamedTuple):
     doc: Any
 
 
-def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None]:
-    """``(kind, payload, job_id, worker)`` of a POST /jobs body, or the 400 that refuses it."""
+def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, float | None]:
+    """``(kind, payload, job_id, worker, start_within)`` of a POST /jobs body, or the 400 that
+    refuses it (``start_within`` itself is checked by submit: a ValueError, also a 400)."""
     if not isinstance(body, dict):
-        return Answer(400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?}"})
-    unknown = set(body) - {"kind", "payload", "job_id", "worker"}
+        return Answer(
+            400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?, start_within?}"}
+        )
+    unknown = set(body) - {"kind", "payload", "job_id", "worker", "start_within"}
     if unknown:
         return Answer(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
     kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
     if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
         return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
-    return kind, body.get("payload"), job_id, worker
+    start_within = body.get("start_within")
+    if start_within is not None and (
+        isinstance(start_within, bool) or not isinstance(start_within, int | float)
+    ):
+        return Answer(400, {"error": "start_within must be a number of seconds or null"})
+    return kind, body.get("payload"), job_id, worker, start_within
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +28,9 @@ from jobrelay.common.admission import ConnectionGate, RefusalLog
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
+from jobrelay.facilitator.deadlines import StartDeadlines
+from jobrelay.facilitator.placement import Candidates
+from jobrelay.facilitator.ready import ReadyWorkers
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
@@ -160,7 +163,7 @@ class ConnectionHub:
         self.stopping = False
         self._lock = threading.Lock()
         self._conns: dict[str, WorkerConnection] = {}  # authenticated, by worker id
-        self._ready: dict[str, WorkerConnection] = {}  # open and not draining: may take jobs
+        self._ready = ReadyWorkers()  # open and not draining: may take jobs (by worker, by kind)
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self._handshakes = NewestFirst(config.max_handshakes)
         self._refusals = RefusalLog()
@@ -175,9 +178,17 @@ class ConnectionHub:
         self._accept_error = ""
         self._dispatch_handle: asyncio.TimerHandle | None = None
         # Whether jobs may wait for a worker (at start: maybe, from an earlier run); cleared when
-        # a routing pass found none and no submit queued one meanwhile.
+        # a routing pass left none queued and no submit queued one meanwhile.
         self._maybe_queued = True
         self._queued_news = 0
+        # The next routing pass: over every ready worker (jobs were queued), or only over those
+        # that became ready or got credit back since the last pass.
+        self._dispatch_all = True
+        self._dispatch_for: set[str] = set()
+        self._deadlines = StartDeadlines(
+            loop, store, config.schedule_to_start_timeout, self.counters, self.wait, self._may_wait
+        )
+        loop.call_soon_threadsafe(self._deadlines.arm)  # jobs may wait from an earlier run
 
     # ------------------------------------------------------------------ the server's handler
 
@@ -247,7 +258,7 @@ class ConnectionHub:
         with self._lock:
             old = self._conns.get(conn.worker_id)
             self._conns[conn.worker_id] = conn
-            self._ready.pop(conn.worker_id, None)
+            self._ready.remove(old)
         if old is None or old is conn:
             return
         self.counters.add("connections_replaced")
@@ -267,8 +278,7 @@ class ConnectionHub:
         with self._lock:
             if self._conns.get(conn.worker_id) is conn:
                 del self._conns[conn.worker_id]
-            if self._ready.get(conn.worker_id) is conn:
-                del self._ready[conn.worker_id]
+            self._ready.remove(conn)
 
     def worker_ready(self, conn: WorkerConnection, ready: bool) -> None:
         """``conn`` can take jobs now (opened, or stopped draining), or no longer can (closed,
@@ -276,10 +286,17 @@ class ConnectionHub:
         ready = ready and conn.is_open
         with self._lock:
             if ready and self._conns.get(conn.worker_id) is conn:
-                self._ready[conn.worker_id] = conn
-            elif self._ready.get(conn.worker_id) is conn:
-                del self._ready[conn.worker_id]
+                self._ready.add(conn)
+            else:
+                self._ready.remove(conn)
         if ready and self._maybe_queued:
+            self._dispatch_for.add(conn.worker_id)
+            self._schedule_dispatch()
+
+    def credit_freed(self, conn: WorkerConnection) -> None:
+        """A job of ``conn``'s worker ended: its credit may take a queued job."""
+        if self._maybe_queued and self._ready.get(conn.worker_id) is conn:
+            self._dispatch_for.add(conn.worker_id)
             self._schedule_dispatch()
 
     def request_dispatch(self) -> None:
@@ -290,7 +307,12 @@ class ConnectionHub:
     def _queued_now(self) -> None:
         self._maybe_queued = True
         self._queued_news += 1
+        self._dispatch_all = True
         self._schedule_dispatch()
+        self._deadlines.arm()
+
+    def _may_wait(self) -> bool:
+        return self._maybe_queued and not self.stopping
 
     def _schedule_dispatch(self) -> None:
         if self._dispatch_handle is None:
@@ -299,18 +321,20 @@ class ConnectionHub:
 
     def _dispatch(self) -> None:
         self._dispatch_handle = None
-        eligible = self.eligible()
-        if eligible:
-            self.loop.create_task(self._route_queued(eligible))
+        workers = None if self._dispatch_all else self._dispatch_for
+        self._dispatch_all, self._dispatch_for = False, set()
+        candidates = self.candidates(None, workers)
+        if candidates:
+            self.loop.create_task(self._route_queued(candidates))
 
-    async def _route_queued(self, eligible: list[str]) -> None:
+    async def _route_queued(self, candidates: Candidates) -> None:
         news = self._queued_news
-        future = self.store.dispatch_queued(eligible)
+        future = self.store.dispatch_queued(candidates)
         try:
-            assignments: list[Assignment] = await self.wait(future)
-            if not assignments and news == self._queued_news:
-                # Nothing was queued, and nothing was queued since: a worker becoming ready (ten
-                # thousand of them in a reconnect storm) need not look again.
+            assignments, left = await self.wait(future)
+            if not left and news == self._queued_news:
+                # Nothing is queued, and nothing was queued since: a worker becoming ready (ten
+                # thousand of them in a reconnect storm) or finishing a job need not look again.
                 self._maybe_queued = False
             self.notify(assignments)
         except TimeoutError:
@@ -320,9 +344,9 @@ class ConnectionHub:
         except Exception as exc:
             logger.warning("facilitator: routing queued jobs failed: {}", exc)
 
-    def _notify_when_done(self, future: asyncio.Future[list[Assignment]]) -> None:
+    def _notify_when_done(self, future: asyncio.Future[tuple[list[Assignment], bool]]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self.notify(future.result())
+            self.notify(future.result()[0])
 
     # ------------------------------------------------------------------ thread-safe
 
@@ -334,7 +358,15 @@ class ConnectionHub:
         if self.stopping:
             return []
         with self._lock:
-            return [w for w, c in self._ready.items() if c.is_open]
+            return [w for w, c in self._ready.by_worker.items() if c.is_open]
+
+    def candidates(self, kinds: Iterable[str] | None, workers: Iterable[str] | None = None) -> Candidates:
+        """The ready workers that run any of ``kinds`` (None: every kind), with the credit each
+        granted; only those among ``workers`` if given (thread-safe)."""
+        if self.stopping:
+            return Candidates()
+        with self._lock:
+            return self._ready.candidates(kinds, workers)
 
     def notify(
         self, assignments: Sequence[Assignment], bodies: Mapping[str, FacilitatorBody] | None = None

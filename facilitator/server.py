@@ -4,9 +4,9 @@
 # for callers outside the loop (user threads, the HTTP API's executor).
 # Invariants:
 # - submit()/cancel() return only after the job (and its request in the worker's outbox) is
-#   committed; a job is routed at most once: to the named worker, else to the connected
-#   non-draining worker with the fewest unfinished jobs, else it stays queued and is routed when
-#   a worker becomes ready.
+#   committed; a job is routed at most once: to the named worker, else to a connected
+#   non-draining worker that runs its kind and has credit left (placement.py), else it stays
+#   queued and is routed when such a worker is ready, or fails ``no_worker`` at its start deadline.
 # - submit()/cancel() never wait on a socket: after the commit they only wake the worker's
 #   connection on the loop, which sends.
 # - A job whose request would not fit in one frame (max_frame_bytes) is refused, never stored.
@@ -37,6 +37,7 @@ from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.errors import JobTooLarge
 from jobrelay.facilitator.hub import ConnectionHub
+from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
@@ -109,7 +110,13 @@ class Facilitator:
     # ------------------------------------------------------------------ public API
 
     def submit(
-        self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        worker: str | None = None,
+        start_within: float | None = None,
     ) -> str:
         """Durably record a job and route it (see ``submit_many``).
 
@@ -118,27 +125,37 @@ class Facilitator:
             payload: JSON-serialisable job input.
             job_id: The job's id (default: a new random id). Submitting an id that exists
                 changes nothing and returns it (idempotent retries).
-            worker: Send it to this worker only (kept until it connects); default: any.
+            worker: Send it to this worker only (kept until it connects); default: any worker
+                that runs ``kind`` and has credit left.
+            start_within: Seconds the job may wait for such a worker; still queued then, it ends
+                ``failed`` with detail ``no_worker``. Default: the facilitator's
+                ``schedule_to_start_timeout`` (unset: it waits as long as it takes).
 
         Returns:
             The job id.
 
         Raises:
-            ValueError: ``kind``/``job_id`` empty or longer than 256, or ``worker`` unknown.
+            ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or
+                ``start_within`` not a positive number of seconds.
             JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
                 nothing was stored.
             TypeError: ``payload`` is not JSON-serialisable.
             StorageError: The job could not be stored.
             TimeoutError: The store did not answer in time.
         """
-        return self.submit_many([(kind, payload, job_id)], worker=worker)[0]
+        return self.submit_many([(kind, payload, job_id)], worker=worker, start_within=start_within)[0]
 
     def submit_many(
-        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        *,
+        worker: str | None = None,
+        start_within: float | None = None,
     ) -> list[str]:
         """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
-        them: to ``worker`` if given, else each to the connected non-draining worker with the
-        fewest unfinished jobs, else queued until a worker is ready.
+        them: to ``worker`` if given, else each to the connected non-draining worker that runs
+        its kind and has the most credit left, else queued until one is ready (or until
+        ``start_within``, see ``submit``).
 
         Returns:
             The job ids, in order.
@@ -148,15 +165,20 @@ class Facilitator:
                 (a refused job refuses the whole call: nothing is stored).
         """
         requests = self._requests(jobs, worker)
+        start_by = self._start_by(start_within)
         self._not_on_loop("submit")
         hub = self.hub
-        eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
-        assignments = self.store.submit(requests, worker, eligible, on_late=hub.notify)
+        candidates = self._candidates(requests, worker)
+        assignments = self.store.submit(requests, worker, candidates, on_late=hub.notify, start_by=start_by)
         self._routed(assignments, requests)
         return [r.job_id for r in requests]
 
     async def submit_async(
-        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        *,
+        worker: str | None = None,
+        start_within: float | None = None,
     ) -> list[str]:
         """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
         is awaited instead of blocking a thread, so concurrent submitters share group commits.
@@ -165,9 +187,9 @@ class Facilitator:
             As ``submit_many``.
         """
         requests = self._requests(jobs, worker)
+        start_by = self._start_by(start_within)
         hub = self.hub
-        eligible = [] if worker is not None else hub.eligible()
-        future = self.store.submit_async(requests, worker, eligible)
+        future = self.store.submit_async(requests, worker, self._candidates(requests, worker), start_by)
         try:
             assignments = await hub.wait(future)
         except TimeoutError:
@@ -177,6 +199,29 @@ class Facilitator:
             raise
         self._routed(assignments, requests)
         return [r.job_id for r in requests]
+
+    def _candidates(self, requests: Sequence[JobRequest], worker: str | None) -> Candidates:
+        if worker is not None:
+            return Candidates()  # a pinned job needs no choice
+        return self.hub.candidates({r.kind for r in requests})
+
+    def _start_by(self, start_within: float | None) -> float | None:
+        """The start deadline of jobs submitted now (None: they wait as long as it takes).
+
+        Raises:
+            ValueError: ``start_within`` is not a positive, finite number of seconds.
+        """
+        if start_within is None:
+            start_within = self.config.schedule_to_start_timeout
+            if start_within is None:
+                return None
+        if (
+            isinstance(start_within, bool)
+            or not isinstance(start_within, int | float)
+            or not (0 < start_within < 1e9)
+        ):
+            raise ValueError(f"start_within must be a positive number of seconds, got {start_within!r}")
+        return time.time() + start_within
 
     def _requests(self, jobs: Sequence[tuple[str, Any, str | None]], worker: str | None) -> list[JobRequest]:
         """The requests of ``jobs``, each checked before anything is stored.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -18,12 +19,14 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from loguru import logger
 
+from jobrelay.facilitator.placement import Candidates
+from jobrelay.facilitator.queued import dispatch_queued, expire_queued
 from jobrelay.facilitator.store_ops import (
     ENCODER,
     FACILITATOR_BODY,
+    JOB_REQUEST,
     AcceptOutcome,
     Assignment,
-    LeastBusy,
     StoreState,
     WorkerFacts,
     accept_batch,
@@ -72,6 +75,7 @@ class FacilitatorStore:
         self.commits = 0
         self.operations = 0
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._defaults_armed = False  # the default start deadline was given to jobs queued before start
         self._gate = threading.Lock()  # no operation is queued behind _STOP (it would never run)
         self._stopping = False
         self._ready: Future[None] = Future()
@@ -285,41 +289,49 @@ class FacilitatorStore:
         self,
         requests: Sequence[JobRequest],
         worker_id: str | None,
-        eligible: Sequence[str],
+        candidates: Candidates,
         on_late: Callable[[list[Assignment]], object] | None = None,
+        start_by: float | None = None,
     ) -> list[Assignment]:
         """Record and route jobs in one commit (an existing job id is left as it is); ``on_late``
-        gets the assignments if the commit comes after the wait timed out."""
+        gets the assignments if the commit comes after the wait timed out. A job left queued
+        fails with ``no_worker`` if it is still queued at ``start_by`` (see ``expire``)."""
         return self._call(
-            "submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible), on_late=on_late
+            "submit jobs",
+            lambda s: submit_jobs(s, requests, worker_id, candidates, start_by),
+            on_late=on_late,
         )
 
     def submit_async(
-        self, requests: Sequence[JobRequest], worker_id: str | None, eligible: Sequence[str]
+        self,
+        requests: Sequence[JobRequest],
+        worker_id: str | None,
+        candidates: Candidates,
+        start_by: float | None = None,
     ) -> asyncio.Future[list[Assignment]]:
         """``submit`` for a caller on the event loop: the future resolves after the commit."""
-        return self.queue_async("submit jobs", lambda s: submit_jobs(s, requests, worker_id, eligible))
+        return self.queue_async(
+            "submit jobs", lambda s: submit_jobs(s, requests, worker_id, candidates, start_by)
+        )
 
-    def dispatch_queued(self, eligible: Sequence[str]) -> asyncio.Future[list[Assignment]]:
-        """Route queued jobs to the least busy of ``eligible`` workers."""
+    def dispatch_queued(self, candidates: Candidates) -> asyncio.Future[tuple[list[Assignment], bool]]:
+        """Route queued jobs to ``candidates`` that run their kinds and have credit left; and
+        whether jobs are still queued."""
+        return self.queue_async("dispatch queued jobs", lambda s: dispatch_queued(s, candidates))
 
-        def op(s: StoreState) -> list[Assignment]:
-            out: list[Assignment] = []
-            queued = routing.queued_jobs(s.db, 500)
-            if not queued or not eligible:
-                return out  # the usual case: nothing waits (no heap over every worker for nothing)
-            picker = LeastBusy(s, eligible)
-            while queued:
-                for job in queued:
-                    worker = picker.pick()
-                    routing.assign_job(s.db, job.job_id, worker)
-                    seq = s.outbox(worker).append("job_request", job.payload)
-                    s.add_outstanding(worker, 1)
-                    out.append(Assignment(job.job_id, worker, seq))
-                queued = routing.queued_jobs(s.db, 500)
-            return out
+    def expire(self, now: float, default: float | None) -> asyncio.Future[list[str]]:
+        """End queued jobs whose start deadline passed (``failed: no_worker``); the first call
+        with a ``default`` also gives that deadline to jobs queued before this start."""
 
-        return self.queue_async("dispatch queued jobs", op)
+        def op(s: StoreState) -> list[str]:
+            if default is not None and not self._defaults_armed:
+                self._defaults_armed = True
+                for job in routing.queued_jobs(s.db, limit=-1):
+                    at = JOB_REQUEST.decode(job.payload).submitted_at
+                    heapq.heappush(s.start_by, (at + default, job.job_id))
+            return expire_queued(s, now)
+
+        return self.queue_async("expire queued jobs", op)
 
     def cancel(
         self, job_id: str, reason: str, on_late: Callable[[tuple[bool, str, int]], object] | None = None

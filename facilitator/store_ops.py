@@ -17,6 +17,7 @@ from typing import Final, NamedTuple
 import msgspec
 from loguru import logger
 
+from jobrelay.facilitator.placement import Candidates, Placer
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.messages import (
     FacilitatorBody,
@@ -40,7 +41,6 @@ __all__ = [
     "MACHINE_SPECS",
     "AcceptOutcome",
     "Assignment",
-    "LeastBusy",
     "Refusal",
     "StoreState",
     "WorkerFacts",
@@ -125,6 +125,8 @@ class StoreState:
     ledger: JobLedger
     outstanding: dict[str, int]
     outboxes: dict[str, Outbox] = field(default_factory=dict)
+    # (deadline, job id) of queued jobs that must start by then (a heap; see queued.py)
+    start_by: list[tuple[float, str]] = field(default_factory=list)
     op_undo: _Undo = field(default_factory=_Undo)
     group_undo: _Undo = field(default_factory=_Undo)
 
@@ -171,46 +173,32 @@ class StoreState:
                 self.outstanding[worker_id] = before
 
 
-class LeastBusy:
-    """Picks, job after job, the eligible worker with the fewest unfinished jobs (ties: by id).
-
-    Built once per operation: O(workers) to start, O(log workers) per job, so routing a batch
-    to one of ten thousand workers does not scan them all for every job.
-    """
-
-    def __init__(self, s: StoreState, eligible: Sequence[str]) -> None:
-        self._heap = [(s.outstanding.get(w, 0), w) for w in eligible]
-        heapq.heapify(self._heap)
-
-    def __bool__(self) -> bool:
-        return bool(self._heap)
-
-    def pick(self) -> str:
-        """The least busy worker; it counts one more job from now on."""
-        count, worker = self._heap[0]
-        heapq.heapreplace(self._heap, (count + 1, worker))
-        return worker
-
-
 def submit_jobs(
-    s: StoreState, requests: Sequence[JobRequest], worker_id: str | None, eligible: Sequence[str]
+    s: StoreState,
+    requests: Sequence[JobRequest],
+    worker_id: str | None,
+    candidates: Candidates,
+    start_by: float | None = None,
 ) -> list[Assignment]:
+    """Record ``requests`` and route each: to ``worker_id`` if given, else as ``Placer`` picks
+    (placement.py), else it stays queued, until ``start_by`` if given (queued.py ends it then)."""
     out: list[Assignment] = []
     routed: dict[str, list[tuple[str, bytes]]] = {}
-    picker: LeastBusy | None = None
+    placer = Placer(s, candidates)
     for request in requests:
         existing = s.ledger.get(request.job_id)
         if existing is not None:
             out.append(Assignment(request.job_id, existing.peer, 0))
             continue
-        if worker_id is None and picker is None:
-            picker = LeastBusy(s, eligible)
-        worker = worker_id or (picker.pick() if picker else "")
+        worker = worker_id or placer.pick(request.kind)
         payload = ENCODER.encode(request)
         s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
         if worker:
-            s.add_outstanding(worker, 1)
+            if worker_id:
+                s.add_outstanding(worker, 1)  # the placer counted its own picks
             routed.setdefault(worker, []).append((request.job_id, payload))
+        elif start_by is not None:
+            heapq.heappush(s.start_by, (start_by, request.job_id))
         out.append(Assignment(request.job_id, worker, 0))
     seqs: dict[str, int] = {}
     for worker, jobs in routed.items():

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.errors import ErrorCode
+from jobrelay.protocol.messages import JobStatusUpdate
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.connection import WorkerConnection
@@ -40,6 +41,8 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
     outcome = await conn.hub.wait(conn.hub.store.accept(conn.worker_id, conn.in_epoch, batch))
     counters = conn.hub.counters
     counters.add("data_accepted", outcome.accepted)
+    if outcome.accepted and any(isinstance(b, JobStatusUpdate) and b.status.terminal for _, b in batch):
+        conn.hub.credit_freed(conn)  # a finished job gives its credit back: queued jobs may go
     if outcome.duplicates:
         counters.add("duplicates_dropped", outcome.duplicates)
     for refusal in outcome.refused:

@@ -12,6 +12,7 @@ import msgspec
 __all__ = [
     "MAX_BATCH",
     "MAX_INFLIGHT",
+    "MAX_KINDS",
     "MAX_SEQ",
     "PROTOCOL_VERSION",
     "TERMINAL_STATUSES",
@@ -40,13 +41,16 @@ __all__ = [
 ]
 
 # 2: mutual authentication (the facilitator signs the challenge; both sign one transcript).
-PROTOCOL_VERSION = 2
+# 3: hello carries the worker's capabilities (job kinds, credit): jobs go where they can run.
+PROTOCOL_VERSION = 3
 # 2**53 - 1: the largest integer every JSON implementation represents exactly.
 MAX_SEQ = 2**53 - 1
 MAX_INFLIGHT = 1_000_000
 """The largest window a ``welcome`` may carry: a worker refuses more (so must a facilitator's config)."""
 MAX_BATCH = 10_000
 """The most items a ``batch`` may carry: a receiver refuses more (so must either side's config)."""
+MAX_KINDS = 1_024
+"""The most job kinds a ``hello`` may announce."""
 
 Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 Mark = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
@@ -157,6 +161,11 @@ class Hello(_Message, tag="hello", frozen=True):
     codecs: tuple[str, ...] = ("json",)
     # v2; defaulted so a v1 hello still decodes and is refused as unsupported_version.
     nonce: Hex = ""
+    # v3: the job kinds this worker runs; None: any kind (a client that routes kinds itself).
+    kinds: Annotated[tuple[Id, ...], msgspec.Meta(max_length=MAX_KINDS)] | None = None
+    # v3: how many unfinished job requests the facilitator may have at this worker at once (its
+    # slots plus a small prefetch); None: no limit. 0 takes no jobs.
+    credit: Annotated[int, msgspec.Meta(ge=0, le=MAX_INFLIGHT)] | None = None
 
 
 class Challenge(_Message, tag="challenge", frozen=True):

@@ -472,6 +472,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
         nonce: a fresh random value (64 hex characters) for this connection, sent in hello.
         marks: durable stream state read from storage just before connecting.
         now: current time (seconds since the epoch; also used for the auth timestamp).
+        kinds / credit: announced in hello (see ``Hello``); None: any kind / no limit.
     """
 
     _codec_incoming = FacilitatorFrame
@@ -486,6 +487,8 @@ class WorkerSession(_Session[FacilitatorFrame]):
         marks: StreamMarks,
         now: float,
         config: SessionConfig | None = None,
+        kinds: Sequence[str] | None = None,
+        credit: int | None = None,
     ) -> None:
         config = config or SessionConfig()
         super().__init__(
@@ -497,7 +500,16 @@ class WorkerSession(_Session[FacilitatorFrame]):
         self._facilitator_key = facilitator_key.lower()
         self._nonce = nonce
         self._format: Format = "json"
-        self._send(Hello(version=PROTOCOL_VERSION, worker_id=worker_id, codecs=config.formats, nonce=nonce))
+        self._send(
+            Hello(
+                version=PROTOCOL_VERSION,
+                worker_id=worker_id,
+                codecs=config.formats,
+                nonce=nonce,
+                kinds=None if kinds is None else tuple(kinds),
+                credit=credit,
+            )
+        )
 
     def _on_handshake(self, frame: Any, now: float) -> None:
         match frame:
@@ -607,6 +619,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
         self._nonces = nonces
         self._format: Format = "json"
         self._auth: Auth | None = None
+        self.hello: Hello | None = None
         self._transcript: Transcript | None = None
 
     def _on_handshake(self, frame: Any, now: float) -> None:
@@ -627,6 +640,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
         check_nonce(frame.nonce, "hello.nonce")
         self._format = shared[0]
         self.peer_id = frame.worker_id
+        self.hello = frame  # its capabilities (kinds, credit) route jobs once the session opens
         transcript = Transcript(
             PROTOCOL_VERSION,
             frame.nonce,

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scale_procs import Api, Children, FacilitatorProcess, Processes, proc_stats, tcp_counters
 from scale_report import Row, Storm, derive, merge, notes, percentile, table, take_gaps
 from simchild import Report, raise_nofile
+from simworkers import BENCH_KIND
 
 from jobrelay.protocol.auth import public_key_hex
 
@@ -137,7 +138,7 @@ def run_jobs(row: Row, api: Api, children: Children, n: int, count: int, timeout
         status, doc = api.call(
             "POST",
             "/jobs",
-            {"kind": "bench", "payload": {"i": job_id}, "job_id": job_id, "worker": ids[job_id]},
+            {"kind": BENCH_KIND, "payload": {"i": job_id}, "job_id": job_id, "worker": ids[job_id]},
         )
         posted[job_id] = time.monotonic()
         return "" if status == 201 else f"{job_id}: POST /jobs -> {status} {doc}"

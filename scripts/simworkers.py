@@ -41,8 +41,9 @@ from jobrelay.protocol.messages import JobCancel, JobRequest, JobStatus, JobStat
 from jobrelay.protocol.session import OutFrame, SessionState, WorkerSession
 from jobrelay.testing.store import MemoryStore
 
-__all__ = ["SimWorker", "Tally"]
+__all__ = ["BENCH_KIND", "SimWorker", "Tally"]
 
+BENCH_KIND = "bench"  # the one job kind simulated workers run (bench_scale submits it)
 _MAX_ERRORS = 20  # error texts kept (all are counted)
 
 
@@ -172,6 +173,10 @@ class SimWorker:
             marks=self.store.marks(),
             now=time.time(),
             config=self.session_config,
+            # Capabilities, as a real worker announces them: its one kind, and credit for its
+            # slots plus prefetch (a simulated job ends the moment it arrives).
+            kinds=(BENCH_KIND,),
+            credit=self.config.max_concurrent_jobs + self.config.prefetch,
         )
         self.session = session
         writer = asyncio.create_task(self._writer(ws, self.out))

@@ -40,6 +40,7 @@ class QueuedJob(NamedTuple):
 
     job_id: str
     payload: bytes
+    kind: str = ""
 
 
 class WorkerRecord(NamedTuple):
@@ -82,18 +83,29 @@ def assign_job(db: Database, job_id: str, worker_id: str) -> bool:
     return cur.rowcount == 1
 
 
-def queued_jobs(db: Database, limit: int = 1000) -> list[QueuedJob]:
-    """Unfinished jobs not routed to any worker yet, oldest first.
+def queued_jobs(
+    db: Database, limit: int = 1000, kinds: Sequence[str] | None = None, excluding: Sequence[str] = ()
+) -> list[QueuedJob]:
+    """Unfinished jobs not routed to any worker yet, oldest first: of ``kinds`` only (None: of
+    any kind), none of ``excluding``; ``limit`` -1: all.
 
     Raises:
         StorageError: The read failed.
     """
+    where = f"peer = '' AND {_UNFINISHED}"
+    args: list[object] = []
+    if kinds is not None:
+        where += f" AND kind IN ({','.join('?' * len(kinds))})"
+        args.extend(kinds)
+    if excluding:
+        where += f" AND kind NOT IN ({','.join('?' * len(excluding))})"
+        args.extend(excluding)
     rows = db.query(
-        f"SELECT job_id, payload FROM jobs WHERE peer = '' AND {_UNFINISHED} ORDER BY rowid LIMIT ?",
-        (limit,),
+        f"SELECT job_id, payload, kind FROM jobs WHERE {where} ORDER BY rowid LIMIT ?",
+        (*args, limit),
         "list queued jobs",
     )
-    return [QueuedJob(r[0], bytes(r[1])) for r in rows]
+    return [QueuedJob(r[0], bytes(r[1]), r[2]) for r in rows]
 
 
 def outstanding_by_peer(db: Database) -> dict[str, int]:

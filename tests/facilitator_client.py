@@ -115,8 +115,12 @@ class TestWorker:
         persist_incoming: bool = True,
         formats: Sequence[str] = ("json",),
         facilitator_key: str = FACILITATOR_PUBLIC,
+        kinds: Sequence[str] | None = None,
+        credit: int | None = None,
     ) -> None:
         self.url = url
+        self.kinds = kinds  # announced in hello (None: any kind)
+        self.credit = credit  # granted in hello (None: no limit)
         self.facilitator_key = facilitator_key
         self.worker_id = worker_id
         self.key = key
@@ -152,6 +156,8 @@ class TestWorker:
             marks=self.store.marks(),
             now=time.time(),
             config=SessionConfig(formats=self.formats),  # type: ignore[arg-type]
+            kinds=self.kinds,
+            credit=self.credit,
         )
         self._flush()
         deadline = time.monotonic() + timeout

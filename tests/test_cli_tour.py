@@ -99,6 +99,11 @@ def test_tour_commands_against_each_other(tmp_path: Path) -> None:
         assert json.loads(workers.stdout)[0]["connected"] is True
         unknown = run_cli(["submit", "--facilitator", api, "echo", "--worker", "nobody"])
         assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "nobody" in unknown.stderr
+        # A kind no connected worker runs waits queued, then fails no_worker at its deadline.
+        nobody = run_cli(["submit", "--facilitator", api, "encode", "--start-within", "0.5", "--wait", "20"])
+        assert nobody.returncode == 1 and "no_worker" in nobody.stdout + nobody.stderr, nobody
+        negative = run_cli(["submit", "--facilitator", api, "encode", "--start-within", "-1"])
+        assert negative.returncode == 2 and "start-within" in negative.stderr
         missing = run_cli(["jobs", "--facilitator", api, "no-such-job"])
         assert missing.returncode == 1 and "no-such-job" in missing.stderr
 

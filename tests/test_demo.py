@@ -34,6 +34,9 @@ def test_scripts_demo_exits_0_with_a_clean_summary() -> None:
     restarted = int(rows["jobs failed: worker_restarted"].split()[0])
     assert completed + restarted == 500
     assert rows["jobs lost or duplicated"] == "0"
+    # Submitted to no worker in particular, each kind went only to the worker that runs it.
+    assert rows["jobs routed by kind"] == "500 sleep → demo, 50 thumbnail → demo-thumbs"
+    assert rows["jobs rejected (unknown kind)"] == "0"
     sent = int(rows["status updates sent (worker db)"])
     assert rows["status updates delivered"].startswith(f"{sent}  (facilitator accepted {sent})")
     assert rows["connection cuts"] == "2" and rows["worker restarts (kill -9)"] == "1"

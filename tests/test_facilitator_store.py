@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.protocol.messages import JobRequest
 from jobrelay.storage.errors import StorageError
@@ -48,7 +49,7 @@ def touch_then_fail(s: Any) -> None:
 
 
 def assert_w9_usable(store: FacilitatorStore, outstanding: dict[str, int]) -> None:
-    [assignment] = store.submit([JobRequest(job_id="j1", kind="k")], "w9", [])
+    [assignment] = store.submit([JobRequest(job_id="j1", kind="k")], "w9", Candidates())
     assert assignment.seq == 1
     marks = run(store.marks, "w9")
     assert (marks.out_acked, marks.out_last_seq) == (0, 1)
@@ -57,7 +58,7 @@ def assert_w9_usable(store: FacilitatorStore, outstanding: dict[str, int]) -> No
 
 
 def test_a_failed_operation_forgets_the_outbox_it_created(store: FacilitatorStore) -> None:
-    store.submit([JobRequest(job_id="j0", kind="k")], "w1", [])
+    store.submit([JobRequest(job_id="j0", kind="k")], "w1", Candidates())
     with pytest.raises(RuntimeError, match="after creating"):
         store._call("failing op", touch_then_fail)
     assert store.worker_facts().outstanding == {"w1": 1}  # the failed op's counts are undone
@@ -65,7 +66,7 @@ def test_a_failed_operation_forgets_the_outbox_it_created(store: FacilitatorStor
 
 
 def test_a_failed_group_commit_forgets_what_its_operations_did(store: FacilitatorStore) -> None:
-    store.submit([JobRequest(job_id="j0", kind="k")], "w1", [])
+    store.submit([JobRequest(job_id="j0", kind="k")], "w1", Candidates())
     gate = threading.Event()
     errors: list[BaseException] = []
 

@@ -195,7 +195,7 @@ def challenge(
 
 def test_worker_refuses_bad_challenge_and_welcome() -> None:
     w = pinned_worker()
-    w.receive_data(msgspec.json.encode(challenge(version=3)), T0)
+    w.receive_data(msgspec.json.encode(challenge(version=m.PROTOCOL_VERSION + 1)), T0)
     assert w.close_code is ErrorCode.UNSUPPORTED_VERSION
     w = pinned_worker()
     w.receive_data(msgspec.json.encode(challenge(codec="msgpack")), T0)

@@ -160,7 +160,7 @@ def test_a_hello_without_a_worker_nonce_is_refused() -> None:
 
 def doc_vectors() -> dict[str, str]:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
-    block = re.search(r"Test vectors \(protocol 2.*?```text\n(.*?)```", text, re.S)
+    block = re.search(r"Test vectors \(protocol [23].*?```text\n(.*?)```", text, re.S)
     assert block is not None, "the test vectors block is missing from docs/PROTOCOL.md"
     pairs = (line.split("=", 1) for line in block.group(1).splitlines() if "=" in line)
     return {name.strip(): value.strip() for name, value in pairs}

@@ -34,6 +34,9 @@ examples:
   # to one worker, with your own id (submitting the same id again changes nothing)
   jobrelay submit --facilitator http://127.0.0.1:8766 echo --payload '"hi"' --worker w1 --job-id order-17
 
+  # give up (failed: no_worker) unless a worker that runs `encode` takes it within 60 s
+  jobrelay submit encode --payload '{"file": "a.mp4"}' --start-within 60
+
   # submit and wait for the terminal status (exit 1 unless it completed)
   jobrelay submit sleep --payload 1 --wait 30
 
@@ -106,7 +109,13 @@ class FacilitatorClient:
                 time.sleep(0.1)
 
     def submit(
-        self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        worker: str | None = None,
+        start_within: float | None = None,
     ) -> str:
         """Submit a job; returns its id.
 
@@ -117,9 +126,10 @@ class FacilitatorClient:
         """
         if job_id is None:
             job_id = secrets.token_hex(12)
-        doc = self.request(
-            "POST", "/jobs", {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
-        )
+        body = {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
+        if start_within is not None:
+            body["start_within"] = start_within
+        doc = self.request("POST", "/jobs", body)
         return str(doc["job_id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -199,8 +209,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     _common(p)
     p.add_argument("kind", help="the job kind (a handler name on the worker, e.g. sleep or echo)")
     p.add_argument("--payload", default=None, help="the job's input as JSON (default: null)")
-    p.add_argument("--worker", default=None, help="send it to this worker only")
+    p.add_argument(
+        "--worker", default=None, help="send it to this worker only (default: any worker that runs KIND)"
+    )
     p.add_argument("--job-id", default=None, help="the job's id (default: a new random id)")
+    p.add_argument(
+        "--start-within",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="fail it (failed: no_worker) if no worker running KIND has taken it by then "
+        "(default: the facilitator's schedule_to_start_timeout; unset: it waits)",
+    )
     p.add_argument(
         "--wait", type=seconds, default=None, metavar="SECONDS", help="wait for the terminal status"
     )
@@ -237,7 +257,9 @@ def run_submit(args: argparse.Namespace) -> int:
             raise UsageError(f"submit.payload (from --payload): not JSON: {exc}") from None
     client = _client(args)
     try:
-        job_id = client.submit(args.kind, payload, job_id=args.job_id, worker=args.worker)
+        job_id = client.submit(
+            args.kind, payload, job_id=args.job_id, worker=args.worker, start_within=args.start_within
+        )
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK

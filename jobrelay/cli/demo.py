@@ -1,8 +1,10 @@
 # `jobrelay demo`: every guarantee in under a minute. An in-process facilitator, a worker
 # SUBPROCESS (so it can be SIGKILLed) reaching it through a severable loopback TCP proxy, 500 jobs
-# with progress updates, two connection cuts and one kill -9 + restart; then every job's history
-# is checked. Invariants: exit 0 only if every job ended exactly once and every status update
-# arrived exactly once, in order; the temp directory is removed unless the run failed or --keep.
+# with progress updates, two connection cuts and one kill -9 + restart; beside it a second worker
+# of another kind (demo_routing.py), so jobs submitted to no worker in particular show routing by
+# kind; then every job's history is checked. Invariants: exit 0 only if every job ended exactly
+# once, every status update arrived exactly once, in order, and each job ran where its kind runs;
+# the temp directory is removed unless the run failed or --keep.
 from __future__ import annotations
 
 import argparse
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobrelay.actors.config import generate_key
 from jobrelay.cli import logs
 from jobrelay.cli.argtypes import count, seconds
+from jobrelay.cli.demo_routing import THUMBS_ID, ThumbnailWorker, routing_rows, submit_thumbnails
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import LOG, resolve
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
@@ -253,9 +256,10 @@ def _demo(args: argparse.Namespace, tmp: Path) -> bool:
     key_path.chmod(0o600)
     public = public_key_hex(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key)))
     print(f"jobrelay demo: {args.jobs} jobs × {args.steps} progress updates, 2 connection cuts, 1 kill -9")
+    thumbs = ThumbnailWorker(tmp)
     config = FacilitatorConfig(
         db_path=str(tmp / "facilitator.db"),
-        authorized_keys={WORKER_ID: public},
+        authorized_keys={WORKER_ID: public, THUMBS_ID: thumbs.public_key},
         key=generate_key(),  # the facilitator's own; the worker pins its public key
         heartbeat_interval=1.0,
         heartbeat_timeout=5.0,
@@ -264,8 +268,10 @@ def _demo(args: argparse.Namespace, tmp: Path) -> bool:
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy:
         worker = WorkerProcess(tmp, proxy.url, args.max_jobs, fac.public_key)
         try:
-            return _drive(args, fac, proxy, worker, started, deadline)
+            thumbs.start(fac)
+            return _drive(args, fac, proxy, worker, thumbs, started, deadline)
         finally:
+            thumbs.stop()
             worker.stop(8.0)
 
 
@@ -274,6 +280,7 @@ def _drive(
     fac: Facilitator,
     proxy: TcpProxy,
     worker: WorkerProcess,
+    thumbs: ThumbnailWorker,
     started: float,
     deadline: float,
 ) -> bool:
@@ -284,8 +291,12 @@ def _drive(
         f"via proxy {proxy.url}"
     )
     payload = {"seconds": args.job_seconds, "steps": args.steps}
-    ids = fac.submit_many([("sleep", payload, f"job-{n:05d}") for n in range(args.jobs)], worker=WORKER_ID)
-    progress.event(f"submitted {len(ids)} jobs (durable before routing)")
+    # No worker named: each job goes to a worker that runs its kind (sleep: the worker process;
+    # thumbnail: the in-process thumbnail worker), as its credit allows.
+    ids = fac.submit_many([("sleep", payload, f"job-{n:05d}") for n in range(args.jobs)])
+    thumb_ids = submit_thumbnails(fac, max(1, args.jobs // 10))
+    progress.event(f"submitted {len(ids)} sleep and {len(thumb_ids)} thumbnail jobs (durable before routing)")
+    id_set = set(ids)
 
     def cut() -> None:
         links = proxy.cut()
@@ -303,8 +314,8 @@ def _drive(
     last_scrape = 0.0
     done = 0
     while True:
-        records = fac.jobs(limit=args.jobs + 10)
-        done = sum(1 for r in records if r.status in TERMINAL_STATUSES)
+        records = fac.jobs(limit=args.jobs + len(thumb_ids) + 10)
+        done = sum(1 for r in records if r.job_id in id_set and r.status in TERMINAL_STATUSES)
         if events and done >= events[0][0] * args.jobs:
             events.pop(0)[1]()
         now = time.monotonic()
@@ -328,7 +339,8 @@ def _drive(
     code = worker.stop(8.0)
     stop_seconds = time.monotonic() - stop_started
     progress.event(f"stopped the worker with SIGTERM: exit {code} in {stop_seconds:.2f}s")
-    return _verify(args, fac, worker, ids, code, started, proxy.cuts)
+    thumbs.stop()
+    return _verify(args, fac, worker, ids, thumb_ids, code, started, proxy.cuts)
 
 
 def _verify(
@@ -336,11 +348,16 @@ def _verify(
     fac: Facilitator,
     worker: WorkerProcess,
     ids: list[str],
+    thumb_ids: list[str],
     stop_code: int | None,
     started: float,
     cuts: int,
 ) -> bool:
-    problems: list[str] = []
+    records = {r.job_id: r for r in fac.jobs(limit=len(ids) + len(thumb_ids) + 10)}
+    routed, problems = routing_rows(records, {"sleep": WORKER_ID, "thumbnail": THUMBS_ID})
+    unfinished = [j for j in thumb_ids if (r := records.get(j)) is None or r.status != "completed"]
+    if unfinished:
+        problems.append(f"{len(unfinished)} thumbnail jobs did not complete (first: {unfinished[0]})")
     outcome = {"completed": 0, "restarted": 0, "bad": 0}
     delivered = 0
     for job_id in ids:
@@ -373,6 +390,7 @@ def _verify(
             f"{outcome['restarted']}  (running at the kill -9; ended exactly once)",
         ),
         ("jobs lost or duplicated", f"{outcome['bad']}"),
+        *routed,
         ("status updates sent (worker db)", f"{sent}"),
         ("status updates delivered", f"{delivered}  (facilitator accepted {accepted})"),
         (
@@ -381,7 +399,7 @@ def _verify(
             f"(facilitator {stats.duplicates_dropped}, worker {worker.total('duplicates_dropped')})",
         ),
         ("replayed after reconnect", f"{worker.total('replayed')}  (worker → facilitator)"),
-        ("reconnects", f"{max(0, stats.sessions_opened - 1)}  (sessions opened − 1)"),
+        ("reconnects", f"{max(0, stats.sessions_opened - 2)}  (sessions opened − 2 workers)"),
         ("connection cuts", f"{cuts}"),
         ("worker restarts (kill -9)", f"{worker.incarnation - 1}"),
         ("wall time", f"{wall:.1f} s"),
