@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
     from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
     from jobrelay.actors.health import WorkerHealth, serve_worker
+    from jobrelay.actors.job_limits import time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
 
@@ -38,6 +39,7 @@ __all__ = [
     "resumable",
     "serve_worker",
     "start_worker",
+    "time_limits",
 ]
 
 _EXPORTS = {
@@ -56,6 +58,7 @@ _EXPORTS = {
     "load_key": "jobrelay.actors.config",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "time_limits": "jobrelay.actors.job_limits",
     "serve_worker": "jobrelay.actors.health",
     "start_worker": "jobrelay.actors.worker",
 }

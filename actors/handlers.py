@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -15,7 +16,10 @@ import pykka
 from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, JobDone, Observe, send
+from jobrelay.actors.job_limits import TIME_LIMIT, Limits, limits_for, run_limited
+from jobrelay.actors.process_group import kill_group, signal_group
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
+from jobrelay.protocol.time_limits import check_time_limits
 
 if TYPE_CHECKING:
     from jobrelay.actors.outbox_actor import OutboxHandle
@@ -63,6 +67,50 @@ class JobContext:
         self._cancelled = threading.Event()
         self.cancel_reason = ""
         self.started_at = clock()
+        self._soft_limit = threading.Event()
+        self._abandoned = False
+        self._lock = threading.Lock()
+        self._soft_hooks: list[Callable[[], object]] = []
+        self._hard_hooks: list[Callable[[], object]] = []
+
+    @property
+    def soft_limit_reached(self) -> bool:
+        """True once the job's soft time limit passed: wrap up (its hard limit will end it)."""
+        return self._soft_limit.is_set()
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the job ended without this handler (hard time limit): its result is ignored."""
+        return self._abandoned
+
+    def on_time_limits(self, *, soft: Callable[[], object], hard: Callable[[], object]) -> None:
+        """Run ``soft`` at the soft limit and ``hard`` at the hard limit (before the job's ending
+        is reported); a hook registered after its limit passed runs at once."""
+        with self._lock:
+            self._soft_hooks.append(soft)
+            self._hard_hooks.append(hard)
+            run_soft, run_hard = self._soft_limit.is_set(), self._abandoned
+        if run_hard:
+            hard()
+        elif run_soft:
+            soft()
+
+    def reach_soft_limit(self) -> None:
+        """The job's thread: the soft time limit passed."""
+        with self._lock:
+            self._soft_limit.set()
+            hooks = list(self._soft_hooks)
+        for hook in hooks:
+            hook()
+
+    def abandon(self, reason: str) -> None:
+        """The job's thread: the job ends without waiting for its handler (hard time limit)."""
+        with self._lock:
+            self._abandoned = True
+            hooks = list(self._hard_hooks)
+        self.cancel(reason)  # a handler that looks (ctx.cancelled) stops on its own
+        for hook in hooks:
+            hook()
 
     @property
     def cancelled(self) -> bool:
@@ -92,6 +140,10 @@ class JobContext:
         """
         if status.terminal:
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
+        if self._abandoned:
+            # The job has ended (its hard time limit): nothing more is reported for it, and the
+            # exception unwinds the abandoned handler.
+            raise JobCancelled(self.cancel_reason)
         self.report(status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
 
     def elapsed(self) -> float:
@@ -126,14 +178,26 @@ class CommandHandler:
 
     Each stdout line is ``{"status": "running", "progress": 0.5, "detail": "…"}`` (all optional).
     Exit code 0 completes the job; anything else fails it with the end of stderr. A cancelled job's
-    process is terminated (then killed after ``kill_after`` seconds).
+    process is terminated (then killed after ``kill_after`` seconds). ``soft_time_limit`` and
+    ``time_limit`` are the kind's defaults (a job's own limits override them): at the soft limit
+    the command's process group gets SIGTERM, at the hard limit SIGKILL, and the job ends as
+    ``failed: time_limit``.
     """
 
-    def __init__(self, argv: Sequence[str], *, kill_after: float = 3.0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        kill_after: float = 3.0,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
+    ) -> None:
         if not argv:
             raise ValueError("CommandHandler needs a command")
         self.argv = list(argv)
         self.kill_after = kill_after
+        check_time_limits(soft_time_limit, time_limit)
+        self.time_limits = Limits(soft_time_limit, time_limit)
 
     def __call__(self, job: JobRequest, ctx: JobContext) -> str:
         proc = subprocess.Popen(
@@ -145,6 +209,11 @@ class CommandHandler:
             # Its own session: a Ctrl-C at the worker's terminal must not reach the job directly;
             # the worker decides (a stopping worker cancels it, which terminates it).
             start_new_session=True,
+        )
+        # The whole group: a shell script's children must stop (and die) with it.
+        ctx.on_time_limits(
+            soft=lambda: signal_group(proc, signal.SIGTERM),
+            hard=lambda: kill_group(proc, reap_within=self.kill_after),
         )
         watcher = threading.Thread(target=self._watch, args=(proc, ctx), daemon=True)
         watcher.start()
@@ -213,6 +282,26 @@ def _run(
     handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
 ) -> None:
     job = ctx.job
+    limits = limits_for(job, handler)
+    if limits == Limits():
+        status, detail = _outcome(handler, ctx)
+    else:
+        outcome = run_limited(lambda: _outcome(handler, ctx), ctx, limits)
+        status, detail = outcome or (JobStatus.FAILED, TIME_LIMIT)
+        if outcome is None:
+            logger.warning("job {}: hard time limit of {} s reached; ended", job.job_id, limits.hard)
+    try:
+        ctx.report(status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
+    except Exception as exc:
+        logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
+    send(metrics, Count(f"jobs_{status.value}"))
+    send(metrics, Observe("job_duration", ctx.elapsed()))
+    send(router, JobDone(job.job_id))
+
+
+def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str]:
+    """Run the handler; its terminal status and detail (never raises)."""
+    job = ctx.job
     status, detail = JobStatus.COMPLETED, ""
     try:
         ctx.update(JobStatus.RUNNING)
@@ -229,10 +318,4 @@ def _run(
         else:
             logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
             status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
-    try:
-        ctx.report(status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
-    except Exception as exc:
-        logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
-    send(metrics, Count(f"jobs_{status.value}"))
-    send(metrics, Observe("job_duration", ctx.elapsed()))
-    send(router, JobDone(job.job_id))
+    return status, detail

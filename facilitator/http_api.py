@@ -118,9 +118,13 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return answer_here(*args)
-        kind, payload, job_id, worker = args
+        kind, payload, job_id, worker, soft, hard = args
         try:
-            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker))[0]
+            new_id = (
+                await fac.submit_async(
+                    [(kind, payload, job_id)], worker=worker, soft_time_limit=soft, time_limit=hard
+                )
+            )[0]
         except JobTooLarge as exc:
             return answer_here(413, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
@@ -152,9 +156,11 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return args
-        kind, payload, job_id, worker = args
+        kind, payload, job_id, worker, soft, hard = args
         try:
-            new_id = self.facilitator.submit(kind, payload, job_id=job_id, worker=worker)
+            new_id = self.facilitator.submit(
+                kind, payload, job_id=job_id, worker=worker, soft_time_limit=soft, time_limit=hard
+            )
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -198,17 +204,23 @@ class Answer(NamedTuple):
     doc: Any
 
 
-def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None]:
-    """``(kind, payload, job_id, worker)`` of a POST /jobs body, or the 400 that refuses it."""
+_SUBMIT_FIELDS = {"kind", "payload", "job_id", "worker", "soft_time_limit", "time_limit"}
+
+
+def _submit_args(
+    body: Any,
+) -> Answer | tuple[str, Any, str | None, str | None, float | None, float | None]:
+    """``(kind, payload, job_id, worker, soft_time_limit, time_limit)`` of a POST /jobs body, or
+    the 400 that refuses it (the limits' values are checked by ``submit``)."""
     if not isinstance(body, dict):
         return Answer(400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?}"})
-    unknown = set(body) - {"kind", "payload", "job_id", "worker"}
+    unknown = set(body) - _SUBMIT_FIELDS
     if unknown:
         return Answer(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
     kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
     if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
         return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
-    return kind, body.get("payload"), job_id, worker
+    return kind, body.get("payload"), job_id, worker, body.get("soft_time_limit"), body.get("time_limit")
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

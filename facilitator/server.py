@@ -44,6 +44,7 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
+from jobrelay.protocol.time_limits import check_time_limits
 from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
@@ -109,7 +110,14 @@ class Facilitator:
     # ------------------------------------------------------------------ public API
 
     def submit(
-        self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        worker: str | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
     ) -> str:
         """Durably record a job and route it (see ``submit_many``).
 
@@ -119,26 +127,38 @@ class Facilitator:
             job_id: The job's id (default: a new random id). Submitting an id that exists
                 changes nothing and returns it (idempotent retries).
             worker: Send it to this worker only (kept until it connects); default: any.
+            soft_time_limit: Seconds from the handler's start until it is told to wrap up.
+            time_limit: Seconds from the handler's start until the job ends as
+                ``failed: time_limit``. Both override the worker's defaults for the kind.
 
         Returns:
             The job id.
 
         Raises:
-            ValueError: ``kind``/``job_id`` empty or longer than 256, or ``worker`` unknown.
+            ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or a time
+                limit not in (0, 1 year] or the soft one not below the hard one.
             JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
                 nothing was stored.
             TypeError: ``payload`` is not JSON-serialisable.
             StorageError: The job could not be stored.
             TimeoutError: The store did not answer in time.
         """
-        return self.submit_many([(kind, payload, job_id)], worker=worker)[0]
+        return self.submit_many(
+            [(kind, payload, job_id)], worker=worker, soft_time_limit=soft_time_limit, time_limit=time_limit
+        )[0]
 
     def submit_many(
-        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        *,
+        worker: str | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
     ) -> list[str]:
         """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
         them: to ``worker`` if given, else each to the connected non-draining worker with the
-        fewest unfinished jobs, else queued until a worker is ready.
+        fewest unfinished jobs, else queued until a worker is ready. The time limits apply to
+        every job of the call.
 
         Returns:
             The job ids, in order.
@@ -147,7 +167,7 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
-        requests = self._requests(jobs, worker)
+        requests = self._requests(jobs, worker, soft_time_limit, time_limit)
         self._not_on_loop("submit")
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
@@ -156,7 +176,12 @@ class Facilitator:
         return [r.job_id for r in requests]
 
     async def submit_async(
-        self, jobs: Sequence[tuple[str, Any, str | None]], *, worker: str | None = None
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        *,
+        worker: str | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
     ) -> list[str]:
         """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
         is awaited instead of blocking a thread, so concurrent submitters share group commits.
@@ -164,7 +189,7 @@ class Facilitator:
         Raises:
             As ``submit_many``.
         """
-        requests = self._requests(jobs, worker)
+        requests = self._requests(jobs, worker, soft_time_limit, time_limit)
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()
         future = self.store.submit_async(requests, worker, eligible)
@@ -178,7 +203,13 @@ class Facilitator:
         self._routed(assignments, requests)
         return [r.job_id for r in requests]
 
-    def _requests(self, jobs: Sequence[tuple[str, Any, str | None]], worker: str | None) -> list[JobRequest]:
+    def _requests(
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        worker: str | None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
+    ) -> list[JobRequest]:
         """The requests of ``jobs``, each checked before anything is stored.
 
         Raises:
@@ -186,6 +217,7 @@ class Facilitator:
         """
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
+        check_time_limits(soft_time_limit, time_limit)
         now = time.time()
         requests: list[JobRequest] = []
         for kind, payload, given_id in jobs:
@@ -193,7 +225,14 @@ class Facilitator:
             for name, value in (("kind", kind), ("job_id", job_id)):
                 if not 1 <= len(value) <= 256:
                     raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
-            request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
+            request = JobRequest(
+                job_id=job_id,
+                kind=kind,
+                payload=payload,
+                submitted_at=now,
+                soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
+                time_limit=None if time_limit is None else float(time_limit),
+            )
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
         return requests

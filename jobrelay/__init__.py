@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from jobrelay.actors.config import WorkerConfig, generate_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
     from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.job_limits import time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
     from jobrelay.facilitator.config import FacilitatorConfig
@@ -71,6 +72,7 @@ __all__ = [
     "resumable",
     "start_facilitator",
     "start_worker",
+    "time_limits",
 ]
 
 __version__ = "0.1.0"
@@ -104,6 +106,7 @@ _EXPORTS = {
     "public_key_hex": "jobrelay.protocol.auth",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "time_limits": "jobrelay.actors.job_limits",
     "start_facilitator": "jobrelay.facilitator.server",
     "start_worker": "jobrelay.actors.worker",
 }

@@ -56,6 +56,8 @@ Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=512)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Progress = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# A time limit in seconds: positive and at most a year (a larger one is a typo, not a limit).
+LimitSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=366 * 86400.0)]  # time_limits.MAX_LIMIT_SECONDS
 
 
 class JobStatus(enum.StrEnum):
@@ -93,6 +95,11 @@ class JobRequest(_Message, tag="job_request", frozen=True):
     payload: Any = None
     submitted_at: Timestamp = 0.0
     resumable: bool = False
+    # Added compatibly within v2 (defaults: none): seconds from the handler's start until it is
+    # told to wrap up (soft) and until it is ended as ``failed: time_limit`` (hard). They override
+    # the worker's per-kind defaults.
+    soft_time_limit: LimitSeconds | None = None
+    time_limit: LimitSeconds | None = None
 
 
 class JobCancel(_Message, tag="job_cancel", frozen=True):
