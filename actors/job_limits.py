@@ -17,7 +17,7 @@ from jobrelay.protocol.time_limits import check_time_limits
 if TYPE_CHECKING:
     from jobrelay.actors.handlers import JobContext
 
-__all__ = ["TIME_LIMIT", "Limits", "limits_for", "run_limited", "time_limits"]
+__all__ = ["TIME_LIMIT", "Limits", "limits_for", "run_limited", "time_limits", "with_time_limits"]
 
 TIME_LIMIT = "time_limit"
 """The detail of a job ended by its hard time limit (``failed: time_limit``)."""
@@ -46,6 +46,20 @@ def time_limits(*, soft: float | None = None, hard: float | None = None) -> Call
         return handler
 
     return mark
+
+
+def with_time_limits(handler: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
+    """``handler`` wrapped with ``limits`` as its kind's defaults (wrapped, not changed: the
+    same handler may serve other kinds without them). A command's group is still signalled:
+    the CommandHandler registers its hooks on the job's context."""
+
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        return handler(*args, **kwargs)
+
+    limited.__wrapped__ = handler  # type: ignore[attr-defined]
+    limited.resumable = getattr(handler, "resumable", False)  # type: ignore[attr-defined]
+    limited.time_limits = limits  # type: ignore[attr-defined]
+    return limited
 
 
 def limits_for(job: JobRequest, handler: object) -> Limits:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from jobrelay.cli.argtypes import count, seconds
+from jobrelay.cli.argtypes import count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
 __all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
@@ -36,6 +36,9 @@ examples:
 
   # submit and wait for the terminal status (exit 1 unless it completed)
   jobrelay submit sleep --payload 1 --wait 30
+
+  # told to wrap up after 60 s (a command gets SIGTERM), ended as failed: time_limit after 90 s
+  jobrelay submit render --payload '{"scene": 4}' --soft-time-limit 60 --time-limit 90
 
 The facilitator URL can also come from JOBRELAY_FACILITATOR. A facilitator started with
 --api-tokens needs a token: JOBRELAY_API_TOKEN=<token>, or --token-file FILE (or
@@ -106,7 +109,14 @@ class FacilitatorClient:
                 time.sleep(0.1)
 
     def submit(
-        self, kind: str, payload: Any = None, *, job_id: str | None = None, worker: str | None = None
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        worker: str | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
     ) -> str:
         """Submit a job; returns its id.
 
@@ -117,9 +127,12 @@ class FacilitatorClient:
         """
         if job_id is None:
             job_id = secrets.token_hex(12)
-        doc = self.request(
-            "POST", "/jobs", {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
-        )
+        body: dict[str, Any] = {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
+        # Only when given: a facilitator from before time limits refuses fields it does not know.
+        for name, value in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
+            if value is not None:
+                body[name] = value
+        doc = self.request("POST", "/jobs", body)
         return str(doc["job_id"])
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -204,6 +217,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     p.add_argument(
         "--wait", type=seconds, default=None, metavar="SECONDS", help="wait for the terminal status"
     )
+    p.add_argument(
+        "--soft-time-limit",
+        type=limit_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="tell the handler to wrap up this long after it started (a command gets SIGTERM)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=limit_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="end the job as failed: time_limit this long after its handler started",
+    )
     p.set_defaults(run=run_submit)
 
     p = sub.add_parser(
@@ -235,9 +262,16 @@ def run_submit(args: argparse.Namespace) -> int:
             payload = json.loads(args.payload)
         except ValueError as exc:
             raise UsageError(f"submit.payload (from --payload): not JSON: {exc}") from None
+    soft, hard = args.soft_time_limit, args.time_limit
+    if soft is not None and hard is not None and soft >= hard:
+        raise UsageError(
+            f"submit.soft_time_limit (from --soft-time-limit): {soft} s is not below --time-limit {hard} s"
+        )
     client = _client(args)
     try:
-        job_id = client.submit(args.kind, payload, job_id=args.job_id, worker=args.worker)
+        job_id = client.submit(
+            args.kind, payload, job_id=args.job_id, worker=args.worker, soft_time_limit=soft, time_limit=hard
+        )
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK

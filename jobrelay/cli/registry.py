@@ -92,6 +92,10 @@ WORKER: tuple[Setting, ...] = (
     _w("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds to authenticate"),
     _w("handlers", TABLE, {}, "--handler", "job kind = command, repeatable (TOML: a [worker.handlers] table)",
        env="JOBRELAY_HANDLERS", config=False, metavar="KIND=COMMAND"),
+    _w("time_limits", TABLE, {}, "--time-limit",
+       "job kind = [SOFT/]HARD seconds: the kind's default time limits, repeatable "
+       "(TOML: a [worker.time_limits] table; a job's own limits override them)",
+       env="JOBRELAY_TIME_LIMITS", config=False, metavar="KIND=[SOFT/]HARD"),
     _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
        config=False, bounds=PORT),

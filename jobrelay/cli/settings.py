@@ -184,7 +184,7 @@ def _parse_text(s: Setting, raw: str | list[str], out: Resolved) -> Any:
         for item in items:
             kind, sep, command = item.partition("=")
             if not sep or not kind.strip() or not command.strip():
-                raise out.bad(s.key, f"expected KIND=COMMAND, got {item!r}")
+                raise out.bad(s.key, f"expected {s.metavar or 'KIND=VALUE'}, got {item!r}")
             mapping[kind.strip()] = command.strip()
         return mapping
     assert isinstance(raw, str)

@@ -16,6 +16,7 @@ from loguru import logger
 from jobrelay.actors import WorkerHealth
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import CommandHandler, Handler
+from jobrelay.actors.job_limits import Limits, with_time_limits
 from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
 from jobrelay.cli.errors import EXIT_OK
@@ -23,6 +24,7 @@ from jobrelay.cli.samples import SAMPLE_HANDLERS
 from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
 from jobrelay.common.http import HealthServer
+from jobrelay.protocol.time_limits import check_time_limits
 from jobrelay.storage import StorageError
 
 __all__ = ["add_parser", "check_db_path", "run"]
@@ -90,7 +92,27 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
         if not argv:
             raise resolved.bad("handlers", f"{kind}: empty command")
         handlers[kind] = CommandHandler(argv)
+    for kind, text in resolved.values["time_limits"].items():
+        if kind not in handlers:
+            raise resolved.bad("time_limits", f"{kind}: no handler for this kind")
+        handlers[kind] = with_time_limits(handlers[kind], _limits(resolved, kind, text))
     return handlers
+
+
+def _limits(resolved: Resolved, kind: str, text: str) -> Limits:
+    """``HARD`` or ``SOFT/HARD`` seconds (either side of the ``/`` may be empty)."""
+    soft_text, _, hard_text = text.rpartition("/")
+    try:
+        soft = float(soft_text) if soft_text.strip() else None
+        hard = float(hard_text) if hard_text.strip() else None
+        check_time_limits(soft, hard)
+    except (ValueError, TypeError) as exc:
+        raise resolved.bad(
+            "time_limits", f"{kind}: expected [SOFT/]HARD seconds, got {text!r} ({exc})"
+        ) from None
+    if soft is None and hard is None:
+        raise resolved.bad("time_limits", f"{kind}: expected [SOFT/]HARD seconds, got {text!r}")
+    return Limits(soft, hard)
 
 
 def print_config(*parts: Resolved) -> None:
