@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from jobrelay.actors.actor_messages import ConnectionState
     from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import (
+        CommandHandler,
+        Handler,
+        JobCancelled,
+        JobContext,
+        RetryableError,
+        resumable,
+    )
     from jobrelay.actors.health import WorkerHealth, serve_worker
     from jobrelay.actors.job_limits import time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
@@ -29,6 +36,7 @@ __all__ = [
     "JobContext",
     "MetricsSnapshot",
     "NotConnected",
+    "RetryableError",
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
@@ -48,6 +56,7 @@ _EXPORTS = {
     "Handler": "jobrelay.actors.handlers",
     "JobCancelled": "jobrelay.actors.handlers",
     "JobContext": "jobrelay.actors.handlers",
+    "RetryableError": "jobrelay.actors.handlers",
     "MetricsSnapshot": "jobrelay.actors.metrics",
     "NotConnected": "jobrelay.actors.errors",
     "Worker": "jobrelay.actors.worker",

@@ -29,6 +29,7 @@ __all__ = [
     "Handler",
     "JobCancelled",
     "JobContext",
+    "RetryableError",
     "publish_status",
     "resumable",
     "run_handler",
@@ -42,6 +43,14 @@ class JobCancelled(Exception):
     """Raise from a handler (or let ctx.check_cancelled() raise it) to end the job as cancelled."""
 
 
+class RetryableError(Exception):
+    """Raise from a handler to fail this attempt as worth another one (a transient cause): with
+    a retry policy the facilitator runs the job again. Any exception with a true ``retryable``
+    attribute counts the same."""
+
+    retryable = True
+
+
 def publish_status(
     outbox: OutboxHandle,
     job_id: str,
@@ -50,10 +59,20 @@ def publish_status(
     at: float,
     detail: str = "",
     progress: float | None = None,
+    attempt: int = 1,
+    retryable: bool = False,
 ) -> pykka.Future[int]:
     """Publish one status update of ``job_id``; the future resolves once it is durable."""
     return outbox.publish(
-        JobStatusUpdate(job_id=job_id, status=status, at=at, progress=progress, detail=detail)
+        JobStatusUpdate(
+            job_id=job_id,
+            status=status,
+            at=at,
+            progress=progress,
+            detail=detail,
+            attempt=attempt,
+            retryable=retryable,
+        )
     )
 
 
@@ -138,7 +157,7 @@ class JobContext:
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
         """
-        if status.terminal:
+        if status.terminal or status is JobStatus.RETRYING:
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
         if self._abandoned:
             # The job has ended (its hard time limit): nothing more is reported for it, and the
@@ -151,11 +170,19 @@ class JobContext:
         return self._clock() - self.started_at
 
     def report(
-        self, status: JobStatus, *, detail: str = "", progress: float | None = None
+        self, status: JobStatus, *, detail: str = "", progress: float | None = None, retryable: bool = False
     ) -> pykka.Future[int]:
         """Publish a status of this job (terminal ones too: run_handler ends jobs through it)."""
-        at = self._clock()
-        return publish_status(self._outbox, self.job.job_id, status, at=at, detail=detail, progress=progress)
+        return publish_status(
+            self._outbox,
+            self.job.job_id,
+            status,
+            at=self._clock(),
+            detail=detail,
+            progress=progress,
+            attempt=self.job.attempt,
+            retryable=retryable,
+        )
 
 
 class Handler(Protocol):
@@ -181,7 +208,8 @@ class CommandHandler:
     process is terminated (then killed after ``kill_after`` seconds). ``soft_time_limit`` and
     ``time_limit`` are the kind's defaults (a job's own limits override them): at the soft limit
     the command's process group gets SIGTERM, at the hard limit SIGKILL, and the job ends as
-    ``failed: time_limit``.
+    ``failed: time_limit``. An exit code in ``retryable_exit_codes`` fails the attempt as
+    retryable (another attempt runs if the job's retry policy allows).
     """
 
     def __init__(
@@ -191,9 +219,11 @@ class CommandHandler:
         kill_after: float = 3.0,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retryable_exit_codes: Sequence[int] = (),
     ) -> None:
         if not argv:
             raise ValueError("CommandHandler needs a command")
+        self.retryable_exit_codes = frozenset(retryable_exit_codes)
         self.argv = list(argv)
         self.kill_after = kill_after
         check_time_limits(soft_time_limit, time_limit)
@@ -236,7 +266,8 @@ class CommandHandler:
         ctx.check_cancelled()
         if code != 0:
             tail = "".join(stderr).strip()[-500:]
-            raise RuntimeError(f"command exited with {code}" + (f": {tail}" if tail else ""))
+            message = f"command exited with {code}" + (f": {tail}" if tail else "")
+            raise RetryableError(message) if code in self.retryable_exit_codes else RuntimeError(message)
         return last_detail
 
     @staticmethod
@@ -284,14 +315,15 @@ def _run(
     job = ctx.job
     limits = limits_for(job, handler)
     if limits == Limits():
-        status, detail = _outcome(handler, ctx)
+        status, detail, retryable = _outcome(handler, ctx)
     else:
         outcome = run_limited(lambda: _outcome(handler, ctx), ctx, limits)
-        status, detail = outcome or (JobStatus.FAILED, TIME_LIMIT)
+        # A time limit is worth another attempt: the next one may run on a less loaded machine.
+        status, detail, retryable = outcome or (JobStatus.FAILED, TIME_LIMIT, True)
         if outcome is None:
             logger.warning("job {}: hard time limit of {} s reached; ended", job.job_id, limits.hard)
     try:
-        ctx.report(status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
+        ctx.report(status, detail=detail, retryable=retryable).get(timeout=_UPDATE_TIMEOUT)
     except Exception as exc:
         logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
     send(metrics, Count(f"jobs_{status.value}"))
@@ -299,10 +331,11 @@ def _run(
     send(router, JobDone(job.job_id))
 
 
-def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str]:
-    """Run the handler; its terminal status and detail (never raises)."""
+def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str, bool]:
+    """Run the handler; its terminal status, detail and whether a failure is retryable (never
+    raises)."""
     job = ctx.job
-    status, detail = JobStatus.COMPLETED, ""
+    status, detail, retryable = JobStatus.COMPLETED, "", False
     try:
         ctx.update(JobStatus.RUNNING)
         result = handler(job, ctx)
@@ -318,4 +351,5 @@ def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str]:
         else:
             logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
             status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
-    return status, detail
+            retryable = getattr(exc, "retryable", False) is True
+    return status, detail, retryable

@@ -118,13 +118,11 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return answer_here(*args)
-        kind, payload, job_id, worker, soft, hard = args
+        kind, payload, job_id, worker, options = args
         try:
-            new_id = (
-                await fac.submit_async(
-                    [(kind, payload, job_id)], worker=worker, soft_time_limit=soft, time_limit=hard
-                )
-            )[0]
+            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker, **options._asdict()))[
+                0
+            ]
         except JobTooLarge as exc:
             return answer_here(413, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
@@ -156,11 +154,9 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return args
-        kind, payload, job_id, worker, soft, hard = args
+        kind, payload, job_id, worker, options = args
         try:
-            new_id = self.facilitator.submit(
-                kind, payload, job_id=job_id, worker=worker, soft_time_limit=soft, time_limit=hard
-            )
+            new_id = self.facilitator.submit(kind, payload, job_id=job_id, worker=worker, **options._asdict())
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -204,14 +200,30 @@ class Answer(NamedTuple):
     doc: Any
 
 
-_SUBMIT_FIELDS = {"kind", "payload", "job_id", "worker", "soft_time_limit", "time_limit"}
+_SUBMIT_FIELDS = {
+    "kind",
+    "payload",
+    "job_id",
+    "worker",
+    "soft_time_limit",
+    "time_limit",
+    "retries",
+    "retry_backoff",
+}
 
 
-def _submit_args(
-    body: Any,
-) -> Answer | tuple[str, Any, str | None, str | None, float | None, float | None]:
-    """``(kind, payload, job_id, worker, soft_time_limit, time_limit)`` of a POST /jobs body, or
-    the 400 that refuses it (the limits' values are checked by ``submit``)."""
+class SubmitOptions(NamedTuple):
+    """The optional fields of a POST /jobs body, passed to ``submit`` (which checks them)."""
+
+    soft_time_limit: Any = None
+    time_limit: Any = None
+    retries: Any = 0
+    retry_backoff: Any = 0.0
+
+
+def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, SubmitOptions]:
+    """``(kind, payload, job_id, worker, options)`` of a POST /jobs body, or the 400 that
+    refuses it (the options' values are checked by ``submit``: a TypeError or ValueError)."""
     if not isinstance(body, dict):
         return Answer(400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?}"})
     unknown = set(body) - _SUBMIT_FIELDS
@@ -220,7 +232,8 @@ def _submit_args(
     kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
     if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
         return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
-    return kind, body.get("payload"), job_id, worker, body.get("soft_time_limit"), body.get("time_limit")
+    options = SubmitOptions(**{k: body[k] for k in SubmitOptions._fields if body.get(k) is not None})
+    return kind, body.get("payload"), job_id, worker, options
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

@@ -28,6 +28,7 @@ from jobrelay.common.admission import ConnectionGate, RefusalLog
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
+from jobrelay.facilitator.retry_timers import RetryTimers
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
@@ -156,6 +157,7 @@ class ConnectionHub:
         self.counters = Counters()
         self.loop = loop
         self.chatter = Chatter(loop)
+        self.retries = RetryTimers(store, loop, self.request_dispatch)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

@@ -44,6 +44,7 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
+from jobrelay.protocol.retries import check_retries
 from jobrelay.protocol.time_limits import check_time_limits
 from jobrelay.storage.ledger import JobRecord
 
@@ -54,6 +55,7 @@ __all__ = ["Facilitator", "start_facilitator"]
 _FD_RESERVE: Final = 512
 _MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
 _QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
+_RECOVER_TIMEOUT = 30.0  # listing the retries left waiting at the last stop
 
 
 class Facilitator:
@@ -118,6 +120,8 @@ class Facilitator:
         worker: str | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> str:
         """Durably record a job and route it (see ``submit_many``).
 
@@ -130,13 +134,17 @@ class Facilitator:
             soft_time_limit: Seconds from the handler's start until it is told to wrap up.
             time_limit: Seconds from the handler's start until the job ends as
                 ``failed: time_limit``. Both override the worker's defaults for the kind.
+            retries: How many more attempts a retryable failure may have (default 0: none).
+                A retry is a new attempt, routed like a new job, possibly to another worker.
+            retry_backoff: Seconds before the second attempt; each later one waits twice as long.
 
         Returns:
             The job id.
 
         Raises:
             ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or a time
-                limit not in (0, 1 year] or the soft one not below the hard one.
+                limit not in (0, 1 year] or the soft one not below the hard one, ``retries``
+                outside 0..99 or ``retry_backoff`` outside 0..86400.
             JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
                 nothing was stored.
             TypeError: ``payload`` is not JSON-serialisable.
@@ -144,7 +152,12 @@ class Facilitator:
             TimeoutError: The store did not answer in time.
         """
         return self.submit_many(
-            [(kind, payload, job_id)], worker=worker, soft_time_limit=soft_time_limit, time_limit=time_limit
+            [(kind, payload, job_id)],
+            worker=worker,
+            soft_time_limit=soft_time_limit,
+            time_limit=time_limit,
+            retries=retries,
+            retry_backoff=retry_backoff,
         )[0]
 
     def submit_many(
@@ -154,11 +167,13 @@ class Facilitator:
         worker: str | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> list[str]:
         """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
         them: to ``worker`` if given, else each to the connected non-draining worker with the
-        fewest unfinished jobs, else queued until a worker is ready. The time limits apply to
-        every job of the call.
+        fewest unfinished jobs, else queued until a worker is ready. The time limits and the
+        retry policy apply to every job of the call.
 
         Returns:
             The job ids, in order.
@@ -167,7 +182,7 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
-        requests = self._requests(jobs, worker, soft_time_limit, time_limit)
+        requests = self._requests(jobs, worker, soft_time_limit, time_limit, retries, retry_backoff)
         self._not_on_loop("submit")
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
@@ -182,6 +197,8 @@ class Facilitator:
         worker: str | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> list[str]:
         """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
         is awaited instead of blocking a thread, so concurrent submitters share group commits.
@@ -189,7 +206,7 @@ class Facilitator:
         Raises:
             As ``submit_many``.
         """
-        requests = self._requests(jobs, worker, soft_time_limit, time_limit)
+        requests = self._requests(jobs, worker, soft_time_limit, time_limit, retries, retry_backoff)
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()
         future = self.store.submit_async(requests, worker, eligible)
@@ -209,6 +226,8 @@ class Facilitator:
         worker: str | None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> list[JobRequest]:
         """The requests of ``jobs``, each checked before anything is stored.
 
@@ -218,6 +237,7 @@ class Facilitator:
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
         check_time_limits(soft_time_limit, time_limit)
+        check_retries(retries, retry_backoff)
         now = time.time()
         requests: list[JobRequest] = []
         for kind, payload, given_id in jobs:
@@ -232,6 +252,8 @@ class Facilitator:
                 submitted_at=now,
                 soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
                 time_limit=None if time_limit is None else float(time_limit),
+                max_attempts=retries + 1,
+                retry_backoff=float(retry_backoff),
             )
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
@@ -475,6 +497,11 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
         facilitator._start()
     except BaseException:
         store.stop()
+        raise
+    try:
+        facilitator.hub.retries.recover(_RECOVER_TIMEOUT)
+    except BaseException:
+        facilitator.stop()
         raise
     capacity = facilitator.max_workers
     if capacity < min(config.max_workers, _QUIET_CAPACITY):

@@ -332,7 +332,7 @@ class FacilitatorStore:
                 return False, "", 0
             if record.status is not None and JobStatus(record.status).terminal:
                 return False, record.peer, 0
-            if not record.peer:
+            if not record.peer or record.status == JobStatus.RETRYING.value:  # queued, or between attempts
                 s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=reason or "cancelled")
                 return True, "", 0
             body = JobCancel(job_id=job_id, reason=reason)

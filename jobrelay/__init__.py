@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from jobrelay.actors.actor_messages import ConnectionState
     from jobrelay.actors.config import WorkerConfig, generate_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import CommandHandler, Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import (
+        CommandHandler,
+        Handler,
+        JobCancelled,
+        JobContext,
+        RetryableError,
+        resumable,
+    )
     from jobrelay.actors.job_limits import time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
@@ -60,6 +67,7 @@ __all__ = [
     "NotConnected",
     "OutboxFull",
     "ProtocolError",
+    "RetryableError",
     "StorageError",
     "Worker",
     "WorkerConfig",
@@ -87,6 +95,7 @@ _EXPORTS = {
     "JobCancel": "jobrelay.protocol.messages",
     "JobCancelled": "jobrelay.actors.handlers",
     "JobContext": "jobrelay.actors.handlers",
+    "RetryableError": "jobrelay.actors.handlers",
     "JobRequest": "jobrelay.protocol.messages",
     "JobStatus": "jobrelay.protocol.messages",
     "JobStatusUpdate": "jobrelay.protocol.messages",

@@ -56,6 +56,8 @@ Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=512)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Progress = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# Runs of one job: at most 100 (retries beyond that are a loop, not a policy).
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=100)]
 # A time limit in seconds: positive and at most a year (a larger one is a typo, not a limit).
 LimitSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=366 * 86400.0)]  # time_limits.MAX_LIMIT_SECONDS
 
@@ -69,6 +71,8 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    # Recorded by the facilitator only, never sent: an attempt failed and another will run.
+    RETRYING = "retrying"
 
     @property
     def terminal(self) -> bool:
@@ -100,6 +104,12 @@ class JobRequest(_Message, tag="job_request", frozen=True):
     # the worker's per-kind defaults.
     soft_time_limit: LimitSeconds | None = None
     time_limit: LimitSeconds | None = None
+    # Added compatibly within v2 (defaults: one attempt): which run of the job this is, of at most
+    # ``max_attempts``. A worker treats a higher attempt of a job id it has seen as new work.
+    attempt: Attempt = 1
+    max_attempts: Attempt = 1
+    # Seconds before attempt 2; each later attempt waits twice as long (the facilitator's).
+    retry_backoff: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 0.0
 
 
 class JobCancel(_Message, tag="job_cancel", frozen=True):
@@ -117,6 +127,10 @@ class JobStatusUpdate(_Message, tag="job_status", frozen=True):
     at: Timestamp
     progress: Progress | None = None
     detail: str = ""
+    # Added compatibly within v2: the request's attempt this status belongs to, and (on a
+    # ``failed``) whether the failure is worth another attempt.
+    attempt: Attempt = 1
+    retryable: bool = False
 
 
 class MachineSpecs(_Message, tag="machine_specs", frozen=True):

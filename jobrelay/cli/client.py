@@ -40,6 +40,9 @@ examples:
   # told to wrap up after 60 s (a command gets SIGTERM), ended as failed: time_limit after 90 s
   jobrelay submit render --payload '{"scene": 4}' --soft-time-limit 60 --time-limit 90
 
+  # up to 2 more attempts after a retryable failure, the first after 5 s, the next after 10 s
+  jobrelay submit render --payload '{"scene": 4}' --retries 2 --retry-backoff 5
+
 The facilitator URL can also come from JOBRELAY_FACILITATOR. A facilitator started with
 --api-tokens needs a token: JOBRELAY_API_TOKEN=<token>, or --token-file FILE (or
 JOBRELAY_API_TOKEN_FILE) naming a file that holds it; `submit` needs a token of scope submit.
@@ -117,6 +120,8 @@ class FacilitatorClient:
         worker: str | None = None,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> str:
         """Submit a job; returns its id.
 
@@ -129,9 +134,13 @@ class FacilitatorClient:
             job_id = secrets.token_hex(12)
         body: dict[str, Any] = {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
         # Only when given: a facilitator from before time limits refuses fields it does not know.
-        for name, value in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
-            if value is not None:
-                body[name] = value
+        options = {
+            "soft_time_limit": soft_time_limit,
+            "time_limit": time_limit,
+            "retries": retries or None,
+            "retry_backoff": retry_backoff or None,
+        }
+        body.update({name: value for name, value in options.items() if value is not None})
         doc = self.request("POST", "/jobs", body)
         return str(doc["job_id"])
 
@@ -231,6 +240,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         metavar="SECONDS",
         help="end the job as failed: time_limit this long after its handler started",
     )
+    p.add_argument(
+        "--retries",
+        type=count(0, 99),
+        default=0,
+        metavar="N",
+        help="run it again up to N times after a retryable failure (default 0: never)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long before the first retry, twice as long before each next (default 0)",
+    )
     p.set_defaults(run=run_submit)
 
     p = sub.add_parser(
@@ -270,7 +293,14 @@ def run_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         job_id = client.submit(
-            args.kind, payload, job_id=args.job_id, worker=args.worker, soft_time_limit=soft, time_limit=hard
+            args.kind,
+            payload,
+            job_id=args.job_id,
+            worker=args.worker,
+            soft_time_limit=soft,
+            time_limit=hard,
+            retries=args.retries,
+            retry_backoff=args.retry_backoff,
         )
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
