@@ -45,6 +45,26 @@ def test_job_and_kind_time_limits_through_the_cli(tmp_path: Path) -> None:
         assert (view["status"], view["detail"]) == ("failed", "time_limit")
         assert [e["status"] for e in view["history"]].count("failed") == 1
 
+        # A time limit is retryable: with --retries 1 it runs twice, and still ends once.
+        retried = run_cli(
+            [
+                "submit",
+                "--facilitator",
+                api,
+                "sleep",
+                "--payload",
+                "30",
+                "--retries",
+                "1",
+                "--wait",
+                "30",
+                "--json",
+            ]
+        )
+        assert retried.returncode == 1, retried.stderr
+        history = [e["status"] for e in json.loads(retried.stdout)["history"]]
+        assert history == ["accepted", "running", "retrying", "accepted", "running", "failed"]
+
         # The job's own limit overrides the kind's: this 1.5 s sleep completes.
         done = run_cli(
             [
@@ -66,6 +86,8 @@ def test_job_and_kind_time_limits_through_the_cli(tmp_path: Path) -> None:
             (["--time-limit", "0"], "--time-limit"),
             (["--soft-time-limit", "nan"], "--soft-time-limit"),
             (["--soft-time-limit", "5", "--time-limit", "5"], "soft_time_limit"),
+            (["--retries", "100"], "--retries"),
+            (["--retry-backoff", "-1"], "--retry-backoff"),
         ):
             refused = run_cli(["submit", "--facilitator", api, "sleep", *bad])
             assert refused.returncode == 2, refused.stderr

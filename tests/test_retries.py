@@ -8,6 +8,7 @@ again; a retry waiting for its backoff survives a facilitator restart and can be
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from jobrelay.actors import JobContext, RetryableError, WorkerConfig, start_worker
+from jobrelay.actors import CommandHandler, JobContext, RetryableError, WorkerConfig, start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.messages import JobRequest
 from tests.facilitator_client import KEYS, make_facilitator, wait_until
@@ -189,6 +190,39 @@ def test_a_waiting_retry_survives_a_restart_and_a_cancel_ends_it(tmp_path: Path)
         assert statuses(fac, "C")[-1] == "cancelled" and statuses(fac, "C").count("accepted") == 1
     finally:
         fac.stop()
+
+
+def test_worker_restarted_and_a_listed_exit_code_are_retried(fac: Facilitator, tmp_path: Path) -> None:
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def hang_once(job: JobRequest, ctx: JobContext) -> str:
+        if job.attempt == 1:
+            stuck.set()
+            release.wait(30)  # ignores the stop's cancel: interrupted by the "crash" below
+        return f"attempt {job.attempt}"
+
+    script = "import json, sys; sys.exit(0 if json.load(sys.stdin)['attempt'] > 1 else 75)"
+    command = CommandHandler([sys.executable, "-c", script], retryable_exit_codes=[75])
+    handlers = {"hang": hang_once, "cmd": command}
+    try:
+        worker = start_worker(worker_config(fac, tmp_path, "w1"), handlers)
+        worker.wait_connected(10)
+        fac.submit("hang", job_id="H", retries=1)
+        fac.submit("cmd", job_id="X", retries=1)
+        wait_until(lambda: stuck.is_set() and ended(fac, "X"), 20)
+        worker.stop(timeout=1.0)  # H is left running, as after a crash
+        with start_worker(worker_config(fac, tmp_path, "w1"), handlers) as again:
+            again.wait_connected(10)
+            wait_until(lambda: ended(fac, "H"), 20)
+    finally:
+        release.set()
+    view = fac.job("H")
+    assert view is not None and (view.record.status, view.record.detail) == ("completed", "attempt 2")
+    assert "attempt 1 failed: worker_restarted" in view.history[2].detail
+    assert statuses(fac, "X") == ["accepted", "running", "retrying", "accepted", "running", "completed"]
+    x = fac.job("X")
+    assert x is not None and "command exited with 75" in x.history[2].detail
 
 
 def test_submit_refuses_a_retry_policy_a_request_cannot_carry(fac: Facilitator) -> None:
