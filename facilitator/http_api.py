@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.job_options import JobOptions
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.server import Facilitator
@@ -120,9 +121,7 @@ class FacilitatorHealth:
             return answer_here(*args)
         kind, payload, job_id, worker, options = args
         try:
-            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker, **options._asdict()))[
-                0
-            ]
+            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker, options=options))[0]
         except JobTooLarge as exc:
             return answer_here(413, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
@@ -212,16 +211,7 @@ _SUBMIT_FIELDS = {
 }
 
 
-class SubmitOptions(NamedTuple):
-    """The optional fields of a POST /jobs body, passed to ``submit`` (which checks them)."""
-
-    soft_time_limit: Any = None
-    time_limit: Any = None
-    retries: Any = 0
-    retry_backoff: Any = 0.0
-
-
-def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, SubmitOptions]:
+def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, JobOptions]:
     """``(kind, payload, job_id, worker, options)`` of a POST /jobs body, or the 400 that
     refuses it (the options' values are checked by ``submit``: a TypeError or ValueError)."""
     if not isinstance(body, dict):
@@ -232,7 +222,8 @@ def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, 
     kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
     if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
         return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
-    options = SubmitOptions(**{k: body[k] for k in SubmitOptions._fields if body.get(k) is not None})
+    # Unchecked here: submit checks them (JobOptions.check: TypeError/ValueError → 400).
+    options = JobOptions(**{k: body[k] for k in JobOptions._fields if body.get(k) is not None})
     return kind, body.get("payload"), job_id, worker, options
 
 

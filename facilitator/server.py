@@ -37,6 +37,7 @@ from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.errors import JobTooLarge
 from jobrelay.facilitator.hub import ConnectionHub
+from jobrelay.facilitator.job_options import JobOptions
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
@@ -44,8 +45,6 @@ from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
-from jobrelay.protocol.retries import check_retries
-from jobrelay.protocol.time_limits import check_time_limits
 from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
@@ -56,6 +55,7 @@ _FD_RESERVE: Final = 512
 _MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
 _QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
 _RECOVER_TIMEOUT = 30.0  # listing the retries left waiting at the last stop
+_NO_OPTIONS: Final = JobOptions()
 
 
 class Facilitator:
@@ -131,49 +131,35 @@ class Facilitator:
             job_id: The job's id (default: a new random id). Submitting an id that exists
                 changes nothing and returns it (idempotent retries).
             worker: Send it to this worker only (kept until it connects); default: any.
-            soft_time_limit: Seconds from the handler's start until it is told to wrap up.
-            time_limit: Seconds from the handler's start until the job ends as
-                ``failed: time_limit``. Both override the worker's defaults for the kind.
-            retries: How many more attempts a retryable failure may have (default 0: none).
-                A retry is a new attempt, routed like a new job, possibly to another worker.
-            retry_backoff: Seconds before the second attempt; each later one waits twice as long.
+            soft_time_limit, time_limit, retries, retry_backoff: see ``JobOptions``. A retry is
+                a new attempt, routed like a new job, possibly to another worker.
 
         Returns:
             The job id.
 
         Raises:
-            ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or a time
-                limit not in (0, 1 year] or the soft one not below the hard one, ``retries``
-                outside 0..99 or ``retry_backoff`` outside 0..86400.
+            ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or
+                an option out of range (``JobOptions.check``).
             JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
                 nothing was stored.
-            TypeError: ``payload`` is not JSON-serialisable.
+            TypeError: ``payload`` is not JSON-serialisable, or an option of the wrong type.
             StorageError: The job could not be stored.
             TimeoutError: The store did not answer in time.
         """
-        return self.submit_many(
-            [(kind, payload, job_id)],
-            worker=worker,
-            soft_time_limit=soft_time_limit,
-            time_limit=time_limit,
-            retries=retries,
-            retry_backoff=retry_backoff,
-        )[0]
+        options = JobOptions(soft_time_limit, time_limit, retries, retry_backoff)
+        return self.submit_many([(kind, payload, job_id)], worker=worker, options=options)[0]
 
     def submit_many(
         self,
         jobs: Sequence[tuple[str, Any, str | None]],
         *,
         worker: str | None = None,
-        soft_time_limit: float | None = None,
-        time_limit: float | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.0,
+        options: JobOptions = _NO_OPTIONS,
     ) -> list[str]:
         """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
         them: to ``worker`` if given, else each to the connected non-draining worker with the
-        fewest unfinished jobs, else queued until a worker is ready. The time limits and the
-        retry policy apply to every job of the call.
+        fewest unfinished jobs, else queued until a worker is ready. ``options`` (time limits,
+        retry policy) apply to every job of the call.
 
         Returns:
             The job ids, in order.
@@ -182,7 +168,7 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
-        requests = self._requests(jobs, worker, soft_time_limit, time_limit, retries, retry_backoff)
+        requests = self._requests(jobs, worker, options)
         self._not_on_loop("submit")
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()  # a pinned job needs no choice
@@ -195,10 +181,7 @@ class Facilitator:
         jobs: Sequence[tuple[str, Any, str | None]],
         *,
         worker: str | None = None,
-        soft_time_limit: float | None = None,
-        time_limit: float | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.0,
+        options: JobOptions = _NO_OPTIONS,
     ) -> list[str]:
         """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
         is awaited instead of blocking a thread, so concurrent submitters share group commits.
@@ -206,7 +189,7 @@ class Facilitator:
         Raises:
             As ``submit_many``.
         """
-        requests = self._requests(jobs, worker, soft_time_limit, time_limit, retries, retry_backoff)
+        requests = self._requests(jobs, worker, options)
         hub = self.hub
         eligible = [] if worker is not None else hub.eligible()
         future = self.store.submit_async(requests, worker, eligible)
@@ -224,10 +207,7 @@ class Facilitator:
         self,
         jobs: Sequence[tuple[str, Any, str | None]],
         worker: str | None,
-        soft_time_limit: float | None = None,
-        time_limit: float | None = None,
-        retries: int = 0,
-        retry_backoff: float = 0.0,
+        options: JobOptions,
     ) -> list[JobRequest]:
         """The requests of ``jobs``, each checked before anything is stored.
 
@@ -236,8 +216,7 @@ class Facilitator:
         """
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
-        check_time_limits(soft_time_limit, time_limit)
-        check_retries(retries, retry_backoff)
+        options.check()
         now = time.time()
         requests: list[JobRequest] = []
         for kind, payload, given_id in jobs:
@@ -245,16 +224,7 @@ class Facilitator:
             for name, value in (("kind", kind), ("job_id", job_id)):
                 if not 1 <= len(value) <= 256:
                     raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
-            request = JobRequest(
-                job_id=job_id,
-                kind=kind,
-                payload=payload,
-                submitted_at=now,
-                soft_time_limit=None if soft_time_limit is None else float(soft_time_limit),
-                time_limit=None if time_limit is None else float(time_limit),
-                max_attempts=retries + 1,
-                retry_backoff=float(retry_backoff),
-            )
+            request = options.request(job_id, kind, payload, now)
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
         return requests

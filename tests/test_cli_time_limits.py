@@ -88,6 +88,7 @@ def test_job_and_kind_time_limits_through_the_cli(tmp_path: Path) -> None:
             (["--soft-time-limit", "5", "--time-limit", "5"], "soft_time_limit"),
             (["--retries", "100"], "--retries"),
             (["--retry-backoff", "-1"], "--retry-backoff"),
+            (["--retry-backoff", "86401"], "--retry-backoff"),
         ):
             refused = run_cli(["submit", "--facilitator", api, "sleep", *bad])
             assert refused.returncode == 2, refused.stderr

@@ -13,14 +13,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pykka
 import pytest
 
 from jobrelay.actors import CommandHandler, JobContext, RetryableError, WorkerConfig, start_worker
 from jobrelay.facilitator import Facilitator
+from jobrelay.facilitator.http_api import serve_facilitator
 from jobrelay.protocol.messages import JobRequest
 from tests.facilitator_client import KEYS, make_facilitator, wait_until
 from tests.protocol_harness import FACILITATOR_PUBLIC
+from tests.test_health import http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -232,3 +235,34 @@ def test_submit_refuses_a_retry_policy_a_request_cannot_carry(fac: Facilitator) 
     with pytest.raises(TypeError, match="retries"):
         fac.submit("k", retries=1.5)  # type: ignore[arg-type]
     assert fac.jobs() == []
+
+
+def test_the_http_api_takes_the_limits_and_the_retry_policy(fac: Facilitator) -> None:
+    server = serve_facilitator(fac)
+    try:
+        body = {
+            "kind": "k",
+            "job_id": "h1",
+            "time_limit": 5,
+            "soft_time_limit": 2,
+            "retries": 3,
+            "retry_backoff": 1.5,
+        }
+        status, doc = http("POST", server.url + "/jobs", body)
+        assert (status, doc) == (201, {"job_id": "h1"})
+        stored = fac.store.job("h1")
+        assert stored is not None
+        request = msgspec.json.decode(stored[2], type=JobRequest)
+        assert (request.soft_time_limit, request.time_limit) == (2.0, 5.0)
+        assert (request.attempt, request.max_attempts, request.retry_backoff) == (1, 4, 1.5)
+        for bad in (
+            {"retries": 100},
+            {"retries": "3"},
+            {"time_limit": 0},
+            {"soft_time_limit": 9, "time_limit": 3},
+        ):
+            status, doc = http("POST", server.url + "/jobs", {"kind": "k", **bad})
+            assert status == 400 and ("retries" in doc["error"] or "time_limit" in doc["error"]), doc
+        assert [r.job_id for r in fac.jobs()] == ["h1"]
+    finally:
+        server.stop()

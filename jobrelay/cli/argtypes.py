@@ -8,9 +8,10 @@ import math
 import threading
 from collections.abc import Callable
 
+from jobrelay.protocol.retries import MAX_BACKOFF
 from jobrelay.protocol.time_limits import MAX_LIMIT_SECONDS
 
-__all__ = ["count", "limit_seconds", "seconds"]
+__all__ = ["backoff_seconds", "count", "limit_seconds", "seconds"]
 
 
 def seconds(text: str) -> float:
@@ -44,6 +45,18 @@ def limit_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected seconds more than 0 and at most {MAX_LIMIT_SECONDS:.0f}, got {text!r}"
         )
+    return value
+
+
+def backoff_seconds(text: str) -> float:
+    """A retry backoff: seconds, 0 up to a day (what a job request carries).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    value = seconds(text)
+    if value > MAX_BACKOFF:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BACKOFF:.0f} seconds, got {text!r}")
     return value
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from jobrelay.cli.argtypes import count, limit_seconds, seconds
+from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
 __all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
@@ -249,7 +249,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     )
     p.add_argument(
         "--retry-backoff",
-        type=seconds,
+        type=backoff_seconds,
         default=0.0,
         metavar="SECONDS",
         help="wait this long before the first retry, twice as long before each next (default 0)",
