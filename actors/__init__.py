@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         resumable,
     )
     from jobrelay.actors.health import WorkerHealth, serve_worker
-    from jobrelay.actors.job_limits import time_limits
+    from jobrelay.actors.job_limits import TimeLimitExceeded, time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
 
@@ -37,6 +37,7 @@ __all__ = [
     "MetricsSnapshot",
     "NotConnected",
     "RetryableError",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
@@ -67,6 +68,7 @@ _EXPORTS = {
     "load_key": "jobrelay.actors.config",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "TimeLimitExceeded": "jobrelay.actors.job_limits",
     "time_limits": "jobrelay.actors.job_limits",
     "serve_worker": "jobrelay.actors.health",
     "start_worker": "jobrelay.actors.worker",

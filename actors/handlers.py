@@ -16,7 +16,7 @@ import pykka
 from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, JobDone, Observe, send
-from jobrelay.actors.job_limits import TIME_LIMIT, Limits, limits_for, run_limited
+from jobrelay.actors.job_limits import TIME_LIMIT, Limits, TimeLimitExceeded, limits_for, run_limited
 from jobrelay.actors.process_group import kill_group, signal_group
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 from jobrelay.protocol.time_limits import check_time_limits
@@ -264,6 +264,8 @@ class CommandHandler:
         code = proc.wait()
         reader.join(timeout=5)
         ctx.check_cancelled()
+        if code == -signal.SIGTERM and ctx.soft_limit_reached:
+            raise TimeLimitExceeded  # it stopped when told to: the time limit ended it
         if code != 0:
             tail = "".join(stderr).strip()[-500:]
             message = f"command exited with {code}" + (f": {tail}" if tail else "")
@@ -345,6 +347,8 @@ def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str, bool]:
             detail = str(result)[:2000]
     except JobCancelled:
         status, detail = JobStatus.CANCELLED, ctx.cancel_reason or "cancelled"
+    except TimeLimitExceeded:
+        status, detail, retryable = JobStatus.FAILED, TIME_LIMIT, True
     except Exception as exc:
         if ctx.cancelled:
             status, detail = JobStatus.CANCELLED, ctx.cancel_reason

@@ -17,10 +17,26 @@ from jobrelay.protocol.time_limits import check_time_limits
 if TYPE_CHECKING:
     from jobrelay.actors.handlers import JobContext
 
-__all__ = ["TIME_LIMIT", "Limits", "limits_for", "run_limited", "time_limits", "with_time_limits"]
+__all__ = [
+    "TIME_LIMIT",
+    "Limits",
+    "TimeLimitExceeded",
+    "limits_for",
+    "run_limited",
+    "time_limits",
+    "with_time_limits",
+]
 
 TIME_LIMIT = "time_limit"
 """The detail of a job ended by its hard time limit (``failed: time_limit``)."""
+
+
+class TimeLimitExceeded(Exception):
+    """Raise from a handler that stops at its soft limit: the job ends ``failed: time_limit``
+    (retryable), as at the hard limit. A command that dies of the soft limit's SIGTERM ends so too."""
+
+    retryable = True
+
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         RetryableError,
         resumable,
     )
-    from jobrelay.actors.job_limits import time_limits
+    from jobrelay.actors.job_limits import TimeLimitExceeded, time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
     from jobrelay.facilitator.config import FacilitatorConfig
@@ -69,6 +69,7 @@ __all__ = [
     "ProtocolError",
     "RetryableError",
     "StorageError",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
@@ -115,6 +116,7 @@ _EXPORTS = {
     "public_key_hex": "jobrelay.protocol.auth",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "TimeLimitExceeded": "jobrelay.actors.job_limits",
     "time_limits": "jobrelay.actors.job_limits",
     "start_facilitator": "jobrelay.facilitator.server",
     "start_worker": "jobrelay.actors.worker",

@@ -17,7 +17,15 @@ from pathlib import Path
 import pykka
 import pytest
 
-from jobrelay.actors import CommandHandler, JobCancelled, JobContext, WorkerConfig, start_worker, time_limits
+from jobrelay.actors import (
+    CommandHandler,
+    JobCancelled,
+    JobContext,
+    TimeLimitExceeded,
+    WorkerConfig,
+    start_worker,
+    time_limits,
+)
 from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.codec import Codec
 from jobrelay.protocol.errors import ErrorCode, RemoteProtocolError
@@ -155,6 +163,22 @@ def test_command_soft_limit_is_sigterm_and_hard_limit_kills_the_process_group(
         for pid in pids:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_a_command_that_stops_at_the_soft_limit_ends_as_time_limit(fac: Facilitator, tmp_path: Path) -> None:
+    plain = CommandHandler([sys.executable, "-c", "import time; time.sleep(60)"])  # SIGTERM: default
+
+    def wraps_up(job: JobRequest, ctx: JobContext) -> None:
+        wait_until(lambda: ctx.soft_limit_reached, 20)
+        raise TimeLimitExceeded
+
+    with start_worker(worker_config(fac, tmp_path), {"cmd": plain, "py": wraps_up}) as worker:
+        worker.wait_connected(10)
+        fac.submit("cmd", job_id="c", soft_time_limit=0.3, time_limit=30)
+        fac.submit("py", job_id="p", soft_time_limit=0.3, time_limit=30)
+        wait_until(lambda: ended(fac, "c") and ended(fac, "p"), 20)  # long before the hard limit
+    assert endings(fac, "c") == [("failed", "time_limit")]
+    assert endings(fac, "p") == [("failed", "time_limit")]
 
 
 def test_submit_refuses_limits_a_request_cannot_carry(fac: Facilitator) -> None:
