@@ -19,7 +19,7 @@ from jobrelay.storage import retries as stored
 if TYPE_CHECKING:
     from jobrelay.facilitator.store_ops import StoreState
 
-__all__ = ["Retry", "decide_retries", "release_retries"]
+__all__ = ["Retry", "decide_retries", "no_more_attempts", "release_retries"]
 
 _ENCODER: Final = msgspec.json.Encoder()
 _REQUEST: Final = msgspec.json.Decoder(JobRequest)
@@ -87,3 +87,15 @@ def _retry(s: StoreState, worker_id: str, update: JobStatusUpdate) -> tuple[JobR
 def release_retries(s: StoreState, job_ids: Sequence[str]) -> list[str]:
     """Queue the jobs whose backoff is over (those still waiting: a cancel may have ended one)."""
     return stored.release_retries(s.db, job_ids)
+
+
+def no_more_attempts(s: StoreState, job_id: str) -> None:
+    """A cancel was sent for the job's current attempt: should that attempt fail retryably
+    before the cancel reaches it, the failure ends the job instead of starting another."""
+    payload = s.ledger.payload(job_id)
+    if payload is None:
+        return
+    request = _REQUEST.decode(payload)
+    if request.max_attempts > request.attempt:
+        final = msgspec.structs.replace(request, max_attempts=request.attempt)
+        stored.next_attempt(s.db, job_id, _ENCODER.encode(final))

@@ -18,6 +18,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from loguru import logger
 
+from jobrelay.facilitator.retries import no_more_attempts
 from jobrelay.facilitator.store_ops import (
     ENCODER,
     FACILITATOR_BODY,
@@ -335,6 +336,7 @@ class FacilitatorStore:
             if not record.peer or record.status == JobStatus.RETRYING.value:  # queued, or between attempts
                 s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=reason or "cancelled")
                 return True, "", 0
+            no_more_attempts(s, job_id)
             body = JobCancel(job_id=job_id, reason=reason)
             return True, record.peer, s.outbox(record.peer).append("job_cancel", ENCODER.encode(body))
 

@@ -14,7 +14,8 @@ _RETRYING = JobStatus.RETRYING.value
 
 
 def next_attempt(db: Database, job_id: str, payload: bytes) -> None:
-    """Store the request of the job's next attempt (its status is recorded separately).
+    """Store the job's request anew: its next attempt (its status is recorded separately), or
+    its current one with no attempts left.
 
     Raises:
         StorageError: The write failed.

@@ -20,8 +20,8 @@ import pytest
 from jobrelay.actors import CommandHandler, JobContext, RetryableError, WorkerConfig, start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.facilitator.http_api import serve_facilitator
-from jobrelay.protocol.messages import JobRequest
-from tests.facilitator_client import KEYS, make_facilitator, wait_until
+from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
+from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until
 from tests.protocol_harness import FACILITATOR_PUBLIC
 from tests.test_health import http
 
@@ -266,3 +266,23 @@ def test_the_http_api_takes_the_limits_and_the_retry_policy(fac: Facilitator) ->
         assert [r.job_id for r in fac.jobs()] == ["h1"]
     finally:
         server.stop()
+
+
+def test_a_failure_racing_a_cancel_ends_the_job_instead_of_retrying(fac: Facilitator) -> None:
+    """The worker fails the attempt before the cancel reaches it: the user asked for the job to
+    stop, so no attempt follows (a protocol-level worker, to order the two exactly)."""
+    worker = TestWorker(fac.url, "w1", KEYS["w1"])
+    try:
+        worker.connect()
+        fac.submit("k", job_id="raced", retries=3, worker="w1")
+        worker.wait_for(lambda: len(worker.store.received) == 1)
+        worker.status("raced", JobStatus.ACCEPTED)
+        assert fac.cancel("raced", "stop it")
+        worker.publish(
+            [JobStatusUpdate(job_id="raced", status=JobStatus.FAILED, at=1.0, detail="boom", retryable=True)]
+        )
+        worker.wait_for(worker.all_acked)
+        wait_until(lambda: ended(fac, "raced"), 10)
+        assert statuses(fac, "raced") == ["accepted", "failed"]
+    finally:
+        worker.disconnect()
