@@ -330,7 +330,7 @@ def _run(
         logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
     send(metrics, Count(f"jobs_{status.value}"))
     send(metrics, Observe("job_duration", ctx.elapsed()))
-    send(router, JobDone(job.job_id))
+    send(router, JobDone(job.job_id, job.attempt))
 
 
 def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str, bool]:

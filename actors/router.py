@@ -149,8 +149,10 @@ class JobRouter(pykka.ThreadingActor):
                         "(database restored from an older copy?); resuming after it",
                         hwm,
                     )
-            case JobDone(job_id=job_id):
-                self._running.pop(job_id, None)
+            case JobDone(job_id=job_id, attempt=attempt):
+                ctx = self._running.get(job_id)
+                if ctx is not None and ctx.job.attempt == attempt:
+                    del self._running[job_id]
                 self._start_queued()
             case _:
                 logger.error("JobRouter got an unknown message {!r}", message)
