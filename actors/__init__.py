@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from jobrelay.actors.commands import CommandHandler, CommandOptions
     from jobrelay.actors.config import WorkerConfig, generate_key, load_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, RetryableError, resumable
     from jobrelay.actors.health import WorkerHealth, serve_worker
+    from jobrelay.actors.job_limits import TimeLimitExceeded, time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
 
@@ -30,6 +31,8 @@ __all__ = [
     "JobContext",
     "MetricsSnapshot",
     "NotConnected",
+    "RetryableError",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
@@ -40,6 +43,7 @@ __all__ = [
     "resumable",
     "serve_worker",
     "start_worker",
+    "time_limits",
 ]
 
 _EXPORTS = {
@@ -49,6 +53,7 @@ _EXPORTS = {
     "Handler": "jobrelay.actors.handlers",
     "JobCancelled": "jobrelay.actors.handlers",
     "JobContext": "jobrelay.actors.handlers",
+    "RetryableError": "jobrelay.actors.handlers",
     "MetricsSnapshot": "jobrelay.actors.metrics",
     "NotConnected": "jobrelay.actors.errors",
     "Worker": "jobrelay.actors.worker",
@@ -59,6 +64,8 @@ _EXPORTS = {
     "load_key": "jobrelay.actors.config",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "TimeLimitExceeded": "jobrelay.actors.job_limits",
+    "time_limits": "jobrelay.actors.job_limits",
     "serve_worker": "jobrelay.actors.health",
     "start_worker": "jobrelay.actors.worker",
 }

@@ -130,6 +130,8 @@ class DropSession(_Msg, frozen=True):
 
 class JobDone(_Msg, frozen=True):
     job_id: str
+    attempt: int = 1  # a retry of the job may already run here: only that attempt's end counts
+    kind: str = ""  # every run ends once: its kind's concurrency count goes down whatever the attempt
 
 
 # --- timers

@@ -3,11 +3,14 @@
 # the job, with the final stdout line as its detail. The format is documented in docs/CLI.md.
 # Invariants: the command runs in its own process group that dies with the worker (see
 # actors/processes.py) and is journaled while it may run; when the job ends, nothing of its group
-# is left; a cancelled job's group gets SIGTERM, then SIGKILL after `kill_after` seconds.
+# is left; a cancelled job's group gets SIGTERM, then SIGKILL after `kill_after` seconds. The
+# time limits (the job's own, else the kind's options) reach the group the same way: SIGTERM at
+# the soft limit, SIGKILL at the hard one (actors/job_limits.py runs the clock).
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +18,11 @@ from dataclasses import dataclass
 import msgspec
 from loguru import logger
 
-from jobrelay.actors.handlers import JobContext
+from jobrelay.actors.handlers import JobContext, RetryableError
+from jobrelay.actors.job_limits import Limits, TimeLimitExceeded
 from jobrelay.actors.processes import GroupProcess, spawn
 from jobrelay.protocol.messages import JobRequest, JobStatus
+from jobrelay.protocol.time_limits import MAX_LIMIT_SECONDS
 
 __all__ = ["CommandHandler", "CommandOptions"]
 
@@ -34,8 +39,12 @@ class CommandOptions:
             (the command must be safe to run twice: it resumes or is idempotent).
         concurrency: at most this many jobs of this kind run at once (None: only the worker's
             ``max_concurrent_jobs`` limits it).
-        soft_time_limit: seconds after which the job is asked to stop (SIGTERM); None: no limit.
-        time_limit: seconds after which the job's process group is killed; None: no limit.
+        soft_time_limit: the kind's default soft limit: seconds from the start after which the
+            job's process group gets SIGTERM (a command that dies of it ends the job
+            ``failed: time_limit``); None: no limit. A job's own limit overrides it.
+        time_limit: the kind's default hard limit: seconds after which the job's process group
+            is killed and the job ends ``failed: time_limit``; None: no limit. A job's own
+            limit overrides it.
         kill_after: seconds from SIGTERM (cancel, stop) to SIGKILL of the group.
     """
 
@@ -52,6 +61,8 @@ class CommandOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name}: expected seconds > 0, got {value}")
+            if value is not None and value > MAX_LIMIT_SECONDS:
+                raise ValueError(f"{name}: expected at most {MAX_LIMIT_SECONDS:.0f} seconds, got {value}")
         if not self.kill_after >= 0:
             raise ValueError(f"kill_after: expected seconds >= 0, got {self.kill_after}")
         if (
@@ -69,22 +80,39 @@ class CommandHandler:
 
     Each stdout line is ``{"status": "running", "progress": 0.5, "detail": "…"}`` (all optional).
     Exit code 0 completes the job; its detail is the final stdout line when that is not a status,
-    else the last status's detail. Any other exit fails it with the end of stderr.
+    else the last status's detail. Any other exit fails it with the end of stderr; an exit code
+    in ``retryable_exit_codes`` fails the attempt as retryable (another attempt runs if the job's
+    retry policy allows). ``kill_after``, ``soft_time_limit`` and ``time_limit`` given here
+    override those of ``options``.
     """
 
     def __init__(
-        self, argv: Sequence[str], options: CommandOptions | None = None, *, kill_after: float | None = None
+        self,
+        argv: Sequence[str],
+        options: CommandOptions | None = None,
+        *,
+        kill_after: float | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
+        retryable_exit_codes: Sequence[int] = (),
     ) -> None:
         if not argv:
             raise ValueError("CommandHandler needs a command")
         self.argv = list(argv)
         self.options = options or CommandOptions()
-        if kill_after is not None:
-            self.options = dataclasses.replace(self.options, kill_after=kill_after)
-        # What the JobRouter reads off any handler.
+        opts = self.options
+        self.options = dataclasses.replace(
+            opts,
+            kill_after=opts.kill_after if kill_after is None else kill_after,
+            soft_time_limit=opts.soft_time_limit if soft_time_limit is None else soft_time_limit,
+            time_limit=opts.time_limit if time_limit is None else time_limit,
+        )
+        self.retryable_exit_codes = frozenset(retryable_exit_codes)
+        # What the JobRouter and run_handler read off any handler.
         self.resumable = self.options.resumable
         self.concurrency = self.options.concurrency
         self.kill_after = self.options.kill_after
+        self.time_limits = Limits(self.options.soft_time_limit, self.options.time_limit)
 
     def __call__(self, job: JobRequest, ctx: JobContext) -> str:
         proc = spawn(self.argv)
@@ -92,6 +120,8 @@ class CommandHandler:
         try:
             if journal is not None:
                 journal.record(job.job_id, proc)
+            # The whole group: a shell script's children must stop (and die) with it.
+            ctx.on_time_limits(soft=proc.terminate, hard=proc.kill)
             return self._run(proc, job, ctx)
         finally:
             if proc.returncode is None:  # an error in this thread: the job's group must not go on
@@ -122,10 +152,13 @@ class CommandHandler:
         for thread in threads:
             thread.join(timeout=5)
         ctx.check_cancelled()
+        if code == -signal.SIGTERM and ctx.soft_limit_reached:
+            raise TimeLimitExceeded  # it stopped when told to: the time limit ended it
         if code != 0:
             tail = "".join(stderr).strip()[-_STDERR_TAIL:]
             how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-            raise RuntimeError(f"command {how}" + (f": {tail}" if tail else ""))
+            message = f"command {how}" + (f": {tail}" if tail else "")
+            raise RetryableError(message) if code in self.retryable_exit_codes else RuntimeError(message)
         return result[-1] if result else ""
 
     def _watch(self, proc: GroupProcess, ctx: JobContext, done: threading.Event) -> None:

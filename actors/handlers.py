@@ -12,6 +12,7 @@ import pykka
 from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, JobDone, Observe, send
+from jobrelay.actors.job_limits import TIME_LIMIT, Limits, TimeLimitExceeded, limits_for, run_limited
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "Handler",
     "JobCancelled",
     "JobContext",
+    "RetryableError",
     "publish_status",
     "resumable",
     "run_handler",
@@ -35,6 +37,14 @@ class JobCancelled(Exception):
     """Raise from a handler (or let ctx.check_cancelled() raise it) to end the job as cancelled."""
 
 
+class RetryableError(Exception):
+    """Raise from a handler to fail this attempt as worth another one (a transient cause): with
+    a retry policy the facilitator runs the job again. Any exception with a true ``retryable``
+    attribute counts the same."""
+
+    retryable = True
+
+
 def publish_status(
     outbox: OutboxHandle,
     job_id: str,
@@ -43,10 +53,20 @@ def publish_status(
     at: float,
     detail: str = "",
     progress: float | None = None,
+    attempt: int = 1,
+    retryable: bool = False,
 ) -> pykka.Future[int]:
     """Publish one status update of ``job_id``; the future resolves once it is durable."""
     return outbox.publish(
-        JobStatusUpdate(job_id=job_id, status=status, at=at, progress=progress, detail=detail)
+        JobStatusUpdate(
+            job_id=job_id,
+            status=status,
+            at=at,
+            progress=progress,
+            detail=detail,
+            attempt=attempt,
+            retryable=retryable,
+        )
     )
 
 
@@ -69,6 +89,50 @@ class JobContext:
         self._cancelled = threading.Event()
         self.cancel_reason = ""
         self.started_at = clock()
+        self._soft_limit = threading.Event()
+        self._abandoned = False
+        self._lock = threading.Lock()
+        self._soft_hooks: list[Callable[[], object]] = []
+        self._hard_hooks: list[Callable[[], object]] = []
+
+    @property
+    def soft_limit_reached(self) -> bool:
+        """True once the job's soft time limit passed: wrap up (its hard limit will end it)."""
+        return self._soft_limit.is_set()
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the job ended without this handler (hard time limit): its result is ignored."""
+        return self._abandoned
+
+    def on_time_limits(self, *, soft: Callable[[], object], hard: Callable[[], object]) -> None:
+        """Run ``soft`` at the soft limit and ``hard`` at the hard limit (before the job's ending
+        is reported); a hook registered after its limit passed runs at once."""
+        with self._lock:
+            self._soft_hooks.append(soft)
+            self._hard_hooks.append(hard)
+            run_soft, run_hard = self._soft_limit.is_set(), self._abandoned
+        if run_hard:
+            hard()
+        elif run_soft:
+            soft()
+
+    def reach_soft_limit(self) -> None:
+        """The job's thread: the soft time limit passed."""
+        with self._lock:
+            self._soft_limit.set()
+            hooks = list(self._soft_hooks)
+        for hook in hooks:
+            hook()
+
+    def abandon(self, reason: str) -> None:
+        """The job's thread: the job ends without waiting for its handler (hard time limit)."""
+        with self._lock:
+            self._abandoned = True
+            hooks = list(self._hard_hooks)
+        self.cancel(reason)  # a handler that looks (ctx.cancelled) stops on its own
+        for hook in hooks:
+            hook()
 
     @property
     def cancelled(self) -> bool:
@@ -96,8 +160,12 @@ class JobContext:
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
         """
-        if status.terminal:
+        if status.terminal or status is JobStatus.RETRYING:
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
+        if self._abandoned:
+            # The job has ended (its hard time limit): nothing more is reported for it, and the
+            # exception unwinds the abandoned handler.
+            raise JobCancelled(self.cancel_reason)
         self.report(status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
 
     def elapsed(self) -> float:
@@ -105,11 +173,19 @@ class JobContext:
         return self._clock() - self.started_at
 
     def report(
-        self, status: JobStatus, *, detail: str = "", progress: float | None = None
+        self, status: JobStatus, *, detail: str = "", progress: float | None = None, retryable: bool = False
     ) -> pykka.Future[int]:
         """Publish a status of this job (terminal ones too: run_handler ends jobs through it)."""
-        at = self._clock()
-        return publish_status(self._outbox, self.job.job_id, status, at=at, detail=detail, progress=progress)
+        return publish_status(
+            self._outbox,
+            self.job.job_id,
+            status,
+            at=self._clock(),
+            detail=detail,
+            progress=progress,
+            attempt=self.job.attempt,
+            retryable=retryable,
+        )
 
 
 class Handler(Protocol):
@@ -139,7 +215,29 @@ def _run(
     handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
 ) -> None:
     job = ctx.job
-    status, detail = JobStatus.COMPLETED, ""
+    limits = limits_for(job, handler)
+    if limits == Limits():
+        status, detail, retryable = _outcome(handler, ctx)
+    else:
+        outcome = run_limited(lambda: _outcome(handler, ctx), ctx, limits)
+        # A time limit is worth another attempt: the next one may run on a less loaded machine.
+        status, detail, retryable = outcome or (JobStatus.FAILED, TIME_LIMIT, True)
+        if outcome is None:
+            logger.warning("job {}: hard time limit of {} s reached; ended", job.job_id, limits.hard)
+    try:
+        ctx.report(status, detail=detail, retryable=retryable).get(timeout=_UPDATE_TIMEOUT)
+    except Exception as exc:
+        logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
+    send(metrics, Count(f"jobs_{status.value}"))
+    send(metrics, Observe("job_duration", ctx.elapsed()))
+    send(router, JobDone(job.job_id, job.attempt, job.kind))
+
+
+def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str, bool]:
+    """Run the handler; its terminal status, detail and whether a failure is retryable (never
+    raises)."""
+    job = ctx.job
+    status, detail, retryable = JobStatus.COMPLETED, "", False
     try:
         ctx.update(JobStatus.RUNNING)
         result = handler(job, ctx)
@@ -149,16 +247,13 @@ def _run(
             detail = str(result)[:2000]
     except JobCancelled:
         status, detail = JobStatus.CANCELLED, ctx.cancel_reason or "cancelled"
+    except TimeLimitExceeded:
+        status, detail, retryable = JobStatus.FAILED, TIME_LIMIT, True
     except Exception as exc:
         if ctx.cancelled:
             status, detail = JobStatus.CANCELLED, ctx.cancel_reason
         else:
             logger.opt(exception=exc).warning("job {} failed: {}", job.job_id, exc)
             status, detail = JobStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
-    try:
-        ctx.report(status, detail=detail).get(timeout=_UPDATE_TIMEOUT)
-    except Exception as exc:
-        logger.error("job {}: could not record terminal status {}: {}", job.job_id, status.value, exc)
-    send(metrics, Count(f"jobs_{status.value}"))
-    send(metrics, Observe("job_duration", ctx.elapsed()))
-    send(router, JobDone(job.job_id))
+            retryable = getattr(exc, "retryable", False) is True
+    return status, detail, retryable

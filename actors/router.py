@@ -94,15 +94,14 @@ class JobRouter(pykka.ThreadingActor):
                 self._queue(record.job_id)
                 continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
-            self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted")
+            # Retryable: the job itself did not fail, its worker did.
+            self._publish(record.job_id, JobStatus.FAILED, detail="worker_restarted", retryable=True)
             send(self._metrics, Count("jobs_failed"))
         # Rows accepted but not consumed exist only in databases written before intake became one
         # transaction: act on them now, in order.
         for row in self._inbox.unconsumed(STREAM):
             body = _DECODER.decode(row.payload)
-            if not isinstance(body, JobRequest) or self._ledger.record_request(
-                body.job_id, body.kind, row.payload
-            ):
+            if not isinstance(body, JobRequest) or self._is_new(body, row.payload):
                 self._apply(body)
             self._inbox.mark_consumed(STREAM, row.seq)
 
@@ -160,10 +159,11 @@ class JobRouter(pykka.ThreadingActor):
                         "(database restored from an older copy?); resuming after it",
                         hwm,
                     )
-            case JobDone(job_id=job_id):
-                ctx = self._running.pop(job_id, None)
-                if ctx is not None:
-                    self._running_kinds[ctx.job.kind] -= 1
+            case JobDone(job_id=job_id, attempt=attempt, kind=kind):
+                self._running_kinds[kind] -= 1  # this run has ended, whichever attempt it was
+                ctx = self._running.get(job_id)
+                if ctx is not None and ctx.job.attempt == attempt:
+                    del self._running[job_id]
                 self._start_queued()
             case _:
                 logger.error("JobRouter got an unknown message {!r}", message)
@@ -217,11 +217,19 @@ class JobRouter(pykka.ThreadingActor):
         if not isinstance(body, JobRequest):
             return True
         send(self._metrics, Count("jobs_received"))
-        if self._ledger.record_request(body.job_id, body.kind, payload):
+        if self._is_new(body, payload):
             return True
         logger.debug("job {} arrived again; already handled", body.job_id)  # counted: jobs_duplicate
         send(self._metrics, Count("jobs_duplicate"))
         return False
+
+    def _is_new(self, job: JobRequest, payload: bytes) -> bool:
+        """Record ``job`` in the ledger: True for new work, a new id or a later attempt of a
+        known one (a retry, perhaps of a job this worker ran before); False for a repeat."""
+        assert self._ledger is not None
+        if self._ledger.record_request(job.job_id, job.kind, payload):
+            return True
+        return job.attempt > 1 and self._ledger.start_attempt(job.job_id, job.attempt, payload)
 
     def _apply(self, body: FacilitatorBody) -> None:
         match body:
@@ -237,10 +245,10 @@ class JobRouter(pykka.ThreadingActor):
             kinds = self._unknown_kinds
             if kinds.first(job.kind if len(kinds.counts) < 100 else "(more kinds)"):
                 logger.warning("job {}: no handler for kind {!r} (more: not logged)", job.job_id, job.kind)
-            self._finish(job.job_id, JobStatus.REJECTED, f"unknown job kind {job.kind!r}")
+            self._finish(job.job_id, JobStatus.REJECTED, f"unknown job kind {job.kind!r}", job.attempt)
             send(self._metrics, Count("jobs_rejected"))
             return
-        self._publish(job.job_id, JobStatus.ACCEPTED)
+        self._publish(job.job_id, JobStatus.ACCEPTED, attempt=job.attempt)
         self._queue(job.job_id, job)
 
     def _queue(self, job_id: str, job: JobRequest | None = None) -> None:
@@ -263,7 +271,7 @@ class JobRouter(pykka.ThreadingActor):
             handler = self._handlers.get(job.kind)
             if handler is None:  # its handler was removed since it was accepted
                 self._queued_ids.discard(job_id)
-                self._finish(job_id, JobStatus.REJECTED, f"no handler for job kind {job.kind!r}")
+                self._finish(job_id, JobStatus.REJECTED, f"no handler for job kind {job.kind!r}", job.attempt)
                 continue
             limit = getattr(handler, "concurrency", None)
             if limit is not None and self._running_kinds[job.kind] >= limit:
@@ -300,8 +308,8 @@ class JobRouter(pykka.ThreadingActor):
         # worth a line each at the default level.
         logger.debug("cancel for job {} that is not running (finished or unknown)", job_id)
 
-    def _finish(self, job_id: str, status: JobStatus, detail: str) -> None:
-        self._publish(job_id, status, detail=detail)
+    def _finish(self, job_id: str, status: JobStatus, detail: str, attempt: int = 0) -> None:
+        self._publish(job_id, status, detail=detail, attempt=attempt)
         send(self._metrics, Count(f"jobs_{status.value}"))
 
     def _read_request(self, job_id: str) -> JobRequest | None:
@@ -309,8 +317,22 @@ class JobRouter(pykka.ThreadingActor):
         payload = self._ledger.payload(job_id)
         return None if payload is None else msgspec.json.decode(payload, type=JobRequest)
 
-    def _publish(self, job_id: str, status: JobStatus, *, detail: str = "") -> pykka.Future[int]:
-        return publish_status(self._outbox, job_id, status, at=self._clock(), detail=detail)
+    def _publish(
+        self, job_id: str, status: JobStatus, *, detail: str = "", attempt: int = 0, retryable: bool = False
+    ) -> pykka.Future[int]:
+        """Publish a status of ``job_id``'s current attempt (read from the ledger unless given)."""
+        if not attempt:
+            job = self._decoded.get(job_id) or self._read_request(job_id)
+            attempt = job.attempt if job is not None else 1
+        return publish_status(
+            self._outbox,
+            job_id,
+            status,
+            at=self._clock(),
+            detail=detail,
+            attempt=attempt,
+            retryable=retryable,
+        )
 
 
 class JobRouterProxy:

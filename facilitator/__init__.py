@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from jobrelay.facilitator.config import FacilitatorConfig, load_facilitator_config
     from jobrelay.facilitator.errors import JobTooLarge
     from jobrelay.facilitator.http_api import FacilitatorHealth, serve_facilitator
+    from jobrelay.facilitator.job_options import JobOptions
     from jobrelay.facilitator.server import Facilitator, start_facilitator
     from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView
 
@@ -21,6 +22,7 @@ __all__ = [
     "FacilitatorConfig",
     "FacilitatorHealth",
     "FacilitatorStats",
+    "JobOptions",
     "JobTooLarge",
     "JobView",
     "WorkerView",
@@ -34,6 +36,7 @@ _EXPORTS = {
     "FacilitatorConfig": "jobrelay.facilitator.config",
     "FacilitatorHealth": "jobrelay.facilitator.http_api",
     "FacilitatorStats": "jobrelay.facilitator.views",
+    "JobOptions": "jobrelay.facilitator.job_options",
     "JobTooLarge": "jobrelay.facilitator.errors",
     "JobView": "jobrelay.facilitator.views",
     "WorkerView": "jobrelay.facilitator.views",

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.job_options import JobOptions
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.server import Facilitator
@@ -118,11 +119,9 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return answer_here(*args)
-        kind, payload, job_id, worker, start_within = args
+        kind, payload, job_id, worker, options = args
         try:
-            new_id = (
-                await fac.submit_async([(kind, payload, job_id)], worker=worker, start_within=start_within)
-            )[0]
+            new_id = (await fac.submit_async([(kind, payload, job_id)], worker=worker, options=options))[0]
         except JobTooLarge as exc:
             return answer_here(413, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
@@ -154,11 +153,9 @@ class FacilitatorHealth:
         args = _submit_args(body)
         if isinstance(args, Answer):
             return args
-        kind, payload, job_id, worker, start_within = args
+        kind, payload, job_id, worker, options = args
         try:
-            new_id = self.facilitator.submit(
-                kind, payload, job_id=job_id, worker=worker, start_within=start_within
-            )
+            new_id = self.facilitator.submit(kind, payload, job_id=job_id, worker=worker, **options._asdict())
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
         except (ValueError, TypeError) as exc:
@@ -202,25 +199,34 @@ class Answer(NamedTuple):
     doc: Any
 
 
-def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, float | None]:
-    """``(kind, payload, job_id, worker, start_within)`` of a POST /jobs body, or the 400 that
-    refuses it (``start_within`` itself is checked by submit: a ValueError, also a 400)."""
+_SUBMIT_FIELDS = {
+    "kind",
+    "payload",
+    "job_id",
+    "worker",
+    "start_within",
+    "soft_time_limit",
+    "time_limit",
+    "retries",
+    "retry_backoff",
+}
+
+
+def _submit_args(body: Any) -> Answer | tuple[str, Any, str | None, str | None, JobOptions]:
+    """``(kind, payload, job_id, worker, options)`` of a POST /jobs body, or the 400 that
+    refuses it (the options' values, ``start_within`` among them, are checked by ``submit``:
+    a TypeError or ValueError)."""
     if not isinstance(body, dict):
-        return Answer(
-            400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?, start_within?}"}
-        )
-    unknown = set(body) - {"kind", "payload", "job_id", "worker", "start_within"}
+        return Answer(400, {"error": "expected a JSON object {kind, payload?, job_id?, worker?, ...}"})
+    unknown = set(body) - _SUBMIT_FIELDS
     if unknown:
         return Answer(400, {"error": f"unknown fields: {', '.join(sorted(unknown))}"})
     kind, job_id, worker = body.get("kind"), body.get("job_id"), body.get("worker")
     if not isinstance(kind, str) or any(v is not None and not isinstance(v, str) for v in (job_id, worker)):
         return Answer(400, {"error": "kind must be a string; job_id and worker strings or null"})
-    start_within = body.get("start_within")
-    if start_within is not None and (
-        isinstance(start_within, bool) or not isinstance(start_within, int | float)
-    ):
-        return Answer(400, {"error": "start_within must be a number of seconds or null"})
-    return kind, body.get("payload"), job_id, worker, start_within
+    # Unchecked here: submit checks them (JobOptions.check: TypeError/ValueError → 400).
+    options = JobOptions(**{k: body[k] for k in JobOptions._fields if body.get(k) is not None})
+    return kind, body.get("payload"), job_id, worker, options
 
 
 def serve_facilitator(facilitator: Facilitator, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

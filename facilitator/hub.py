@@ -31,6 +31,7 @@ from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.deadlines import StartDeadlines
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.ready import ReadyWorkers
+from jobrelay.facilitator.retry_timers import RetryTimers
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
@@ -159,6 +160,7 @@ class ConnectionHub:
         self.counters = Counters()
         self.loop = loop
         self.chatter = Chatter(loop)
+        self.retries = RetryTimers(store, loop, self.request_dispatch)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

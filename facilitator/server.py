@@ -37,6 +37,7 @@ from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.errors import JobTooLarge
 from jobrelay.facilitator.hub import ConnectionHub
+from jobrelay.facilitator.job_options import JobOptions
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
@@ -54,6 +55,8 @@ __all__ = ["Facilitator", "start_facilitator"]
 _FD_RESERVE: Final = 512
 _MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
 _QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
+_RECOVER_TIMEOUT = 30.0  # listing the retries left waiting at the last stop
+_NO_OPTIONS: Final = JobOptions()
 
 
 class Facilitator:
@@ -117,6 +120,10 @@ class Facilitator:
         job_id: str | None = None,
         worker: str | None = None,
         start_within: float | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.0,
     ) -> str:
         """Durably record a job and route it (see ``submit_many``).
 
@@ -130,32 +137,38 @@ class Facilitator:
             start_within: Seconds the job may wait for such a worker; still queued then, it ends
                 ``failed`` with detail ``no_worker``. Default: the facilitator's
                 ``schedule_to_start_timeout`` (unset: it waits as long as it takes).
+            soft_time_limit, time_limit, retries, retry_backoff: see ``JobOptions``. A retry is
+                a new attempt, routed like a new job (its kind, credit left), possibly to
+                another worker.
 
         Returns:
             The job id.
 
         Raises:
             ValueError: ``kind``/``job_id`` empty or longer than 256, ``worker`` unknown, or
-                ``start_within`` not a positive number of seconds.
+                an option out of range (``JobOptions.check``, e.g. ``start_within`` not a
+                positive number of seconds).
             JobTooLarge: (a ValueError) The encoded request would exceed ``max_frame_bytes``;
                 nothing was stored.
-            TypeError: ``payload`` is not JSON-serialisable.
+            TypeError: ``payload`` is not JSON-serialisable, or an option of the wrong type.
             StorageError: The job could not be stored.
             TimeoutError: The store did not answer in time.
         """
-        return self.submit_many([(kind, payload, job_id)], worker=worker, start_within=start_within)[0]
+        options = JobOptions(soft_time_limit, time_limit, retries, retry_backoff, start_within)
+        return self.submit_many([(kind, payload, job_id)], worker=worker, options=options)[0]
 
     def submit_many(
         self,
         jobs: Sequence[tuple[str, Any, str | None]],
         *,
         worker: str | None = None,
-        start_within: float | None = None,
+        options: JobOptions = _NO_OPTIONS,
     ) -> list[str]:
         """Durably record several jobs ``(kind, payload, job_id or None)`` in one commit and route
         them: to ``worker`` if given, else each to the connected non-draining worker that runs
         its kind and has the most credit left, else queued until one is ready (or until
-        ``start_within``, see ``submit``).
+        ``options.start_within``, see ``submit``). ``options`` (start deadline, time limits,
+        retry policy) apply to every job of the call.
 
         Returns:
             The job ids, in order.
@@ -164,8 +177,8 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
-        requests = self._requests(jobs, worker)
-        start_by = self._start_by(start_within)
+        requests = self._requests(jobs, worker, options)
+        start_by = options.start_by(self.config.schedule_to_start_timeout)
         self._not_on_loop("submit")
         hub = self.hub
         candidates = self._candidates(requests, worker)
@@ -178,7 +191,7 @@ class Facilitator:
         jobs: Sequence[tuple[str, Any, str | None]],
         *,
         worker: str | None = None,
-        start_within: float | None = None,
+        options: JobOptions = _NO_OPTIONS,
     ) -> list[str]:
         """``submit_many`` for a caller on the facilitator's own loop (its HTTP API): the commit
         is awaited instead of blocking a thread, so concurrent submitters share group commits.
@@ -186,8 +199,8 @@ class Facilitator:
         Raises:
             As ``submit_many``.
         """
-        requests = self._requests(jobs, worker)
-        start_by = self._start_by(start_within)
+        requests = self._requests(jobs, worker, options)
+        start_by = options.start_by(self.config.schedule_to_start_timeout)
         hub = self.hub
         future = self.store.submit_async(requests, worker, self._candidates(requests, worker), start_by)
         try:
@@ -205,25 +218,12 @@ class Facilitator:
             return Candidates()  # a pinned job needs no choice
         return self.hub.candidates({r.kind for r in requests})
 
-    def _start_by(self, start_within: float | None) -> float | None:
-        """The start deadline of jobs submitted now (None: they wait as long as it takes).
-
-        Raises:
-            ValueError: ``start_within`` is not a positive, finite number of seconds.
-        """
-        if start_within is None:
-            start_within = self.config.schedule_to_start_timeout
-            if start_within is None:
-                return None
-        if (
-            isinstance(start_within, bool)
-            or not isinstance(start_within, int | float)
-            or not (0 < start_within < 1e9)
-        ):
-            raise ValueError(f"start_within must be a positive number of seconds, got {start_within!r}")
-        return time.time() + start_within
-
-    def _requests(self, jobs: Sequence[tuple[str, Any, str | None]], worker: str | None) -> list[JobRequest]:
+    def _requests(
+        self,
+        jobs: Sequence[tuple[str, Any, str | None]],
+        worker: str | None,
+        options: JobOptions,
+    ) -> list[JobRequest]:
         """The requests of ``jobs``, each checked before anything is stored.
 
         Raises:
@@ -231,6 +231,7 @@ class Facilitator:
         """
         if worker is not None and worker not in self.authorized:
             raise ValueError(f"worker {worker!r} is not in the authorized keys")
+        options.check()
         now = time.time()
         requests: list[JobRequest] = []
         for kind, payload, given_id in jobs:
@@ -238,7 +239,7 @@ class Facilitator:
             for name, value in (("kind", kind), ("job_id", job_id)):
                 if not 1 <= len(value) <= 256:
                     raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
-            request = JobRequest(job_id=job_id, kind=kind, payload=payload, submitted_at=now)
+            request = options.request(job_id, kind, payload, now)
             self._check_frame(request, f"job {job_id!r}")  # before anything is stored
             requests.append(request)
         return requests
@@ -481,6 +482,11 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
         facilitator._start()
     except BaseException:
         store.stop()
+        raise
+    try:
+        facilitator.hub.retries.recover(_RECOVER_TIMEOUT)
+    except BaseException:
+        facilitator.stop()
         raise
     capacity = facilitator.max_workers
     if capacity < min(config.max_workers, _QUIET_CAPACITY):

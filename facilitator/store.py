@@ -21,6 +21,7 @@ from loguru import logger
 
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.queued import dispatch_queued, expire_queued
+from jobrelay.facilitator.retries import no_more_attempts
 from jobrelay.facilitator.store_ops import (
     ENCODER,
     FACILITATOR_BODY,
@@ -344,9 +345,10 @@ class FacilitatorStore:
                 return False, "", 0
             if record.status is not None and JobStatus(record.status).terminal:
                 return False, record.peer, 0
-            if not record.peer:
+            if not record.peer or record.status == JobStatus.RETRYING.value:  # queued, or between attempts
                 s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=reason or "cancelled")
                 return True, "", 0
+            no_more_attempts(s, job_id)
             body = JobCancel(job_id=job_id, reason=reason)
             return True, record.peer, s.outbox(record.peer).append("job_cancel", ENCODER.encode(body))
 

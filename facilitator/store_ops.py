@@ -18,6 +18,7 @@ import msgspec
 from loguru import logger
 
 from jobrelay.facilitator.placement import Candidates, Placer
+from jobrelay.facilitator.retries import Retry, decide_retries
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.messages import (
     FacilitatorBody,
@@ -78,6 +79,7 @@ class AcceptOutcome(NamedTuple):
         duplicates: Messages the store already had (dropped).
         refused: Status updates not recorded (not this worker's job, or after a terminal one).
         gap: The store saw a seq gap (its mark disagrees with the session's): close the session.
+        retries: Jobs whose next attempt the hub releases after its delay.
     """
 
     upto: int
@@ -85,6 +87,7 @@ class AcceptOutcome(NamedTuple):
     duplicates: int
     refused: list[Refusal]
     gap: bool
+    retries: Sequence[Retry] = ()
 
 
 class Assignment(NamedTuple):
@@ -231,9 +234,13 @@ def accept_batch(
             gap = True
             break
     refused: list[Refusal] = []
+    retries: list[Retry] = []
     statuses = [b for b in accepted if isinstance(b, JobStatusUpdate)]
     if statuses:
-        refused = _record_statuses(s, worker_id, statuses)
+        decided = decide_retries(s, worker_id, statuses)
+        retries = decided.retries
+        refused = [Refusal(job_id, None, "retrying: the facilitator's status") for job_id in decided.refused]
+        refused += _record_statuses(s, worker_id, decided.updates)
     specs = [b for b in accepted if isinstance(b, MachineSpecs)]
     if specs:
         routing.record_specs(s.db, worker_id, ENCODER.encode(specs[-1]), specs[-1].at)
@@ -242,7 +249,7 @@ def accept_batch(
         routing.record_worker_events(s.db, worker_id, events)
     if accepted:
         s.inbox.mark_consumed(worker_id, upto)  # applied in this same transaction
-    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap)
+    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries)
 
 
 def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpdate]) -> list[Refusal]:

@@ -57,6 +57,8 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
             )
         if refusal.code is not None and conn.session.is_open:
             conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
+    if outcome.retries:
+        conn.hub.retries.schedule(outcome.retries)
     if outcome.gap:
         conn.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
     elif outcome.upto and conn.session.is_open:

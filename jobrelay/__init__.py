@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from jobrelay.actors.commands import CommandHandler, CommandOptions
     from jobrelay.actors.config import WorkerConfig, generate_key, public_key_of
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
-    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, resumable
+    from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, RetryableError, resumable
+    from jobrelay.actors.job_limits import TimeLimitExceeded, time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
     from jobrelay.facilitator.config import FacilitatorConfig
@@ -61,7 +62,9 @@ __all__ = [
     "NotConnected",
     "OutboxFull",
     "ProtocolError",
+    "RetryableError",
     "StorageError",
+    "TimeLimitExceeded",
     "Worker",
     "WorkerConfig",
     "WorkerCrashed",
@@ -73,6 +76,7 @@ __all__ = [
     "resumable",
     "start_facilitator",
     "start_worker",
+    "time_limits",
 ]
 
 __version__ = "0.1.0"
@@ -88,6 +92,7 @@ _EXPORTS = {
     "JobCancel": "jobrelay.protocol.messages",
     "JobCancelled": "jobrelay.actors.handlers",
     "JobContext": "jobrelay.actors.handlers",
+    "RetryableError": "jobrelay.actors.handlers",
     "JobRequest": "jobrelay.protocol.messages",
     "JobStatus": "jobrelay.protocol.messages",
     "JobStatusUpdate": "jobrelay.protocol.messages",
@@ -107,6 +112,8 @@ _EXPORTS = {
     "public_key_hex": "jobrelay.protocol.auth",
     "public_key_of": "jobrelay.actors.config",
     "resumable": "jobrelay.actors.handlers",
+    "TimeLimitExceeded": "jobrelay.actors.job_limits",
+    "time_limits": "jobrelay.actors.job_limits",
     "start_facilitator": "jobrelay.facilitator.server",
     "start_worker": "jobrelay.actors.worker",
 }

@@ -60,6 +60,10 @@ Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=512)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 Progress = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# Runs of one job: at most 100 (retries beyond that are a loop, not a policy).
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=100)]
+# A time limit in seconds: positive and at most a year (a larger one is a typo, not a limit).
+LimitSeconds = Annotated[float, msgspec.Meta(gt=0.0, le=366 * 86400.0)]  # time_limits.MAX_LIMIT_SECONDS
 
 
 class JobStatus(enum.StrEnum):
@@ -71,6 +75,8 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    # Recorded by the facilitator only, never sent: an attempt failed and another will run.
+    RETRYING = "retrying"
 
     @property
     def terminal(self) -> bool:
@@ -97,6 +103,17 @@ class JobRequest(_Message, tag="job_request", frozen=True):
     payload: Any = None
     submitted_at: Timestamp = 0.0
     resumable: bool = False
+    # Optional fields of v3 (defaults: none): seconds from the handler's start until it is
+    # told to wrap up (soft) and until it is ended as ``failed: time_limit`` (hard). They override
+    # the worker's per-kind defaults.
+    soft_time_limit: LimitSeconds | None = None
+    time_limit: LimitSeconds | None = None
+    # Optional fields of v3 (defaults: one attempt): which run of the job this is, of at most
+    # ``max_attempts``. A worker treats a higher attempt of a job id it has seen as new work.
+    attempt: Attempt = 1
+    max_attempts: Attempt = 1
+    # Seconds before attempt 2; each later attempt waits twice as long (the facilitator's).
+    retry_backoff: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 0.0
 
 
 class JobCancel(_Message, tag="job_cancel", frozen=True):
@@ -114,6 +131,10 @@ class JobStatusUpdate(_Message, tag="job_status", frozen=True):
     at: Timestamp
     progress: Progress | None = None
     detail: str = ""
+    # Optional fields of v3: the request's attempt this status belongs to, and (on a
+    # ``failed``) whether the failure is worth another attempt.
+    attempt: Attempt = 1
+    retryable: bool = False
 
 
 class MachineSpecs(_Message, tag="machine_specs", frozen=True):

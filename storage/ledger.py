@@ -5,7 +5,9 @@
 # - Statuses are JobStatus values; history rows are kept in recording order and the job's
 #   last status/detail/progress always equal its newest history row.
 # - A job has at most one terminal status: once it has one, any further status is refused
-#   (TerminalStatusError / StatusResult.ALREADY_TERMINAL) and nothing is written.
+#   (TerminalStatusError / StatusResult.ALREADY_TERMINAL) and nothing is written. On a worker
+#   a retry is a new attempt of the same id: start_attempt() starts its status afresh (one
+#   terminal status per attempt), keeping the history of the earlier ones.
 # - Every public call is one transaction.
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
+
+import msgspec
 
 from jobrelay.protocol.messages import TERMINAL_STATUSES, JobStatus
 from jobrelay.storage.database import Database
@@ -40,6 +44,15 @@ class JobRecord(NamedTuple):
     created_at: float
     updated_at: float
     peer: str
+
+
+class _Attempt(msgspec.Struct):
+    """The one field of a stored job request that start_attempt() compares."""
+
+    attempt: int = 1
+
+
+_ATTEMPT: Final = msgspec.json.Decoder(_Attempt)
 
 
 class StatusEntry(NamedTuple):
@@ -117,6 +130,28 @@ class JobLedger:
                 "INSERT INTO jobs (job_id, kind, payload, peer, status, detail, progress, "
                 "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, NULL, '', NULL, 1, ?, ?)",
                 (job_id, kind, payload, peer, now, now),
+            )
+        return True
+
+    def start_attempt(self, job_id: str, attempt: int, payload: bytes) -> bool:
+        """A later attempt of a recorded job (a retry): new work if ``attempt`` is above the
+        stored request's. Its request replaces the stored one and its status starts again
+        (history kept, so every attempt shows); otherwise nothing changes.
+
+        Returns:
+            True if this attempt is new work; False for a repeat or an older attempt.
+
+        Raises:
+            StorageError: The write failed; nothing changed.
+        """
+        with self._db.transaction(f"start attempt {attempt} of job {job_id!r}") as conn:
+            row = conn.execute("SELECT payload FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or attempt <= _ATTEMPT.decode(bytes(row[0])).attempt:
+                return False
+            conn.execute(
+                "UPDATE jobs SET payload = ?, status = NULL, detail = '', progress = NULL, "
+                "attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
+                (payload, self._clock(), job_id),
             )
         return True
 

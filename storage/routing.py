@@ -2,8 +2,8 @@
 # worker, and what each worker reported about itself (machine specs, worker events).
 # Invariants:
 # - A job's owner is ``jobs.peer`` (the worker its request was appended for); "" means the job
-#   is queued: recorded, not yet routed. A job is routed at most once (assign_job() only moves a
-#   job from "" to a worker).
+#   is queued: recorded, not yet routed. An attempt is routed at most once (assign_job() only
+#   moves a job from "" to a worker; a retry's release, storage/retries.py, makes it "" again).
 # - facilitator_workers holds one row per worker that reported anything; its specs are the
 #   latest reported. facilitator_worker_events keeps at most ``keep`` newest events per worker.
 # - Every function runs inside the caller's transaction when there is one (Database.transaction
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from jobrelay.protocol.messages import TERMINAL_STATUSES
+from jobrelay.protocol.messages import TERMINAL_STATUSES, JobStatus
 from jobrelay.storage.database import Database
 
 __all__ = [
@@ -32,6 +32,9 @@ __all__ = [
 
 _TERMINAL_SQL: Final = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _UNFINISHED: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}))"
+# A job waiting for its next attempt still names the worker of the failed one, but holds none of
+# its credit (that attempt is over; see facilitator/retries.py).
+_HOLDS_CREDIT: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}, '{JobStatus.RETRYING.value}'))"
 _CHUNK: Final = 500  # ids per IN (...) query
 
 
@@ -115,7 +118,7 @@ def outstanding_by_peer(db: Database) -> dict[str, int]:
         StorageError: The read failed.
     """
     rows = db.query(
-        f"SELECT peer, count(*) FROM jobs WHERE peer != '' AND {_UNFINISHED} GROUP BY peer",
+        f"SELECT peer, count(*) FROM jobs WHERE peer != '' AND {_HOLDS_CREDIT} GROUP BY peer",
         (),
         "count outstanding jobs",
     )

@@ -168,6 +168,7 @@ def test_restart_fails_interrupted_jobs_exactly_once(tmp_path: Path, facilitator
         facilitator.wait_for(lambda: bool(terminal(facilitator, "stuck")))
         assert terminal(facilitator, "stuck") == [JobStatus.FAILED]
         assert facilitator.statuses("stuck")[-1].detail == "worker_restarted"
+        assert facilitator.statuses("stuck")[-1].retryable  # the worker failed, not the job
 
 
 def test_stop_is_bounded_while_unreachable(tmp_path: Path, facilitator: MemoryFacilitator) -> None:

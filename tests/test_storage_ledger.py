@@ -192,3 +192,19 @@ def test_jobs_listing_and_prune(ledger: JobLedger) -> None:
     assert ledger.history("j0") == []
     assert ledger.record_request("j0", "k", b"")  # forgotten: new again
     assert ledger.count() == 5
+
+
+def test_a_later_attempt_of_a_finished_job_is_new_work_and_keeps_the_history(ledger: JobLedger) -> None:
+    first = b'{"type":"job_request","job_id":"r","kind":"k","attempt":1}'
+    second = b'{"type":"job_request","job_id":"r","kind":"k","attempt":2}'
+    assert ledger.record_request("r", "k", first)
+    ledger.record_status("r", JobStatus.FAILED.value, detail="transient")
+    assert not ledger.record_request("r", "k", second)  # the id is known...
+    assert ledger.start_attempt("r", 2, second)  # ...but attempt 2 is new work
+    assert not ledger.start_attempt("r", 2, second)  # a repeat of it is not
+    assert not ledger.start_attempt("r", 1, first)  # nor an older attempt
+    record = ledger.get("r")
+    assert record is not None and record.status is None and ledger.payload("r") == second
+    ledger.record_status("r", JobStatus.COMPLETED.value)  # one ending per attempt
+    assert [e.status for e in ledger.history("r")] == ["failed", "completed"]
+    assert not ledger.start_attempt("unknown", 2, second)

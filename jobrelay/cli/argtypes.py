@@ -8,7 +8,10 @@ import math
 import threading
 from collections.abc import Callable
 
-__all__ = ["count", "seconds"]
+from jobrelay.protocol.retries import MAX_BACKOFF
+from jobrelay.protocol.time_limits import MAX_LIMIT_SECONDS
+
+__all__ = ["backoff_seconds", "count", "limit_seconds", "seconds"]
 
 
 def seconds(text: str) -> float:
@@ -25,6 +28,35 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a finite number of seconds ≥ 0 (at most {threading.TIMEOUT_MAX:.0f}), got {text!r}"
         )
+    return value
+
+
+def limit_seconds(text: str) -> float:
+    """A job's time limit: seconds, more than 0 and at most a year (what a job request carries).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_LIMIT_SECONDS):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds more than 0 and at most {MAX_LIMIT_SECONDS:.0f}, got {text!r}"
+        )
+    return value
+
+
+def backoff_seconds(text: str) -> float:
+    """A retry backoff: seconds, 0 up to a day (what a job request carries).
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    value = seconds(text)
+    if value > MAX_BACKOFF:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BACKOFF:.0f} seconds, got {text!r}")
     return value
 
 

@@ -1,30 +1,23 @@
-# `jobrelay submit` and `jobrelay jobs`: clients of a running facilitator's HTTP API.
-# Invariants: stdlib urllib only; a refused connection is retried until --timeout (so a script
-# may start the facilitator in the background and submit at once); a submit carries its job id from
-# the first attempt, so a retry of a POST the server did store is an idempotent repeat, never a
-# second job; user errors exit 2, an unreachable facilitator or a server error exits 1, each with
-# one line on stderr.
+# `jobrelay submit` and `jobrelay jobs`: clients of a running facilitator's HTTP API (the HTTP
+# client itself, with its retry and job-id invariants, is api_client.py). Invariants: user errors
+# exit 2, an unreachable facilitator or a server error exits 1, each with one line on stderr.
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
 
-from jobrelay.cli.argtypes import count, seconds
+from jobrelay.cli.api_client import ApiError, FacilitatorClient
+from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
 __all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
 
-TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 
 SUBMIT_EPILOG = """\
 examples:
@@ -39,6 +32,12 @@ examples:
 
   # submit and wait for the terminal status (exit 1 unless it completed)
   jobrelay submit sleep --payload 1 --wait 30
+
+  # told to wrap up after 60 s (a command gets SIGTERM), ended as failed: time_limit after 90 s
+  jobrelay submit render --payload '{"scene": 4}' --soft-time-limit 60 --time-limit 90
+
+  # up to 2 more attempts after a retryable failure, the first after 5 s, the next after 10 s
+  jobrelay submit render --payload '{"scene": 4}' --retries 2 --retry-backoff 5
 
 The facilitator URL can also come from JOBRELAY_FACILITATOR. A facilitator started with
 --api-tokens needs a token: JOBRELAY_API_TOKEN=<token>, or --token-file FILE (or
@@ -57,99 +56,6 @@ examples:
 Exit codes: 0 ok; 1 facilitator unreachable, job unknown, or (with --wait) not completed in time
 or ended other than completed; 2 bad arguments, or a missing, unknown or insufficient API token.
 """
-
-
-class ApiError(Exception):
-    """The facilitator answered with an error status (``status``) or could not be reached (0)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class FacilitatorClient:
-    """A tiny client of the facilitator's JSON API."""
-
-    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None) -> None:
-        try:
-            parts = urlsplit(base_url)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
-        except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 address)
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"client.facilitator: expected http://host:port, got {base_url!r}")
-        self.base = base_url.rstrip("/")
-        self.timeout = timeout
-        self.token = token
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        if body is None and method != "GET":
-            body = {}  # the API takes JSON bodies only, an empty one included
-        data = None if body is None else json.dumps(body).encode()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            req = urllib.request.Request(self.base + path, data=data, method=method)
-            if data is not None:
-                req.add_header("Content-Type", "application/json")
-            if self.token:
-                req.add_header("Authorization", f"Bearer {self.token}")
-            try:
-                with urllib.request.urlopen(req, timeout=max(1.0, self.timeout)) as resp:
-                    return json.loads(resp.read() or b"null")
-            except urllib.error.HTTPError as exc:
-                try:
-                    message = json.loads(exc.read()).get("error", exc.reason)
-                except (ValueError, AttributeError):
-                    message = exc.reason
-                raise ApiError(exc.code, str(message)) from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                reason = getattr(exc, "reason", exc)
-                if time.monotonic() >= deadline:
-                    raise ApiError(0, f"cannot reach the facilitator at {self.base}: {reason}") from None
-                time.sleep(0.1)
-
-    def submit(
-        self,
-        kind: str,
-        payload: Any = None,
-        *,
-        job_id: str | None = None,
-        worker: str | None = None,
-        start_within: float | None = None,
-    ) -> str:
-        """Submit a job; returns its id.
-
-        Without ``job_id`` a new random id (the facilitator's form: 24 hex digits) is chosen here,
-        before the first attempt: ``request`` retries after a dropped connection or a timeout, and
-        the facilitator treats a known id as a repeat (same id, nothing changed), so a retry of a
-        POST that was in fact stored cannot create the job twice.
-        """
-        if job_id is None:
-            job_id = secrets.token_hex(12)
-        body = {"kind": kind, "payload": payload, "job_id": job_id, "worker": worker}
-        if start_within is not None:
-            body["start_within"] = start_within
-        doc = self.request("POST", "/jobs", body)
-        return str(doc["job_id"])
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/jobs/{quote(job_id, safe='')}"))
-
-    def jobs(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        query = urlencode({k: v for k, v in (("status", status), ("limit", limit)) if v is not None})
-        return list(self.request("GET", f"/jobs?{query}")["jobs"])
-
-    def workers(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/workers")["workers"])
-
-    def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
-        """Poll until the job has a terminal status or ``timeout`` passes; returns the last view."""
-        deadline = time.monotonic() + timeout
-        while True:
-            view = self.job(job_id)
-            if view.get("status") in TERMINAL or time.monotonic() >= deadline:
-                return view
-            time.sleep(0.1)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -224,6 +130,34 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     p.add_argument(
         "--wait", type=seconds, default=None, metavar="SECONDS", help="wait for the terminal status"
     )
+    p.add_argument(
+        "--soft-time-limit",
+        type=limit_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="tell the handler to wrap up this long after it started (a command gets SIGTERM)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=limit_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="end the job as failed: time_limit this long after its handler started",
+    )
+    p.add_argument(
+        "--retries",
+        type=count(0, 99),
+        default=0,
+        metavar="N",
+        help="run it again up to N times after a retryable failure (default 0: never)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=backoff_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long before the first retry, twice as long before each next (default 0)",
+    )
     p.set_defaults(run=run_submit)
 
     p = sub.add_parser(
@@ -255,10 +189,23 @@ def run_submit(args: argparse.Namespace) -> int:
             payload = json.loads(args.payload)
         except ValueError as exc:
             raise UsageError(f"submit.payload (from --payload): not JSON: {exc}") from None
+    soft, hard = args.soft_time_limit, args.time_limit
+    if soft is not None and hard is not None and soft >= hard:
+        raise UsageError(
+            f"submit.soft_time_limit (from --soft-time-limit): {soft} s is not below --time-limit {hard} s"
+        )
     client = _client(args)
     try:
         job_id = client.submit(
-            args.kind, payload, job_id=args.job_id, worker=args.worker, start_within=args.start_within
+            args.kind,
+            payload,
+            job_id=args.job_id,
+            worker=args.worker,
+            start_within=args.start_within,
+            soft_time_limit=soft,
+            time_limit=hard,
+            retries=args.retries,
+            retry_backoff=args.retry_backoff,
         )
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)

@@ -1,5 +1,7 @@
 # Command handlers from the worker's settings: `handlers` (KIND=COMMAND, or in TOML a table with
-# `command` and options) and `handler_options` (KIND:OPTION=VALUE). Invariant: every option of
+# `command` and options), `handler_options` (KIND:OPTION=VALUE) and `time_limits`
+# (KIND=[SOFT/]HARD: a command kind's soft_time_limit/time_limit options, or a Python handler's
+# defaults for the kind). Invariant: every option of
 # every kind is checked here, before the worker starts; a bad one is a UsageError naming the
 # setting, its source, the kind and the option (exit 2).
 from __future__ import annotations
@@ -11,8 +13,10 @@ from typing import Any
 
 from jobrelay.actors.commands import CommandHandler, CommandOptions
 from jobrelay.actors.handlers import Handler
+from jobrelay.actors.job_limits import Limits, with_time_limits
 from jobrelay.cli.samples import SAMPLE_HANDLERS
 from jobrelay.cli.settings import Resolved
+from jobrelay.protocol.time_limits import check_time_limits
 
 __all__ = ["OPTION_NAMES", "handlers_from"]
 
@@ -62,12 +66,41 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
                 "handler_options", f"{kind}: no command handler of that kind (--handler {kind}=...)"
             )
         options.setdefault(kind, {})[name] = _option(resolved, "handler_options", kind, name, raw)
+    limits = {
+        kind: _limits(resolved, kind, text) for kind, text in resolved.values.get("time_limits", {}).items()
+    }
     for kind, argv in commands.items():
+        kind_options = options.get(kind, {})
+        if kind in limits:
+            if {"soft_time_limit", "time_limit"} & kind_options.keys():
+                raise resolved.bad("time_limits", f"{kind}: its time limits are also set as handler options")
+            soft, hard = limits.pop(kind)
+            kind_options = {**kind_options, "soft_time_limit": soft, "time_limit": hard}
         try:
-            handlers[kind] = CommandHandler(argv, CommandOptions(**options.get(kind, {})))
+            handlers[kind] = CommandHandler(argv, CommandOptions(**kind_options))
         except ValueError as exc:
             raise resolved.bad("handlers", f"{kind}: {exc}") from None
+    for kind, kind_limits in limits.items():  # Python handlers: wrapped with their kind's defaults
+        if kind not in handlers:
+            raise resolved.bad("time_limits", f"{kind}: no handler for this kind")
+        handlers[kind] = with_time_limits(handlers[kind], kind_limits)
     return handlers
+
+
+def _limits(resolved: Resolved, kind: str, text: str) -> Limits:
+    """``HARD`` or ``SOFT/HARD`` seconds (either side of the ``/`` may be empty)."""
+    soft_text, _, hard_text = text.rpartition("/")
+    try:
+        soft = float(soft_text) if soft_text.strip() else None
+        hard = float(hard_text) if hard_text.strip() else None
+        check_time_limits(soft, hard)
+    except (ValueError, TypeError) as exc:
+        raise resolved.bad(
+            "time_limits", f"{kind}: expected [SOFT/]HARD seconds, got {text!r} ({exc})"
+        ) from None
+    if soft is None and hard is None:
+        raise resolved.bad("time_limits", f"{kind}: expected [SOFT/]HARD seconds, got {text!r}")
+    return Limits(soft, hard)
 
 
 def _split(resolved: Resolved, kind: str, command: str) -> list[str]:

@@ -110,6 +110,10 @@ WORKER: tuple[Setting, ...] = (
        "KIND:OPTION=VALUE, repeatable: resumable, concurrency, soft_time_limit, time_limit, kill_after "
        "of a command handler (see docs/CLI.md)", env="JOBRELAY_HANDLER_OPTIONS", config=False,
        metavar="KIND:OPTION=VALUE"),
+    _w("time_limits", TABLE, {}, "--time-limit",
+       "job kind = [SOFT/]HARD seconds: the kind's default time limits, repeatable "
+       "(TOML: a [worker.time_limits] table; a job's own limits override them)",
+       env="JOBRELAY_TIME_LIMITS", config=False, metavar="KIND=[SOFT/]HARD"),
     _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
        config=False, bounds=PORT),
