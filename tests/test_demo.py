@@ -29,8 +29,8 @@ def test_scripts_demo_exits_0_with_a_clean_summary() -> None:
     assert proc.returncode == 0, out
     print(out)  # the table, for the CI log
     rows = dict(re.findall(r"^  (\S.*?\S)  +(\S.*)$", out, re.M))
-    assert rows["jobs submitted"] == "500"
-    completed = int(rows["jobs completed"])
+    assert rows["sleep jobs submitted"] == "500"
+    completed = int(rows["sleep jobs completed"])
     restarted = int(rows["jobs failed: worker_restarted"].split()[0])
     assert completed + restarted == 500
     assert rows["jobs lost or duplicated"] == "0"

@@ -383,8 +383,8 @@ def _verify(
         problems.append(f"the worker did not stop cleanly on SIGTERM (exit {stop_code})")
     wall = time.monotonic() - started
     rows = [
-        ("jobs submitted", f"{len(ids)}"),
-        ("jobs completed", f"{outcome['completed']}"),
+        ("sleep jobs submitted", f"{len(ids)}"),
+        ("sleep jobs completed", f"{outcome['completed']}"),
         (
             "jobs failed: worker_restarted",
             f"{outcome['restarted']}  (running at the kill -9; ended exactly once)",
