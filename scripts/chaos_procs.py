@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from scale_procs import Api, Processes
@@ -25,7 +28,16 @@ from scale_procs import Api, Processes
 from jobrelay.actors.config import generate_key, public_key_of
 from jobrelay.testing.proxy import TcpProxy
 
-__all__ = ["Cluster", "FacilitatorProc", "Timing", "WorkerProc", "facilitator_argv", "worker_argv"]
+__all__ = [
+    "Cluster",
+    "FacilitatorProc",
+    "Timing",
+    "WorkerProc",
+    "facilitator_argv",
+    "on_sigterm",
+    "run_cluster",
+    "worker_argv",
+]
 
 CHAOS_WORKER = Path(__file__).with_name("chaos_worker.py")
 
@@ -203,3 +215,29 @@ class Cluster:
         for member in self.members:
             member.proxy.stop()
         self.procs.stop_all()
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
+
+
+def run_cluster(name: str, cluster: Cluster, *, keep: bool, body: Callable[[], bool]) -> int:
+    """Run ``body`` (True when the run passed) and stop every process of ``cluster`` afterwards,
+    on errors and Ctrl-C/SIGTERM too; the cluster's folder is removed when it passed (unless
+    ``keep``). Returns the exit code: 0 passed, 1 failed, 130 interrupted."""
+    ok = False
+    try:
+        ok = body()
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; stopping every process", flush=True)
+        return 130
+    except RuntimeError as exc:
+        print(f"{name}: FAILED: {exc}", flush=True)
+        return 1
+    finally:
+        cluster.stop_all()
+        if ok and not keep:
+            shutil.rmtree(cluster.folder, ignore_errors=True)
+        else:
+            print(f"{name}: files kept in {cluster.folder}", flush=True)

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from chaos_check import TERMINAL, Totals, check_job, format_table, parse_records
 from chaos_faults import KINDS, apply, heal, make_schedule
-from chaos_procs import Cluster, Timing
+from chaos_procs import Cluster, Timing, on_sigterm, run_cluster
 
 from jobrelay.storage import inspect_database
 
-__all__ = ["Submitter", "check_run", "drain", "main", "on_sigterm"]
+__all__ = ["Submitter", "check_run", "drain", "main"]
 
 EPILOG = f"""\
 faults: {", ".join(KINDS)} (see scripts/chaos_faults.py)
@@ -95,10 +93,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -107,28 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: seed {seed}; replay: scripts/chaos --seed {seed} --duration {args.duration:g} "
           f"--workers {args.workers} --rate {args.rate:g}; files in {folder}", flush=True)  # fmt: skip
     cluster = Cluster(folder, args.workers, Timing())
-    totals = Totals(seed)
-    ok = False
-    try:
+
+    def chaos() -> bool:
+        totals = Totals(seed)
         _run(args, seed, cluster, totals)
         print(format_table(totals), flush=True)
-        ok = totals.ok
         for line in totals.problems[:30]:
             print(f"  VIOLATION {line}", flush=True)
-        print(f"chaos: {'OK' if ok else 'FAILED'} (seed {seed})", flush=True)
-        return 0 if ok else 1
-    except KeyboardInterrupt:
-        print("chaos: interrupted; stopping every process", flush=True)
-        return 130
-    except RuntimeError as exc:
-        print(f"chaos: FAILED: {exc}", flush=True)
-        return 1
-    finally:
-        cluster.stop_all()
-        if ok and not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"chaos: files kept in {folder}", flush=True)
+        print(f"chaos: {'OK' if totals.ok else 'FAILED'} (seed {seed})", flush=True)
+        return totals.ok
+
+    return run_cluster("chaos", cluster, keep=args.keep, body=chaos)
 
 
 def _run(args: argparse.Namespace, seed: int, cluster: Cluster, totals: Totals) -> None:

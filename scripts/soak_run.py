@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -22,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos_check import Totals, format_table
-from chaos_procs import Cluster, Timing
-from chaos_run import Submitter, check_run, drain, on_sigterm
+from chaos_procs import Cluster, Timing, on_sigterm, run_cluster
+from chaos_run import Submitter, check_run, drain
 from scale_procs import proc_stats
 
 __all__ = ["Series", "main", "verdict"]
@@ -86,22 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     print(f"soak: {args.minutes:g} min, seed {seed}, files in {folder}", flush=True)
     cluster = Cluster(folder, args.workers, Timing())
-    ok = False
-    try:
-        ok = _soak(args, seed, cluster)
-        return 0 if ok else 1
-    except KeyboardInterrupt:
-        print("soak: interrupted; stopping every process", flush=True)
-        return 130
-    except RuntimeError as exc:
-        print(f"soak: FAILED: {exc}", flush=True)
-        return 1
-    finally:
-        cluster.stop_all()
-        if ok and not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            print(f"soak: files kept in {folder}", flush=True)
+    return run_cluster("soak", cluster, keep=args.keep, body=lambda: _soak(args, seed, cluster))
 
 
 def _soak(args: argparse.Namespace, seed: int, cluster: Cluster) -> bool:
