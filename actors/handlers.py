@@ -90,7 +90,7 @@ class JobContext:
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
         """
-        if status.terminal:
+        if status.terminal or status is JobStatus.RELEASED:  # released: only the router hands jobs back
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
         self.report(status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
 

@@ -67,6 +67,10 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    # Not an ending: a draining worker hands a job it never started back to the facilitator,
+    # which queues it for another worker. Sent only to a facilitator whose welcome says
+    # ``releases`` (added in v2 with a default, so neither side of an older peer sees it).
+    RELEASED = "released"
 
     @property
     def terminal(self) -> bool:
@@ -206,6 +210,8 @@ class Welcome(_Message, tag="welcome", frozen=True):
     heartbeat_timeout_ms: Millis = 20_000
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=MAX_INFLIGHT)] = 1_000
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    # The facilitator takes back jobs a draining worker releases (JobStatus.RELEASED).
+    releases: bool = False
 
 
 class Ack(_Message, tag="ack", frozen=True):

@@ -566,6 +566,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 in_hwm=in_hwm,
                 new_in_stream=new_in,
                 new_out_stream=frame.new_stream,
+                takes_releases=frame.releases,
             )
         )
 
@@ -700,6 +701,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
                 heartbeat_timeout_ms=int(config.heartbeat_timeout * 1000),
                 max_inflight=config.max_inflight,
                 max_frame_bytes=config.max_frame_bytes,
+                releases=True,
             )
         )
         self._switch_codec(self._format)

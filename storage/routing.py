@@ -2,8 +2,8 @@
 # worker, and what each worker reported about itself (machine specs, worker events).
 # Invariants:
 # - A job's owner is ``jobs.peer`` (the worker its request was appended for); "" means the job
-#   is queued: recorded, not yet routed. A job is routed at most once (assign_job() only moves a
-#   job from "" to a worker).
+#   is queued: recorded, not yet routed. assign_job() only moves a job from "" to a worker, and
+#   only its owner can give it back (release_job(), for a job a draining worker never started).
 # - facilitator_workers holds one row per worker that reported anything; its specs are the
 #   latest reported. facilitator_worker_events keeps at most ``keep`` newest events per worker.
 # - Every function runs inside the caller's transaction when there is one (Database.transaction
@@ -25,6 +25,7 @@ __all__ = [
     "queued_jobs",
     "record_specs",
     "record_worker_events",
+    "release_job",
     "touch_worker",
     "worker_events",
     "worker_records",
@@ -79,6 +80,17 @@ def assign_job(db: Database, job_id: str, worker_id: str) -> bool:
     """
     with db.transaction(f"assign job {job_id!r}") as conn:
         cur = conn.execute("UPDATE jobs SET peer = ? WHERE job_id = ? AND peer = ''", (worker_id, job_id))
+    return cur.rowcount == 1
+
+
+def release_job(db: Database, job_id: str, worker_id: str) -> bool:
+    """Queue again a job ``worker_id`` owned (it handed it back unstarted); False otherwise.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"release job {job_id!r}") as conn:
+        cur = conn.execute("UPDATE jobs SET peer = '' WHERE job_id = ? AND peer = ?", (job_id, worker_id))
     return cur.rowcount == 1
 
 

@@ -22,7 +22,15 @@ from urllib.parse import quote, urlencode, urlsplit
 from jobrelay.cli.argtypes import count, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
-__all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
+__all__ = [
+    "TERMINAL",
+    "ApiError",
+    "FacilitatorClient",
+    "add_common",
+    "add_parsers",
+    "api_failure",
+    "api_token",
+]
 
 TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 
@@ -129,6 +137,10 @@ class FacilitatorClient:
         query = urlencode({k: v for k, v in (("status", status), ("limit", limit)) if v is not None})
         return list(self.request("GET", f"/jobs?{query}")["jobs"])
 
+    def cancel(self, job_id: str, reason: str = "") -> dict[str, Any]:
+        """Cancel a job: ``{"job_id", "cancelled", "status"}`` (cancelling twice is harmless)."""
+        return dict(self.request("POST", f"/jobs/{quote(job_id, safe='')}/cancel", {"reason": reason}))
+
     def workers(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/workers")["workers"])
 
@@ -142,7 +154,8 @@ class FacilitatorClient:
             time.sleep(0.1)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The flags every API command has: --facilitator, --timeout, --token-file, --json."""
     p.add_argument(
         "--facilitator",
         default=os.environ.get("JOBRELAY_FACILITATOR") or "http://127.0.0.1:8766",
@@ -196,7 +209,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         description="Submit a job through a running facilitator's HTTP API; prints the job id.",
         **kw,
     )
-    _common(p)
+    add_common(p)
     p.add_argument("kind", help="the job kind (a handler name on the worker, e.g. sleep or echo)")
     p.add_argument("--payload", default=None, help="the job's input as JSON (default: null)")
     p.add_argument("--worker", default=None, help="send it to this worker only")
@@ -213,7 +226,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         description="List a running facilitator's jobs, or show one job's status history.",
         **kw,
     )
-    _common(p)
+    add_common(p)
     p.add_argument("job_id", nargs="?", help="show this job's status history")
     p.add_argument("--status", default=None, help="only jobs whose last status is this")
     p.add_argument("--limit", type=count(0, 10_000), default=50, help="at most this many jobs (default 50)")
@@ -243,7 +256,7 @@ def run_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         view = client.wait(job_id, args.wait)
     except ApiError as exc:
-        return _api_failure(exc)
+        return api_failure(exc)
     _print_job(view, as_json=args.json)
     return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
 
@@ -279,7 +292,7 @@ def run_jobs(args: argparse.Namespace) -> int:
             return EXIT_OK
         jobs = client.jobs(args.status, args.limit)
     except ApiError as exc:
-        return _api_failure(exc)
+        return api_failure(exc)
     if args.json:
         print(json.dumps(jobs, indent=2))
     else:
@@ -301,7 +314,8 @@ def run_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _api_failure(exc: ApiError) -> int:
+def api_failure(exc: ApiError) -> int:
+    """Print the API error; its exit code (2 for a refused request or token, else 1)."""
     hint = " (set JOBRELAY_API_TOKEN or --token-file)" if exc.status == 401 else ""
     print(f"jobrelay: error: {exc}{hint}", file=sys.stderr)
     # 413: job too large; 401/403: the token is missing, unknown or of too small a scope
