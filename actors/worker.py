@@ -108,10 +108,8 @@ class Worker:
             try:
                 self.router.drain("worker stopping").get(timeout=max(0.1, budget * 0.1))
                 # Running handlers report their terminal status while heartbeats go on.
-                while time.monotonic() < deadline - budget * 0.3:
-                    if not self.router.running().get(timeout=1.0):
-                        break
-                    time.sleep(0.05)
+                while time.monotonic() < deadline - budget * 0.3 and not self._settled():
+                    time.sleep(0.05)  # polling the actors with a deadline (they own the state)
             except (pykka.ActorDeadError, pykka.Timeout) as exc:
                 logger.warning("drain step skipped: {}", exc)
             for ref in reversed(self._refs):
@@ -133,12 +131,18 @@ class Worker:
         if running:
             logger.info("draining: waiting up to {:g}s for {} running job(s)", drain_timeout, running)
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline:
-            if not self.router.running().get(timeout=1.0):
-                _, acked, last = self.outbox.out_marks().get(timeout=1.0)
-                if acked >= last:
-                    return
+        while time.monotonic() < deadline and not self._settled():
             time.sleep(0.05)  # polling the actors with a deadline (they own the state)
+
+    def _settled(self) -> bool:
+        """No job runs, and the facilitator has everything we published (the hand-backs, the
+        endings) or cannot get it now (disconnected: it is sent after the next start)."""
+        if self.router.running().get(timeout=1.0):
+            return False
+        if not self.connection.connected_event().get(timeout=1.0).is_set():
+            return True
+        _, acked, last = self.outbox.out_marks().get(timeout=1.0)
+        return acked >= last
 
     def _stop_leftovers(self) -> None:
         """The safety net (Mopidy's stop_all, scoped to this worker): an actor of ours still alive

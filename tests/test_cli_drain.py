@@ -15,7 +15,7 @@ import pytest
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.storage import JobLedger, inspect_database, open_database
 from tests.protocol_harness import FACILITATOR_KEY_HEX
-from tests.test_cli_helpers import Service, make_key, services, wait_until, worker_args
+from tests.test_cli_helpers import Service, make_key, run_cli, services, wait_until, worker_args
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -155,3 +155,15 @@ def test_a_second_signal_during_the_drain_exits_at_once_and_loses_nothing(setup:
     sent = sum(st.last_seq for st in inspect_database(s.tmp / "w1.db").outbox)
     accepted = next(w.in_hwm for w in s.fac.workers() if w.worker_id == "w1")
     assert sent == accepted
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_bad_drain_timeout_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    key, _ = make_key(tmp_path, "w1")
+    done = run_cli([*worker_args(tmp_path, "ws://127.0.0.1:1", "w1", key), "--drain-timeout", value])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "jobrelay: error: worker.drain_timeout (from --drain-timeout)"
+    )
+    assert not (tmp_path / "w1.db").exists()  # refused before anything started
