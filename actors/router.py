@@ -68,6 +68,7 @@ class JobRouter(pykka.ThreadingActor):
         self._draining = False
         self._releasing = False  # draining, and the facilitator takes back what we release
         self._peer_takes_releases = False  # from the last welcome
+        self._resuming: set[str] = set()  # started before a restart, waiting to resume here
 
     # ------------------------------------------------------------ lifecycle
 
@@ -87,6 +88,7 @@ class JobRouter(pykka.ThreadingActor):
                 continue
             if getattr(self._handlers.get(record.kind), "resumable", False):
                 logger.info("job {} was interrupted by a restart: its handler resumes it", record.job_id)
+                self._resuming.add(record.job_id)  # it started here: never handed back
                 self._queue(record.job_id)
                 continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
@@ -130,14 +132,18 @@ class JobRouter(pykka.ThreadingActor):
         ``cancel_running``) ask every running handler to stop. Returns how many are running.
 
         Queued jobs go back to the facilitator (status ``released``, so another worker can take
-        them) when its welcome said it takes them; otherwise they stay: they never started,
-        their requests are durable, and the next start of the worker runs them.
+        them) when its welcome said it takes them, except a resumable job that started here before
+        a restart (it resumes here). Without that welcome they stay: their requests are durable,
+        and the next start of the worker runs them.
         """
         self._draining = True
         self._releasing = self._peer_takes_releases
         if self._releasing:
-            while self._queued:
-                self._release(self._queued.popleft())
+            kept = [j for j in self._queued if j in self._resuming]
+            for job_id in self._queued:
+                if job_id not in self._resuming:
+                    self._release(job_id)
+            self._queued = deque(kept)
         if cancel_running:
             for ctx in self._running.values():
                 ctx.cancel(reason)

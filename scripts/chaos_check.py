@@ -65,7 +65,7 @@ def check_job(
     # A draining worker hands back jobs it never started (`released`) and another takes them: what
     # is checked is the last hand-out; before it, only acceptances and hand-backs may appear.
     last_release = max((i for i, e in enumerate(history) if e.get("status") == "released"), default=-1)
-    for entry in history[:last_release]:
+    for entry in history[: max(last_release, 0)]:
         if entry.get("status") not in ("accepted", "released"):
             result.unexpected += 1
             result.notes.append(f"{entry.get('status')} before the job was released")
