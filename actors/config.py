@@ -2,6 +2,7 @@
 # value in range, a readable key and a ws:// or wss:// URL; errors name the field.
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlparse
@@ -59,6 +60,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     publish_timeout: float = 30.0
     max_concurrent_jobs: int = 4
     prefetch: int = 1
+    # Seconds a stop lets running jobs finish before cancelling them (0: cancel at once). Queued
+    # jobs are handed back to the facilitator at the start of the stop either way.
+    drain_timeout: float = 0.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_attempts: int | None = None
@@ -92,6 +96,8 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         ):
             self.bad("prefetch", "expected an integer from 0 to 1000", self.prefetch)
         self.check_durations("publish_timeout", "backoff_base", "backoff_cap", "connect_timeout")
+        if not (isinstance(self.drain_timeout, int | float) and 0 <= self.drain_timeout < math.inf):
+            self.bad("drain_timeout", "must be a finite number of seconds ≥ 0", self.drain_timeout)
         if self.backoff_cap < self.backoff_base:
             self.bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base})", self.backoff_cap)
         if self.max_attempts is not None:

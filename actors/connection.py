@@ -345,6 +345,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
         send(self._outbox, SessionOpened(session.session_id, event.resume_after, limit, self.actor_ref))
+        send(self._router, event)  # the JobRouter hands back queued jobs only if the facilitator takes them
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
 

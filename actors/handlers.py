@@ -160,7 +160,8 @@ class JobContext:
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
         """
-        if status.terminal or status is JobStatus.RETRYING:
+        if status.terminal or status in (JobStatus.RETRYING, JobStatus.RELEASED):
+            # retrying: the facilitator's alone; released: only the router hands jobs back
             raise ValueError("a handler ends its job by returning (completed) or raising (failed)")
         if self._abandoned:
             # The job has ended (its hard time limit): nothing more is reported for it, and the

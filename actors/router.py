@@ -6,7 +6,9 @@
 # a job id is started at most once (ledger dedup); at most `max_concurrent_jobs` handlers run;
 # every job gets exactly one terminal status (the Outbox's ledger check refuses a second one);
 # a handler starts only after its `running` status is durable, so at start-up a job that reached
-# `running` before a crash ends as failed: worker_restarted, and one that never did is run now.
+# `running` before a crash ends as failed: worker_restarted, and one that never did is run now;
+# a draining worker hands queued jobs back (`released`, not an ending) to a facilitator that takes
+# them, and never starts one it released (unless the facilitator sends it here again).
 from __future__ import annotations
 
 import threading
@@ -25,7 +27,7 @@ from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_ha
 from jobrelay.actors.outbox_actor import OutboxHandle
 from jobrelay.actors.processes import ProcessJournal
 from jobrelay.common.logs import Repeats
-from jobrelay.protocol.events import PeerStreamAdvanced, PeerStreamStarted
+from jobrelay.protocol.events import Opened, PeerStreamAdvanced, PeerStreamStarted
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
 
@@ -70,6 +72,9 @@ class JobRouter(pykka.ThreadingActor):
         self._queued_ids: set[str] = set()
         self._decoded: dict[str, JobRequest] = {}
         self._draining = False
+        self._releasing = False  # draining, and the facilitator takes back what we release
+        self._peer_takes_releases = False  # from the last welcome
+        self._resuming: set[str] = set()  # started before a restart, waiting to resume here
 
     # ------------------------------------------------------------ lifecycle
 
@@ -86,11 +91,14 @@ class JobRouter(pykka.ThreadingActor):
             if record.status is None and payload is not None:
                 self._route(msgspec.json.decode(payload, type=JobRequest))  # recorded, not yet accepted
                 continue
+            if record.status == JobStatus.RELEASED.value:
+                continue  # handed back before the restart: the facilitator owns it again
             if record.status == JobStatus.ACCEPTED.value:
                 self._queue(record.job_id)  # never started: this is its first and only run
                 continue
             if getattr(self._handlers.get(record.kind), "resumable", False):
                 logger.info("job {} was interrupted by a restart: its handler resumes it", record.job_id)
+                self._resuming.add(record.job_id)  # it started here: never handed back
                 self._queue(record.job_id)
                 continue
             logger.warning("job {} was interrupted by a restart: failing it", record.job_id)
@@ -128,16 +136,34 @@ class JobRouter(pykka.ThreadingActor):
     def running(self) -> list[str]:
         return list(self._running)
 
-    def drain(self, reason: str) -> int:
-        """Stop taking work: ask every running handler to stop and start nothing new.
+    def drain(self, reason: str, *, cancel_running: bool = True) -> int:
+        """Stop taking work: start nothing new, hand queued jobs back, and (with
+        ``cancel_running``) ask every running handler to stop. Returns how many are running.
 
-        Jobs still queued are left as they are: they never started, their requests are
-        durable, and the next start of the worker runs them. Returns how many were running.
+        Queued jobs go back to the facilitator (status ``released``, so another worker can take
+        them) when its welcome said it takes them, except a resumable job that started here before
+        a restart (it resumes here). Without that welcome they stay: their requests are durable,
+        and the next start of the worker runs them.
         """
         self._draining = True
-        for ctx in self._running.values():
-            ctx.cancel(reason)
+        self._releasing = self._peer_takes_releases
+        if self._releasing:
+            kept = [j for j in self._queued if j in self._resuming]
+            for job_id in self._queued:
+                if job_id not in self._resuming:
+                    self._release(job_id)
+            self._queued = deque(kept)
+        if cancel_running:
+            for ctx in self._running.values():
+                ctx.cancel(reason)
         return len(self._running)
+
+    def _release(self, job_id: str) -> None:
+        self._queued_ids.discard(job_id)
+        # Its current attempt (a release is not a retry: the next worker runs the same attempt).
+        self._publish(job_id, JobStatus.RELEASED, detail="worker draining")
+        self._decoded.pop(job_id, None)
+        send(self._metrics, Count("jobs_released"))
 
     # ------------------------------------------------------------ messages
 
@@ -159,6 +185,8 @@ class JobRouter(pykka.ThreadingActor):
                         "(database restored from an older copy?); resuming after it",
                         hwm,
                     )
+            case Opened(takes_releases=takes):
+                self._peer_takes_releases = takes
             case JobDone(job_id=job_id, attempt=attempt, kind=kind):
                 self._running_kinds[kind] -= 1  # this run has ended, whichever attempt it was
                 ctx = self._running.get(job_id)
@@ -219,6 +247,9 @@ class JobRouter(pykka.ThreadingActor):
         send(self._metrics, Count("jobs_received"))
         if self._is_new(body, payload):
             return True
+        record = self._ledger.get(body.job_id)
+        if record is not None and record.status == JobStatus.RELEASED.value:
+            return True  # we handed it back before a restart and the facilitator sent it here again
         logger.debug("job {} arrived again; already handled", body.job_id)  # counted: jobs_duplicate
         send(self._metrics, Count("jobs_duplicate"))
         return False
@@ -252,6 +283,9 @@ class JobRouter(pykka.ThreadingActor):
         self._queue(job.job_id, job)
 
     def _queue(self, job_id: str, job: JobRequest | None = None) -> None:
+        if self._releasing:  # sent before the facilitator saw we are draining: hand it back
+            self._release(job_id)
+            return
         if job is not None and len(self._decoded) < _KEEP_DECODED:
             self._decoded[job_id] = job
         self._queued.append(job_id)
@@ -348,8 +382,8 @@ class JobRouterProxy:
     def running(self) -> pykka.Future[list[str]]:
         return cast("pykka.Future[list[str]]", self._proxy.running())
 
-    def drain(self, reason: str) -> pykka.Future[int]:
-        return cast("pykka.Future[int]", self._proxy.drain(reason))
+    def drain(self, reason: str, *, cancel_running: bool = True) -> pykka.Future[int]:
+        return cast("pykka.Future[int]", self._proxy.drain(reason, cancel_running=cancel_running))
 
     def in_marks(self) -> pykka.Future[tuple[str, int]]:
         return cast("pykka.Future[tuple[str, int]]", self._proxy.in_marks())

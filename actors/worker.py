@@ -86,26 +86,30 @@ class Worker:
         return self.connection.state().get(timeout=5.0)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Drain and stop within ``timeout`` seconds (default: config.stop_timeout).
+        """Drain and stop within ``config.drain_timeout`` + ``timeout`` seconds (default:
+        config.stop_timeout).
 
-        Order: tell the facilitator we are draining; ask running jobs to stop (they end as
-        cancelled) and give them most of the time to report; jobs that never started stay
-        queued for the next start; then stop actors in reverse start order. Everything that
-        was accepted is already durable, so a stop at any point loses nothing.
+        Order: tell the facilitator we are draining; hand queued jobs back to it (when it takes
+        them: else they stay for the next start); let running jobs finish for up to
+        ``drain_timeout``; ask those left to stop (they end as cancelled) and give them most of
+        ``timeout`` to report; then stop actors in reverse start order. Everything that was
+        accepted is already durable, so a stop at any point loses nothing.
         """
         with self._stop_lock:
             if self._stopped.is_set():
                 return
             budget = self.config.stop_timeout if timeout is None else timeout
-            deadline = time.monotonic() + budget
             try:
                 self.connection.drain().get(timeout=max(0.1, budget * 0.1))
+                self._finish_running(self.config.drain_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                logger.warning("drain step skipped: {}", exc)
+            deadline = time.monotonic() + budget
+            try:
                 self.router.drain("worker stopping").get(timeout=max(0.1, budget * 0.1))
                 # Running handlers report their terminal status while heartbeats go on.
-                while time.monotonic() < deadline - budget * 0.3:
-                    if not self.router.running().get(timeout=1.0):
-                        break
-                    time.sleep(0.05)
+                while time.monotonic() < deadline - budget * 0.3 and not self._settled():
+                    time.sleep(0.05)  # polling the actors with a deadline (they own the state)
             except (pykka.ActorDeadError, pykka.Timeout) as exc:
                 logger.warning("drain step skipped: {}", exc)
             for ref in reversed(self._refs):
@@ -119,6 +123,26 @@ class Worker:
             self._stop_leftovers()
             self._stopped.set()
             logger.info("worker {} stopped", self.config.worker_id)
+
+    def _finish_running(self, drain_timeout: float) -> None:
+        """Hand queued jobs back, then wait up to ``drain_timeout`` for running jobs to end and
+        for what we published (the hand-backs, the endings) to be acknowledged."""
+        running = self.router.drain("worker stopping", cancel_running=False).get(timeout=5.0)
+        if running:
+            logger.info("draining: waiting up to {:g}s for {} running job(s)", drain_timeout, running)
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and not self._settled():
+            time.sleep(0.05)  # polling the actors with a deadline (they own the state)
+
+    def _settled(self) -> bool:
+        """No job runs, and the facilitator has everything we published (the hand-backs, the
+        endings) or cannot get it now (disconnected: it is sent after the next start)."""
+        if self.router.running().get(timeout=1.0):
+            return False
+        if not self.connection.connected_event().get(timeout=1.0).is_set():
+            return True
+        _, acked, last = self.outbox.out_marks().get(timeout=1.0)
+        return acked >= last
 
     def _stop_leftovers(self) -> None:
         """The safety net (Mopidy's stop_all, scoped to this worker): an actor of ours still alive

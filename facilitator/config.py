@@ -216,6 +216,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             handshake_timeout=self.handshake_timeout,
             max_clock_skew=self.max_clock_skew,
             formats=self.formats,
+            takes_releases=True,  # store_ops.release_jobs queues them again
         )
 
 

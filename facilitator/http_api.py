@@ -183,7 +183,12 @@ class FacilitatorHealth:
             cancelled = self.facilitator.cancel(job_id, reason)
         except JobTooLarge as exc:
             return 413, {"error": str(exc)}
-        return 200, {"job_id": job_id, "cancelled": cancelled}
+        # The status read after the cancel says what it did: "cancelled" (queued here: ended now),
+        # a worker's status (the cancel is on its way there), or the ending it came too late for.
+        view = self.facilitator.job(job_id)
+        if view is None:
+            return 404, {"error": f"no job {job_id!r}"}
+        return 200, {"job_id": job_id, "cancelled": cancelled, "status": view.record.status or "queued"}
 
     def _workers(self) -> tuple[int, Any]:
         return 200, {"workers": [msgspec.to_builtins(w) for w in self.facilitator.workers()]}

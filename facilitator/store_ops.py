@@ -24,6 +24,7 @@ from jobrelay.protocol.messages import (
     FacilitatorBody,
     JobCancel,
     JobRequest,
+    JobStatus,
     JobStatusUpdate,
     MachineSpecs,
     WorkerBody,
@@ -46,6 +47,7 @@ __all__ = [
     "StoreState",
     "WorkerFacts",
     "accept_batch",
+    "release_jobs",
     "submit_jobs",
 ]
 
@@ -80,6 +82,7 @@ class AcceptOutcome(NamedTuple):
         refused: Status updates not recorded (not this worker's job, or after a terminal one).
         gap: The store saw a seq gap (its mark disagrees with the session's): close the session.
         retries: Jobs whose next attempt the hub releases after its delay.
+        released: Jobs the worker handed back, queued again here (route them: request a dispatch).
     """
 
     upto: int
@@ -88,6 +91,7 @@ class AcceptOutcome(NamedTuple):
     refused: list[Refusal]
     gap: bool
     retries: Sequence[Retry] = ()
+    released: int = 0
 
 
 class Assignment(NamedTuple):
@@ -235,12 +239,16 @@ def accept_batch(
             break
     refused: list[Refusal] = []
     retries: list[Retry] = []
+    released = 0
     statuses = [b for b in accepted if isinstance(b, JobStatusUpdate)]
     if statuses:
         decided = decide_retries(s, worker_id, statuses)
         retries = decided.retries
         refused = [Refusal(job_id, None, "retrying: the facilitator's status") for job_id in decided.refused]
         refused += _record_statuses(s, worker_id, decided.updates)
+        handed_back = [u for u in decided.updates if u.status is JobStatus.RELEASED]
+        if handed_back:
+            released = len(release_jobs(s, worker_id, handed_back))
     specs = [b for b in accepted if isinstance(b, MachineSpecs)]
     if specs:
         routing.record_specs(s.db, worker_id, ENCODER.encode(specs[-1]), specs[-1].at)
@@ -249,7 +257,7 @@ def accept_batch(
         routing.record_worker_events(s.db, worker_id, events)
     if accepted:
         s.inbox.mark_consumed(worker_id, upto)  # applied in this same transaction
-    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries)
+    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries, released)
 
 
 def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpdate]) -> list[Refusal]:
@@ -276,3 +284,38 @@ def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpda
         else:
             refused.append(Refusal(update.job_id, None, f"{update.status.value}: {result.value}"))
     return refused
+
+
+def release_jobs(s: StoreState, worker_id: str, updates: Sequence[JobStatusUpdate]) -> list[str]:
+    """Queue again the jobs a draining worker handed back (their ``released`` status is recorded);
+    returns their ids. A job whose cancel is still in that worker's outbox is cancelled here
+    instead: the worker will not see that cancel as its own any more, and queued again the job
+    would run elsewhere although its cancel was accepted.
+    """
+    ids = {u.job_id for u in updates}
+    cancels = _pending_cancels(s, worker_id, ids) if ids else {}
+    queued: list[str] = []
+    for update in updates:
+        job_id = update.job_id
+        record = s.ledger.get(job_id)
+        if record is None or record.status != JobStatus.RELEASED.value:
+            continue  # its status was refused above (not this worker's job, or it had ended)
+        if not routing.release_job(s.db, job_id, worker_id):
+            continue  # not this worker's (refused above) or released before: nothing to undo
+        s.add_outstanding(worker_id, -1)
+        if job_id in cancels:
+            s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=cancels[job_id] or "cancelled")
+            continue
+        queued.append(job_id)
+    return queued
+
+
+def _pending_cancels(s: StoreState, worker_id: str, job_ids: set[str]) -> dict[str, str]:
+    """``job_id → reason`` of the cancels for ``job_ids`` not yet acknowledged by ``worker_id``."""
+    found: dict[str, str] = {}
+    for row in s.outbox(worker_id).pending():
+        if row.kind == "job_cancel":
+            body = FACILITATOR_BODY.decode(row.payload)
+            if isinstance(body, JobCancel) and body.job_id in job_ids:
+                found[body.job_id] = body.reason
+    return found

@@ -59,6 +59,10 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
             conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
     if outcome.retries:
         conn.hub.retries.schedule(outcome.retries)
+    if outcome.released:
+        # Handed back by a draining worker: queued again, for another worker to take.
+        counters.add("jobs_released", outcome.released)
+        conn.hub.request_dispatch()
     if outcome.gap:
         conn.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
     elif outcome.upto and conn.session.is_open:

@@ -81,6 +81,7 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     sessions_closed: int = 0
     connections_replaced: int = 0
     jobs_submitted: int = 0
+    jobs_released: int = 0  # handed back by draining workers and queued again
     refused_capacity: int = 0
     refused_connections: int = 0
     refused_unauthenticated: int = 0

@@ -50,6 +50,7 @@ class Opened(_Event, frozen=True):
         in_epoch / in_hwm: where the peer's stream resumes; persist them when ``new_in_stream``.
         new_in_stream: the peer presented an epoch we did not know (its store is new).
         new_out_stream: the peer did not know our epoch (its store is new).
+        takes_releases: (worker side) the facilitator takes back jobs we release when draining.
     """
 
     session_id: str
@@ -59,6 +60,7 @@ class Opened(_Event, frozen=True):
     in_hwm: int
     new_in_stream: bool
     new_out_stream: bool
+    takes_releases: bool = False
 
 
 class PeerStreamStarted(_Event, frozen=True):

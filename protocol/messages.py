@@ -77,6 +77,11 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     # Recorded by the facilitator only, never sent: an attempt failed and another will run.
     RETRYING = "retrying"
+    # Not an ending: a draining worker hands a job it never started back to the facilitator,
+    # which queues it for another worker. Sent only to a facilitator whose welcome says
+    # ``releases`` (an optional v3 field with a default: a facilitator that does not set it
+    # never sees one).
+    RELEASED = "released"
 
     @property
     def terminal(self) -> bool:
@@ -236,6 +241,9 @@ class Welcome(_Message, tag="welcome", frozen=True):
     heartbeat_timeout_ms: Millis = 20_000
     max_inflight: Annotated[int, msgspec.Meta(ge=1, le=MAX_INFLIGHT)] = 1_000
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    # The facilitator takes back jobs a draining worker releases (JobStatus.RELEASED); optional
+    # in v3, default false.
+    releases: bool = False
 
 
 class Ack(_Message, tag="ack", frozen=True):

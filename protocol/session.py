@@ -128,6 +128,9 @@ class SessionConfig:
     handshake_timeout: float = 10.0
     max_clock_skew: float = 120.0
     formats: tuple[Format, ...] = ("json",)
+    # A facilitator's welcome says it takes back released jobs only if its owner queues them
+    # again (the reference facilitator does); otherwise a draining worker keeps them.
+    takes_releases: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_inflight", "max_frame_bytes", "max_batch"):
@@ -578,6 +581,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 in_hwm=in_hwm,
                 new_in_stream=new_in,
                 new_out_stream=frame.new_stream,
+                takes_releases=frame.releases,
             )
         )
 
@@ -714,6 +718,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
                 heartbeat_timeout_ms=int(config.heartbeat_timeout * 1000),
                 max_inflight=config.max_inflight,
                 max_frame_bytes=config.max_frame_bytes,
+                releases=config.takes_releases,
             )
         )
         self._switch_codec(self._format)

@@ -62,6 +62,14 @@ def check_job(
 ) -> JobCheck:
     """Check one job's facilitator history against the steps its worker recorded as accepted."""
     result = JobCheck(job_id, entries=len(history))
+    # A draining worker hands back jobs it never started (`released`) and another takes them: what
+    # is checked is the last hand-out; before it, only acceptances and hand-backs may appear.
+    last_release = max((i for i, e in enumerate(history) if e.get("status") == "released"), default=-1)
+    for entry in history[: max(last_release, 0)]:
+        if entry.get("status") not in ("accepted", "released"):
+            result.unexpected += 1
+            result.notes.append(f"{entry.get('status')} before the job was released")
+    history = history[last_release + 1 :]
     endings = [i for i, e in enumerate(history) if e.get("status") in TERMINAL]
     if not endings:
         result.unfinished = 1

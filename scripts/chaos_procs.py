@@ -49,6 +49,7 @@ class Timing:
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 2.0  # a blackhole longer than this must end the session
     stop_timeout: float = 5.0
+    drain_timeout: float = 1.0  # a SIGTERMed worker lets running jobs finish this long (warm stop)
     max_jobs: int = 4
 
 
@@ -74,7 +75,7 @@ def worker_argv(folder: Path, name: str, url: str, ready: Path, timing: Timing) 
         "--db", str(folder / f"{name}.db"), "--max-jobs", str(timing.max_jobs),
         "--backoff-base", "0.05", "--backoff-cap", "0.5", "--connect-timeout", "3",
         "--handshake-timeout", "3", "--stop-timeout", str(timing.stop_timeout),
-        "--ready-file", str(ready),
+        "--drain-timeout", str(timing.drain_timeout), "--ready-file", str(ready),
     ]  # fmt: skip
 
 
@@ -188,7 +189,8 @@ class Cluster:
             proc.wait(10.0)
             self.procs.stop(proc, 0.0)  # forget it (and kill any member of its group left)
             return
-        grace = self.timing.stop_timeout + 10.0  # its own bound, plus start-up slack on a busy box
+        # Its own bound (a worker's drain first), plus start-up slack on a busy box.
+        grace = self.timing.stop_timeout + self.timing.drain_timeout + 10.0
         os.killpg(proc.pid, sig)
         try:
             code = proc.wait(grace)

@@ -3,7 +3,10 @@
 # Invariants:
 # - A job's owner is ``jobs.peer`` (the worker its request was appended for); "" means the job
 #   is queued: recorded, not yet routed. An attempt is routed at most once (assign_job() only
-#   moves a job from "" to a worker; a retry's release, storage/retries.py, makes it "" again).
+#   moves a job from "" to a worker), and becomes "" again only by a retry's release
+#   (storage/retries.py) or by its owner handing it back unstarted (release_job(): a draining
+#   worker; the attempt keeps its number). A worker's unfinished jobs are those it owns
+#   (outstanding_by_peer), so a release gives its credit back, in memory and after a restart.
 # - facilitator_workers holds one row per worker that reported anything; its specs are the
 #   latest reported. facilitator_worker_events keeps at most ``keep`` newest events per worker.
 # - Every function runs inside the caller's transaction when there is one (Database.transaction
@@ -25,6 +28,7 @@ __all__ = [
     "queued_jobs",
     "record_specs",
     "record_worker_events",
+    "release_job",
     "touch_worker",
     "worker_events",
     "worker_records",
@@ -83,6 +87,17 @@ def assign_job(db: Database, job_id: str, worker_id: str) -> bool:
     """
     with db.transaction(f"assign job {job_id!r}") as conn:
         cur = conn.execute("UPDATE jobs SET peer = ? WHERE job_id = ? AND peer = ''", (worker_id, job_id))
+    return cur.rowcount == 1
+
+
+def release_job(db: Database, job_id: str, worker_id: str) -> bool:
+    """Queue again a job ``worker_id`` owned (it handed it back unstarted); False otherwise.
+
+    Raises:
+        StorageError: The write failed.
+    """
+    with db.transaction(f"release job {job_id!r}") as conn:
+        cur = conn.execute("UPDATE jobs SET peer = '' WHERE job_id = ? AND peer = ?", (job_id, worker_id))
     return cur.rowcount == 1
 
 

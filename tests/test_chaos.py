@@ -71,6 +71,13 @@ def test_a_job_without_an_ending_is_unfinished() -> None:
     assert check_job("j", 2, good(2)[:-1], recorded=[1, 2]).unfinished == 1
 
 
+def test_a_job_handed_back_by_a_draining_worker_is_checked_from_its_last_hand_out() -> None:
+    history = [entry("accepted"), entry("released", "worker draining"), *good(2)]
+    assert check_job("j", 2, history, recorded=[1, 2]).ok
+    started_then_released = [entry("accepted"), entry("running"), entry("released"), *good(2)]
+    assert check_job("j", 2, started_then_released, recorded=[1, 2]).unexpected == 1
+
+
 def test_torn_record_lines_are_counted() -> None:
     records, torn = parse_records(['{"job": "a", "step": 1}', '{"job": "a", "st', '{"job": "a", "step": 2}'])
     assert records == {"a": [1, 2]} and torn == 1

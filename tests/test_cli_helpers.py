@@ -139,9 +139,11 @@ def services() -> Iterator[list[Service]]:
 
 
 def worker_args(tmp: Path, url: str, worker_id: str, key: Path, *extra: str) -> list[str]:
+    """A worker's flags; it stops promptly (``--drain-timeout 0``) unless ``extra`` says otherwise."""
     return [
         "worker", "--url", url, "--worker-id", worker_id, "--key-file", str(key),
         "--facilitator-key", FACILITATOR_PUBLIC,
         "--db", str(tmp / f"{worker_id}.db"), "--backoff-base", "0.05", "--backoff-cap", "0.3",
-        "--durability", "normal", "--ready-file", str(tmp / f"{worker_id}.ready"), *extra,
+        "--durability", "normal", "--ready-file", str(tmp / f"{worker_id}.ready"),
+        "--drain-timeout", "0", *extra,
     ]  # fmt: skip

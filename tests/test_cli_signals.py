@@ -40,7 +40,17 @@ def setup(tmp_path: Path) -> Iterator[tuple[Facilitator, TcpProxy, Path]]:
 def start_worker(tmp: Path, proxy: TcpProxy, key: Path, *extra: str) -> Service:
     (tmp / "w1.ready").unlink(missing_ok=True)
     args = worker_args(
-        tmp, proxy.url, "w1", key, "--max-jobs", "2", "--stop-timeout", str(STOP_TIMEOUT), *extra
+        tmp,
+        proxy.url,
+        "w1",
+        key,
+        "--max-jobs",
+        "2",
+        "--stop-timeout",
+        str(STOP_TIMEOUT),
+        "--drain-timeout",
+        "0",
+        *extra,
     )
     service = Service(args, tmp / "w1.log").start()
     service.ready(tmp / "w1.ready")
@@ -99,7 +109,9 @@ def test_signal_stops_within_bound_and_nothing_is_lost(
         summary = inspect_database(tmp_path / "w1.db")
         assert sum(s.depth_rows for s in summary.outbox) > 0  # the backlog is kept, not dropped
         # The two running jobs got their terminal status (cancelled) durably; the two that never
-        # started wait, durable, for the next start.
+        # started were handed back (`released`, durable in the outbox while the link is down):
+        # after the restart the facilitator queues them again and, w1 being its only worker,
+        # sends them back to it.
         assert summary.jobs_unfinished == 2
 
         proxy.block(False)

@@ -185,7 +185,9 @@ def test_facilitator_api_health_and_metrics(system: tuple[Facilitator, TcpProxy,
         assert status == 200 and job_id in {j["job_id"] for j in listed["jobs"]}
         status, workers = http("GET", base + "/workers")
         assert workers["workers"][0]["worker_id"] == "w1" and workers["workers"][0]["connected"] is True
-        assert http("POST", f"{base}/jobs/{job_id}/cancel", {})[1] == {"job_id": job_id, "cancelled": False}
+        assert http("POST", f"{base}/jobs/{job_id}/cancel", {})[1] == {
+            "job_id": job_id, "cancelled": False, "status": "completed",
+        }  # fmt: skip
 
         assert http("POST", base + "/jobs", raw=b"{not json")[0] == 400
         assert http("POST", base + "/jobs", {"kind": "echo", "colour": "red"}) == (

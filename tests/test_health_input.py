@@ -166,7 +166,11 @@ def test_ids_with_special_characters_can_be_viewed_and_cancelled(server: HealthS
         assert client.submit("k", None, job_id=job_id) == job_id
         assert client.job(job_id)["job_id"] == job_id  # was 404: "no job 'job%201'"
         cancelled = client.request("POST", f"/jobs/{quote(job_id, safe='')}/cancel", {"reason": "test"})
-        assert cancelled == {"job_id": job_id, "cancelled": True}  # queued (no worker): cancelled at once
+        assert cancelled == {
+            "job_id": job_id,
+            "cancelled": True,
+            "status": "cancelled",
+        }  # queued (no worker): cancelled at once
         assert client.job(job_id)["status"] == "cancelled"
     with pytest.raises(ApiError) as err:
         client.job("a/b-other")

@@ -127,7 +127,7 @@ def test_a_submit_token_submits_cancels_and_reads(authed: HealthServer, fac: Fac
     assert call(authed, "POST", "/jobs", job(), token=SUBMIT).status == 201
     assert call(authed, "GET", "/jobs/j1", token=SUBMIT).doc["kind"] == "k"
     cancel = call(authed, "POST", "/jobs/j1/cancel", b'{"reason": "r"}', token=SUBMIT)
-    assert cancel.status == 200 and cancel.doc == {"job_id": "j1", "cancelled": True}
+    assert cancel.status == 200 and cancel.doc == {"job_id": "j1", "cancelled": True, "status": "cancelled"}
     assert fac.jobs()[0].status == "cancelled"
 
 

@@ -111,6 +111,10 @@ class FacilitatorClient:
         query = urlencode({k: v for k, v in (("status", status), ("limit", limit)) if v is not None})
         return list(self.request("GET", f"/jobs?{query}")["jobs"])
 
+    def cancel(self, job_id: str, reason: str = "") -> dict[str, Any]:
+        """Cancel a job: ``{"job_id", "cancelled", "status"}`` (cancelling twice is harmless)."""
+        return dict(self.request("POST", f"/jobs/{quote(job_id, safe='')}/cancel", {"reason": reason}))
+
     def workers(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/workers")["workers"])
 

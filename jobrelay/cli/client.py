@@ -16,7 +16,14 @@ from jobrelay.cli.api_client import ApiError, FacilitatorClient
 from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
 
-__all__ = ["ApiError", "FacilitatorClient", "add_parsers", "api_token"]
+__all__ = [
+    "ApiError",
+    "FacilitatorClient",
+    "add_common",
+    "add_parsers",
+    "api_failure",
+    "api_token",
+]
 
 
 SUBMIT_EPILOG = """\
@@ -58,7 +65,8 @@ or ended other than completed; 2 bad arguments, or a missing, unknown or insuffi
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The flags every API command has: --facilitator, --timeout, --token-file, --json."""
     p.add_argument(
         "--facilitator",
         default=os.environ.get("JOBRELAY_FACILITATOR") or "http://127.0.0.1:8766",
@@ -112,7 +120,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         description="Submit a job through a running facilitator's HTTP API; prints the job id.",
         **kw,
     )
-    _common(p)
+    add_common(p)
     p.add_argument("kind", help="the job kind (a handler name on the worker, e.g. sleep or echo)")
     p.add_argument("--payload", default=None, help="the job's input as JSON (default: null)")
     p.add_argument(
@@ -167,7 +175,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         description="List a running facilitator's jobs, or show one job's status history.",
         **kw,
     )
-    _common(p)
+    add_common(p)
     p.add_argument("job_id", nargs="?", help="show this job's status history")
     p.add_argument("--status", default=None, help="only jobs whose last status is this")
     p.add_argument("--limit", type=count(0, 10_000), default=50, help="at most this many jobs (default 50)")
@@ -212,7 +220,7 @@ def run_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         view = client.wait(job_id, args.wait)
     except ApiError as exc:
-        return _api_failure(exc)
+        return api_failure(exc)
     _print_job(view, as_json=args.json)
     return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
 
@@ -248,7 +256,7 @@ def run_jobs(args: argparse.Namespace) -> int:
             return EXIT_OK
         jobs = client.jobs(args.status, args.limit)
     except ApiError as exc:
-        return _api_failure(exc)
+        return api_failure(exc)
     if args.json:
         print(json.dumps(jobs, indent=2))
     else:
@@ -270,7 +278,8 @@ def run_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _api_failure(exc: ApiError) -> int:
+def api_failure(exc: ApiError) -> int:
+    """Print the API error; its exit code (2 for a refused request or token, else 1)."""
     hint = " (set JOBRELAY_API_TOKEN or --token-file)" if exc.status == 401 else ""
     print(f"jobrelay: error: {exc}{hint}", file=sys.stderr)
     # 413: job too large; 401/403: the token is missing, unknown or of too small a scope

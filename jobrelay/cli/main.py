@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobrelay import __version__
-from jobrelay.cli import client, demo, facilitator, keygen, status, worker
+from jobrelay.cli import cancel, client, demo, facilitator, keygen, status, worker
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
 from jobrelay.cli.settings import LOG, add_flags
 from jobrelay.protocol.errors import JobrelayError
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     facilitator.add_parser(sub, parents=[common], **kw)
     worker.add_parser(sub, parents=[common], **kw)
     client.add_parsers(sub, **kw)
+    cancel.add_parser(sub, **kw)
     status.add_parser(sub, parents=[common], **kw)
     demo.add_parser(sub, parents=[common], **kw)
     return parser

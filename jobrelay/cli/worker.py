@@ -1,6 +1,7 @@
 # `jobrelay worker`: a long-running worker process. Invariants: configuration is fully checked
-# (one-line errors, exit 2) before any actor starts; SIGINT/SIGTERM drain and stop within
-# stop_timeout (exit 0); the health server starts after the worker and stops before it.
+# (one-line errors, exit 2) before any actor starts; SIGINT/SIGTERM drain (queued jobs handed
+# back, running ones given drain_timeout) and stop within drain_timeout + stop_timeout (exit 0);
+# the health server starts after the worker and stops before it.
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ examples:
   # show the settings it would use (and where each came from), then exit
   JOBRELAY_URL=ws://fac:8765 jobrelay worker --config worker.toml --print-config
 
-signals: SIGINT or SIGTERM drain and stop within --stop-timeout (exit 0); a second one exits at
-once with code 130 (everything accepted is already durable). Exit 2: bad configuration.
+signals: SIGINT or SIGTERM drains (exit 0): the facilitator is told, queued jobs are handed back
+to it for other workers, running jobs get --drain-timeout (default 30 s; 0: none) to finish and
+are then cancelled, and the stop takes at most --stop-timeout more. A second one exits at once
+with code 130 (everything accepted is already durable). Exit 2: bad configuration.
 """
 
 
@@ -116,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
         def stop(timeout: float) -> None:
             if http is not None:
                 http.stop()
-            worker.stop(timeout)
+            worker.stop(config.stop_timeout)
 
-        return ServiceLoop("worker", stop, config.stop_timeout, failed=lambda: _failed(worker)).run()
+        # The whole bound: running jobs may take drain_timeout to finish, then the stop itself.
+        bound = config.drain_timeout + config.stop_timeout
+        return ServiceLoop("worker", stop, bound, failed=lambda: _failed(worker)).run()
     finally:
         if http is not None:
             http.stop()
