@@ -1,6 +1,8 @@
 # The facilitator's retry bookkeeping in its jobs table. A job waiting for its next attempt has
 # last status ``retrying`` and still names the worker of the failed attempt (so nothing routes
-# it during its backoff); releasing it makes it queued (``peer = ''``), to be routed like a new job.
+# it during its backoff); releasing it makes it a queued job again (``peer = ''``, no status yet;
+# its history keeps the ``retrying`` entry), to be routed like a new job: once routed it holds its
+# worker's credit, and a restart or a cancel treats it as the routed job it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,7 +37,8 @@ def release_retries(db: Database, job_ids: Sequence[str]) -> list[str]:
     with db.transaction("release retries") as conn:
         for job_id in job_ids:
             cur = conn.execute(
-                "UPDATE jobs SET peer = '' WHERE job_id = ? AND status = ?", (job_id, _RETRYING)
+                "UPDATE jobs SET peer = '', status = NULL WHERE job_id = ? AND status = ?",
+                (job_id, _RETRYING),
             )
             if cur.rowcount:
                 released.append(job_id)

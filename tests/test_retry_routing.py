@@ -78,7 +78,7 @@ def test_a_retry_goes_only_to_a_worker_of_its_kind_with_credit(fac: Facilitator,
             time.sleep(1.0)
             view = fac.job("J")
             assert view is not None
-            assert (view.record.status, view.record.peer) == ("retrying", "")
+            assert (view.record.status, view.record.peer) == (None, "")  # queued again, unrouted
             unblock.set()  # B ends: its credit takes the retry
             wait_until(lambda: (v := fac.job("J")) is not None and v.record.status == "completed", 30)
     finally:
