@@ -13,11 +13,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from typing import Any
 
 import pykka
 from loguru import logger
-from pykka.typing import ActorMemberMixin, proxy_method
 
 from jobrelay.actors.actor_messages import (
     Beat,
@@ -40,24 +39,21 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig, load_key
+from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
-from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, NORMAL, close_code_for
+from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-__all__ = ["HANDOVER_WINDOWS", "ConnectionActor", "ConnectionProxy", "connection_proxy"]
-
-# What the worker closes with when the facilitator is not the one it pins.
-_NOT_OUR_FACILITATOR: Final = frozenset({ErrorCode.WRONG_KEY, ErrorCode.BAD_SIGNATURE})
-
+__all__ = ["HANDOVER_WINDOWS", "ConnectionActor"]
 
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
@@ -328,13 +324,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
         if isinstance(event, ev.PeerStreamStarted) and event.previous_epoch:
-            # A first stream is routine; a replaced one means the facilitator's store is new.
-            self._log.warning(
-                "facilitator stream has a new epoch {} (its store is new; was {}); resuming after {}",
-                event.epoch,
-                event.previous_epoch,
-                event.after,
-            )
+            log_new_epoch(self._log, event)
             self._counts["new_streams"] += 1
         send(self._router, event)  # the JobRouter owns the inbox: it records where the stream resumes
 
@@ -356,19 +346,8 @@ class ConnectionActor(pykka.ThreadingActor):
         self._driver = None
         self._shutdown(event.detail, close_code_for(event.code))
         send(self._outbox, SessionClosed(session.session_id))
-        who = "facilitator" if event.by_peer else "we"
         left_out, self._repeats = self._repeats.left_out(), Repeats()
-        why = " ".join(filter(None, [event.code, event.detail, left_out and f"(not logged: {left_out})"]))
-        hint = ""
-        if event.by_peer and event.code in AUTH_CODES:  # the facilitator refused us
-            hint = "check worker_id and key"
-        elif not event.by_peer and event.code in _NOT_OUR_FACILITATOR:  # we refused its identity
-            hint = "check facilitator_key and url"
-        if hint:
-            self._log.error("authentication failed ({} ended it): {}; {}", who, why, hint)
-        else:  # (a facilitator breaking the handshake's rules is a warning, not a misconfiguration)
-            log = self._log.warning if event.code is not None else self._log.info
-            log("connection closed ({} ended it): {}", who, why)
+        log_closed(self._log, event, left_out)
         self._backoff(event.detail, cause_logged=True)
 
     def _backoff(self, why: str, *, cause_logged: bool = False) -> None:
@@ -413,17 +392,3 @@ class ConnectionActor(pykka.ThreadingActor):
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
             send(ref, message)
-
-
-class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
-    """Typed proxy of ConnectionActor (every call returns a pykka Future)."""
-
-    state = proxy_method(ConnectionActor.state)
-    last_contact = proxy_method(ConnectionActor.last_contact)
-    connected_event = proxy_method(ConnectionActor.connected_event)
-    drain = proxy_method(ConnectionActor.drain)
-    drop = proxy_method(ConnectionActor.drop)
-
-
-def connection_proxy(ref: pykka.ActorRef[ConnectionActor]) -> ConnectionProxy:
-    return cast(ConnectionProxy, ref.proxy())

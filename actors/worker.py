@@ -8,14 +8,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pykka
 from loguru import logger
+from pykka.typing import ActorMemberMixin, proxy_method
 
 from jobrelay.actors.actor_messages import ConnectionState
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.connection import ConnectionActor, ConnectionProxy, connection_proxy
+from jobrelay.actors.connection import ConnectionActor
 from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
@@ -30,6 +31,20 @@ from jobrelay.storage import open_database
 __all__ = ["Worker", "start_worker"]
 
 _START_TIMEOUT = 10.0
+
+
+class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
+    """Typed proxy of ConnectionActor (every call returns a pykka Future); the Worker holds it."""
+
+    state = proxy_method(ConnectionActor.state)
+    last_contact = proxy_method(ConnectionActor.last_contact)
+    connected_event = proxy_method(ConnectionActor.connected_event)
+    drain = proxy_method(ConnectionActor.drain)
+    drop = proxy_method(ConnectionActor.drop)
+
+
+def connection_proxy(ref: pykka.ActorRef[ConnectionActor]) -> ConnectionProxy:
+    return cast(ConnectionProxy, ref.proxy())
 
 
 class Worker:

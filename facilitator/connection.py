@@ -31,6 +31,7 @@ from websockets.protocol import State
 
 from jobrelay.common.logs import Repeats
 from jobrelay.facilitator.admission import GatedConnection
+from jobrelay.facilitator.connection_log import log_closed, log_opened
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
 from jobrelay.facilitator.ws_connection import FrameConnection, recv_message
@@ -325,20 +326,7 @@ class WorkerConnection:
         self._arm_timer()  # from the handshake deadline to heartbeats and silence
         self._opened = True
         self.in_epoch = event.in_epoch
-        if event.new_out_stream and self._stored_out_last_seq:
-            self._log.warning(
-                "facilitator: worker does not know our stream (its store is new) worker={} resume_after={}",
-                self.worker_id,
-                event.resume_after,
-            )
-        if self.hub.chatter.allow("workers connected"):
-            self._log.info(
-                "facilitator: worker connected worker={} session={} resume_after={} in_hwm={}",
-                self.worker_id,
-                event.session_id,
-                event.resume_after,
-                event.in_hwm,
-            )
+        log_opened(self, event, self._stored_out_last_seq)
         self.wake()
         self.hub.worker_ready(self, True)
 
@@ -355,35 +343,9 @@ class WorkerConnection:
             self.released.set()  # no store operation of ours is in flight: a successor may start
         if event.code in AUTH_CODES:
             counters.add("auth_failures")
-        if not self.worker_id:
-            # Anyone can cause this line without a key: one per session, and per remote address
-            # at most a few a minute (the rest counted in the summary), never a flood.
-            if event.code is not None and self.hub.chatter.allow("handshakes refused", self._source()):
-                self._log.warning(
-                    "facilitator: {} worker={} code={} detail={}",
-                    "authentication failed" if event.code in AUTH_CODES else "handshake refused",
-                    self.session.peer_id or "?",
-                    event.code.value,
-                    event.detail,
-                )
-            return
-        if event.code is ErrorCode.HEARTBEAT_TIMEOUT:
+        if self.worker_id and event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        # One line per session that ends (worker connected has its own), summarised in a storm.
-        if self.worker_id and self.hub.chatter.allow("workers disconnected"):
-            left_out = self.repeats.left_out()
-            self._log.info(
-                "facilitator: worker disconnected worker={} code={} by_peer={} detail={}{}",
-                self.worker_id,
-                event.code.value if event.code else "normal",
-                event.by_peer,
-                event.detail,
-                f" (not logged one by one: {left_out})" if left_out else "",
-            )
-
-    def _source(self) -> str:
-        address = self.ws.remote_address
-        return str(address[0]) if address else "?"
+        log_closed(self, event)
 
     def _close_code(self) -> tuple[int, str]:
         request = self._close_request

@@ -29,6 +29,7 @@ from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.deadlines import StartDeadlines
+from jobrelay.facilitator.pacing import Chatter, NewestFirst
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.ready import ReadyWorkers
 from jobrelay.facilitator.retry_timers import RetryTimers
@@ -47,97 +48,7 @@ T = TypeVar("T")
 _REPLACE_WAIT: Final = 2.0  # longest a new connection waits for the one it replaces to let go
 _STORE_WAIT: Final = 30.0  # longest a connection waits for one store operation
 _ACCEPT_TROUBLE: Final = 10.0  # /healthz reports a failed accept() this long
-_LOG_EVERY: Final = 60.0  # the window of Chatter's per-source line budget
 _DISPATCH_DELAY: Final = 0.005  # ready workers within this window share one routing pass
-
-
-class NewestFirst:
-    """Handshake slots handed out newest waiter first. Under overload a waiter's worker gives up
-    after its own handshake timeout; serving the newest first serves workers that still wait,
-    where first-come-first-served would spend every slot on workers already gone (and their
-    retries would queue behind more of them: a storm that feeds itself)."""
-
-    def __init__(self, slots: int) -> None:
-        self.free = slots
-        self.waiting = 0
-        self._waiters: list[asyncio.Future[None]] = []
-
-    async def acquire(self) -> None:
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self.waiting += 1
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a slot just as it was cancelled: pass it on
-            raise
-        finally:
-            self.waiting -= 1
-
-    def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.pop()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
-
-
-class Chatter:
-    """Per-connection lines (connected, disconnected) one by one while they are few; in a storm
-    at most ``per_second`` of each kind a second, and one summary line for the rest, so ten
-    thousand reconnecting workers cost neither the loop its time nor the operator the log.
-    Lines anyone can cause without a key (refused handshakes) also name their ``source``: at
-    most ``per_source`` of those per remote address a minute, so one address cannot flood the
-    log or crowd out the lines of others."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, per_second: int = 20, per_source: int = 5) -> None:
-        self._loop = loop
-        self._per_second = per_second
-        self._per_source = per_source
-        self._second = 0
-        self._seen: dict[str, int] = {}
-        self._sources: dict[str, tuple[float, int]] = {}  # address → (its minute's start, lines)
-        self._left_out: dict[str, int] = {}
-        self._summary: asyncio.TimerHandle | None = None
-
-    def allow(self, kind: str, source: str = "") -> bool:
-        """True when a line of ``kind`` (from ``source``, if given) may be logged now; otherwise
-        it is counted."""
-        now = time.monotonic()
-        second = int(now)
-        if second != self._second:
-            self._second, self._seen = second, {}
-        if source:
-            start, lines = self._sources.get(source, (now, 0))
-            if now - start >= _LOG_EVERY:
-                start, lines = now, 0
-            if len(self._sources) > 10_000:
-                self._sources.clear()  # bounded: a flood of addresses only logs more
-            self._sources[source] = (start, lines + 1)
-            if lines >= self._per_source:
-                return self._leave_out(kind)
-        seen = self._seen[kind] = self._seen.get(kind, 0) + 1
-        if seen <= self._per_second:
-            return True
-        return self._leave_out(kind)
-
-    def _leave_out(self, kind: str) -> bool:
-        self._left_out[kind] = self._left_out.get(kind, 0) + 1
-        if self._summary is None:
-            self._summary = self._loop.call_later(1.0, self._summarise)
-        return False
-
-    def _summarise(self) -> None:
-        self._summary = None
-        left_out, self._left_out = self._left_out, {}
-        if left_out:
-            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(left_out.items()))
-            logger.info("facilitator: also {} in the last second (not logged one by one)", counts)
 
 
 class ConnectionHub:

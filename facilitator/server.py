@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import resource
-import secrets
+import functools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,33 +26,26 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server
 
 from jobrelay.common.loop import run_loop
-from jobrelay.facilitator.admission import gated_connection
 from jobrelay.facilitator.config import FacilitatorConfig
-from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.counters import Counters
-from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.descriptors import capacity, raise_open_file_limit, warn_if_small
 from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.facilitator.job_options import JobOptions
+from jobrelay.facilitator.job_requests import check_frame, make_requests
+from jobrelay.facilitator.listener import listen, on_loop_error
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
 from jobrelay.protocol.auth import public_key_hex
-from jobrelay.protocol.codec import check_sendable
-from jobrelay.protocol.errors import ConfigError, ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest
 from jobrelay.storage.ledger import JobRecord
 
 __all__ = ["Facilitator", "start_facilitator"]
 
-# Descriptors kept for the database, logs, the listeners and the HTTP API's connections (at most
-# jobrelay.common.http.MAX_CONNECTIONS).
-_FD_RESERVE: Final = 512
-_MIN_CONNECTIONS: Final = 16  # a facilitator with room for fewer refuses to start
-_QUIET_CAPACITY: Final = 10_000  # room for this many workers is not worth a warning at start
 _RECOVER_TIMEOUT = 30.0  # listing the retries left waiting at the last stop
 _NO_OPTIONS: Final = JobOptions()
 
@@ -177,7 +168,7 @@ class Facilitator:
             ValueError, JobTooLarge, TypeError, StorageError, TimeoutError: as for ``submit``
                 (a refused job refuses the whole call: nothing is stored).
         """
-        requests = self._requests(jobs, worker, options)
+        requests = make_requests(self.config, self.authorized, jobs, worker, options)
         start_by = options.start_by(self.config.schedule_to_start_timeout)
         self._not_on_loop("submit")
         hub = self.hub
@@ -199,7 +190,7 @@ class Facilitator:
         Raises:
             As ``submit_many``.
         """
-        requests = self._requests(jobs, worker, options)
+        requests = make_requests(self.config, self.authorized, jobs, worker, options)
         start_by = options.start_by(self.config.schedule_to_start_timeout)
         hub = self.hub
         future = self.store.submit_async(requests, worker, self._candidates(requests, worker), start_by)
@@ -217,32 +208,6 @@ class Facilitator:
         if worker is not None:
             return Candidates()  # a pinned job needs no choice
         return self.hub.candidates({r.kind for r in requests})
-
-    def _requests(
-        self,
-        jobs: Sequence[tuple[str, Any, str | None]],
-        worker: str | None,
-        options: JobOptions,
-    ) -> list[JobRequest]:
-        """The requests of ``jobs``, each checked before anything is stored.
-
-        Raises:
-            ValueError, JobTooLarge, TypeError: as for ``submit``.
-        """
-        if worker is not None and worker not in self.authorized:
-            raise ValueError(f"worker {worker!r} is not in the authorized keys")
-        options.check()
-        now = time.time()
-        requests: list[JobRequest] = []
-        for kind, payload, given_id in jobs:
-            job_id = given_id if given_id is not None else secrets.token_hex(12)
-            for name, value in (("kind", kind), ("job_id", job_id)):
-                if not 1 <= len(value) <= 256:
-                    raise ValueError(f"{name} must be 1..256 characters, got {value!r}")
-            request = options.request(job_id, kind, payload, now)
-            self._check_frame(request, f"job {job_id!r}")  # before anything is stored
-            requests.append(request)
-        return requests
 
     def _routed(self, assignments: Sequence[Assignment], requests: Sequence[JobRequest]) -> None:
         hub = self.hub
@@ -266,7 +231,8 @@ class Facilitator:
             StorageError: The cancel could not be stored.
             TimeoutError: The store did not answer in time.
         """
-        self._check_frame(JobCancel(job_id=job_id, reason=reason), f"the cancel of job {job_id!r}")
+        cancel = JobCancel(job_id=job_id, reason=reason)
+        check_frame(cancel, f"the cancel of job {job_id!r}", self.config.max_frame_bytes, self.config.formats)
         self._not_on_loop("cancel")
         done, worker, seq = self.store.cancel(
             job_id, reason, on_late=lambda r: self.hub.notify([Assignment(job_id, r[1], r[2])])
@@ -274,22 +240,6 @@ class Facilitator:
         if done and worker:
             self.hub.notify([Assignment(job_id, worker, seq)])
         return done
-
-    def _check_frame(self, body: JobRequest | JobCancel, what: str) -> None:
-        """Refuse a body that could not be sent in one frame in every offered codec: stored, it
-        would stop the worker's stream for good (every send of it fails).
-
-        Raises:
-            JobTooLarge: It does not fit in max_frame_bytes.
-            ValueError: A codec cannot encode it (e.g. msgpack and an integer beyond 64 bits).
-        """
-        try:
-            check_sendable(body, max_frame_bytes=self.config.max_frame_bytes, formats=self.config.formats)
-        except LocalProtocolError as exc:
-            detail = exc.detail.removeprefix("the message ")
-            if exc.code is ErrorCode.FRAME_TOO_LARGE:
-                raise JobTooLarge(f"{what} {detail}") from None
-            raise ValueError(f"{what} {detail}") from None
 
     def job(self, job_id: str) -> JobView | None:
         """The job's record, status history and payload, or None if unknown.
@@ -370,30 +320,9 @@ class Facilitator:
             )
 
     async def _listen(self) -> None:
-        config = self.config
-        # websockets logs an open and a close line per connection at INFO: with thousands of
-        # workers that drowns the facilitator's own (one line per worker connected/disconnected).
-        logging.getLogger("websockets.server").setLevel(logging.WARNING)
-        try:
-            self._server = await serve(
-                self.hub.handle,
-                config.host,
-                config.port,
-                compression=None,
-                max_size=config.max_frame_bytes,
-                ping_interval=None,
-                open_timeout=config.handshake_timeout,
-                close_timeout=CLOSE_TIMEOUT,
-                ssl=config.tls_context(),
-                backlog=config.listen_backlog,
-                create_connection=gated_connection(self.hub.gate),
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"FacilitatorConfig.port: cannot listen on {config.host}:{config.port} ({exc})"
-            ) from exc
+        self._server = await listen(self.config, self.hub)
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        self.url = f"{'wss' if config.tls_cert_file else 'ws'}://{config.host}:{self.port}"
+        self.url = f"{'wss' if self.config.tls_cert_file else 'ws'}://{self.config.host}:{self.port}"
 
     async def _shutdown(self) -> None:
         server = self._server
@@ -404,8 +333,8 @@ class Facilitator:
             await server.wait_closed()
 
     def _start(self) -> None:
-        self._fit_to_descriptors(_raise_open_file_limit())
-        self.loop.set_exception_handler(self._on_loop_error)
+        self._fit_to_descriptors(raise_open_file_limit())
+        self.loop.set_exception_handler(functools.partial(on_loop_error, self.hub))
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(30)
@@ -415,46 +344,12 @@ class Facilitator:
             raise
 
     def _fit_to_descriptors(self, usable: int) -> None:
-        """Size the connection limits to ``usable`` descriptors: unauthenticated connections
-        get at most half, workers the rest, so the listener never fails to accept.
-
-        Raises:
-            ConfigError: fewer than _MIN_CONNECTIONS connections would fit.
-        """
-        config = self.config
-        if usable < _MIN_CONNECTIONS:
-            raise ConfigError(
-                f"FacilitatorConfig.max_workers: the open-file limit leaves descriptors for "
-                f"{max(usable, 0)} connections ({_FD_RESERVE} are kept for the database, the HTTP "
-                f"API and logs); raise it (ulimit -n, LimitNOFILE=) to at least "
-                f"{_FD_RESERVE + _MIN_CONNECTIONS}"
-            )
-        unauthenticated = min(config.max_unauthenticated, usable // 2)
-        self.max_workers = min(config.max_workers, usable - unauthenticated)
-        self.hub.max_workers = self.max_workers
+        """Size the connection limits to ``usable`` descriptors (see descriptors.capacity)."""
+        limits = capacity(self.config, usable)
+        self.max_workers = self.hub.max_workers = limits.workers
         gate = self.hub.gate
-        gate.max_unauthenticated = unauthenticated
-        gate.max_connections = self.max_workers + unauthenticated
-
-    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        # asyncio pauses the listener for a second when accept() fails (out of descriptors) and
-        # then accepts again: note it so /healthz says so, and log it once a minute.
-        if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
-            self.hub.accept_failed(context.get("exception"))
-            return
-        loop.default_exception_handler(context)
-
-
-def _raise_open_file_limit() -> int:
-    """Raise the soft open-file limit to the hard one; the descriptors left for connections."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:  # pragma: no cover - the hard limit is ours to take
-            logger.warning("facilitator: could not raise the open-file limit to {}: {}", hard, exc)
-    return (1 << 30 if soft == resource.RLIM_INFINITY else soft) - _FD_RESERVE
+        gate.max_unauthenticated = limits.unauthenticated
+        gate.max_connections = limits.workers + limits.unauthenticated
 
 
 def start_facilitator(config: FacilitatorConfig) -> Facilitator:
@@ -488,20 +383,13 @@ def start_facilitator(config: FacilitatorConfig) -> Facilitator:
     except BaseException:
         facilitator.stop()
         raise
-    capacity = facilitator.max_workers
-    if capacity < min(config.max_workers, _QUIET_CAPACITY):
-        logger.warning(
-            "facilitator: the open-file limit allows about {} workers (max_workers {}); raise it "
-            "(ulimit -n, LimitNOFILE=) to hold more",
-            capacity,
-            config.max_workers,
-        )
+    warn_if_small(config, facilitator.max_workers)
     logger.info(
         "facilitator: listening url={} db={} workers={} capacity={} key={}",
         facilitator.url,
         config.db_path,
         len(authorized),
-        capacity,
+        facilitator.max_workers,
         facilitator.public_key,
     )
     return facilitator

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import queue
 import threading
@@ -22,6 +21,7 @@ from loguru import logger
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.queued import dispatch_queued, expire_queued
 from jobrelay.facilitator.retries import no_more_attempts
+from jobrelay.facilitator.settle import Outcome, release
 from jobrelay.facilitator.store_ops import (
     ENCODER,
     FACILITATOR_BODY,
@@ -147,10 +147,10 @@ class FacilitatorStore:
             except queue.Empty:
                 return
             if op is not _STOP:
-                _release([(op, None, StorageError("the facilitator store is stopped", path=self.path))])
+                release([(op.future, None, StorageError("the facilitator store is stopped", path=self.path))])
 
     def _group(self, state: StoreState, ops: list[_Op]) -> None:
-        done: list[tuple[_Op, Any, BaseException | None]] = []
+        done: list[Outcome] = []
         state.begin_group()
         try:
             with state.db.transaction("facilitator group commit"):
@@ -160,18 +160,18 @@ class FacilitatorStore:
                             result = op.fn(state)
                     except Exception as exc:  # the op, or releasing its savepoint, failed
                         state.rollback_op()
-                        done.append((op, None, exc))
+                        done.append((op.future, None, exc))
                     else:
                         state.commit_op()
-                        done.append((op, result, None))
+                        done.append((op.future, result, None))
         except Exception as exc:
             logger.error("facilitator store: group commit of {} operations failed: {}", len(ops), exc)
             state.rollback_group()
-            _release([(op, None, exc) for op in ops])
+            release([(op.future, None, exc) for op in ops])
             return
         self.commits += 1
         self.operations += len(ops)
-        _release(done)
+        release(done)
 
     def queue_op(self, name: str, fn: Callable[[StoreState], T]) -> Future[T]:
         """Queue ``fn`` for the store thread; its future resolves after the group commit.
@@ -378,31 +378,3 @@ class FacilitatorStore:
             )
 
         return self._call("read workers", op)
-
-
-def _release(done: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
-    """Hand each operation its result: concurrent futures at once, asyncio futures in one batch
-    per event loop (settled on that loop's thread)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-    for op, value, error in done:
-        future = op.future
-        if isinstance(future, asyncio.Future):
-            by_loop.setdefault(future.get_loop(), []).append((future, value, error))
-        else:
-            _set(future, value, error)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle, items)
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, error in items:
-        if not future.done():  # done: its waiter was cancelled
-            _set(future, value, error)
-
-
-def _set(future: Future[Any] | asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if error is None:
-        future.set_result(value)
-    else:
-        future.set_exception(error)

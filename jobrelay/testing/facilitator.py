@@ -17,11 +17,9 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.common.transport import TransportClosed
-from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.job_requests import check_frame
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import NonceRegistry, public_key_hex
-from jobrelay.protocol.codec import check_sendable
-from jobrelay.protocol.errors import ErrorCode, LocalProtocolError
 from jobrelay.protocol.messages import JobCancel, JobRequest, JobStatus, JobStatusUpdate
 from jobrelay.protocol.session import FacilitatorSession, SessionConfig
 from jobrelay.testing.memory import MemoryEnd, MemoryNetwork
@@ -60,8 +58,7 @@ class MemoryFacilitator:
         store: Its stream state; ``store.delivered`` is everything the worker sent, in order.
         sessions: Connections served so far (a reconnect counts again).
         closes: How each session ended, oldest first.
-        lock / changed: The lock guarding all of the above, and a condition notified whenever
-            something arrived or a session began or ended.
+        lock / changed: The lock over all of the above; a condition notified on every change.
     """
 
     url: ClassVar[str] = "ws://jobrelay-memory.invalid"
@@ -280,13 +277,7 @@ class MemoryFacilitator:
 
     def _publish(self, body: JobRequest | JobCancel, what: str) -> None:
         """Check that ``body`` can be sent, store it and send it if a session is open."""
-        try:
-            check_sendable(body, max_frame_bytes=self.config.max_frame_bytes, formats=self.config.formats)
-        except LocalProtocolError as exc:
-            detail = exc.detail.removeprefix("the message ")
-            if exc.code is ErrorCode.FRAME_TOO_LARGE:
-                raise JobTooLarge(f"{what} {detail}") from None
-            raise ValueError(f"{what} {detail}") from None
+        check_frame(body, what, self.config.max_frame_bytes, self.config.formats)
         self.store.publish(body)
         if self._session is not None:
             self._session.note_appended(self.store.out_last_seq)
