@@ -106,6 +106,7 @@ class SendData(_Msg, frozen=True):
 class Publish(_Msg, frozen=True):
     body: Any
     future: Any  # pykka.Future[int], resolved with the seq once durable
+    backlog: Any = None  # the handle's PublishBacklog, told when the Outbox takes the message
 
 
 # --- Connection ↔ JobRouter (the protocol's PeerStreamStarted/PeerStreamAdvanced events are told

@@ -5,6 +5,7 @@
 # share one commit; a publish accepted before stop() is stored or failed, never left unresolved.
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -25,11 +26,12 @@ from jobrelay.actors.actor_messages import (
 )
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.publisher import Publisher
+from jobrelay.protocol.errors import JobrelayError
 from jobrelay.protocol.events import RestartOwnStream
-from jobrelay.protocol.messages import WorkerBody
+from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import OutboxStats
 
-__all__ = ["OutboxActor", "OutboxHandle"]
+__all__ = ["OutboxActor", "OutboxBehind", "OutboxHandle", "PublishBacklog"]
 
 
 class _Flush(msgspec.Struct, frozen=True):
@@ -65,6 +67,8 @@ class OutboxActor(pykka.ThreadingActor):
             envelope = self.actor_inbox.get()
             if isinstance(envelope.message, Publish):
                 self._accept(envelope.message)
+                if len(self._batch) >= self.config.max_batch:
+                    self._commit()  # chunks: futures resolve as they go, no giant transaction
             elif envelope.reply_to is not None:
                 envelope.reply_to.set_exception(
                     exc_info=(pykka.ActorDeadError, pykka.ActorDeadError("Outbox stopped"), None)
@@ -92,6 +96,8 @@ class OutboxActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Publish):
             self._accept(message)
+            if message.backlog is not None:
+                message.backlog.taken()
             if self.actor_inbox.empty() or len(self._batch) >= self.config.max_batch:
                 self._commit()
             elif self._batch and not self._flush_pending:
@@ -144,24 +150,71 @@ class OutboxActor(pykka.ThreadingActor):
             send(self._connection, SendData(session, items))
 
 
+class OutboxBehind(JobrelayError):
+    """The Outbox has not taken the publishes queued before this one in time (back-pressure on
+    a caller publishing faster than the disk commits); nothing was stored."""
+
+
+class PublishBacklog:
+    """Backpressure for publishes the Outbox has not taken from its mailbox yet.
+
+    Without a bound a caller publishing in a loop grows the mailbox without end (memory, and a
+    stop that waits behind it); past ``limit`` a publisher waits for the Outbox to catch up, up to
+    ``timeout``, then the publish fails with OutboxFull like one that found no room.
+    """
+
+    def __init__(self, limit: int, timeout: float) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self._queued = 0
+        self._changed = threading.Condition()
+
+    def admit(self, *, always: bool = False) -> bool:
+        """Count one more queued publish; False when none fits within ``timeout``. ``always``
+        admits at once (a job's terminal status: it must never fail, and running jobs bound it)."""
+        with self._changed:
+            if not always and not self._changed.wait_for(lambda: self._queued < self.limit, self.timeout):
+                return False
+            self._queued += 1
+            return True
+
+    def taken(self) -> None:
+        with self._changed:
+            self._queued -= 1
+            if self._queued == self.limit - 1:
+                self._changed.notify_all()
+
+
 class OutboxHandle:
     """What callers use: ``publish(body)`` returns a future resolved with the seq once durable.
 
     Publishing is a `tell` (no blocking ask per message); concurrent publishes share a commit.
     """
 
-    def __init__(self, ref: pykka.ActorRef[OutboxActor]) -> None:
+    def __init__(self, ref: pykka.ActorRef[OutboxActor], backlog: PublishBacklog | None = None) -> None:
         self.actor_ref = ref
         self._proxy = cast(Any, ref.proxy())
+        self._backlog = backlog or PublishBacklog(limit=50_000, timeout=30.0)
 
     def publish(self, body: WorkerBody) -> pykka.Future[int]:
         """Durably queue ``body`` for the facilitator.
 
         The future fails with OutboxFull when there is no room within ``publish_timeout``,
-        TerminalStatusError for a second terminal status of a job, or StorageError.
+        OutboxBehind when the Outbox has not taken ``backlog.limit`` earlier publishes within
+        it, TerminalStatusError for a second terminal status of a job, or StorageError.
         """
         future: pykka.ThreadingFuture[int] = pykka.ThreadingFuture()
-        self.actor_ref.tell(Publish(body, future))
+        terminal = isinstance(body, JobStatusUpdate) and body.status.terminal
+        if not self._backlog.admit(always=terminal):
+            backlog = self._backlog
+            exc = OutboxBehind(f"{backlog.limit} publishes still queued after {backlog.timeout:g}s")
+            future.set_exception(exc_info=(OutboxBehind, exc, None))
+            return future
+        try:
+            self.actor_ref.tell(Publish(body, future, self._backlog))
+        except pykka.ActorDeadError:
+            self._backlog.taken()
+            raise
         return future
 
     def stats(self) -> pykka.Future[OutboxStats]:

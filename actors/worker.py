@@ -21,7 +21,7 @@ from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
 from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
-from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle
+from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle, PublishBacklog
 from jobrelay.actors.router import JobRouter, JobRouterProxy
 from jobrelay.common.logs import route_stdlib_logging
 from jobrelay.common.transport import Transport
@@ -31,6 +31,8 @@ from jobrelay.storage import open_database
 __all__ = ["Worker", "start_worker"]
 
 _START_TIMEOUT = 10.0
+# Publishes queued in the Outbox's mailbox before publishers wait (about 100 group commits).
+_PUBLISH_BACKLOG = 50_000
 
 
 class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
@@ -205,7 +207,8 @@ def start_worker(
         refs.append(metrics_ref)
         outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics_ref, clock=clock)
         refs.append(outbox_ref)
-        outbox = OutboxHandle(outbox_ref)
+        backlog = PublishBacklog(limit=_PUBLISH_BACKLOG, timeout=config.publish_timeout)
+        outbox = OutboxHandle(outbox_ref, backlog)
         router_ref = _Supervised.wrap(JobRouter, crashed).start(
             config, dict(handlers or {}), outbox=outbox, metrics=metrics_ref, clock=clock
         )

@@ -11,6 +11,7 @@ import pykka
 import pytest
 
 from jobrelay.actors import JobContext, start_worker
+from jobrelay.actors.outbox_actor import PublishBacklog
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ErrorCode, ProtocolError
 from jobrelay.protocol.messages import JobRequest, JobStatus, WorkerEvent
@@ -153,3 +154,27 @@ def test_a_message_msgpack_cannot_carry_is_refused_and_blocks_nothing(
         assert info.value.code is ErrorCode.INVALID_FIELD
         worker.outbox.publish(event("after")).get(timeout=5)
         facilitator.wait_for(lambda: event("after") in facilitator.store.delivered)
+
+
+def test_a_publisher_outrunning_the_outbox_waits_then_gets_outbox_behind() -> None:
+    backlog = PublishBacklog(limit=2, timeout=0.05)
+    assert backlog.admit() and backlog.admit()
+    assert not backlog.admit()  # a third waits its timeout, then fails: the mailbox stays bounded
+    assert backlog.admit(always=True)  # a job's terminal status is never refused
+    backlog.taken()
+    backlog.taken()
+    assert backlog.admit()
+    released = threading.Event()
+
+    def publish_when_room() -> None:
+        if waiting.admit():
+            released.set()
+
+    waiting = PublishBacklog(limit=1, timeout=10.0)
+    assert waiting.admit()
+    thread = threading.Thread(target=publish_when_room, daemon=True)
+    thread.start()
+    assert not released.wait(0.05)
+    waiting.taken()  # the Outbox took one: the waiting publisher goes on at once
+    assert released.wait(5)
+    thread.join(5)
