@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from jobrelay.actors.errors import NotConnected, WorkerCrashed
     from jobrelay.actors.handlers import Handler, JobCancelled, JobContext, RetryableError, resumable
     from jobrelay.actors.health import WorkerHealth, serve_worker
-    from jobrelay.actors.job_limits import TimeLimitExceeded, time_limits
+    from jobrelay.actors.job_limits import TimeLimitExceeded, concurrency, time_limits
     from jobrelay.actors.metrics import MetricsSnapshot
     from jobrelay.actors.worker import Worker, start_worker
 
@@ -37,6 +37,7 @@ __all__ = [
     "WorkerConfig",
     "WorkerCrashed",
     "WorkerHealth",
+    "concurrency",
     "generate_key",
     "load_key",
     "public_key_of",
@@ -66,6 +67,7 @@ _EXPORTS = {
     "resumable": "jobrelay.actors.handlers",
     "TimeLimitExceeded": "jobrelay.actors.job_limits",
     "time_limits": "jobrelay.actors.job_limits",
+    "concurrency": "jobrelay.actors.job_limits",
     "serve_worker": "jobrelay.actors.health",
     "start_worker": "jobrelay.actors.worker",
 }

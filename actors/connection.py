@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pykka
@@ -73,6 +73,8 @@ class ConnectionActor(pykka.ThreadingActor):
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
         kinds: the job kinds this worker runs, announced in every hello (None: any kind), with
             credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.
+        kind_credit: per kind with its own concurrency limit, the credit of that kind (its
+            concurrency + prefetch), announced with ``kinds``.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ConnectionActor(pykka.ThreadingActor):
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         kinds: Sequence[str] | None = None,
+        kind_credit: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -105,6 +108,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._clock = clock
         self._rand = rand
         self._kinds = None if kinds is None else tuple(kinds)
+        self._kind_credit = dict(kind_credit or {})
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
         self._retry = ReconnectPolicy(
@@ -292,6 +296,7 @@ class ConnectionActor(pykka.ThreadingActor):
             config=self.config.session_config(),
             kinds=self._kinds,
             credit=self.config.max_concurrent_jobs + self.config.prefetch,
+            kind_credit=self._kind_credit,
         )
 
         def write(frame: OutFrame) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "TIME_LIMIT",
     "Limits",
     "TimeLimitExceeded",
+    "concurrency",
     "limits_for",
     "run_limited",
     "time_limits",
@@ -59,6 +60,25 @@ def time_limits(*, soft: float | None = None, hard: float | None = None) -> Call
 
     def mark(handler: F) -> F:
         handler.time_limits = Limits(soft, hard)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def concurrency(limit: int) -> Callable[[F], F]:
+    """Mark a handler: at most ``limit`` jobs of its kind run at once on this worker (others
+    of the kind wait in order while other kinds use the free slots). The worker announces it to
+    the facilitator (hello ``kind_credit``), which then sends no more of that kind than
+    ``limit + prefetch``, so the rest can go to another worker.
+
+    Raises:
+        ValueError: ``limit`` is not an integer >= 1.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"concurrency: expected an integer >= 1, got {limit!r}")
+
+    def mark(handler: F) -> F:
+        handler.concurrency = limit  # type: ignore[attr-defined]
         return handler
 
     return mark

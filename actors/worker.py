@@ -171,6 +171,19 @@ class Worker:
                     ref.stop(block=False)
 
 
+def kind_credit(config: WorkerConfig, handlers: Mapping[str, Handler]) -> dict[str, int]:
+    """The credit of each kind whose handler limits its concurrency (``encode=2``): its
+    concurrency plus the prefetch, so the facilitator sends no more of that kind than can start
+    soon, however much total credit is left."""
+    total = config.max_concurrent_jobs + config.prefetch
+    out: dict[str, int] = {}
+    for kind, handler in handlers.items():
+        limit = getattr(handler, "concurrency", None)
+        if isinstance(limit, int) and limit >= 1:
+            out[kind] = min(total, limit + config.prefetch)
+    return out
+
+
 def start_worker(
     config: WorkerConfig,
     handlers: Mapping[str, Handler] | None = None,
@@ -234,6 +247,7 @@ def start_worker(
             subscribers=[metrics_ref],
             transport_factory=transport_factory,
             kinds=sorted(handlers or {}),
+            kind_credit=kind_credit(config, handlers or {}),
             clock=clock,
         )
         refs.append(connection_ref)

@@ -3,7 +3,9 @@
 # Invariants:
 # - A job is routed only to a worker that announced its kind (or announced no kinds: any kind)
 #   and whose unfinished jobs (``StoreState.outstanding``) stay within the credit it granted in
-#   its hello; pinned jobs (``submit --worker``) are the caller's choice and bypass both checks.
+#   its hello, and, for a kind with its own credit (hello ``kind_credit``), whose unfinished jobs
+#   of that kind (``StoreState.outstanding_kind``) stay within it too; pinned jobs
+#   (``submit --worker``) are the caller's choice and bypass every check.
 # - Among the workers that may take a job, the one with the most credit left wins (ties: by id),
 #   so a busy worker never holds jobs an idle one could start.
 # - Cost: a routing pass builds one heap per kind it meets, over the workers of that kind only;
@@ -24,10 +26,12 @@ _UNLIMITED: Final = 1 << 40  # the credit of a worker that set no limit
 
 
 class Offer(NamedTuple):
-    """A connected, non-draining worker and the credit it granted (None: no limit)."""
+    """A connected, non-draining worker and the credit it granted (None: no limit), in all and
+    for the kinds that have their own."""
 
     worker: str
     credit: int | None
+    kind_credit: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,15 @@ class Placer:
     def __init__(self, s: StoreState, candidates: Candidates) -> None:
         self._s = s
         self._candidates = candidates
-        self._heaps: dict[str, list[tuple[int, str, int | None]]] = {}
+        self._heaps: dict[str, list[tuple[int, str, Offer]]] = {}
 
-    def _free(self, worker: str, credit: int | None) -> int:
-        limit = _UNLIMITED if credit is None else credit
-        return limit - self._s.outstanding.get(worker, 0)
+    def _free(self, offer: Offer, kind: str) -> int:
+        limit = _UNLIMITED if offer.credit is None else offer.credit
+        free = limit - self._s.outstanding.get(offer.worker, 0)
+        own = offer.kind_credit.get(kind) if offer.kind_credit else None
+        if own is not None:
+            free = min(free, own - self._s.outstanding_kind.get((offer.worker, kind), 0))
+        return free
 
     def pick(self, kind: str) -> str:
         """A worker for one job of ``kind``, now counted as one more unfinished job there; ""
@@ -64,17 +72,17 @@ class Placer:
         heap = self._heaps.get(kind)
         if heap is None:
             offers = [*self._candidates.by_kind.get(kind, ()), *self._candidates.any_kind]
-            heap = self._heaps[kind] = [(-self._free(o.worker, o.credit), o.worker, o.credit) for o in offers]
+            heap = self._heaps[kind] = [(-self._free(o, kind), o.worker, o) for o in offers]
             heapq.heapify(heap)
         while heap:
-            neg_free, worker, credit = heap[0]
-            free = self._free(worker, credit)
+            neg_free, worker, offer = heap[0]
+            free = self._free(offer, kind)
             if free <= 0:
                 heapq.heappop(heap)
             elif free != -neg_free:
-                heapq.heapreplace(heap, (-free, worker, credit))  # picked for another kind meanwhile
+                heapq.heapreplace(heap, (-free, worker, offer))  # picked for another kind meanwhile
             else:
-                heapq.heapreplace(heap, (-(free - 1), worker, credit))
-                self._s.add_outstanding(worker, 1)
+                heapq.heapreplace(heap, (-(free - 1), worker, offer))
+                self._s.add_outstanding(worker, 1, kind)
                 return worker
         return ""

@@ -61,7 +61,9 @@ class ReadyWorkers:
         def offers(conns: Mapping[str, WorkerConnection]) -> list[Offer]:
             chosen = conns.values() if only is None else [c for w in only if (c := conns.get(w)) is not None]
             return [
-                Offer(c.worker_id, c.session.hello.credit if c.session.hello is not None else None)
+                Offer(c.worker_id, hello.credit, hello.kind_credit)
+                if (hello := c.session.hello)
+                else Offer(c.worker_id, None)
                 for c in chosen
                 if c.is_open
             ]

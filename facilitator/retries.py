@@ -60,7 +60,7 @@ def decide_retries(s: StoreState, worker_id: str, updates: Sequence[JobStatusUpd
         detail = f"attempt {update.attempt} failed: {update.detail}"[:1800]
         detail += f"; attempt {request.attempt} of {request.max_attempts} in {delay:g} s"
         out.append(msgspec.structs.replace(update, status=JobStatus.RETRYING, detail=detail))
-        s.add_outstanding(worker_id, -1)  # that attempt is over: the worker has room again
+        s.add_outstanding(worker_id, -1, request.kind)  # that attempt is over: the worker has room again
         retries.append(Retry(update.job_id, delay))
     return Decisions(out, retries, refused)
 

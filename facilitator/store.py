@@ -111,7 +111,11 @@ class FacilitatorStore:
     def _run(self) -> None:
         try:
             db = open_database(self.path, durability=self.durability)
-            state = StoreState(db, Inbox(db), JobLedger(db), routing.outstanding_by_peer(db))
+            by_kind = routing.outstanding_by_kind(db)
+            per_worker: dict[str, int] = {}
+            for (worker, _), count in by_kind.items():
+                per_worker[worker] = per_worker.get(worker, 0) + count
+            state = StoreState(db, Inbox(db), JobLedger(db), per_worker, by_kind)
         except BaseException as exc:
             self._ready.set_exception(exc)
             return

@@ -117,20 +117,23 @@ class _Undo:
 
     created: list[str] = field(default_factory=list)  # outbox streams opened (maybe created)
     counts: dict[str, int | None] = field(default_factory=dict)  # outstanding before (None: absent)
+    kind_counts: dict[tuple[str, str], int | None] = field(default_factory=dict)  # the same, by kind
 
 
 @dataclass
 class StoreState:
     """Everything the store thread owns.
 
-    Change ``outstanding`` only through ``add_outstanding`` and get outboxes only through
-    ``outbox``: both are journaled so ``rollback_op``/``rollback_group`` can undo them.
+    Change ``outstanding`` (per worker) and ``outstanding_kind`` (per worker and kind) only
+    through ``add_outstanding`` and get outboxes only through ``outbox``: all are journaled so
+    ``rollback_op``/``rollback_group`` can undo them.
     """
 
     db: Database
     inbox: Inbox
     ledger: JobLedger
     outstanding: dict[str, int]
+    outstanding_kind: dict[tuple[str, str], int] = field(default_factory=dict)
     outboxes: dict[str, Outbox] = field(default_factory=dict)
     # (deadline, job id) of queued jobs that must start by then (a heap; see queued.py)
     start_by: list[tuple[float, str]] = field(default_factory=list)
@@ -146,9 +149,12 @@ class StoreState:
             self.op_undo.created.append(worker_id)
         return box
 
-    def add_outstanding(self, worker_id: str, delta: int) -> None:
+    def add_outstanding(self, worker_id: str, delta: int, kind: str) -> None:
         self.op_undo.counts.setdefault(worker_id, self.outstanding.get(worker_id))
         self.outstanding[worker_id] = max(0, self.outstanding.get(worker_id, 0) + delta)
+        key = (worker_id, kind)
+        self.op_undo.kind_counts.setdefault(key, self.outstanding_kind.get(key))
+        self.outstanding_kind[key] = max(0, self.outstanding_kind.get(key, 0) + delta)
 
     def begin_group(self) -> None:
         self.group_undo = _Undo()
@@ -160,6 +166,8 @@ class StoreState:
         self.group_undo.created.extend(op.created)
         for worker_id, before in op.counts.items():
             self.group_undo.counts.setdefault(worker_id, before)
+        for key, was in op.kind_counts.items():
+            self.group_undo.kind_counts.setdefault(key, was)
 
     def rollback_op(self) -> None:
         self._undo(self.op_undo)
@@ -178,6 +186,11 @@ class StoreState:
                 self.outstanding.pop(worker_id, None)
             else:
                 self.outstanding[worker_id] = before
+        for key, was in undo.kind_counts.items():
+            if was is None:
+                self.outstanding_kind.pop(key, None)
+            else:
+                self.outstanding_kind[key] = was
 
 
 def submit_jobs(
@@ -202,7 +215,7 @@ def submit_jobs(
         s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
         if worker:
             if worker_id:
-                s.add_outstanding(worker, 1)  # the placer counted its own picks
+                s.add_outstanding(worker, 1, request.kind)  # the placer counted its own picks
             routed.setdefault(worker, []).append((request.job_id, payload))
         elif start_by is not None:
             heapq.heappush(s.start_by, (start_by, request.job_id))
@@ -266,7 +279,7 @@ def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpda
     mine: list[JobStatusUpdate] = []
     for update in statuses:
         owner = owners.get(update.job_id)
-        if owner == worker_id:
+        if owner is not None and owner.peer == worker_id:
             mine.append(update)
         elif owner is None:
             refused.append(Refusal(update.job_id, ErrorCode.JOB_NOT_YOURS, "unknown job"))
@@ -280,7 +293,7 @@ def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpda
     for update, result in zip(mine, results, strict=True):
         if result is StatusResult.RECORDED:
             if update.status.terminal:
-                s.add_outstanding(worker_id, -1)
+                s.add_outstanding(worker_id, -1, owners[update.job_id].kind)
         else:
             refused.append(Refusal(update.job_id, None, f"{update.status.value}: {result.value}"))
     return refused
@@ -302,7 +315,7 @@ def release_jobs(s: StoreState, worker_id: str, updates: Sequence[JobStatusUpdat
             continue  # its status was refused above (not this worker's job, or it had ended)
         if not routing.release_job(s.db, job_id, worker_id):
             continue  # not this worker's (refused above) or released before: nothing to undo
-        s.add_outstanding(worker_id, -1)
+        s.add_outstanding(worker_id, -1, record.kind)
         if job_id in cancels:
             s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=cancels[job_id] or "cancelled")
             continue

@@ -192,6 +192,14 @@ class Hello(_Message, tag="hello", frozen=True):
     # v3: how many unfinished job requests the facilitator may have at this worker at once (its
     # slots plus a small prefetch); None: no limit. 0 takes no jobs.
     credit: Annotated[int, msgspec.Meta(ge=0, le=MAX_INFLIGHT)] | None = None
+    # v3: per-kind credit for kinds with their own concurrency (e.g. encode=2): at most this many
+    # unfinished requests of that kind at once, within ``credit``. Absent kinds: only ``credit``.
+    kind_credit: (
+        Annotated[
+            dict[Id, Annotated[int, msgspec.Meta(ge=0, le=MAX_INFLIGHT)]], msgspec.Meta(max_length=MAX_KINDS)
+        ]
+        | None
+    ) = None
 
 
 class Challenge(_Message, tag="challenge", frozen=True):

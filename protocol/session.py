@@ -475,7 +475,8 @@ class WorkerSession(_Session[FacilitatorFrame]):
         nonce: a fresh random value (64 hex characters) for this connection, sent in hello.
         marks: durable stream state read from storage just before connecting.
         now: current time (seconds since the epoch; also used for the auth timestamp).
-        kinds / credit: announced in hello (see ``Hello``); None: any kind / no limit.
+        kinds / credit / kind_credit: announced in hello (see ``Hello``); None: any kind / no
+            limit / no per-kind limit.
     """
 
     _codec_incoming = FacilitatorFrame
@@ -492,6 +493,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
         config: SessionConfig | None = None,
         kinds: Sequence[str] | None = None,
         credit: int | None = None,
+        kind_credit: Mapping[str, int] | None = None,
     ) -> None:
         config = config or SessionConfig()
         super().__init__(
@@ -511,6 +513,7 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 nonce=nonce,
                 kinds=None if kinds is None else tuple(kinds),
                 credit=credit,
+                kind_credit=None if not kind_credit else dict(kind_credit),
             )
         )
 

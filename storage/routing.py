@@ -20,10 +20,12 @@ from jobrelay.protocol.messages import TERMINAL_STATUSES, JobStatus
 from jobrelay.storage.database import Database
 
 __all__ = [
+    "JobOwner",
     "QueuedJob",
     "WorkerRecord",
     "assign_job",
     "job_owners",
+    "outstanding_by_kind",
     "outstanding_by_peer",
     "queued_jobs",
     "record_specs",
@@ -60,22 +62,28 @@ class WorkerRecord(NamedTuple):
     last_seen: float | None
 
 
-def job_owners(db: Database, job_ids: Sequence[str]) -> dict[str, str]:
-    """The owner (``jobs.peer``) of each known job among ``job_ids``; unknown ids are absent.
+class JobOwner(NamedTuple):
+    peer: str  # the worker it was routed to ("" while queued)
+    kind: str
+
+
+def job_owners(db: Database, job_ids: Sequence[str]) -> dict[str, JobOwner]:
+    """The owner (``jobs.peer``) and kind of each known job among ``job_ids``; unknown ids are
+    absent.
 
     Raises:
         StorageError: The read failed.
     """
-    owners: dict[str, str] = {}
+    owners: dict[str, JobOwner] = {}
     unique = list(dict.fromkeys(job_ids))
     with db.guard("read job owners"):
         for start in range(0, len(unique), _CHUNK):
             chunk = unique[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for job_id, peer in db.conn.execute(
-                f"SELECT job_id, peer FROM jobs WHERE job_id IN ({marks})", chunk
+            for job_id, peer, kind in db.conn.execute(
+                f"SELECT job_id, peer, kind FROM jobs WHERE job_id IN ({marks})", chunk
             ):
-                owners[job_id] = peer
+                owners[job_id] = JobOwner(peer, kind)
     return owners
 
 
@@ -124,6 +132,20 @@ def queued_jobs(
         "list queued jobs",
     )
     return [QueuedJob(r[0], bytes(r[1]), r[2]) for r in rows]
+
+
+def outstanding_by_kind(db: Database) -> dict[tuple[str, str], int]:
+    """Unfinished routed jobs per ``(worker, kind)``.
+
+    Raises:
+        StorageError: The read failed.
+    """
+    rows = db.query(
+        f"SELECT peer, kind, count(*) FROM jobs WHERE peer != '' AND {_HOLDS_CREDIT} GROUP BY peer, kind",
+        (),
+        "count outstanding jobs by kind",
+    )
+    return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
 def outstanding_by_peer(db: Database) -> dict[str, int]:

@@ -15,7 +15,7 @@ import pykka
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors import Handler, JobContext, Worker, WorkerConfig, start_worker
+from jobrelay.actors import Handler, JobContext, Worker, WorkerConfig, concurrency, start_worker
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ErrorCode
@@ -288,3 +288,39 @@ def test_a_v2_hello_is_refused_by_version(fac: Facilitator) -> None:
         assert reply["type"] == "error" and reply["code"] == ErrorCode.UNSUPPORTED_VERSION.value
     finally:
         ws.close()
+
+
+def test_a_kind_with_its_own_concurrency_is_sent_no_more_than_that(fac: Facilitator, tmp_path: Path) -> None:
+    """w1 runs `encode` one at a time (`@concurrency(1)`, no prefetch) besides `thumb`; w2 runs
+    `encode` on 4 slots. Of 10 encode jobs w1 gets 1, w2 4, and 5 wait queued (before: w1 was
+    sent 4 encode jobs and 3 sat behind its one encode slot while w2 had room); w1's 3 other
+    slots still take `thumb` jobs."""
+    gate = threading.Event()
+
+    @concurrency(1)
+    def encode(job: JobRequest, ctx: JobContext) -> None:
+        gate.wait(30)
+
+    w1 = worker(fac, tmp_path, "w1", {"encode": encode, "thumb": quick}, slots=4, prefetch=0)
+    w2 = worker(fac, tmp_path, "w2", {"encode": lambda job, ctx: gate.wait(30)}, slots=4, prefetch=0)
+    try:
+        ids = fac.submit_many([("encode", i, None) for i in range(10)])
+
+        def peers() -> list[str]:
+            return sorted(v.record.peer for j in ids if (v := fac.job(j)) is not None)
+
+        expected = [""] * 5 + ["w1"] + ["w2"] * 4
+        wait_until(lambda: peers() == expected, 10, "1 encode job at w1, 4 at w2, 5 queued")
+        thumbs = fac.submit_many([("thumb", i, None) for i in range(3)])
+        wait_until(lambda: finished(fac, thumbs), 30, "3 thumb jobs on w1's free slots")
+        assert all((v := fac.job(j)) is not None and v.record.peer == "w1" for j in thumbs)
+        assert peers() == expected  # the thumb jobs' endings gave w1 no encode credit
+        gate.set()
+        wait_until(lambda: finished(fac, ids), 60, "10 encode jobs")
+        assert all((v := fac.job(j)) is not None and v.status == "completed" for j in ids)
+        encode_peaks = held_at_most(fac, [j for j in ids if (v := fac.job(j)) and v.record.peer == "w1"])
+        assert encode_peaks.get("w1", 0) <= 1, encode_peaks
+    finally:
+        gate.set()
+        w1.stop(5)
+        w2.stop(5)

@@ -43,8 +43,8 @@ def touch_then_fail(s: Any) -> None:
     """An operation that opens a never-seen worker's outbox (creating its stream row in its
     savepoint), counts a job for it, and then fails."""
     s.outbox("w9")
-    s.add_outstanding("w9", 1)
-    s.add_outstanding("w1", 1)
+    s.add_outstanding("w9", 1, "k")
+    s.add_outstanding("w1", 1, "k")
     raise RuntimeError("failed after creating the outbox")
 
 
@@ -85,8 +85,8 @@ def test_a_failed_group_commit_forgets_what_its_operations_did(store: Facilitato
 
     def opens_w9(s: Any) -> None:
         s.outbox("w9").append("job_request", b"{}")
-        s.add_outstanding("w9", 1)
-        s.add_outstanding("w1", 1)
+        s.add_outstanding("w9", 1, "k")
+        s.add_outstanding("w1", 1, "k")
 
     blocker = threading.Thread(target=call, args=("hold the store thread", lambda s: gate.wait(5)))
     blocker.start()
