@@ -36,13 +36,15 @@ class Offer(NamedTuple):
 
 @dataclass(frozen=True)
 class Candidates:
-    """The workers that may take jobs now: by kind, and those that run any kind."""
+    """The workers that may take jobs now: by kind, those that run any kind, and all of them (a
+    job pinned to one of them goes to it whatever its kind and credit)."""
 
     by_kind: Mapping[str, Sequence[Offer]] = field(default_factory=dict)
     any_kind: Sequence[Offer] = ()
+    ready: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.by_kind) or bool(self.any_kind)
+        return bool(self.by_kind) or bool(self.any_kind) or bool(self.ready)
 
 
 class Placer:

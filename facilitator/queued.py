@@ -3,6 +3,8 @@
 # Invariants:
 # - Queued jobs are routed oldest first; a kind no candidate can take any more is left out of the
 #   following reads, so one pass costs O(jobs routed + kinds), not O(queued) per freed slot.
+# - A job pinned to a worker that waits (its retry, or a hand-back when that worker drained) goes
+#   only to that worker, when it is ready again; other workers never see it.
 # - A job still queued when its start deadline passes ends ``failed`` with detail ``no_worker``
 #   (exactly once: the ledger keeps one terminal status). Deadlines live in memory: a restarted
 #   facilitator applies its default (``schedule_to_start_timeout``) to the jobs it finds queued.
@@ -30,16 +32,18 @@ def dispatch_queued(s: StoreState, candidates: Candidates) -> tuple[list[Assignm
     Returns:
         The assignments, and whether jobs are still queued.
     """
-    out: list[Assignment] = []
-    if not candidates:
-        return out, bool(routing.queued_jobs(s.db, 1))
+    out = _dispatch_pinned(s, candidates)
+    pinned_left = routing.any_pinned_waiting(s.db)
+    if not candidates.by_kind and not candidates.any_kind:
+        return out, pinned_left or bool(routing.queued_jobs(s.db, 1))
     placer = Placer(s, candidates)
     only = None if candidates.any_kind else sorted(candidates.by_kind)
     blocked: set[str] = set()
     while True:
         queued = routing.queued_jobs(s.db, _PAGE, kinds=only, excluding=sorted(blocked))
         if not queued:
-            return out, bool(blocked) or (only is not None and bool(routing.queued_jobs(s.db, 1)))
+            left = bool(blocked) or (only is not None and bool(routing.queued_jobs(s.db, 1)))
+            return out, left or pinned_left
         for job in queued:
             if job.kind in blocked:
                 continue
@@ -51,6 +55,19 @@ def dispatch_queued(s: StoreState, candidates: Candidates) -> tuple[list[Assignm
             out.append(Assignment(job.job_id, worker, s.outbox(worker).append("job_request", job.payload)))
         if only is not None and blocked.issuperset(only):
             return out, True
+
+
+def _dispatch_pinned(s: StoreState, candidates: Candidates) -> list[Assignment]:
+    """Jobs pinned to a worker (``submit --worker``) whose retry or hand-back waits for it go
+    back to it once it is ready, whatever their kind and its credit (the operator's choice)."""
+    out: list[Assignment] = []
+    if not candidates.ready:
+        return out
+    for worker, job in routing.queued_pinned(s.db, sorted(candidates.ready)):
+        routing.assign_job(s.db, job.job_id, worker)
+        s.add_outstanding(worker, 1, job.kind)
+        out.append(Assignment(job.job_id, worker, s.outbox(worker).append("job_request", job.payload)))
+    return out
 
 
 def expire_queued(s: StoreState, now: float) -> list[str]:

@@ -54,8 +54,9 @@ class ReadyWorkers:
                     del self._by_kind[kind]
 
     def candidates(self, kinds: Iterable[str] | None, workers: Iterable[str] | None) -> Candidates:
-        """The open ones that run any of ``kinds`` (None: every kind), with the credit each
-        granted; only those among ``workers`` if given. O(workers of those kinds)."""
+        """The open ones that run any of ``kinds`` (None: every kind, and every open one as
+        ``ready``), with the credit each granted; only those among ``workers`` if given.
+        O(workers of those kinds)."""
         only = None if workers is None else list(workers)
 
         def offers(conns: Mapping[str, WorkerConnection]) -> list[Offer]:
@@ -75,4 +76,6 @@ class ReadyWorkers:
             found = offers(takers) if takers else []
             if found:
                 by_kind[kind] = found
-        return Candidates(by_kind, offers(self._any_kind))
+        # Pinned jobs are only waited for by routing passes (kinds None): a submit skips the cost.
+        ready = frozenset(o.worker for o in offers(self.by_worker)) if kinds is None else frozenset()
+        return Candidates(by_kind, offers(self._any_kind), ready)

@@ -212,7 +212,7 @@ def submit_jobs(
             continue
         worker = worker_id or placer.pick(request.kind)
         payload = ENCODER.encode(request)
-        s.ledger.record_request(request.job_id, request.kind, payload, peer=worker)
+        s.ledger.record_request(request.job_id, request.kind, payload, peer=worker, pinned=worker_id or "")
         if worker:
             if worker_id:
                 s.add_outstanding(worker, 1, request.kind)  # the placer counted its own picks

@@ -105,7 +105,9 @@ class JobLedger:
     def __repr__(self) -> str:
         return f"<JobLedger of {self._db.path}>"
 
-    def record_request(self, job_id: str, kind: str, payload: bytes, peer: str = "") -> bool:
+    def record_request(
+        self, job_id: str, kind: str, payload: bytes, peer: str = "", pinned: str = ""
+    ) -> bool:
         """Record a job request; recognise a repeated one.
 
         Args:
@@ -113,6 +115,7 @@ class JobLedger:
             kind: The job kind (handler name).
             payload: The encoded request payload.
             peer: The worker id it belongs to ("" on a worker's own ledger).
+            pinned: The worker it was submitted for: its retries and hand-backs wait for it.
 
         Returns:
             True if the job is new; False if it was already recorded (its attempts count is
@@ -127,9 +130,9 @@ class JobLedger:
                 conn.execute("UPDATE jobs SET attempts = attempts + 1 WHERE job_id = ?", (job_id,))
                 return False
             conn.execute(
-                "INSERT INTO jobs (job_id, kind, payload, peer, status, detail, progress, "
-                "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, NULL, '', NULL, 1, ?, ?)",
-                (job_id, kind, payload, peer, now, now),
+                "INSERT INTO jobs (job_id, kind, payload, peer, pinned, status, detail, progress, "
+                "attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, NULL, '', NULL, 1, ?, ?)",
+                (job_id, kind, payload, peer, pinned, now, now),
             )
         return True
 

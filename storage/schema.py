@@ -12,6 +12,8 @@
 # Tables (v2, used by the reference facilitator; see storage/routing.py):
 #   facilitator_workers(worker_id PK, specs, specs_at, last_event, last_seen)
 #   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
+# v3: jobs.pinned, the worker a job was submitted for ('' when the facilitator chooses): a retry
+#   or a hand-back of a pinned job waits for that worker, never another one.
 from __future__ import annotations
 
 import time
@@ -148,9 +150,14 @@ def _v2_facilitator(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _v3_pins(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE jobs ADD COLUMN pinned TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
+    Migration(3, "jobs pinned to a worker", _v3_pins),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -301,8 +301,14 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
         with open_database(path) as db:
             assert db.schema_version == 1
             assert Outbox(db).append("k", b"kept") == 1
+            db.conn.execute(  # a job row as v1 wrote it (no pinned column)
+                "INSERT INTO jobs (job_id, kind, payload, peer, detail, attempts, created_at, updated_at) "
+                "VALUES ('j1', 'k', x'7b7d', 'w1', '', 1, 0, 0)"
+            )
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 2
+        assert db.schema_version == SCHEMA_VERSION == 3
         assert {"facilitator_workers", "facilitator_worker_events"} <= set(db.su.table_names())
         assert [r.payload for r in Outbox(db).pending()] == [b"kept"]
+        # v3: an old job is pinned to nobody (the facilitator chose its worker), and keeps its owner
+        assert db.query("SELECT peer, pinned FROM jobs WHERE job_id = 'j1'", (), "read") == [("w1", "")]
