@@ -15,7 +15,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import pykka
@@ -87,6 +87,11 @@ class JobRouter(pykka.ThreadingActor):
             # may still be working on it (its watchdog kills it with the worker; this makes sure).
             self._processes.end_leftovers()
         for record in self._ledger.unfinished():
+            if record.cancel_reason is not None and record.status != JobStatus.RELEASED.value:
+                # Its cancel arrived before the restart: that is its ending, whatever it was doing.
+                logger.info("job {} was cancelled before the restart: ending it cancelled", record.job_id)
+                self._finish(record.job_id, JobStatus.CANCELLED, record.cancel_reason)
+                continue
             payload = self._ledger.payload(record.job_id)
             if record.status is None and payload is not None:
                 self._route(msgspec.json.decode(payload, type=JobRequest))  # recorded, not yet accepted
@@ -242,7 +247,9 @@ class JobRouter(pykka.ThreadingActor):
     def _record(self, body: FacilitatorBody, payload: bytes) -> bool:
         """Inside the intake transaction: True when ``body`` must be acted on (a new job, a cancel)."""
         assert self._ledger is not None
-        if not isinstance(body, JobRequest):
+        if isinstance(body, JobCancel):
+            # Kept with the intake: a kill -9 before the handler stops still ends it cancelled.
+            self._ledger.request_cancel(body.job_id, _cancel_reason(body))
             return True
         send(self._metrics, Count("jobs_received"))
         if self._is_new(body, payload):
@@ -267,7 +274,7 @@ class JobRouter(pykka.ThreadingActor):
             case JobRequest():
                 self._route(body)
             case JobCancel():
-                self._cancel(body.job_id, body.reason or "cancelled by facilitator")
+                self._cancel(body.job_id, _cancel_reason(body))
 
     def _route(self, job: JobRequest) -> None:
         if job.kind not in self._handlers:
@@ -369,21 +376,5 @@ class JobRouter(pykka.ThreadingActor):
         )
 
 
-class JobRouterProxy:
-    """Typed handle on the JobRouter (calls return pykka Futures)."""
-
-    def __init__(self, ref: pykka.ActorRef[JobRouter]) -> None:
-        self.actor_ref = ref
-        self._proxy = cast(Any, ref.proxy())
-
-    def register(self, kind: str, handler: Handler) -> pykka.Future[None]:
-        return cast("pykka.Future[None]", self._proxy.register(kind, handler))
-
-    def running(self) -> pykka.Future[list[str]]:
-        return cast("pykka.Future[list[str]]", self._proxy.running())
-
-    def drain(self, reason: str, *, cancel_running: bool = True) -> pykka.Future[int]:
-        return cast("pykka.Future[int]", self._proxy.drain(reason, cancel_running=cancel_running))
-
-    def in_marks(self) -> pykka.Future[tuple[str, int]]:
-        return cast("pykka.Future[tuple[str, int]]", self._proxy.in_marks())
+def _cancel_reason(cancel: JobCancel) -> str:
+    return cancel.reason or "cancelled by facilitator"

@@ -22,7 +22,8 @@ from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
 from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
 from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle, PublishBacklog
-from jobrelay.actors.router import JobRouter, JobRouterProxy
+from jobrelay.actors.router import JobRouter
+from jobrelay.actors.router_proxy import JobRouterProxy
 from jobrelay.common.logs import route_stdlib_logging
 from jobrelay.common.transport import Transport
 from jobrelay.protocol.streams import StreamMarks

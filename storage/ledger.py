@@ -29,7 +29,7 @@ _TERMINAL: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 _UNFINISHED_SQL: Final = "status IS NULL OR status NOT IN ({})".format(
     ", ".join(f"'{s}'" for s in sorted(_TERMINAL))
 )
-_COLUMNS: Final = "job_id, kind, status, detail, progress, attempts, created_at, updated_at, peer"
+_COLUMNS: Final = "job_id, kind, status, detail, progress, attempts, created_at, updated_at, peer, cancel_reason"
 
 
 class JobRecord(NamedTuple):
@@ -44,6 +44,7 @@ class JobRecord(NamedTuple):
     created_at: float
     updated_at: float
     peer: str
+    cancel_reason: str | None = None  # a cancel arrived for it (worker side); None: none did
 
 
 class _Attempt(msgspec.Struct):
@@ -136,6 +137,20 @@ class JobLedger:
             )
         return True
 
+    def request_cancel(self, job_id: str, reason: str) -> bool:
+        """Keep that a cancel arrived for the unfinished job ``job_id``; False when it is unknown
+        or has ended. Call it in the transaction that takes the cancel in, so that a restart
+        after a crash still ends the job ``cancelled`` (``JobRecord.cancel_reason``).
+
+        Raises:
+            StorageError: The write failed.
+        """
+        with self._db.transaction(f"keep the cancel of {job_id!r}") as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET cancel_reason = ? WHERE job_id = ? AND ({_UNFINISHED_SQL})", (reason, job_id)
+            )
+        return cur.rowcount == 1
+
     def start_attempt(self, job_id: str, attempt: int, payload: bytes) -> bool:
         """A later attempt of a recorded job (a retry): new work if ``attempt`` is above the
         stored request's. Its request replaces the stored one and its status starts again
@@ -153,7 +168,7 @@ class JobLedger:
                 return False
             conn.execute(
                 "UPDATE jobs SET payload = ?, status = NULL, detail = '', progress = NULL, "
-                "attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
+                "cancel_reason = NULL, attempts = attempts + 1, updated_at = ? WHERE job_id = ?",
                 (payload, self._clock(), job_id),
             )
         return True

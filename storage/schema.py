@@ -13,7 +13,9 @@
 #   facilitator_workers(worker_id PK, specs, specs_at, last_event, last_seen)
 #   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
 # v3: jobs.pinned, the worker a job was submitted for ('' when the facilitator chooses): a retry
-#   or a hand-back of a pinned job waits for that worker, never another one.
+#   or a hand-back of a pinned job waits for that worker, never another one; jobs.cancel_reason,
+#   set (on the worker) in the same transaction that takes in a job's cancel, so a cancel that
+#   arrived before a kill -9 still ends the job `cancelled` after the restart.
 from __future__ import annotations
 
 import time
@@ -150,14 +152,15 @@ def _v2_facilitator(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
-def _v3_pins(db: sqlite_utils.Database) -> None:
+def _v3_pins_and_cancels(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN pinned TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE jobs ADD COLUMN cancel_reason TEXT")
 
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
-    Migration(3, "jobs pinned to a worker", _v3_pins),
+    Migration(3, "jobs pinned to a worker; cancels kept", _v3_pins_and_cancels),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -200,3 +200,43 @@ def test_cancel_after_the_ending_is_a_no_op_that_says_so(setup: Setup) -> None:
     assert facilitator_history(s, job_id) == before == worker_history(s, job_id)
     code, out = cancel(s, "no-such-job")
     assert code == 1 and "no job 'no-such-job'" in out, out
+
+
+def test_a_cancel_taken_in_before_a_kill_9_still_ends_the_job_cancelled(setup: Setup) -> None:
+    """The worker took the cancel in (durably) but its handler had not stopped yet when the
+    worker was killed: after the restart the job ends `cancelled` with the cancel's reason
+    (before: `failed: worker_restarted`, and a resumable handler would have run it again)."""
+    s = setup
+    stubborn = [
+        "--handler",
+        "stubborn=sh -c 'trap \"\" TERM; sleep 60'",
+        "--handler-option",
+        "stubborn:kill_after=60",
+    ]
+    with services() as running:
+        (s.tmp / "w1.ready").unlink(missing_ok=True)
+        args = worker_args(s.tmp, s.proxy.url, "w1", s.key, "--max-jobs", "1", *stubborn)
+        worker = Service(args, s.tmp / "w1.log").start()
+        running.append(worker)
+        worker.ready(s.tmp / "w1.ready")
+        job_id = s.fac.submit("stubborn", None, worker="w1")
+        wait_until(lambda: status(s, job_id) == "running", what="running")
+        code, out = cancel(s, job_id)
+        assert code == 0, out
+        wait_until(lambda: cancel_kept(s, job_id), what="the cancel taken in by the worker")
+        assert status(s, job_id) == "running"  # the handler ignores SIGTERM for a minute
+        worker.kill()
+        worker = Service(args, s.tmp / "w1.log").start()
+        running.append(worker)
+        wait_until(lambda: status(s, job_id) == "cancelled", what="cancelled after the restart")
+        stop(worker)
+    assert_cancelled_once(s, job_id)
+
+
+def cancel_kept(s: Setup, job_id: str) -> bool:
+    db = open_database(s.tmp / "w1.db", readonly=True, check=False)
+    try:
+        record = JobLedger(db).get(job_id)
+        return record is not None and record.cancel_reason is not None
+    finally:
+        db.close()

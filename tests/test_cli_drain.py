@@ -82,12 +82,14 @@ def test_warm_shutdown_finishes_running_jobs_and_hands_queued_ones_to_the_other_
 ) -> None:
     s = setup
     with services() as running:
-        w1 = start(s, running, "w1", "--drain-timeout", "20")
-        w2 = start(s, running, "w2", "--drain-timeout", "0")
-        slow = s.fac.submit("sleep", {"seconds": 2, "steps": 4}, worker="w1")
+        # w1 alone first, 1 slot and credit for 3 more: the facilitator sends it all four jobs
+        # (not pinned: a job pinned with `worker=` would wait for w1 instead of moving).
+        w1 = start(s, running, "w1", "--drain-timeout", "20", "--prefetch", "3")
+        slow = s.fac.submit("sleep", {"seconds": 2, "steps": 4})
         wait_until(lambda: status(s, slow) == "running", what="slow job running")
-        queued = [s.fac.submit("sleep", {"seconds": 0.1, "steps": 1}, worker="w1") for _ in range(3)]
+        queued = [s.fac.submit("sleep", {"seconds": 0.1, "steps": 1}) for _ in range(3)]
         wait_until(lambda: all(status(s, j) == "accepted" for j in queued), what="queued at w1")
+        w2 = start(s, running, "w2", "--drain-timeout", "0")
 
         w1.signal(signal.SIGTERM)
         assert w1.wait(25) == 0, w1.text()[-3000:]

@@ -45,7 +45,7 @@ def history(fac: Facilitator, job_id: str) -> list[str]:
 
 def test_a_released_job_goes_to_another_worker(fac: Facilitator, workers: list[TestWorker]) -> None:
     w1 = connect(fac, workers, "w1")
-    job_id = fac.submit("echo", "hi", worker="w1")
+    job_id = fac.submit("echo", "hi")  # w1 is the only worker: it goes there (not pinned)
     w1.wait_for(lambda: requests(w1) == [job_id])
     w1.status(job_id, JobStatus.ACCEPTED)
     w2 = connect(fac, workers, "w2")
