@@ -21,6 +21,7 @@ from typing import Any
 import websocket
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from jobrelay.actors import WorkerConfig
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.auth import public_key_hex
@@ -32,6 +33,22 @@ from .protocol_harness import FACILITATOR_KEY, FACILITATOR_PUBLIC, send_window
 
 KEYS: dict[str, Ed25519PrivateKey] = {f"w{i}": Ed25519PrivateKey.generate() for i in (1, 2, 3)}
 AUTHORIZED: dict[str, str] = {worker_id: public_key_hex(key) for worker_id, key in KEYS.items()}
+
+
+def worker_config(fac: Facilitator, tmp_path: Path, worker_id: str, **changes: Any) -> WorkerConfig:
+    """A config for worker ``worker_id`` (one of KEYS) of ``fac``, db in tmp_path, quick to
+    reconnect; ``changes`` override any field."""
+    values: dict[str, Any] = {
+        "url": fac.url,
+        "worker_id": worker_id,
+        "key": KEYS[worker_id].private_bytes_raw().hex(),
+        "facilitator_key": FACILITATOR_PUBLIC,
+        "db_path": str(tmp_path / f"{worker_id}.db"),
+        "backoff_base": 0.05,
+        "backoff_cap": 0.2,
+    }
+    values.update(changes)
+    return WorkerConfig(**values)
 
 
 def make_facilitator(tmp_path: Path, **overrides: Any) -> Facilitator:

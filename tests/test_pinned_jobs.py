@@ -8,15 +8,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pykka
 import pytest
 
 from jobrelay.actors import JobContext, RetryableError, WorkerConfig, start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.messages import JobRequest
-from tests.facilitator_client import KEYS, wait_until
-from tests.protocol_harness import FACILITATOR_PUBLIC
+from tests.facilitator_client import wait_until, worker_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,18 +26,7 @@ def _stop_all() -> Iterator[None]:
 
 
 def config(fac: Facilitator, tmp_path: Path, worker_id: str, **changes: object) -> WorkerConfig:
-    base = WorkerConfig(
-        url=fac.url,
-        worker_id=worker_id,
-        key=KEYS[worker_id].private_bytes_raw().hex(),
-        facilitator_key=FACILITATOR_PUBLIC,
-        db_path=str(tmp_path / f"{worker_id}.db"),
-        backoff_base=0.05,
-        backoff_cap=0.2,
-        max_concurrent_jobs=1,
-        prefetch=0,
-    )
-    return msgspec.structs.replace(base, **changes)
+    return worker_config(fac, tmp_path, worker_id, **{"max_concurrent_jobs": 1, "prefetch": 0, **changes})
 
 
 def statuses(fac: Facilitator, job_id: str) -> list[str]:

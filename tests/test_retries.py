@@ -17,12 +17,11 @@ import msgspec
 import pykka
 import pytest
 
-from jobrelay.actors import CommandHandler, JobContext, RetryableError, WorkerConfig, start_worker
+from jobrelay.actors import CommandHandler, JobContext, RetryableError, start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.facilitator.http_api import serve_facilitator
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
-from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until
-from tests.protocol_harness import FACILITATOR_PUBLIC
+from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until, worker_config
 from tests.test_health import http
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,18 +33,6 @@ TERMINAL = {"completed", "failed", "rejected", "cancelled"}
 def _stop_all() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(timeout=5)
-
-
-def worker_config(fac: Facilitator, tmp_path: Path, worker_id: str) -> WorkerConfig:
-    return WorkerConfig(
-        url=fac.url,
-        worker_id=worker_id,
-        key=KEYS[worker_id].private_bytes_raw().hex(),
-        facilitator_key=FACILITATOR_PUBLIC,
-        db_path=str(tmp_path / f"{worker_id}.db"),
-        backoff_base=0.05,
-        backoff_cap=0.2,
-    )
 
 
 def statuses(fac: Facilitator, job_id: str) -> list[str]:

@@ -18,8 +18,8 @@ import pytest
 from jobrelay.actors import JobContext, RetryableError, WorkerConfig, start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.messages import JobRequest
-from tests.facilitator_client import KEYS, wait_until
-from tests.protocol_harness import FACILITATOR_PUBLIC
+from tests.facilitator_client import wait_until
+from tests.facilitator_client import worker_config as shared_worker_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,17 +31,7 @@ def _stop_all() -> Iterator[None]:
 
 
 def worker_config(fac: Facilitator, tmp_path: Path, worker_id: str) -> WorkerConfig:
-    return WorkerConfig(
-        url=fac.url,
-        worker_id=worker_id,
-        key=KEYS[worker_id].private_bytes_raw().hex(),
-        facilitator_key=FACILITATOR_PUBLIC,
-        db_path=str(tmp_path / f"{worker_id}.db"),
-        backoff_base=0.05,
-        backoff_cap=0.2,
-        max_concurrent_jobs=1,
-        prefetch=0,  # credit 1: one unfinished job at a time
-    )
+    return shared_worker_config(fac, tmp_path, worker_id, max_concurrent_jobs=1, prefetch=0)  # credit 1
 
 
 def test_a_retry_goes_only_to_a_worker_of_its_kind_with_credit(fac: Facilitator, tmp_path: Path) -> None:
