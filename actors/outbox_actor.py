@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -25,6 +25,7 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.publish_batch import PublishBatch, PublishGroup
 from jobrelay.actors.publisher import Publisher
 from jobrelay.protocol.errors import JobrelayError
 from jobrelay.protocol.events import RestartOwnStream
@@ -32,6 +33,11 @@ from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import OutboxStats
 
 __all__ = ["OutboxActor", "OutboxBehind", "OutboxHandle", "PublishBacklog"]
+
+
+# Most publishes one group commit takes while more wait in the mailbox: one fsync for a burst,
+# but bounded, so the first futures of a long burst do not wait for the last.
+_COMMIT_ROWS = 4096
 
 
 class _Flush(msgspec.Struct, frozen=True):
@@ -65,8 +71,14 @@ class OutboxActor(pykka.ThreadingActor):
         # rather than let pykka drop them with their futures unresolved.
         while not self.actor_inbox.empty():  # this thread is the only reader: get() won't block
             envelope = self.actor_inbox.get()
-            if isinstance(envelope.message, Publish):
-                self._accept(envelope.message)
+            if isinstance(envelope.message, Publish | PublishBatch):
+                items = (
+                    envelope.message.items
+                    if isinstance(envelope.message, PublishBatch)
+                    else [envelope.message]
+                )
+                for item in items:
+                    self._accept(item)
                 if len(self._batch) >= self.config.max_batch:
                     self._commit()  # chunks: futures resolve as they go, no giant transaction
             elif envelope.reply_to is not None:
@@ -94,11 +106,15 @@ class OutboxActor(pykka.ThreadingActor):
     # ------------------------------------------------------------ messages
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Publish):
-            self._accept(message)
+        if isinstance(message, Publish | PublishBatch):
+            if isinstance(message, PublishBatch):
+                for item in message.items:
+                    self._accept(item)  # into one batch: committed together below
+            else:
+                self._accept(message)
             if message.backlog is not None:
                 message.backlog.taken()
-            if self.actor_inbox.empty() or len(self._batch) >= self.config.max_batch:
+            if self.actor_inbox.empty() or len(self._batch) >= _COMMIT_ROWS:
                 self._commit()
             elif self._batch and not self._flush_pending:
                 # More messages are queued: commit after them, together (group commit).
@@ -216,6 +232,31 @@ class OutboxHandle:
             self._backlog.taken()
             raise
         return future
+
+    def publish_many(self, bodies: Sequence[WorkerBody]) -> pykka.Future[list[int]]:
+        """Durably queue ``bodies``, in order, under one future: resolved with their seqs once
+        all are durable (one mailbox message and, room permitting, one commit: the way to
+        publish a burst). Each message keeps its own checks: the future fails with
+        PublishManyError (which names the refused ones and the seqs of the stored ones) when
+        any was refused, or OutboxBehind as ``publish`` does; nothing of the batch is then lost
+        silently.
+        """
+        group = PublishGroup(len(bodies))
+        if not bodies:
+            return group.future
+        terminal = any(isinstance(b, JobStatusUpdate) and b.status.terminal for b in bodies)
+        if not self._backlog.admit(always=terminal):
+            backlog = self._backlog
+            exc = OutboxBehind(f"{backlog.limit} publishes still queued after {backlog.timeout:g}s")
+            group.future.set_exception(exc_info=(OutboxBehind, exc, None))
+            return group.future
+        items = [Publish(body, part) for body, part in zip(bodies, group.parts, strict=True)]
+        try:
+            self.actor_ref.tell(PublishBatch(items, self._backlog))
+        except pykka.ActorDeadError:
+            self._backlog.taken()
+            raise
+        return group.future
 
     def stats(self) -> pykka.Future[OutboxStats]:
         return cast("pykka.Future[OutboxStats]", self._proxy.stats())

@@ -1,0 +1,91 @@
+# One future for many publishes (OutboxHandle.publish_many): the Outbox takes the batch as one
+# mailbox message and commits it together; each message still gets its own seq and its own
+# checks (a refused one fails alone), and the caller's future resolves once every one is settled.
+# Invariants: the group future resolves exactly once, after the last part; only the Outbox's
+# thread settles parts (no lock needed); a part settled twice is a bug and raises.
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pykka
+
+from jobrelay.protocol.errors import JobrelayError
+
+__all__ = ["PublishBatch", "PublishGroup", "PublishManyError"]
+
+
+class PublishManyError(JobrelayError):
+    """Some messages of a ``publish_many`` batch were not stored; the others were.
+
+    Attributes:
+        errors: index in the batch → why that message was refused (OutboxFull, StorageError...).
+        seqs: index in the batch → seq of each message that was stored.
+    """
+
+    def __init__(self, errors: dict[int, BaseException], seqs: dict[int, int]) -> None:
+        first = min(errors)
+        super().__init__(
+            f"{len(errors)} of {len(errors) + len(seqs)} messages not published "
+            f"(first: #{first}: {errors[first]})"
+        )
+        self.errors = errors
+        self.seqs = seqs
+
+
+class PublishGroup:
+    """The futures of one batch: ``parts[i]`` stands for message ``i``'s own future."""
+
+    def __init__(self, size: int) -> None:
+        self.future: pykka.ThreadingFuture[list[int]] = pykka.ThreadingFuture()
+        self._seqs: dict[int, int] = {}
+        self._errors: dict[int, BaseException] = {}
+        self._size = size
+        self.parts = [_Part(self, i) for i in range(size)]
+        if size == 0:
+            self.future.set([])
+
+    def settled(self, index: int, seq: int | None, error: BaseException | None) -> None:
+        if index in self._seqs or index in self._errors:
+            raise RuntimeError(f"message #{index} of a publish_many batch settled twice")
+        if error is not None:
+            self._errors[index] = error
+        else:
+            assert seq is not None
+            self._seqs[index] = seq
+        if len(self._seqs) + len(self._errors) < self._size:
+            return
+        if self._errors:
+            exc = PublishManyError(self._errors, self._seqs)
+            self.future.set_exception(exc_info=(PublishManyError, exc, None))
+        else:
+            self.future.set([self._seqs[i] for i in range(self._size)])
+
+
+class _Part:
+    """Quacks like the pykka future a single Publish carries (set / set_exception)."""
+
+    __slots__ = ("_group", "_index")
+
+    def __init__(self, group: PublishGroup, index: int) -> None:
+        self._group = group
+        self._index = index
+
+    def set(self, value: Any = None) -> None:
+        self._group.settled(self._index, int(value), None)
+
+    def set_exception(
+        self,
+        exc_info: tuple[type[BaseException], BaseException, types.TracebackType | None] | None = None,
+    ) -> None:
+        error = exc_info[1] if exc_info is not None else RuntimeError("publish failed")
+        self._group.settled(self._index, None, error)
+
+
+class PublishBatch(msgspec.Struct, frozen=True):
+    """Outbox mailbox message: the Publish items of one ``publish_many`` call, in order."""
+
+    items: Sequence[Any]  # Publish, each with a _Part as its future
+    backlog: Any = None  # the handle's PublishBacklog, told when the Outbox takes the message
