@@ -263,8 +263,9 @@ class Publisher:
                 items.append((seq, self._cache[seq][0]))
                 seq += 1
         else:
+            # Sent as stored (msgspec.Raw: no decode and re-encode per message on replay).
             for row in self._store().pending(after=self._handed, limit=upto - self._handed):
-                items.append((row.seq, decode_body(row.payload)))
+                items.append((row.seq, msgspec.Raw(row.payload)))
         if items:
             self._handed = items[-1][0]
         return items

@@ -421,6 +421,9 @@ class _Session(Generic[In]):
         return frames
 
     def _encode_chunk(self, chunk: Sequence[tuple[int, Any]], limit: int) -> list[OutFrame]:
+        if self._send_codec.fmt != "json" and any(isinstance(body, msgspec.Raw) for _, body in chunk):
+            # Stored JSON goes out as stored in a JSON session; msgpack needs the value itself.
+            chunk = [(seq, _json_value(b) if isinstance(b, msgspec.Raw) else b) for seq, b in chunk]
         if len(chunk) == 1:
             frame: msgspec.Struct = Data(seq=chunk[0][0], body=chunk[0][1])
         else:
@@ -746,3 +749,7 @@ class FacilitatorSession(_Session[WorkerFrame]):
     def reject(self, code: ErrorCode, detail: str) -> None:
         """Refuse a verified worker (for example: already connected elsewhere)."""
         self.close(code, detail)
+
+
+def _json_value(raw: msgspec.Raw) -> Any:
+    return msgspec.json.decode(raw)

@@ -14,6 +14,7 @@ from jobrelay.actors.publish_batch import PublishManyError
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.errors import ErrorCode, ProtocolError
 from jobrelay.protocol.messages import WorkerEvent
+from jobrelay.protocol.session import SessionConfig
 from jobrelay.testing import MemoryFacilitator
 from tests.protocol_harness import FACILITATOR_KEY
 
@@ -67,3 +68,23 @@ def test_a_refused_message_fails_alone_and_the_future_names_it(
         assert isinstance(error, ProtocolError) and error.code is ErrorCode.FRAME_TOO_LARGE
         facilitator.wait_for(lambda: len(facilitator.store.delivered) == 2)
         assert facilitator.store.delivered == [event("a"), event("b")]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_a_backlog_replayed_from_disk_arrives_whole_in_either_format(
+    tmp_path: Path, facilitator: MemoryFacilitator, fmt: str
+) -> None:
+    """Rows read back from disk go out as stored (JSON bytes, no decode and re-encode); a
+    msgpack session still gets every value as it was published."""
+    facilitator.config = SessionConfig(
+        heartbeat_interval=0.5, heartbeat_timeout=5.0, formats=("json", "msgpack")
+    )
+    facilitator.network.refuse.set()
+    with start_worker(config(tmp_path, formats=(fmt,)), transport_factory=facilitator.network) as worker:
+        burst = [WorkerEvent(event="e", at=float(i), detail=f"m{i} ü") for i in range(1200)]
+        worker.outbox.publish_many(burst).get(timeout=30)  # stored while no facilitator answers
+        facilitator.network.refuse.clear()
+        facilitator.wait_for(lambda: len(facilitator.store.delivered) == 1200, timeout=30)
+        assert facilitator.store.delivered == burst
+        session = facilitator._session
+        assert session is not None and session._format == fmt  # the codec this session used

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pykka
 import pytest
 
 from jobrelay.actors.actor_messages import Count, Gauge, Observe, Publish
 from jobrelay.actors.config import WorkerConfig, generate_key
-from jobrelay.actors.publisher import Publisher
+from jobrelay.actors.publisher import Publisher, decode_body
 from jobrelay.protocol.errors import ErrorCode, ProtocolError
 from jobrelay.protocol.messages import JobStatus, JobStatusUpdate, MachineSpecs, WorkerEvent
 from jobrelay.storage import (
@@ -82,6 +83,13 @@ def h(tmp_path: Path) -> Iterator[Harness]:
     harness = Harness(tmp_path)
     yield harness
     harness.publisher.close()
+
+
+def detail(body: object) -> str:
+    """A handed-over body's detail: rows read back from disk come as stored (msgspec.Raw)."""
+    decoded = decode_body(bytes(body)) if isinstance(body, msgspec.Raw) else body
+    assert isinstance(decoded, WorkerEvent)
+    return decoded.detail
 
 
 def event(detail: str) -> WorkerEvent:
@@ -225,7 +233,7 @@ def test_a_full_outbox_blocks_publishes_in_order(tmp_path: Path) -> None:
     pub.acked(1, limit=11)  # room again: the waiting publishes are stored, in their order
     assert (result(b), result(c)) == (2, 3)
     assert not waiting(pub)
-    assert [body.detail[0] for _, body in pub.fill()] == ["B", "C"]
+    assert [detail(body)[0] for _, body in pub.fill()] == ["B", "C"]
     pub.close()
 
 
@@ -290,7 +298,7 @@ def test_fill_hands_over_up_to_the_limit_and_resumes_after_resume_after(h: Harne
     pub.opened("s1", 0, limit=4)
     handed = pub.fill()
     assert seqs(handed) == [1, 2, 3, 4]
-    assert [body.detail for _, body in handed] == ["1", "2", "3", "4"]
+    assert [detail(body) for _, body in handed] == ["1", "2", "3", "4"]
     assert pub.fill() == []  # nothing twice, nothing beyond the limit
     assert pub.in_flight() == 4
     pub.acked(2, limit=6)
@@ -304,7 +312,7 @@ def test_fill_hands_over_up_to_the_limit_and_resumes_after_resume_after(h: Harne
     pub.opened("s2", resume_after=3, limit=8)
     handed = pub.fill()
     assert seqs(handed) == [4, 5, 6, 7, 8]
-    assert [body.detail for _, body in handed] == ["4", "5", "6", "7", "8"]
+    assert [detail(body) for _, body in handed] == ["4", "5", "6", "7", "8"]
     assert h.counted("replayed") == 10 + 7  # everything on s1, everything after 3 on s2
     assert pub.out_marks()[1] == 3  # the resume point was made durable
     pub.acked(10, limit=20)
@@ -335,11 +343,11 @@ def test_publishes_during_a_session_are_handed_over_from_memory(h: Harness) -> N
     pub.opened("s1", 0, limit=3)
     batch = [publish(event(str(i))) for i in range(1, 6)]
     pub.write(batch)
-    assert [(seq, body.detail) for seq, body in pub.fill()] == [(1, "1"), (2, "2"), (3, "3")]
+    assert [(seq, detail(body)) for seq, body in pub.fill()] == [(1, "1"), (2, "2"), (3, "3")]
     h.clock.now += 0.25
     pub.acked(3, limit=6)
     assert Observe("ack_latency", 0.25) in h.reports
-    assert [(seq, body.detail) for seq, body in pub.fill()] == [(4, "4"), (5, "5")]
+    assert [(seq, detail(body)) for seq, body in pub.fill()] == [(4, "4"), (5, "5")]
     assert h.counted("acked") == 3
 
 
@@ -358,7 +366,7 @@ def test_restart_epoch_renumbers_what_the_peer_has_not_acknowledged(h: Harness) 
     assert h.counted("epoch_restarts") == 1
     pub.opened("s2", 0, limit=10)
     # The old seqs 3..5 are the new 1..3 (not the bodies cached under the old numbering).
-    assert [(seq, body.detail) for seq, body in pub.fill()] == [(1, "3"), (2, "4"), (3, "5")]
+    assert [(seq, detail(body)) for seq, body in pub.fill()] == [(1, "3"), (2, "4"), (3, "5")]
     later = publish(event("6"))
     pub.write([later])
     assert result(later) == 4
