@@ -84,14 +84,21 @@ def test_warm_shutdown_finishes_running_jobs_and_hands_queued_ones_to_the_other_
     with services() as running:
         # w1 alone first, 1 slot and credit for 3 more: the facilitator sends it all four jobs
         # (not pinned: a job pinned with `worker=` would wait for w1 instead of moving).
-        w1 = start(s, running, "w1", "--drain-timeout", "20", "--prefetch", "3")
-        slow = s.fac.submit("sleep", {"seconds": 2, "steps": 4})
+        # The slow job runs until the test creates the gate file: it is still running whenever
+        # the stop comes, however loaded the machine.
+        gate = s.tmp / "gate"
+        waits = f"gate=sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done'"
+        w1 = start(s, running, "w1", "--drain-timeout", "20", "--prefetch", "3", "--handler", waits)
+        slow = s.fac.submit("gate")
         wait_until(lambda: status(s, slow) == "running", what="slow job running")
         queued = [s.fac.submit("sleep", {"seconds": 0.1, "steps": 1}) for _ in range(3)]
         wait_until(lambda: all(status(s, j) == "accepted" for j in queued), what="queued at w1")
         w2 = start(s, running, "w2", "--drain-timeout", "0")
 
         w1.signal(signal.SIGTERM)
+        wait_until(lambda: all("released" in history(s, j) for j in queued), 20, "queued jobs handed back")
+        assert status(s, slow) == "running"  # the drain waits for it
+        gate.touch()
         assert w1.wait(25) == 0, w1.text()[-3000:]
         wait_until(lambda: all(status(s, j) in TERMINAL for j in queued), 20, "queued jobs ended")
         w2.signal(signal.SIGTERM)
