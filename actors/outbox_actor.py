@@ -196,8 +196,11 @@ class OutboxHandle:
         self._proxy = cast(Any, ref.proxy())
         self._backlog = backlog or PublishBacklog(limit=50_000, timeout=30.0)
 
-    def publish(self, body: WorkerBody) -> pykka.Future[int]:
+    def publish(self, body: WorkerBody, *, mark: tuple[str, str, str] | None = None) -> pykka.Future[int]:
         """Durably queue ``body`` for the facilitator.
+
+        ``mark`` (job id, task id, stream position): the relayed position of an external task's
+        events, committed together with ``body`` (storage.Dispatches.advance).
 
         The future fails with OutboxFull when there is no room within ``publish_timeout``,
         OutboxBehind when the Outbox has not taken ``backlog.limit`` earlier publishes within
@@ -211,7 +214,7 @@ class OutboxHandle:
             future.set_exception(exc_info=(OutboxBehind, exc, None))
             return future
         try:
-            self.actor_ref.tell(Publish(body, future, self._backlog))
+            self.actor_ref.tell(Publish(body, future, self._backlog, mark))
         except pykka.ActorDeadError:
             self._backlog.taken()
             raise

@@ -25,6 +25,7 @@ from jobrelay.protocol.errors import LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import (
     Database,
+    Dispatches,
     JobLedger,
     Outbox,
     OutboxFull,
@@ -154,6 +155,9 @@ class Publisher:
                         if result is not StatusResult.RECORDED:
                             refused[i] = _refusal(update, result, db)
                 assigned = outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
+                for publish in batch:
+                    if publish.mark is not None:  # relayed: its position commits with it
+                        Dispatches(db).advance(*publish.mark)
         except OutboxFull:
             self._blocked.extend((self._deadline(p), p) for p in batch)
             self._report(Count("outbox_full"))

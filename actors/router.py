@@ -64,7 +64,7 @@ class JobRouter(pykka.ThreadingActor):
         self._running: dict[str, JobContext] = {}
         self._running_kinds: Counter[str] = Counter()  # for handlers with a `concurrency` limit
         # Command handlers journal their process groups next to the database (never for :memory:).
-        db_path = str(config.db_path)
+        db_path = self._db_path = str(config.db_path)
         self._processes = None if db_path == ":memory:" else ProcessJournal(Path(db_path + ".handlers"))
         # Job ids only: a long backlog costs a few bytes per job; requests are read back from
         # the ledger when their turn comes.
@@ -155,7 +155,7 @@ class JobRouter(pykka.ThreadingActor):
             self._queued = deque(kept)
         if cancel_running:
             for ctx in self._running.values():
-                ctx.cancel(reason)
+                ctx.cancel(reason, stopping=True)
         return len(self._running)
 
     def _release(self, job_id: str) -> None:
@@ -314,7 +314,14 @@ class JobRouter(pykka.ThreadingActor):
                     self._decoded[job_id] = job
                 continue
             self._queued_ids.discard(job_id)
-            ctx = JobContext(job, outbox=self._outbox, clock=self._clock, processes=self._processes)
+            ctx = JobContext(
+                job,
+                outbox=self._outbox,
+                clock=self._clock,
+                processes=self._processes,
+                db_path=self._db_path,
+                metrics=self._metrics,
+            )
             self._running[job.job_id] = ctx
             self._running_kinds[job.kind] += 1
             send(self._metrics, Count("jobs_started"))

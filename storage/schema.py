@@ -12,6 +12,9 @@
 # Tables (v2, used by the reference facilitator; see storage/routing.py):
 #   facilitator_workers(worker_id PK, specs, specs_at, last_event, last_seen)
 #   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
+# Tables (v3, a worker's jobs run on an external backend such as Celery; see storage/dispatch.py):
+#   job_dispatches(job_id PK -> jobs ON DELETE CASCADE, attempt, backend, task_id, position,
+#                  sent, dispatched_at)
 from __future__ import annotations
 
 import time
@@ -148,9 +151,26 @@ def _v2_facilitator(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _v3_dispatches(db: sqlite_utils.Database) -> None:
+    # One row per job handed to an external backend: where its task is and how far its events
+    # were relayed. Cascade: pruning a finished job forgets its dispatch too.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS job_dispatches (
+            job_id TEXT PRIMARY KEY REFERENCES jobs(job_id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            backend TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            position TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            dispatched_at REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
+    Migration(3, "job dispatches to external backends", _v3_dispatches),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 
