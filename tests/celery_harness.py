@@ -101,10 +101,19 @@ def start_celery_worker(redis_url: str, name: str, log_dir: Path, concurrency: i
     log = open(log_dir / f"celery-{name}.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-            "--pool=prefork", f"--concurrency={concurrency}", f"--hostname={name}@%h",
-            "--loglevel=WARNING", "--without-mingle", "--without-gossip",
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+            "--loglevel=WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "JOBRELAY_TEST_REDIS": redis_url, "PYTHONPATH": str(ROOT)},

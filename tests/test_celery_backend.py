@@ -162,11 +162,18 @@ def test_jobs_fan_out_and_every_status_is_relayed_in_order_once(
         assert snap.counter("celery_dispatched") == 8
         assert snap.counter("celery_relayed") == 8 * 4  # its start and 3 progress updates each
         assert snap.counter("jobs_completed") == 8
-    hosts = {d.split(" started on ")[1].split(" pid ")[0] for j in ids for _, _, d in history(fac, j) if " on " in d}
+    hosts = {
+        d.split(" started on ")[1].split(" pid ")[0]
+        for j in ids
+        for _, _, d in history(fac, j)
+        if " on " in d
+    }
     assert len(hosts) == 2, hosts  # both Celery workers took jobs
     with open_database(tmp_path / "w.db") as db:
         dispatch = Dispatches(db).get(ids[0])
-    assert dispatch is not None and dispatch.sent and dispatch.task_id == ids[0] and dispatch.position != "0-0"
+    assert (
+        dispatch is not None and dispatch.sent and dispatch.task_id == ids[0] and dispatch.position != "0-0"
+    )
 
 
 @pytest.mark.timeout(60)
@@ -219,7 +226,11 @@ def test_time_limits_become_celery_soft_and_hard_limits(
 ) -> None:
     with start(fac, tmp_path, cluster, stubborn="tests.stubborn"):
         job_id = fac.submit(
-            "stubborn", {"ignore_soft": ignore_soft}, job_id=f"limit-{ignore_soft}", soft_time_limit=1, time_limit=2
+            "stubborn",
+            {"ignore_soft": ignore_soft},
+            job_id=f"limit-{ignore_soft}",
+            soft_time_limit=1,
+            time_limit=2,
         )
         rows = wait_ended(fac, job_id, 30)
     assert rows[-1] == ("failed", None, "time_limit"), rows
@@ -242,7 +253,9 @@ def test_a_killed_celery_worker_process_fails_the_job_once_and_its_retry_runs(
         assert rows[-1] == ("failed", None, "worker_lost")
         assert [s for s, _, _ in rows if s in TERMINAL] == ["failed"]
         # The retry is attempt 2: a task of its own, which runs once the gate opens.
-        wait_until(lambda: any(" started on " in d and "~2 " in d for _, _, d in history(fac, retried)), 20, "retry")
+        wait_until(
+            lambda: any(" started on " in d and "~2 " in d for _, _, d in history(fac, retried)), 20, "retry"
+        )
         open_gate(cluster, "gate-retried")
         rows = wait_ended(fac, retried)
     statuses = [s for s, _, _ in rows]
@@ -314,11 +327,15 @@ def test_jobrelay_worker_kill9_reattaches_and_relays_what_happened_meanwhile_onc
         open_gate(cluster, "gate-k1", 1)
         backend = CeleryBackend.shared(cluster.url)
         wait_until(lambda: backend.task_state(ids[0])[0] == "SUCCESS", 20, "job 0's task to finish")
-        wait_until(lambda: len(Channel(client_for(cluster.url), ids[1]).read("0-0", block_ms=None)) == 3, 20, "")
+        wait_until(
+            lambda: len(Channel(client_for(cluster.url), ids[1]).read("0-0", block_ms=None)) == 3, 20, ""
+        )
         proc = spawn_child(fac, db, cluster.url, log)
         wait_ready(proc)
         assert normalised(wait_ended(fac, ids[0])) == steps_history(ids[0], 3)
-        wait_until(lambda: any(p == pytest.approx(2 / 3) for _, p, _ in history(fac, ids[1])), 20, "job 1 step 2")
+        wait_until(
+            lambda: any(p == pytest.approx(2 / 3) for _, p, _ in history(fac, ids[1])), 20, "job 1 step 2"
+        )
         open_gate(cluster, "gate-k1", 1)
         open_gate(cluster, "gate-k2", 2)
         for job_id in ids[1:]:
