@@ -99,7 +99,7 @@ def _celery_handlers(
     if not broker:
         raise resolved.bad("celery_tasks", "needs --celery-broker redis://HOST:PORT/DB")
     try:
-        from jobrelay.actors.celery_backend.backend import CeleryBackend, CeleryHandler
+        from jobrelay.actors.celery_backend.backend import CeleryBackend, CeleryHandler  # noqa: PLC0415 - celery is optional
     except ImportError as exc:
         raise resolved.bad("celery_tasks", f"needs Celery: pip install 'jobrelay[celery]' ({exc})") from None
     try:
