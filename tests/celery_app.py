@@ -1,6 +1,6 @@
 """Celery tasks for the Celery backend's tests (imported by real `celery worker` processes).
 
-The broker, result backend and relay channel are the Redis at $JOBRELAY_TEST_REDIS. A task that
+The broker, result backend and relay channel are the Redis at $JOBRELAY_CELERY_REDIS. A task that
 takes a ``gate`` waits before each step until the test pushes to that Redis list, so a test
 decides when each step happens (no sleeps to hope a race away).
 """
@@ -17,7 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from jobrelay.actors.celery_backend import RelayedTask, report
 
-URL = os.environ.get("JOBRELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+URL = os.environ.get("JOBRELAY_CELERY_REDIS", "redis://127.0.0.1:6379/0")
 
 app = Celery("jobrelay_tests", broker=URL, backend=URL)
 app.conf.update(

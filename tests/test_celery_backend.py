@@ -26,7 +26,7 @@ from jobrelay.actors.celery_backend.channel import Channel, client_for
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.storage import Dispatches, open_database
-from tests.celery_harness import (
+from jobrelay.testing.celery_cluster import (
     RedisServer,
     redis_server,
     start_celery_worker,
@@ -46,7 +46,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """Redis and two Celery workers of two pool processes each, for the whole module."""
     logs = tmp_path_factory.mktemp("celery-cluster")
     with redis_server(logs) as server:
-        workers = [start_celery_worker(server.url, f"c{i}", logs) for i in (1, 2)]
+        root = Path(__file__).parent.parent
+        workers = [
+            start_celery_worker(server.url, f"c{i}", logs, app="tests.celery_app", pythonpath=root)
+            for i in (1, 2)
+        ]
         try:
             wait_celery_ready(server.url, workers)
             yield server

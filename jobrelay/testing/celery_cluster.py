@@ -1,6 +1,8 @@
-"""Real Redis and real Celery workers for the Celery backend's tests, started here and stopped by
-PID: a redis-server on a free loopback port without persistence, and `celery worker` processes
-(prefork pool) for tests/celery_app.py."""
+# A real Redis and real Celery workers on this machine, for the Celery backend's tests, demo and
+# benchmark: a redis-server on a free loopback port without persistence, and `celery worker`
+# processes (prefork pool) of a given app module, each in a process group of its own.
+# Invariants: everything started here is stopped by its PID (a worker by its process group, so
+# its pool children go too), SIGTERM first, SIGKILL after a timeout.
 
 from __future__ import annotations
 
@@ -19,7 +21,18 @@ from pathlib import Path
 import celery
 import redis
 
-ROOT = Path(__file__).parent.parent
+__all__ = [
+    "REDIS_ENV",
+    "CeleryWorker",
+    "RedisServer",
+    "redis_server",
+    "start_celery_worker",
+    "stop_celery_worker",
+    "wait_celery_ready",
+]
+
+REDIS_ENV = "JOBRELAY_CELERY_REDIS"
+"""The environment variable that tells a worker's app module its Redis URL."""
 
 
 def _free_port() -> int:
@@ -55,7 +68,11 @@ class RedisServer:
 
 @contextlib.contextmanager
 def redis_server(log_dir: Path, attempts: int = 5) -> Iterator[RedisServer]:
-    """A redis-server on 127.0.0.1 (a port found free just before; retried on a collision)."""
+    """A redis-server on 127.0.0.1 (a port found free just before; retried on a collision).
+
+    Raises:
+        RuntimeError: redis-server is not installed or did not start.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it with apt-get)")
@@ -96,8 +113,20 @@ class CeleryWorker:
     proc: subprocess.Popen[bytes]
 
 
-def start_celery_worker(redis_url: str, name: str, log_dir: Path, concurrency: int = 2) -> CeleryWorker:
-    """A `celery worker` (prefork, ``concurrency`` children) in a process group of its own."""
+def start_celery_worker(
+    redis_url: str,
+    name: str,
+    log_dir: Path,
+    *,
+    app: str,
+    concurrency: int = 2,
+    pythonpath: Path | None = None,
+) -> CeleryWorker:
+    """A `celery -A app worker` (prefork, ``concurrency`` children) in a process group of its
+    own; ``app`` reads its Redis URL from $JOBRELAY_CELERY_REDIS."""
+    env = {**os.environ, REDIS_ENV: redis_url}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
     log = open(log_dir / f"celery-{name}.log", "ab")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         [
@@ -105,7 +134,7 @@ def start_celery_worker(redis_url: str, name: str, log_dir: Path, concurrency: i
             "-m",
             "celery",
             "-A",
-            "tests.celery_app",
+            app,
             "worker",
             "--pool=prefork",
             f"--concurrency={concurrency}",
@@ -116,8 +145,8 @@ def start_celery_worker(redis_url: str, name: str, log_dir: Path, concurrency: i
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "JOBRELAY_TEST_REDIS": redis_url, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
+        env=env,
+        cwd=log_dir,
         start_new_session=True,
     )
     log.close()
@@ -125,7 +154,11 @@ def start_celery_worker(redis_url: str, name: str, log_dir: Path, concurrency: i
 
 
 def wait_celery_ready(redis_url: str, workers: list[CeleryWorker], timeout: float = 30.0) -> None:
-    """Until every worker answers a ping (its consumer is up)."""
+    """Until every worker answers a ping (its consumer is up).
+
+    Raises:
+        RuntimeError: a worker exited, or did not answer within ``timeout``.
+    """
     app = celery.Celery("probe", broker=redis_url, backend=redis_url)
     wanted = {w.name for w in workers}
     deadline = time.monotonic() + timeout
