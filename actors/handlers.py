@@ -18,6 +18,7 @@ from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 if TYPE_CHECKING:
     from jobrelay.actors.outbox_actor import OutboxHandle
     from jobrelay.actors.processes import ProcessJournal
+    from jobrelay.storage import Dispatch
 
 __all__ = [
     "Handler",
@@ -74,9 +75,10 @@ def publish_status(
     attempt: int = 1,
     retryable: bool = False,
     mark: tuple[str, str, str] | None = None,
+    dispatch: tuple[str, int, str, str] | None = None,
 ) -> pykka.Future[int]:
     """Publish one status update of ``job_id``; the future resolves once it is durable (with
-    ``mark``, the relayed position it carries too: see OutboxHandle.publish)."""
+    ``mark``/``dispatch``, the external backend's record it carries too: OutboxHandle.publish)."""
     return outbox.publish(
         JobStatusUpdate(
             job_id=job_id,
@@ -88,6 +90,7 @@ def publish_status(
             retryable=retryable,
         ),
         mark=mark,
+        dispatch=dispatch,
     )
 
 
@@ -101,13 +104,10 @@ class JobContext:
         outbox: OutboxHandle,
         clock: Callable[[], float],
         processes: ProcessJournal | None = None,
-        db_path: str | None = None,
         metrics: pykka.ActorRef[Any] | None = None,
     ) -> None:
         self.job = job
         self._metrics = metrics
-        # The worker's database, for a handler that keeps its own records of the job (None: none).
-        self.db_path = db_path
         self.worker_stopping = False  # the cancel came from a stopping worker, not the facilitator
         # Where a handler that starts processes journals them (None: nowhere, e.g. in unit tests).
         self.processes = processes
@@ -199,8 +199,11 @@ class JobContext:
         progress: float | None = None,
         detail: str = "",
         mark: tuple[str, str, str] | None = None,
+        dispatch: tuple[str, str] | None = None,
     ) -> None:
         """Report progress; returns once the update is durable (raises if it cannot be stored).
+        An external backend's handler records with it where the job went (``dispatch``: backend
+        and task id) or how far its events were relayed (``mark``: job id, task id, position).
 
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
@@ -212,7 +215,15 @@ class JobContext:
             # The job has ended (its hard time limit): nothing more is reported for it, and the
             # exception unwinds the abandoned handler.
             raise JobCancelled(self.cancel_reason)
-        self.report(status, detail=detail, progress=progress, mark=mark).get(timeout=_UPDATE_TIMEOUT)
+        note = None if dispatch is None else (self.job.job_id, self.job.attempt, *dispatch)
+        self.report(status, detail=detail, progress=progress, mark=mark, dispatch=note).get(
+            timeout=_UPDATE_TIMEOUT
+        )
+
+    def dispatched(self) -> Dispatch | None:
+        """This job's dispatch to an external backend as recorded by update(dispatch=…), also
+        before a restart (None: none; an earlier attempt's is returned as it is)."""
+        return self._outbox.dispatch(self.job.job_id).get(timeout=_UPDATE_TIMEOUT)
 
     def elapsed(self) -> float:
         """Seconds since the job's handler started."""
@@ -226,6 +237,7 @@ class JobContext:
         progress: float | None = None,
         retryable: bool = False,
         mark: tuple[str, str, str] | None = None,
+        dispatch: tuple[str, int, str, str] | None = None,
     ) -> pykka.Future[int]:
         """Publish a status of this job (terminal ones too: run_handler ends jobs through it)."""
         return publish_status(
@@ -238,6 +250,7 @@ class JobContext:
             attempt=self.job.attempt,
             retryable=retryable,
             mark=mark,
+            dispatch=dispatch,
         )
 
 

@@ -64,7 +64,7 @@ class JobRouter(pykka.ThreadingActor):
         self._running: dict[str, JobContext] = {}
         self._running_kinds: Counter[str] = Counter()  # for handlers with a `concurrency` limit
         # Command handlers journal their process groups next to the database (never for :memory:).
-        db_path = self._db_path = str(config.db_path)
+        db_path = str(config.db_path)
         self._processes = None if db_path == ":memory:" else ProcessJournal(Path(db_path + ".handlers"))
         # Job ids only: a long backlog costs a few bytes per job; requests are read back from
         # the ledger when their turn comes.
@@ -319,7 +319,6 @@ class JobRouter(pykka.ThreadingActor):
                 outbox=self._outbox,
                 clock=self._clock,
                 processes=self._processes,
-                db_path=self._db_path,
                 metrics=self._metrics,
             )
             self._running[job.job_id] = ctx

@@ -1,11 +1,13 @@
-# Jobs a worker handed to an external backend (Celery): which task runs each job's current attempt,
-# whether the task was sent, and how far the task's events were relayed.
+# Jobs a worker handed to an external backend (Celery): which task runs each job's current attempt
+# and how far the task's events were relayed.
 # Invariants:
 # - A job has at most one dispatch row, for its latest attempt; record() for a later attempt
 #   starts the row afresh (a new task, nothing relayed), for the same attempt it changes nothing,
 #   so recording before sending and sending again after a crash name the same task.
-# - ``position`` only moves forward (stream ids compare as (milliseconds, sequence)); advance()
-#   runs inside the caller's transaction, so the relayed status and the position commit together.
+# - ``position`` only moves forward (stream ids compare as (milliseconds, sequence)).
+# - record() and advance() nest in the caller's transaction: the worker's Outbox commits them with
+#   the status they belong to (the job's `running`, a relayed event), so each is durable exactly
+#   when that status is.
 # - A row goes with its job (ON DELETE CASCADE when the ledger prunes it).
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ __all__ = ["START", "Dispatch", "Dispatches", "position_key"]
 START: Final = "0-0"
 """The position before a stream's first entry."""
 
-_COLUMNS: Final = "job_id, attempt, backend, task_id, position, sent, dispatched_at"
+_COLUMNS: Final = "job_id, attempt, backend, task_id, position, dispatched_at"
 
 
 class Dispatch(NamedTuple):
@@ -31,7 +33,6 @@ class Dispatch(NamedTuple):
     backend: str
     task_id: str
     position: str  # the last relayed stream entry id (START: none yet)
-    sent: bool  # the task message was handed to the backend's broker
     dispatched_at: float
 
 
@@ -67,23 +68,12 @@ class Dispatches:
                 return found
             conn.execute(
                 "INSERT OR REPLACE INTO job_dispatches (job_id, attempt, backend, task_id, position, "
-                "sent, dispatched_at) VALUES (?, ?, ?, ?, ?, 0, ?)",
+                "dispatched_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (job_id, attempt, backend, task_id, START, self._clock()),
             )
         created = self._get(job_id)
         assert created is not None
         return created
-
-    def mark_sent(self, job_id: str, task_id: str) -> None:
-        """The task message of ``task_id`` reached the broker.
-
-        Raises:
-            StorageError: The write failed.
-        """
-        with self._db.transaction(f"mark dispatch of job {job_id!r} sent") as conn:
-            conn.execute(
-                "UPDATE job_dispatches SET sent = 1 WHERE job_id = ? AND task_id = ?", (job_id, task_id)
-            )
 
     def advance(self, job_id: str, task_id: str, position: str) -> bool:
         """Move the relayed position of ``task_id`` forward to ``position`` (never back).
@@ -120,8 +110,7 @@ class Dispatches:
         )
         if not rows:
             return None
-        row = rows[0]
-        return Dispatch(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+        return Dispatch._make(rows[0])
 
     def count(self, backend: str | None = None) -> int:
         """How many dispatch rows there are (of ``backend`` only, if given).

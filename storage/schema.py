@@ -14,7 +14,7 @@
 #   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
 # Tables (v3, a worker's jobs run on an external backend such as Celery; see storage/dispatch.py):
 #   job_dispatches(job_id PK -> jobs ON DELETE CASCADE, attempt, backend, task_id, position,
-#                  sent, dispatched_at)
+#                  dispatched_at)
 from __future__ import annotations
 
 import time
@@ -161,7 +161,6 @@ def _v3_dispatches(db: sqlite_utils.Database) -> None:
             backend TEXT NOT NULL,
             task_id TEXT NOT NULL,
             position TEXT NOT NULL,
-            sent INTEGER NOT NULL DEFAULT 0,
             dispatched_at REAL NOT NULL
         )"""
     )

@@ -16,13 +16,12 @@ def test_recording_twice_names_the_same_task_and_a_later_attempt_starts_afresh(t
         JobLedger(db).record_request("j1", "encode", b"{}")
         dispatches = Dispatches(db, clock=lambda: 5.0)
         first = dispatches.record("j1", 1, "celery", "j1")
-        assert (first.task_id, first.position, first.sent, first.dispatched_at) == ("j1", START, False, 5.0)
-        dispatches.mark_sent("j1", "j1")
+        assert (first.task_id, first.position, first.dispatched_at) == ("j1", START, 5.0)
         assert dispatches.advance("j1", "j1", "1700000000000-0")
         again = dispatches.record("j1", 1, "celery", "other")
-        assert (again.task_id, again.sent, again.position) == ("j1", True, "1700000000000-0")
+        assert (again.task_id, again.position) == ("j1", "1700000000000-0")
         retry = dispatches.record("j1", 2, "celery", "j1~2")
-        assert (retry.attempt, retry.task_id, retry.position, retry.sent) == (2, "j1~2", START, False)
+        assert (retry.attempt, retry.task_id, retry.position) == (2, "j1~2", START)
         assert dispatches.count() == dispatches.count("celery") == 1
 
 

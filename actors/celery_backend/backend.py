@@ -1,11 +1,12 @@
 # The worker's side of the Celery backend: job kinds mapped to Celery tasks by name. A CeleryHandler
 # is an ordinary handler to the JobRouter; for each job it records the dispatch, sends the task
 # (effectively once), then relays the task's events (actors/celery_backend/relay.py).
-# Invariants (the order of a new dispatch): the job's `running` status is durable, then its
-# dispatch row (task id = job id, per attempt), then the task is sent, then the row is marked
-# sent. A crash between any two steps is resumed at the next start from what is durable: no row
-# → dispatch now (nothing was sent); a row not marked sent → send again with the same task id
-# (a run that finds the claim taken does nothing); a row marked sent → only re-attach.
+# Invariants (the order of a new dispatch): the job's `running` status and its dispatch row (task
+# id = job id, per attempt) become durable in one commit, then the task is sent. A crash between
+# the steps is resumed at the next start from what is durable: no row → dispatch now (nothing
+# was sent); a row whose task has not started (its claim is free) → send again with the same task
+# id (of two messages the first run takes the claim, the other does nothing); a started task →
+# only re-attach.
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,7 @@ from jobrelay.actors.handlers import JobContext
 from jobrelay.actors.job_limits import Limits, limits_for
 from jobrelay.protocol.messages import JobRequest, JobStatus
 from jobrelay.protocol.time_limits import check_time_limits
-from jobrelay.storage import Dispatches, open_database
+from jobrelay.storage.dispatch import START
 
 __all__ = ["BACKEND", "CeleryBackend", "CeleryHandler", "celery_task"]
 
@@ -137,8 +138,6 @@ class CeleryHandler:
         return f"<CeleryHandler {self.name} via {self.backend.broker}>"
 
     def __call__(self, job: JobRequest, ctx: JobContext) -> str:
-        if not ctx.db_path or ctx.db_path == ":memory:":
-            raise RuntimeError("the Celery backend needs the worker's database file (db_path), not :memory:")
         task_id = task_id_of(job)
         with logger.contextualize(celery_task=task_id):
             position = self._dispatch(job, ctx, task_id)
@@ -152,27 +151,25 @@ class CeleryHandler:
 
     def _dispatch(self, job: JobRequest, ctx: JobContext, task_id: str) -> str:
         """Dispatch ``job`` (or find its dispatch from before a restart); the relayed position."""
-        assert ctx.db_path is not None
-        with open_database(ctx.db_path, check=False) as db:
-            dispatches = Dispatches(db)
-            found = dispatches.get(job.job_id)
-            if found is not None and found.attempt == job.attempt:
-                logger.info(
-                    "job {}: re-attached to celery task {} (relayed up to {})",
-                    job.job_id,
-                    task_id,
-                    found.position,
-                )
-                ctx.count("celery_reattached")
-            else:
-                ctx.update(JobStatus.RUNNING, detail=f"dispatched to celery task {task_id}")
-                found = dispatches.record(job.job_id, job.attempt, BACKEND, task_id)
-            if not found.sent:
-                self.backend.send(self.name, job, task_id, limits_for(job, self), self._options.queue)
-                dispatches.mark_sent(job.job_id, task_id)
-                ctx.count("celery_dispatched")
-                logger.info("job {}: sent to celery as task {} ({})", job.job_id, task_id, self.name)
-            return found.position
+        found = ctx.dispatched()
+        if found is not None and found.attempt == job.attempt:
+            logger.info(
+                "job {}: re-attached to celery task {} (relayed up to {})",
+                job.job_id,
+                task_id,
+                found.position,
+            )
+            ctx.count("celery_reattached")
+            if self.backend.channel(task_id).holder() is not None:
+                return found.position  # it started: its message is not needed again
+        else:
+            ctx.update(
+                JobStatus.RUNNING, detail=f"dispatched to celery task {task_id}", dispatch=(BACKEND, task_id)
+            )
+        self.backend.send(self.name, job, task_id, limits_for(job, self), self._options.queue)
+        ctx.count("celery_dispatched")
+        logger.info("job {}: sent to celery as task {} ({})", job.job_id, task_id, self.name)
+        return START if found is None or found.attempt != job.attempt else found.position
 
 
 def celery_task(
