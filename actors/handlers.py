@@ -105,8 +105,11 @@ class JobContext:
         clock: Callable[[], float],
         processes: ProcessJournal | None = None,
         metrics: pykka.ActorRef[Any] | None = None,
+        resumed: bool = False,
     ) -> None:
         self.job = job
+        # It started before the worker restarted (a resumable handler picks it up where it was).
+        self.resumed = resumed
         self._metrics = metrics
         self.worker_stopping = False  # the cancel came from a stopping worker, not the facilitator
         # Where a handler that starts processes journals them (None: nowhere, e.g. in unit tests).

@@ -320,6 +320,7 @@ class JobRouter(pykka.ThreadingActor):
                 clock=self._clock,
                 processes=self._processes,
                 metrics=self._metrics,
+                resumed=job_id in self._resuming,
             )
             self._running[job.job_id] = ctx
             self._running_kinds[job.kind] += 1

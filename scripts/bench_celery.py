@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, tmp: Path, url: str) -> int:
             key=worker_key.private_bytes_raw().hex(),
             facilitator_key=fac.public_key,
             db_path=str(tmp / "worker.db"),
-            max_concurrent_jobs=64,
+            max_concurrent_jobs=256,
         )
         with start_worker(config, {"steps": celery_task("jobrelay.demo.steps", broker=url)}) as worker:
             worker.wait_connected(10)

@@ -151,7 +151,7 @@ class CeleryHandler:
 
     def _dispatch(self, job: JobRequest, ctx: JobContext, task_id: str) -> str:
         """Dispatch ``job`` (or find its dispatch from before a restart); the relayed position."""
-        found = ctx.dispatched()
+        found = ctx.dispatched() if ctx.resumed else None  # a dispatch exists only if it ran before
         if found is not None and found.attempt == job.attempt:
             logger.info(
                 "job {}: re-attached to celery task {} (relayed up to {})",
