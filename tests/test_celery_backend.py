@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.actors import Worker, WorkerConfig, start_worker
 from jobrelay.actors.celery_backend import CeleryBackend, RelayedTask, celery_task, report
-from jobrelay.actors.celery_backend.channel import Channel, client_for
+from jobrelay.actors.celery_backend.channel import CANCELLED_HOLDER, Channel, client_for
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.storage import Dispatches, open_database
@@ -175,9 +175,7 @@ def test_jobs_fan_out_and_every_status_is_relayed_in_order_once(
     assert len(hosts) == 2, hosts  # both Celery workers took jobs
     with open_database(tmp_path / "w.db") as db:
         dispatch = Dispatches(db).get(ids[0])
-    assert (
-        dispatch is not None and dispatch.task_id == ids[0] and dispatch.position != "0-0"
-    )
+    assert dispatch is not None and dispatch.task_id == ids[0] and dispatch.position != "0-0"
 
 
 @pytest.mark.timeout(60)
@@ -353,3 +351,39 @@ def test_jobrelay_worker_kill9_reattaches_and_relays_what_happened_meanwhile_onc
                 proc.kill()
                 proc.wait(5)
     assert log.read_text().count("re-attached to celery task") == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_stopping_worker_detaches_from_its_tasks_and_the_next_start_finishes_them(
+    fac: Facilitator, tmp_path: Path, cluster: RedisServer
+) -> None:
+    worker = start(fac, tmp_path, cluster, steps="tests.steps")
+    job_id = fac.submit("steps", {"steps": 2, "gate": "gate-detach"}, job_id="detach-1")
+    open_gate(cluster, "gate-detach")
+    wait_until(lambda: any(p == 0.5 for _, p, _ in history(fac, job_id)), 20, "step 1")
+    worker.stop(10)  # drains: the Celery task is not revoked, the job not ended
+    assert not ended(fac, job_id)
+    open_gate(cluster, "gate-detach")  # the task finishes while no jobrelay worker runs
+    backend = CeleryBackend.shared(cluster.url)
+    wait_until(lambda: backend.task_state(job_id)[0] == "SUCCESS", 20, "the task to finish")
+    with start(fac, tmp_path, cluster, steps="tests.steps") as again:
+        assert normalised(wait_ended(fac, job_id)) == steps_history(job_id, 2)
+        assert again.snapshot().counter("celery_reattached") == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_before_the_task_starts_takes_its_claim_so_no_run_ever_starts(
+    fac: Facilitator, tmp_path: Path, cluster: RedisServer
+) -> None:
+    # No Celery worker consumes the queue "parked": the task waits there.
+    handler = celery_task("tests.steps", broker=cluster.url, queue="parked")
+    with start_worker(worker_config(fac, tmp_path / "w.db"), {"steps": handler}) as worker:
+        worker.wait_connected(10)
+        job_id = fac.submit("steps", {"steps": 1}, job_id="parked-1")
+        wait_until(lambda: any("dispatched" in d for _, _, d in history(fac, job_id)), 20, "the dispatch")
+        assert fac.cancel(job_id, "not needed")
+        rows = wait_ended(fac, job_id)
+    assert rows[-1] == ("cancelled", None, "not needed")
+    channel = Channel(client_for(cluster.url), job_id)
+    assert channel.holder() == CANCELLED_HOLDER
+    assert not channel.claim("a late run", 1.0)  # what a run would try first: refused

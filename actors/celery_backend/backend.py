@@ -18,7 +18,7 @@ from loguru import logger
 
 from jobrelay.actors.celery_backend.channel import Channel, client_for, task_id_of
 from jobrelay.actors.celery_backend.relay import Relay
-from jobrelay.actors.handlers import JobContext
+from jobrelay.actors.handlers import JobContext, JobFailed
 from jobrelay.actors.job_limits import Limits, limits_for
 from jobrelay.protocol.messages import JobRequest, JobStatus
 from jobrelay.protocol.time_limits import check_time_limits
@@ -166,7 +166,13 @@ class CeleryHandler:
             ctx.update(
                 JobStatus.RUNNING, detail=f"dispatched to celery task {task_id}", dispatch=(BACKEND, task_id)
             )
-        self.backend.send(self.name, job, task_id, limits_for(job, self), self._options.queue)
+        try:
+            self.backend.send(self.name, job, task_id, limits_for(job, self), self._options.queue)
+        except Exception as exc:  # the broker is away (after kombu's own retries): worth another attempt
+            logger.error("job {}: could not send celery task {}: {}", job.job_id, task_id, exc)
+            raise JobFailed(
+                f"celery_unreachable: {type(exc).__name__}: {exc}"[:2000], retryable=True
+            ) from exc
         ctx.count("celery_dispatched")
         logger.info("job {}: sent to celery as task {} ({})", job.job_id, task_id, self.name)
         return START if found is None or found.attempt != job.attempt else found.position
