@@ -69,7 +69,8 @@ def relay_round(fac: Facilitator, jobs: int, tag: str) -> float:
         view = fac.job(job_id)
         assert view is not None
         progress = [h.progress for h in view.history if h.progress is not None]
-        assert progress == [round(s / STEPS, 4) for s in range(1, STEPS + 1)], (job_id, progress)
+        if progress != [round(s / STEPS, 4) for s in range(1, STEPS + 1)]:
+            raise SystemExit(f"{job_id}: progress {progress} in {[tuple(h) for h in view.history]}")
     return elapsed
 
 

@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.actors import Worker, WorkerConfig, start_worker
 from jobrelay.actors.celery_backend import CeleryBackend, RelayedTask, celery_task, report
-from jobrelay.actors.celery_backend.channel import CANCELLED_HOLDER, Channel, client_for
+from jobrelay.actors.celery_backend.channel import CANCELLED_HOLDER, Channel, Event, client_for
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.messages import JobStatus
 from jobrelay.storage import Dispatches, open_database
 from jobrelay.testing.celery_cluster import (
     RedisServer,
@@ -387,3 +388,32 @@ def test_a_cancel_before_the_task_starts_takes_its_claim_so_no_run_ever_starts(
     channel = Channel(client_for(cluster.url), job_id)
     assert channel.holder() == CANCELLED_HOLDER
     assert not channel.claim("a late run", 1.0)  # what a run would try first: refused
+
+
+@pytest.mark.timeout(60)
+def test_only_a_relayed_tasks_own_events_end_its_job_not_its_celery_state(
+    fac: Facilitator, tmp_path: Path, cluster: RedisServer
+) -> None:
+    # A run holds the claim and Celery already says SUCCESS, but its events are not in the stream
+    # yet (e.g. a read failed): the job must wait for them, then relay them in order.
+    channel = Channel(client_for(cluster.url), "early-1")
+    assert channel.claim("a run elsewhere pid 1", 60.0)
+    backend = CeleryBackend.shared(cluster.url)
+    backend.app.backend.mark_as_done("early-1", "done")
+    handler = celery_task("tests.steps", broker=cluster.url, queue="parked")  # no Celery worker runs it
+    with start_worker(worker_config(fac, tmp_path / "w.db"), {"steps": handler}) as worker:
+        worker.wait_connected(10)
+        job_id = fac.submit("steps", {}, job_id="early-1")
+        deadline = time.monotonic() + 1.5  # three of the relay's checks of the Celery state
+        while time.monotonic() < deadline:
+            assert not ended(fac, job_id), history(fac, job_id)
+            time.sleep(0.05)
+        channel.append(Event(JobStatus.RUNNING, 0.5, "half"))
+        channel.append(Event(JobStatus.COMPLETED, None, "all done"))
+        rows = wait_ended(fac, job_id)
+    assert rows == [
+        ("accepted", None, ""),
+        ("running", None, "dispatched to celery task early-1"),
+        ("running", 0.5, "half"),
+        ("completed", None, "all done"),
+    ]

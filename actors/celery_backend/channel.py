@@ -27,6 +27,7 @@ __all__ = [
 
 KEEP_SECONDS: Final = 7 * 24 * 3600  # a task's keys outlive any reasonable restart of its worker
 _PREFIX: Final = "jobrelay:task:"
+_MAX_CONNECTIONS: Final = 1024
 CANCELLED_HOLDER: Final = "cancelled before it started"  # the claim a cancel takes
 _CLAIM_SCRIPT: Final = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -42,11 +43,15 @@ _clients_lock = threading.Lock()
 
 def client_for(url: str) -> redis.Redis:
     """One Redis client (and connection pool) per URL per process; redis-py makes a forked child
-    open its own connections."""
+    open its own connections. Each relayed job holds a connection while it waits on its stream:
+    past ``_MAX_CONNECTIONS`` a caller waits for a free one (up to 10 s) instead of failing."""
     with _clients_lock:
         found = _clients.get(url)
         if found is None:
-            found = _clients[url] = redis.Redis.from_url(url, decode_responses=True)
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=_MAX_CONNECTIONS, timeout=10, decode_responses=True
+            )
+            found = _clients[url] = redis.Redis(connection_pool=pool)
         return found
 
 

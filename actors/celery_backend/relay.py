@@ -26,6 +26,7 @@ __all__ = ["WORKER_LOST", "Relay"]
 
 WORKER_LOST = "worker_lost"
 _BLOCK_MS = 200  # longest wait on the stream: how soon a cancel or a stop is noticed
+_READ_COUNT = 100  # entries per read
 _TIME_LIMITS = ("TimeLimitExceeded", "SoftTimeLimitExceeded")
 
 
@@ -56,6 +57,7 @@ class Relay:
         self.channel = backend.channel(task_id)
         self._cancel_grace = cancel_grace
         self._poll = poll
+        self._caught_up = False  # the last _pump read the stream and relayed all it held
 
     def run(self) -> str:
         """Relay until the task's ending: returns the completion detail, or raises JobFailed,
@@ -85,8 +87,9 @@ class Relay:
 
     def _pump(self, block_ms: int | None) -> Event | None:
         """Relay what the stream holds after our position; the terminal event if it came."""
+        self._caught_up = False
         try:
-            entries = self.channel.read(self.position, block_ms=block_ms)
+            entries = self.channel.read(self.position, block_ms=block_ms, count=_READ_COUNT)
         except Exception as exc:  # Redis away: the events wait there (or in its restart)
             logger.warning("celery task {}: cannot read its events: {}", self.task_id, exc)
             self.ctx.wait_cancelled(self._poll)
@@ -108,6 +111,7 @@ class Relay:
                 return None
             self.position = entry_id
             self.ctx.count("celery_relayed")
+        self._caught_up = len(entries) < _READ_COUNT  # else more may wait behind them
         return None
 
     def _check(self) -> str | None:
@@ -121,6 +125,8 @@ class Relay:
         ending = self._pump(None)  # read after the facts: a terminal event written before them
         if ending is not None:
             return self._end(ending)
+        if not self._caught_up:  # events not yet relayed: no ending may overtake them
+            return None
         if state == "REVOKED" or holder == CANCELLED_HOLDER:
             raise JobCancelled(self.ctx.cancel_reason or "revoked")
         if state == "FAILURE":
@@ -131,7 +137,7 @@ class Relay:
             if name == "WorkerLostError":
                 raise JobFailed(WORKER_LOST, retryable=True)
             raise JobFailed(f"{name}: {result}"[:2000])
-        if state == "SUCCESS":  # a task that is not a RelayedTask: no events, only its result
+        if state == "SUCCESS" and holder is None:  # not a RelayedTask: no claim, no events
             return "" if result is None else str(result)[:2000]
         if holder is not None and not leased:
             logger.warning("celery task {}: its run ({}) stopped renewing its lease", self.task_id, holder)
