@@ -99,6 +99,7 @@ class Relay:
                 event = Event.parse(fields)
             except ValueError as exc:
                 logger.error("celery task {}: ignoring a bad event {}: {}", self.task_id, entry_id, exc)
+                self.position = entry_id  # in memory only: after a restart it is skipped again
                 continue
             if event.status.terminal:
                 return event
