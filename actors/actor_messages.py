@@ -107,6 +107,12 @@ class Publish(_Msg, frozen=True):
     body: Any
     future: Any  # pykka.Future[int], resolved with the seq once durable
     backlog: Any = None  # the handle's PublishBacklog, told when the Outbox takes the message
+    # (job_id, task_id, stream position) of a relayed external event: the position is committed
+    # in the same transaction as the status, so a restart relays nothing twice.
+    mark: tuple[str, str, str] | None = None
+    # (job_id, attempt, backend, task_id): the job goes to an external backend; its dispatch row is
+    # committed with this status (storage.Dispatches.record).
+    dispatch: tuple[str, int, str, str] | None = None
 
 
 # --- Connection ↔ JobRouter (the protocol's PeerStreamStarted/PeerStreamAdvanced events are told

@@ -11,18 +11,21 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import pykka
 from loguru import logger
 
-from jobrelay.actors.actor_messages import Count, JobDone, Observe, send
+from jobrelay.actors.actor_messages import Count, Gauge, JobDone, Observe, send
 from jobrelay.actors.job_limits import TIME_LIMIT, Limits, TimeLimitExceeded, limits_for, run_limited
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 
 if TYPE_CHECKING:
     from jobrelay.actors.outbox_actor import OutboxHandle
     from jobrelay.actors.processes import ProcessJournal
+    from jobrelay.storage import Dispatch
 
 __all__ = [
     "Handler",
     "JobCancelled",
     "JobContext",
+    "JobDetached",
+    "JobFailed",
     "RetryableError",
     "publish_status",
     "resumable",
@@ -35,6 +38,22 @@ _UPDATE_TIMEOUT = 60.0
 
 class JobCancelled(Exception):
     """Raise from a handler (or let ctx.check_cancelled() raise it) to end the job as cancelled."""
+
+
+class JobDetached(Exception):
+    """Raise from a handler whose job goes on elsewhere (an external backend such as Celery) when
+    its worker stops: no terminal status is reported now; a resumable handler re-attaches to the
+    job at the next start and reports its ending then."""
+
+
+class JobFailed(Exception):
+    """Raise from a handler to fail the job with exactly ``detail`` (e.g. ``worker_lost``), and
+    as retryable if asked."""
+
+    def __init__(self, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
 
 
 class RetryableError(Exception):
@@ -55,8 +74,11 @@ def publish_status(
     progress: float | None = None,
     attempt: int = 1,
     retryable: bool = False,
+    mark: tuple[str, str, str] | None = None,
+    dispatch: tuple[str, int, str, str] | None = None,
 ) -> pykka.Future[int]:
-    """Publish one status update of ``job_id``; the future resolves once it is durable."""
+    """Publish one status update of ``job_id``; the future resolves once it is durable (with
+    ``mark``/``dispatch``, the external backend's record it carries too: OutboxHandle.publish)."""
     return outbox.publish(
         JobStatusUpdate(
             job_id=job_id,
@@ -66,7 +88,9 @@ def publish_status(
             detail=detail,
             attempt=attempt,
             retryable=retryable,
-        )
+        ),
+        mark=mark,
+        dispatch=dispatch,
     )
 
 
@@ -80,8 +104,14 @@ class JobContext:
         outbox: OutboxHandle,
         clock: Callable[[], float],
         processes: ProcessJournal | None = None,
+        metrics: pykka.ActorRef[Any] | None = None,
+        resumed: bool = False,
     ) -> None:
         self.job = job
+        # It started before the worker restarted (a resumable handler picks it up where it was).
+        self.resumed = resumed
+        self._metrics = metrics
+        self.worker_stopping = False  # the cancel came from a stopping worker, not the facilitator
         # Where a handler that starts processes journals them (None: nowhere, e.g. in unit tests).
         self.processes = processes
         self._outbox = outbox
@@ -148,14 +178,35 @@ class JobContext:
         if self._cancelled.is_set():
             raise JobCancelled(self.cancel_reason)
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: str, *, stopping: bool = False) -> None:
+        """Ask the handler to stop; ``stopping``: because the worker stops (a handler whose job
+        runs elsewhere may detach instead)."""
         self.cancel_reason = reason
+        self.worker_stopping = self.worker_stopping or stopping
         self._cancelled.set()
 
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the worker's counter ``name`` (for handlers with metrics of their own)."""
+        if self._metrics is not None:
+            send(self._metrics, Count(name, n))
+
+    def gauge(self, name: str, value: float) -> None:
+        """Set the worker's gauge ``name``."""
+        if self._metrics is not None:
+            send(self._metrics, Gauge(name, value))
+
     def update(
-        self, status: JobStatus = JobStatus.RUNNING, *, progress: float | None = None, detail: str = ""
+        self,
+        status: JobStatus = JobStatus.RUNNING,
+        *,
+        progress: float | None = None,
+        detail: str = "",
+        mark: tuple[str, str, str] | None = None,
+        dispatch: tuple[str, str] | None = None,
     ) -> None:
         """Report progress; returns once the update is durable (raises if it cannot be stored).
+        An external backend's handler records with it where the job went (``dispatch``: backend
+        and task id) or how far its events were relayed (``mark``: job id, task id, position).
 
         Raises:
             ValueError: a terminal status (return from the handler or raise instead).
@@ -167,14 +218,29 @@ class JobContext:
             # The job has ended (its hard time limit): nothing more is reported for it, and the
             # exception unwinds the abandoned handler.
             raise JobCancelled(self.cancel_reason)
-        self.report(status, detail=detail, progress=progress).get(timeout=_UPDATE_TIMEOUT)
+        note = None if dispatch is None else (self.job.job_id, self.job.attempt, *dispatch)
+        self.report(status, detail=detail, progress=progress, mark=mark, dispatch=note).get(
+            timeout=_UPDATE_TIMEOUT
+        )
+
+    def dispatched(self) -> Dispatch | None:
+        """This job's dispatch to an external backend as recorded by update(dispatch=…), also
+        before a restart (None: none; an earlier attempt's is returned as it is)."""
+        return self._outbox.dispatch(self.job.job_id).get(timeout=_UPDATE_TIMEOUT)
 
     def elapsed(self) -> float:
         """Seconds since the job's handler started."""
         return self._clock() - self.started_at
 
     def report(
-        self, status: JobStatus, *, detail: str = "", progress: float | None = None, retryable: bool = False
+        self,
+        status: JobStatus,
+        *,
+        detail: str = "",
+        progress: float | None = None,
+        retryable: bool = False,
+        mark: tuple[str, str, str] | None = None,
+        dispatch: tuple[str, int, str, str] | None = None,
     ) -> pykka.Future[int]:
         """Publish a status of this job (terminal ones too: run_handler ends jobs through it)."""
         return publish_status(
@@ -186,6 +252,8 @@ class JobContext:
             progress=progress,
             attempt=self.job.attempt,
             retryable=retryable,
+            mark=mark,
+            dispatch=dispatch,
         )
 
 
@@ -216,9 +284,15 @@ def _run(
     handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
 ) -> None:
     job = ctx.job
-    limits = limits_for(job, handler)
+    # A handler with its own time limits (they reach its backend) is not watched here.
+    limits = Limits() if getattr(handler, "own_time_limits", False) else limits_for(job, handler)
     if limits == Limits():
-        status, detail, retryable = _outcome(handler, ctx)
+        try:
+            status, detail, retryable = _outcome(handler, ctx)
+        except JobDetached:
+            logger.info("job {}: detached while it runs elsewhere; its ending is reported later", job.job_id)
+            send(router, JobDone(job.job_id, job.attempt, job.kind))
+            return
     else:
         outcome = run_limited(lambda: _outcome(handler, ctx), ctx, limits)
         # A time limit is worth another attempt: the next one may run on a less loaded machine.
@@ -240,16 +314,21 @@ def _outcome(handler: Handler, ctx: JobContext) -> tuple[JobStatus, str, bool]:
     job = ctx.job
     status, detail, retryable = JobStatus.COMPLETED, "", False
     try:
-        ctx.update(JobStatus.RUNNING)
+        if not getattr(handler, "announces_running", False):  # else the handler reports it
+            ctx.update(JobStatus.RUNNING)
         result = handler(job, ctx)
         if ctx.cancelled:
             status, detail = JobStatus.CANCELLED, ctx.cancel_reason
         elif result is not None:
             detail = str(result)[:2000]
+    except JobDetached:
+        raise
     except JobCancelled:
         status, detail = JobStatus.CANCELLED, ctx.cancel_reason or "cancelled"
     except TimeLimitExceeded:
         status, detail, retryable = JobStatus.FAILED, TIME_LIMIT, True
+    except JobFailed as exc:
+        status, detail, retryable = JobStatus.FAILED, exc.detail[:2000], exc.retryable
     except Exception as exc:
         if ctx.cancelled:
             status, detail = JobStatus.CANCELLED, ctx.cancel_reason

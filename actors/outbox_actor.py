@@ -30,7 +30,7 @@ from jobrelay.actors.publisher import Publisher
 from jobrelay.protocol.errors import JobrelayError
 from jobrelay.protocol.events import RestartOwnStream
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
-from jobrelay.storage import OutboxStats
+from jobrelay.storage import Dispatch, OutboxStats
 
 __all__ = ["OutboxActor", "OutboxBehind", "OutboxHandle", "PublishBacklog"]
 
@@ -99,6 +99,9 @@ class OutboxActor(pykka.ThreadingActor):
 
     def stats(self) -> OutboxStats:
         return self._publisher.stats()
+
+    def dispatch(self, job_id: str) -> Dispatch | None:
+        return self._publisher.dispatch(job_id)
 
     def in_flight(self) -> int:
         return self._publisher.in_flight()
@@ -212,8 +215,18 @@ class OutboxHandle:
         self._proxy = cast(Any, ref.proxy())
         self._backlog = backlog or PublishBacklog(limit=50_000, timeout=30.0)
 
-    def publish(self, body: WorkerBody) -> pykka.Future[int]:
+    def publish(
+        self,
+        body: WorkerBody,
+        *,
+        mark: tuple[str, str, str] | None = None,
+        dispatch: tuple[str, int, str, str] | None = None,
+    ) -> pykka.Future[int]:
         """Durably queue ``body`` for the facilitator.
+
+        ``mark`` (job id, task id, stream position): the relayed position of an external task's
+        events; ``dispatch`` (job id, attempt, backend, task id): the job's dispatch to an external
+        backend. Either is committed together with ``body`` (storage.Dispatches).
 
         The future fails with OutboxFull when there is no room within ``publish_timeout``,
         OutboxBehind when the Outbox has not taken ``backlog.limit`` earlier publishes within
@@ -227,7 +240,7 @@ class OutboxHandle:
             future.set_exception(exc_info=(OutboxBehind, exc, None))
             return future
         try:
-            self.actor_ref.tell(Publish(body, future, self._backlog))
+            self.actor_ref.tell(Publish(body, future, self._backlog, mark, dispatch))
         except pykka.ActorDeadError:
             self._backlog.taken()
             raise
@@ -260,6 +273,10 @@ class OutboxHandle:
 
     def stats(self) -> pykka.Future[OutboxStats]:
         return cast("pykka.Future[OutboxStats]", self._proxy.stats())
+
+    def dispatch(self, job_id: str) -> pykka.Future[Dispatch | None]:
+        """The job's dispatch to an external backend, as committed (None: none)."""
+        return cast("pykka.Future[Dispatch | None]", self._proxy.dispatch(job_id))
 
     def in_flight(self) -> pykka.Future[int]:
         return cast("pykka.Future[int]", self._proxy.in_flight())

@@ -25,6 +25,8 @@ from jobrelay.protocol.errors import LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import (
     Database,
+    Dispatch,
+    Dispatches,
     JobLedger,
     Outbox,
     OutboxFull,
@@ -118,6 +120,10 @@ class Publisher:
     def stats(self) -> OutboxStats:
         return self._store().stats()
 
+    def dispatch(self, job_id: str) -> Dispatch | None:
+        assert self._db is not None
+        return Dispatches(self._db).get(job_id)
+
     def in_flight(self) -> int:
         """Handed to the session and not yet acknowledged."""
         return self._handed - self._acked if self.session else 0
@@ -154,6 +160,11 @@ class Publisher:
                         if result is not StatusResult.RECORDED:
                             refused[i] = _refusal(update, result, db)
                 assigned = outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
+                for publish in batch:  # an external backend's records commit with their statuses
+                    if publish.dispatch is not None:
+                        Dispatches(db).record(*publish.dispatch)
+                    if publish.mark is not None:
+                        Dispatches(db).advance(*publish.mark)
         except OutboxFull:
             self._blocked.extend((self._deadline(p), p) for p in batch)
             self._report(Count("outbox_full"))

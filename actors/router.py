@@ -160,7 +160,7 @@ class JobRouter(pykka.ThreadingActor):
             self._queued = deque(kept)
         if cancel_running:
             for ctx in self._running.values():
-                ctx.cancel(reason)
+                ctx.cancel(reason, stopping=True)
         return len(self._running)
 
     def _release(self, job_id: str) -> None:
@@ -321,7 +321,14 @@ class JobRouter(pykka.ThreadingActor):
                     self._decoded[job_id] = job
                 continue
             self._queued_ids.discard(job_id)
-            ctx = JobContext(job, outbox=self._outbox, clock=self._clock, processes=self._processes)
+            ctx = JobContext(
+                job,
+                outbox=self._outbox,
+                clock=self._clock,
+                processes=self._processes,
+                metrics=self._metrics,
+                resumed=job_id in self._resuming,
+            )
             self._running[job.job_id] = ctx
             self._running_kinds[job.kind] += 1
             send(self._metrics, Count("jobs_started"))

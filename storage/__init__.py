@@ -11,6 +11,7 @@ from jobrelay.protocol.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from jobrelay.storage.database import Database, Durability
+    from jobrelay.storage.dispatch import Dispatch, Dispatches
     from jobrelay.storage.errors import (
         AckOutOfRange,
         OutboxFull,
@@ -31,6 +32,8 @@ __all__ = [
     "AckOutOfRange",
     "Database",
     "DatabaseSummary",
+    "Dispatch",
+    "Dispatches",
     "Durability",
     "Inbox",
     "InboxRow",
@@ -57,6 +60,8 @@ _EXPORTS = {
     "AckOutOfRange": "jobrelay.storage.errors",
     "Database": "jobrelay.storage.database",
     "DatabaseSummary": "jobrelay.storage.inspect",
+    "Dispatch": "jobrelay.storage.dispatch",
+    "Dispatches": "jobrelay.storage.dispatch",
     "Durability": "jobrelay.storage.database",
     "Inbox": "jobrelay.storage.inbox",
     "InboxRow": "jobrelay.storage.inbox",

@@ -16,6 +16,9 @@
 #   or a hand-back of a pinned job waits for that worker, never another one; jobs.cancel_reason,
 #   set (on the worker) in the same transaction that takes in a job's cancel, so a cancel that
 #   arrived before a kill -9 still ends the job `cancelled` after the restart.
+# Tables (v4, a worker's jobs run on an external backend such as Celery; see storage/dispatch.py):
+#   job_dispatches(job_id PK -> jobs ON DELETE CASCADE, attempt, backend, task_id, position,
+#                  dispatched_at)
 from __future__ import annotations
 
 import time
@@ -157,10 +160,26 @@ def _v3_pins_and_cancels(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN cancel_reason TEXT")
 
 
+def _v4_dispatches(db: sqlite_utils.Database) -> None:
+    # One row per job handed to an external backend: where its task is and how far its events
+    # were relayed. Cascade: pruning a finished job forgets its dispatch too.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS job_dispatches (
+            job_id TEXT PRIMARY KEY REFERENCES jobs(job_id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            backend TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            position TEXT NOT NULL,
+            dispatched_at REAL NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
     Migration(3, "jobs pinned to a worker; cancels kept", _v3_pins_and_cancels),
+    Migration(4, "job dispatches to external backends", _v4_dispatches),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -383,3 +383,26 @@ def test_beat_persists_the_ack_and_reports_gauges(h: Harness) -> None:
     assert h.committed_seqs() == [3]
     gauges = {r.name: r.value for r in h.reports if isinstance(r, Gauge)}
     assert gauges["outbox_depth"] == 1 and gauges["in_flight"] == 1
+
+
+# ---------------------------------------------------------------- an external backend's records
+
+
+def test_a_dispatch_and_a_relayed_position_commit_with_their_statuses_or_not_at_all(h: Harness) -> None:
+    h.add_job("j1")
+    running = Publish(
+        status("j1", JobStatus.RUNNING), pykka.ThreadingFuture(), dispatch=("j1", 1, "celery", "j1")
+    )
+    relayed = Publish(status("j1", JobStatus.RUNNING), pykka.ThreadingFuture(), mark=("j1", "j1", "5-0"))
+    assert h.publisher.write([running, relayed])
+    found = h.publisher.dispatch("j1")
+    assert found is not None and (found.task_id, found.position) == ("j1", "5-0")
+    # A batch that fails to commit takes its position with it: the event is relayed again.
+    broken = Publish(status("j1", JobStatus.RUNNING), pykka.ThreadingFuture(), mark=("j1", "j1", "6-0"))
+    h.publisher.close()
+    h.publisher.write([broken])
+    assert isinstance(failure(broken), StorageError)
+    h.publisher.open()
+    found = h.publisher.dispatch("j1")
+    assert found is not None and found.position == "5-0"
+    assert h.committed_statuses("j1") == ["running", "running"]

@@ -63,3 +63,28 @@ def test_history_check_accepts_good_and_refuses_bad() -> None:
     ]
     for history in bad:
         assert check_history(history, 2)[0] == "bad", history
+
+
+@pytest.mark.timeout(120)
+def test_scripts_demo_celery_fans_out_survives_both_kills_and_loses_nothing() -> None:
+    pytest.importorskip("celery")
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "demo"), "--celery", "--jobs", "40", "--job-seconds", "0.5"],
+        cwd=ROOT, env=clean_env(), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=100)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    print(out)  # the table, for the CI log
+    assert proc.returncode == 0, out
+    rows = dict(re.findall(r"^  (\S.*?\S)  +(\S.*)$", out, re.M))
+    assert rows["jobs submitted"] == rows["jobs completed"] == "40"
+    assert rows["jobs lost or duplicated"] == "0"
+    assert int(rows["jobs retried after worker_lost"]) >= 1  # the killed pool process's job
+    assert re.fullmatch(r"celery1 \d+, celery2 \d+", rows["jobs per Celery worker"])
+    assert int(rows["tasks re-attached after the restart"]) >= 1
+    assert "jobrelay demo --celery: OK" in out

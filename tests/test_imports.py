@@ -72,3 +72,12 @@ def test_the_public_face_names_the_main_api() -> None:
     for name in ("start_worker", "WorkerConfig", "start_facilitator", "FacilitatorConfig", "ConfigError"):
         assert name in jobrelay.__all__
     assert jobrelay.ConfigError is importlib.import_module("jobrelay.protocol").ConfigError
+
+
+def test_celery_is_loaded_only_by_its_backend() -> None:
+    # A worker, its CLI and the backend's package face run without Celery installed.
+    loaded = loaded_after(
+        "import jobrelay.actors.celery_backend\nfrom jobrelay.actors import start_worker\n"
+        "import jobrelay.cli.worker\nimport jobrelay.cli.demo\n"
+    )
+    assert not loaded & {"celery", "kombu", "billiard", "redis"}, sorted(loaded)

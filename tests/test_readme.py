@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,48 @@ def test_readme_library_example_runs() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     statuses = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     assert statuses[0] == "accepted" and statuses[-1] == "completed", result.stdout
+
+
+def celery_blocks() -> tuple[str, str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Scaling out with Celery\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "the Celery section has tasks.py and run.py"
+    return blocks[0], blocks[1]
+
+
+@pytest.mark.timeout(90)
+def test_readme_celery_example_runs_against_a_real_redis_and_celery_worker(tmp_path: Path) -> None:
+    pytest.importorskip("celery")
+    from jobrelay.testing.celery_cluster import (
+        redis_server,
+        start_celery_worker,
+        stop_celery_worker,
+        wait_celery_ready,
+    )
+
+    tasks, run = celery_blocks()
+    (tmp_path / "tasks.py").write_text(tasks)
+    (tmp_path / "run.py").write_text(run)
+    with redis_server(tmp_path) as server:
+        env = {**clean_env(), "REDIS_URL": server.url}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("REDIS_URL", server.url)  # tasks.py reads it in the Celery worker
+            worker = start_celery_worker(server.url, "readme", tmp_path, app="tasks", pythonpath=tmp_path)
+        try:
+            wait_celery_ready(server.url, [worker])
+            result = subprocess.run(
+                [sys.executable, str(tmp_path / "run.py")], capture_output=True, text=True, timeout=60,
+                env=env, cwd=tmp_path, check=False,
+            )  # fmt: skip
+        finally:
+            stop_celery_worker(worker)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "accepted None " and lines[-1] == "completed None encoded talk.mp4", lines
+    assert [line.split(" ", 2)[1] for line in lines[3:6]] == [
+        "0.3333333333333333",
+        "0.6666666666666666",
+        "1.0",
+    ]
+    assert lines[1] == "running None dispatched to celery task " + lines[1].rsplit(" ", 1)[1]

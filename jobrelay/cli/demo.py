@@ -40,6 +40,7 @@ examples:
   jobrelay demo                 # 500 jobs, 2 cuts, 1 kill -9; about 15 s
   jobrelay demo --jobs 2000     # a longer run
   jobrelay demo --keep          # keep the temp directory (databases, worker log)
+  jobrelay demo --celery        # the jobs on 2 Celery workers; one pool process killed mid-task
 
 Exit code 0 when every job ended exactly once and every status update arrived exactly once, in
 order; 1 otherwise (the problems are listed and the temp directory is kept).
@@ -54,14 +55,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
         epilog=EPILOG,
         **kw,
     )
-    p.add_argument("--jobs", type=count(1, 1_000_000), default=500, help="jobs to submit (default 500)")
-    p.add_argument("--job-seconds", type=seconds, default=0.15, help="each job's duration (default 0.15)")
+    p.add_argument(
+        "--jobs", type=count(1, 1_000_000), default=None, help="jobs to submit (default 500; --celery: 80)"
+    )
+    p.add_argument(
+        "--job-seconds", type=seconds, default=None, help="each job's duration (default 0.15; --celery: 0.6)"
+    )
     p.add_argument("--steps", type=count(1, 10_000), default=3, help="progress updates per job (default 3)")
     p.add_argument(
         "--max-jobs", type=count(1, 10_000), default=8, help="the worker's concurrent jobs (default 8)"
     )
     p.add_argument("--deadline", type=seconds, default=55.0, help="give up after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temp directory")
+    p.add_argument(
+        "--celery",
+        action="store_true",
+        help="run the jobs on 2 Celery workers (real redis-server and `celery worker` processes; "
+        "needs jobrelay[celery]), kill one pool process mid-task and the jobrelay worker once",
+    )
     p.set_defaults(run=run)
 
 
@@ -144,6 +155,12 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.celery:
+        from jobrelay.cli.demo_celery import run_celery  # noqa: PLC0415 - celery is optional
+
+        return run_celery(args)
+    args.jobs = args.jobs or 500
+    args.job_seconds = 0.15 if args.job_seconds is None else args.job_seconds
     log = resolve(LOG, args, config_path=args.config)
     logs.check(log)
     tmp = Path(tempfile.mkdtemp(prefix="jobrelay-demo-"))

@@ -32,6 +32,7 @@ class WorkerProcess:
     http_url: str = ""
     incarnation: int = 0
     counters: dict[int, dict[str, float]] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)  # more `jobrelay worker` flags
 
     def start(self, deadline: float) -> None:
         ready = self.tmp / "worker-ready.json"
@@ -44,6 +45,7 @@ class WorkerProcess:
             "--key-file", str(self.tmp / "demo.key"), "--db", str(self.tmp / "worker.db"),
             "--max-jobs", str(self.max_jobs), "--backoff-base", "0.05", "--backoff-cap", "0.5",
             "--stop-timeout", "5", "--http-port", "0", "--ready-file", str(ready), "--log-json",
+            *self.extra,
         ]  # fmt: skip
         with (self.tmp / "worker.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)

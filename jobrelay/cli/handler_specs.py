@@ -69,6 +69,7 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
     limits = {
         kind: _limits(resolved, kind, text) for kind, text in resolved.values.get("time_limits", {}).items()
     }
+    handlers.update(_celery_handlers(resolved, commands, limits))
     for kind, argv in commands.items():
         kind_options = options.get(kind, {})
         if kind in limits:
@@ -84,6 +85,36 @@ def handlers_from(resolved: Resolved) -> dict[str, Handler]:
         if kind not in handlers:
             raise resolved.bad("time_limits", f"{kind}: no handler for this kind")
         handlers[kind] = with_time_limits(handlers[kind], kind_limits)
+    return handlers
+
+
+def _celery_handlers(
+    resolved: Resolved, commands: dict[str, list[str]], limits: dict[str, Limits]
+) -> dict[str, Handler]:
+    """One CeleryHandler per ``celery_tasks`` kind (its time limits taken out of ``limits``)."""
+    tasks: dict[str, str] = resolved.values.get("celery_tasks", {})
+    if not tasks:
+        return {}
+    broker = resolved.values.get("celery_broker", "")
+    if not broker:
+        raise resolved.bad("celery_tasks", "needs --celery-broker redis://HOST:PORT/DB")
+    try:
+        from jobrelay.actors.celery_backend.backend import CeleryBackend, CeleryHandler  # noqa: PLC0415 - celery is optional
+    except ImportError as exc:
+        raise resolved.bad("celery_tasks", f"needs Celery: pip install 'jobrelay[celery]' ({exc})") from None
+    try:
+        backend = CeleryBackend(broker)
+    except ValueError as exc:
+        raise resolved.bad("celery_broker", str(exc)) from None
+    handlers: dict[str, Handler] = {}
+    for kind, name in tasks.items():
+        if kind in commands:
+            raise resolved.bad("celery_tasks", f"{kind}: also a command handler (--handler {kind}=...)")
+        soft, hard = limits.pop(kind, Limits())
+        try:
+            handlers[kind] = CeleryHandler(name.strip(), backend, soft_time_limit=soft, time_limit=hard)
+        except ValueError as exc:
+            raise resolved.bad("celery_tasks", f"{kind}: {exc}") from None
     return handlers
 
 

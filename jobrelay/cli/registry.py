@@ -116,6 +116,13 @@ WORKER: tuple[Setting, ...] = (
        "job kind = [SOFT/]HARD seconds: the kind's default time limits, repeatable "
        "(TOML: a [worker.time_limits] table; a job's own limits override them)",
        env="JOBRELAY_TIME_LIMITS", config=False, metavar="KIND=[SOFT/]HARD"),
+    _w("celery_tasks", TABLE, {}, "--celery-task",
+       "job kind = Celery task name, repeatable: the kind runs as that task on the cluster of "
+       "--celery-broker (TOML: a [worker.celery_tasks] table; needs jobrelay[celery])",
+       env="JOBRELAY_CELERY_TASKS", config=False, metavar="KIND=TASK"),
+    _w("celery_broker", str, "", "--celery-broker",
+       "Redis URL of the Celery broker for --celery-task kinds (also their result backend and "
+       "progress channel)", config=False, metavar="URL"),
     _w("http_host", str, "127.0.0.1", "--http-host", "interface for /healthz and /metrics", config=False),
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
        config=False, bounds=PORT),
