@@ -10,6 +10,7 @@ import pykka
 
 __all__ = [
     "Beat",
+    "BreakerChanged",
     "ConnectionState",
     "Count",
     "DropSession",
@@ -149,6 +150,15 @@ class StateChanged(_Msg, frozen=True):
     state: ConnectionState
     at: float
     detail: str = ""
+
+
+class BreakerChanged(_Msg, frozen=True):
+    """The connection's circuit breaker moved from ``before`` to ``after`` (BreakerState values)."""
+
+    before: str
+    after: str
+    at: float
+    reason: str = ""
 
 
 class Count(_Msg, frozen=True):

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.auth import check_public_key, public_key_hex, worker_id_problem
+from jobrelay.protocol.breaker import BreakerConfig
 from jobrelay.protocol.config import LinkConfig
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
@@ -43,6 +44,12 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             the facilitator, where any other worker can take them.
         backoff_base / backoff_cap: full-jitter reconnect delays, seconds.
         max_attempts: consecutive failed connection attempts before giving up (None: forever).
+        breaker_failure_threshold: consecutive failed connection attempts that open the
+            connection's circuit breaker; while it is open no attempt is made.
+        breaker_recovery_timeout: seconds the open breaker waits before a half-open probe; a probe
+            then goes within one more such period (full jitter), so a worker is back within about
+            two of them after the facilitator returns.
+        breaker_success_threshold: sessions opened in half-open state that close the breaker.
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
         ca_file: CA bundle for ``wss://`` (default: the system store).
 
@@ -66,6 +73,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_attempts: int | None = None
+    breaker_failure_threshold: int = 5
+    breaker_recovery_timeout: float = 2.0
+    breaker_success_threshold: int = 1
     connect_timeout: float = 10.0
     ca_file: str = ""
 
@@ -102,6 +112,8 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base})", self.backoff_cap)
         if self.max_attempts is not None:
             self.check_counts("max_attempts")
+        self.check_counts("breaker_failure_threshold", "breaker_success_threshold")
+        self.check_durations("breaker_recovery_timeout")
         if self.ca_file and not Path(self.ca_file).is_file():
             self.bad("ca_file", "no such file", self.ca_file)
         if not self.facilitator_key:
@@ -116,6 +128,14 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
                 "facilitator_key", "expected an Ed25519 public key as 64 hex characters", self.facilitator_key
             )
         load_key(self)
+
+    def breaker_config(self) -> BreakerConfig:
+        """The connection's circuit breaker (one connection attempt at a time: one trial)."""
+        return BreakerConfig(
+            failure_threshold=self.breaker_failure_threshold,
+            recovery_timeout=self.breaker_recovery_timeout,
+            success_threshold=self.breaker_success_threshold,
+        )
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(

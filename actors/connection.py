@@ -20,6 +20,7 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import (
     Beat,
+    BreakerChanged,
     ConnectionState,
     Count,
     DropSession,
@@ -39,6 +40,7 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig, load_key
+from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
 from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
@@ -46,6 +48,7 @@ from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
+from jobrelay.protocol.breaker import CircuitBreaker, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
@@ -107,9 +110,15 @@ class ConnectionActor(pykka.ThreadingActor):
         self._kinds = None if kinds is None else tuple(kinds)
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
-        self._retry = ReconnectPolicy(
-            base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
+        self._pacer = ConnectPacer(
+            ReconnectPolicy(
+                base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
+            ),
+            CircuitBreaker(config.breaker_config(), now=clock()),
+            self._log,
+            self._breaker_changed,
         )
+        self._opened = False  # the current attempt opened a session (else its end is a failure)
         self._transport: Transport | None = None
         self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
@@ -145,6 +154,10 @@ class ConnectionActor(pykka.ThreadingActor):
         """When a frame last arrived from the facilitator (0 if never)."""
         return self._last_contact
 
+    def breaker(self) -> BreakerStatus:
+        """The connection's circuit breaker now."""
+        return self._pacer.status(self._clock())
+
     def connected_event(self) -> threading.Event:
         """Set while the session is open (for ``Worker.wait_connected``)."""
         return self._connected
@@ -175,12 +188,12 @@ class ConnectionActor(pykka.ThreadingActor):
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
                 self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
-                self._backoff(error, cause_logged=True)
+                self._backoff(error, cause_logged=True, failed_attempt=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
                     driver.lost(detail)
                 else:
-                    self._backoff(detail)
+                    self._backoff(detail, failed_attempt=True)
             case SendData(session_id=sid, items=items) if self._is_current(sid):
                 assert driver is not None
                 driver.session.queue_data(items)
@@ -252,8 +265,16 @@ class ConnectionActor(pykka.ThreadingActor):
     def _connect(self) -> None:
         if self._stopping:
             return
+        wait = self._pacer.wait_before_try(self._clock())
+        if wait > 0:  # the breaker is open: no attempt until its probe
+            self._set_state(
+                ConnectionState.BACKOFF, f"circuit breaker open, next probe in {wait:.2f}s", quiet=True
+            )
+            self._schedule(wait)
+            return
         self._attempt += 1
         attempt = self._attempt
+        self._opened = False
         self._set_state(ConnectionState.CONNECTING)
         transport = self._factory()
         self._transport = transport
@@ -329,7 +350,8 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._router, event)  # the JobRouter owns the inbox: it records where the stream resumes
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
-        self._retry.opened(self._clock())
+        self._pacer.opened(self._clock())
+        self._opened = True
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
@@ -340,7 +362,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
 
     def _on_closed(self, event: ev.Closed, session: WorkerSession) -> None:
-        self._retry.closed(self._clock())
+        self._pacer.closed(self._clock())
         self._connected.clear()
         self._report_counts()
         self._driver = None
@@ -348,9 +370,12 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._outbox, SessionClosed(session.session_id))
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         log_closed(self._log, event, left_out)
-        self._backoff(event.detail, cause_logged=True)
+        self._backoff(event.detail, cause_logged=True, failed_attempt=not self._opened)
 
-    def _backoff(self, why: str, *, cause_logged: bool = False) -> None:
+    def _breaker_changed(self, step: Transition) -> None:
+        send(self._metrics, BreakerChanged(step.before.value, step.after.value, step.at, step.reason))
+
+    def _backoff(self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False) -> None:
         self._connected.clear()
         # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
         # now) must not count as a second failure.
@@ -358,14 +383,19 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
-        delay = self._retry.next_delay(self._rand())
+        delay = self._pacer.retry_delay(self._clock(), self._rand(), failed_attempt=failed_attempt)
         if delay is None:
-            failures = self._retry.failures
+            failures = self._pacer.backoff.failures
             self._log.error("giving up after {} failed connection attempts", failures)
             self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
+        self._schedule(delay)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
         self._timer.daemon = True
         self._timer.start()

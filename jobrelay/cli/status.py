@@ -92,6 +92,13 @@ def _print(doc: dict[str, Any]) -> None:
         print(f"connection  {health.get('state', '?')}", end="")
         age = health.get("last_contact_age")
         print(f"  (last contact {age:.1f}s ago)" if isinstance(age, int | float) else "")
+        breaker = health.get("breaker")
+        if isinstance(breaker, dict):
+            line = f"breaker     {breaker.get('state', '?')}, {breaker.get('trips', 0)} trip(s)"
+            retry_at = breaker.get("retry_at")
+            if isinstance(retry_at, int | float):
+                line += f", next probe in {max(0.0, retry_at - time.time()):.1f}s"
+            print(line)
         running = health.get("running_jobs") or []
         print(f"running     {len(running)} job(s){': ' + ', '.join(running[:10]) if running else ''}")
     else:
