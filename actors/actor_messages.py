@@ -27,6 +27,7 @@ __all__ = [
     "Persisted",
     "Publish",
     "Reconnect",
+    "ReleaseData",
     "SendData",
     "SessionClosed",
     "SessionOpened",
@@ -143,6 +144,12 @@ class Beat(_Msg, frozen=True):
 
 class Reconnect(_Msg, frozen=True):
     attempt: int
+
+
+class ReleaseData(_Msg, frozen=True):
+    """Tokens have come for data the send throttle holds for ``session_id``."""
+
+    session_id: str
 
 
 # --- anyone → subscribers / Metrics

@@ -50,6 +50,10 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             then goes within one more such period (full jitter), so a worker is back within about
             two of them after the facilitator returns.
         breaker_success_threshold: sessions opened in half-open state that close the breaker.
+        send_rate: data messages sent a second at most (a token bucket; None: no limit). Held
+            messages wait in order; they are durable in the outbox, so a publisher never waits
+            for this limit, only for outbox room.
+        send_burst: data messages the bucket lets through at once after a quiet spell.
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
         ca_file: CA bundle for ``wss://`` (default: the system store).
 
@@ -76,6 +80,8 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     breaker_failure_threshold: int = 5
     breaker_recovery_timeout: float = 2.0
     breaker_success_threshold: int = 1
+    send_rate: float | None = None
+    send_burst: int = 1000
     connect_timeout: float = 10.0
     ca_file: str = ""
 
@@ -114,6 +120,15 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.check_counts("max_attempts")
         self.check_counts("breaker_failure_threshold", "breaker_success_threshold")
         self.check_durations("breaker_recovery_timeout")
+        self.check_counts("send_burst")
+        if self.send_rate is not None and not (
+            isinstance(self.send_rate, int | float) and 0 < self.send_rate < math.inf
+        ):
+            self.bad(
+                "send_rate",
+                "must be a positive, finite number of messages a second, or unset",
+                self.send_rate,
+            )
         if self.ca_file and not Path(self.ca_file).is_file():
             self.bad("ca_file", "no such file", self.ca_file)
         if not self.facilitator_key:

@@ -24,6 +24,7 @@ from jobrelay.actors.actor_messages import (
     ConnectionState,
     Count,
     DropSession,
+    Gauge,
     Incoming,
     IoClosed,
     IoConnected,
@@ -33,6 +34,7 @@ from jobrelay.actors.actor_messages import (
     PeerAcked,
     Persisted,
     Reconnect,
+    ReleaseData,
     SendData,
     SessionClosed,
     SessionOpened,
@@ -43,6 +45,8 @@ from jobrelay.actors.config import WorkerConfig, load_key
 from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
 from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
+from jobrelay.actors.one_shot import OneShot
+from jobrelay.actors.send_throttle import SendThrottle
 from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
@@ -119,12 +123,14 @@ class ConnectionActor(pykka.ThreadingActor):
             self._breaker_changed,
         )
         self._opened = False  # the current attempt opened a session (else its end is a failure)
+        self._throttle = SendThrottle(config.send_rate, config.send_burst, now=clock())
+        self._release_timer = OneShot("jobrelay-send-throttle")
         self._transport: Transport | None = None
         self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
         self._counts: Counter[str] = Counter()
         self._driver: SessionDriver[WorkerSession] | None = None
-        self._timer: threading.Timer | None = None
+        self._timer = OneShot("jobrelay-reconnect")
         self._connected = threading.Event()
         self._last_contact = 0.0
         self._draining = False
@@ -196,8 +202,10 @@ class ConnectionActor(pykka.ThreadingActor):
                     self._backoff(detail, failed_attempt=True)
             case SendData(session_id=sid, items=items) if self._is_current(sid):
                 assert driver is not None
-                driver.session.queue_data(items)
-                driver.pump()
+                self._send_data(driver, sid, self._throttle.offer(items, self._clock()))
+            case ReleaseData(session_id=sid) if self._is_current(sid):
+                assert driver is not None
+                self._send_data(driver, sid, self._throttle.release(self._clock()))
             case Persisted(session_id=sid, upto=upto) if self._is_current(sid):
                 assert driver is not None
                 driver.session.acknowledge(upto)
@@ -210,7 +218,7 @@ class ConnectionActor(pykka.ThreadingActor):
                 self._connect()
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
                 pass  # from an attempt that was already given up
-            case SendData() | Persisted() | DropSession():
+            case SendData() | Persisted() | DropSession() | ReleaseData():
                 pass  # for a session that ended: the Outbox replays from the next one's resume point
             case _:
                 self._log.error("Connection got an unknown message {!r}", message)
@@ -262,6 +270,16 @@ class ConnectionActor(pykka.ThreadingActor):
             return False
         return driver.session.is_open or not opened
 
+    def _send_data(
+        self, driver: SessionDriver[WorkerSession], sid: str, items: list[tuple[int, Any]]
+    ) -> None:
+        if items:
+            driver.session.queue_data(items)
+            driver.pump()
+        wait = self._throttle.next_release(self._clock())
+        if wait is not None:
+            self._release_timer.arm(wait, self.actor_ref, ReleaseData(sid))
+
     def _connect(self) -> None:
         if self._stopping:
             return
@@ -270,7 +288,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._set_state(
                 ConnectionState.BACKOFF, f"circuit breaker open, next probe in {wait:.2f}s", quiet=True
             )
-            self._schedule(wait)
+            self._timer.arm(wait, self.actor_ref, Reconnect(self._attempt))
             return
         self._attempt += 1
         attempt = self._attempt
@@ -338,6 +356,10 @@ class ConnectionActor(pykka.ThreadingActor):
             if driver.session.is_open and sent > self._sent_mark:
                 self._counts["data_sent"] += sent - self._sent_mark
                 self._sent_mark = sent
+        if self._throttle.throttled:
+            self._counts["data_throttled"] += self._throttle.throttled
+            self._throttle.throttled = 0
+        send(self._metrics, Gauge("data_throttle_held", float(self._throttle.held)))
         for name, n in self._counts.items():
             if n:
                 send(self._metrics, Count(name, n))
@@ -391,19 +413,12 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
-        self._schedule(delay)
-
-    def _schedule(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer.arm(delay, self.actor_ref, Reconnect(self._attempt))
 
     def _shutdown(self, reason: str, code: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
+        self._release_timer.cancel()
+        self._throttle.clear()
         transport, self._transport = self._transport, None
         writer, self._writer = self._writer, None
         if writer is not None:
