@@ -25,11 +25,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 
@@ -124,13 +124,13 @@ def run(name: str, n: int, outage: float, folder: Path, *, threshold: int | None
 
 
 def msgspec_replace(config: FacilitatorConfig, **changes: Any) -> FacilitatorConfig:
-    import msgspec
-
     return msgspec.structs.replace(config, **changes)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--outage", type=float, default=25.0)
     args = parser.parse_args()

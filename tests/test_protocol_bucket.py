@@ -15,7 +15,9 @@ from jobrelay.protocol.errors import ConfigError
 RATES = st.sampled_from([0.5, 1.0, 10.0, 250.0])
 BURSTS = st.sampled_from([1.0, 2.0, 5.0, 100.0])
 STEPS = st.lists(
-    st.tuples(st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 3.0, -0.5]), st.integers(0, 8), st.booleans()),
+    st.tuples(
+        st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 3.0, -0.5]), st.integers(0, 8), st.booleans()
+    ),
     max_size=60,
 )
 
