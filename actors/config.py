@@ -50,6 +50,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             then goes within one more such period (full jitter), so a worker is back within about
             two of them after the facilitator returns.
         breaker_success_threshold: sessions opened in half-open state that close the breaker.
+        local_mode_after: seconds without a session before the worker enters local mode (at once
+            when the breaker opens): it keeps running its jobs and keeps their statuses in the
+            outbox; /healthz answers healthy with ``mode: local``.
         send_rate: data messages sent a second at most (a token bucket; None: no limit). Held
             messages wait in order; they are durable in the outbox, so a publisher never waits
             for this limit, only for outbox room.
@@ -80,6 +83,7 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     breaker_failure_threshold: int = 5
     breaker_recovery_timeout: float = 2.0
     breaker_success_threshold: int = 1
+    local_mode_after: float = 30.0
     send_rate: float | None = None
     send_burst: int = 1000
     connect_timeout: float = 10.0
@@ -119,7 +123,7 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         if self.max_attempts is not None:
             self.check_counts("max_attempts")
         self.check_counts("breaker_failure_threshold", "breaker_success_threshold")
-        self.check_durations("breaker_recovery_timeout")
+        self.check_durations("breaker_recovery_timeout", "local_mode_after")
         self.check_counts("send_burst")
         if self.send_rate is not None and not (
             isinstance(self.send_rate, int | float) and 0 < self.send_rate < math.inf

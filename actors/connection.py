@@ -45,6 +45,7 @@ from jobrelay.actors.config import WorkerConfig, load_key
 from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
 from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
+from jobrelay.actors.local_mode import LocalMode, LocalModeStatus
 from jobrelay.actors.one_shot import OneShot
 from jobrelay.actors.send_throttle import SendThrottle
 from jobrelay.actors.websocket_transport import WebSocketTransport
@@ -52,7 +53,7 @@ from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
-from jobrelay.protocol.breaker import CircuitBreaker, Transition
+from jobrelay.protocol.breaker import BreakerState, CircuitBreaker, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
@@ -123,6 +124,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._breaker_changed,
         )
         self._opened = False  # the current attempt opened a session (else its end is a failure)
+        self._local = LocalMode(config.local_mode_after, self._log, metrics)
         self._throttle = SendThrottle(config.send_rate, config.send_burst, now=clock())
         self._release_timer = OneShot("jobrelay-send-throttle")
         self._transport: Transport | None = None
@@ -140,16 +142,19 @@ class ConnectionActor(pykka.ThreadingActor):
     # ------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
+        self._local.open(self.config.db_path, self.config.durability, self._clock())
         self._connect()
 
     def on_stop(self) -> None:
         self._stopping = True
         self._shutdown("worker stopping", GOING_AWAY)
         self._set_state(ConnectionState.CLOSED, "stopped")
+        self._local.close()
 
     def on_failure(self, *args: object) -> None:
         self._stopping = True
         self._shutdown("worker crashed", GOING_AWAY)
+        self._local.close()
 
     # ------------------------------------------------------------ public (proxy) API
 
@@ -163,6 +168,10 @@ class ConnectionActor(pykka.ThreadingActor):
     def breaker(self) -> BreakerStatus:
         """The connection's circuit breaker now."""
         return self._pacer.status(self._clock())
+
+    def local_mode(self) -> LocalModeStatus:
+        """Whether the worker runs without its facilitator, since when, and how often it did."""
+        return self._local.status()
 
     def connected_event(self) -> threading.Event:
         """Set while the session is open (for ``Worker.wait_connected``)."""
@@ -344,6 +353,7 @@ class ConnectionActor(pykka.ThreadingActor):
         driver = self._driver
         if driver is not None:
             driver.tick(now)
+        self._local.check(now, breaker_open=self._pacer.breaker.state(now) is BreakerState.OPEN)
         self._report_counts()
 
     def _report_counts(self) -> None:
@@ -373,6 +383,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
         self._pacer.opened(self._clock())
+        self._local.session_opened(self._clock())
         self._opened = True
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
@@ -385,6 +396,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_closed(self, event: ev.Closed, session: WorkerSession) -> None:
         self._pacer.closed(self._clock())
+        self._local.session_closed(self._clock(), self._last_contact)
         self._connected.clear()
         self._report_counts()
         self._driver = None
@@ -396,6 +408,8 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _breaker_changed(self, step: Transition) -> None:
         send(self._metrics, BreakerChanged(step.before.value, step.after.value, step.at, step.reason))
+        if step.after is BreakerState.OPEN:
+            self._local.check(step.at, breaker_open=True)
 
     def _backoff(self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False) -> None:
         self._connected.clear()

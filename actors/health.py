@@ -26,6 +26,9 @@ class WorkerHealth:
 
     Healthy means work can flow: the connection is ``connected`` and either nothing is waiting
     for an acknowledgement or the facilitator acknowledged something within ``ack_stall`` seconds.
+    In local mode (the facilitator unreachable for ``local_mode_after`` seconds, or the breaker
+    open) the answer is the documented "healthy but local": 200, ``mode: "local"``, with a
+    ``reason`` saying so: the worker is doing what it should while its facilitator is away.
     """
 
     def __init__(self, worker: Worker, *, ack_stall: float = 30.0, clock: Callable[[], float] = time.time):
@@ -55,6 +58,7 @@ class WorkerHealth:
         last_contact = float(worker.connection.last_contact().get(timeout=_ASK_TIMEOUT))
         running = sorted(worker.router.running().get(timeout=_ASK_TIMEOUT))
         breaker = worker.connection.breaker().get(timeout=_ASK_TIMEOUT)
+        local = worker.connection.local_mode().get(timeout=_ASK_TIMEOUT)
         since_ack = self._acks_advanced(stats.last_acked, now)
         body: dict[str, Any] = {
             "worker_id": worker.config.worker_id,
@@ -68,7 +72,12 @@ class WorkerHealth:
             "last_contact_age": round(now - last_contact, 3) if last_contact else None,
             "running_jobs": running,
             "breaker": msgspec.to_builtins(breaker),
+            "mode": "local" if local.active else "connected",
+            "local_mode": msgspec.to_builtins(local),
         }
+        if state != "connected" and local.active:
+            since = f" since {time.strftime('%H:%M:%S', time.localtime(local.since))}" if local.since else ""
+            return HealthReport(True, f"local mode{since}: facilitator unreachable (state: {state})", body)
         if state != "connected":
             return HealthReport(False, f"not connected (state: {state})", body)
         if stats.depth_rows and since_ack > self.ack_stall:

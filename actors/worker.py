@@ -41,6 +41,7 @@ class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
     state = proxy_method(ConnectionActor.state)
     last_contact = proxy_method(ConnectionActor.last_contact)
     breaker = proxy_method(ConnectionActor.breaker)
+    local_mode = proxy_method(ConnectionActor.local_mode)
     connected_event = proxy_method(ConnectionActor.connected_event)
     drain = proxy_method(ConnectionActor.drain)
     drop = proxy_method(ConnectionActor.drop)

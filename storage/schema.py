@@ -12,6 +12,8 @@
 # Tables (v2, used by the reference facilitator; see storage/routing.py):
 #   facilitator_workers(worker_id PK, specs, specs_at, last_event, last_seen)
 #   facilitator_worker_events(id PK, worker_id, event, detail, at); index jobs(peer)
+# Tables (v3, the worker's local mode; see storage/local_state.py):
+#   worker_local_state(id PK = 1, active, since, last_contact, activations, updated_at)
 from __future__ import annotations
 
 import time
@@ -148,9 +150,23 @@ def _v2_facilitator(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _v3_local_state(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS worker_local_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            active INTEGER NOT NULL DEFAULT 0,
+            since REAL,
+            last_contact REAL,
+            activations INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL DEFAULT 0
+        )"""
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
+    Migration(3, "worker local mode state", _v3_local_state),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -303,6 +303,8 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
             assert Outbox(db).append("k", b"kept") == 1
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 2
-        assert {"facilitator_workers", "facilitator_worker_events"} <= set(db.su.table_names())
+        assert db.schema_version == SCHEMA_VERSION == 3
+        assert {"facilitator_workers", "facilitator_worker_events", "worker_local_state"} <= set(
+            db.su.table_names()
+        )
         assert [r.payload for r in Outbox(db).pending()] == [b"kept"]

@@ -102,6 +102,8 @@ WORKER: tuple[Setting, ...] = (
        "seconds the open breaker waits before a half-open probe (then within one more, full jitter)"),
     _w("breaker_success_threshold", int, 1, "--breaker-success-threshold",
        "sessions opened in half-open state that close the breaker"),
+    _w("local_mode_after", float, 30.0, "--local-mode-after",
+       "seconds without a session before local mode (jobs go on); at once when the breaker opens"),
     _w("send_rate", float, None, "--send-rate",
        "data messages sent a second at most, token bucket (unset: no limit; they wait in the outbox)"),
     _w("send_burst", int, 1000, "--send-burst", "data messages the send bucket lets through at once"),
