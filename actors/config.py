@@ -53,6 +53,10 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         local_mode_after: seconds without a session before the worker enters local mode (at once
             when the breaker opens): it keeps running its jobs and keeps their statuses in the
             outbox; /healthz answers healthy with ``mode: local``.
+        max_calls_in_flight: calls (``Worker.call``) outstanding at once; more wait or fail with
+            CallThrottled (the caller's choice).
+        call_rate: calls started a second at most (a token bucket; None: no limit).
+        call_burst: calls the bucket lets start at once after a quiet spell.
         send_rate: data messages sent a second at most (a token bucket; None: no limit). Held
             messages wait in order; they are durable in the outbox, so a publisher never waits
             for this limit, only for outbox room.
@@ -84,6 +88,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     breaker_recovery_timeout: float = 2.0
     breaker_success_threshold: int = 1
     local_mode_after: float = 30.0
+    max_calls_in_flight: int = 1000
+    call_rate: float | None = None
+    call_burst: int = 100
     send_rate: float | None = None
     send_burst: int = 1000
     connect_timeout: float = 10.0
@@ -124,7 +131,13 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.check_counts("max_attempts")
         self.check_counts("breaker_failure_threshold", "breaker_success_threshold")
         self.check_durations("breaker_recovery_timeout", "local_mode_after")
-        self.check_counts("send_burst")
+        self.check_counts("send_burst", "max_calls_in_flight", "call_burst")
+        if self.call_rate is not None and not (
+            isinstance(self.call_rate, int | float) and 0 < self.call_rate < math.inf
+        ):
+            self.bad(
+                "call_rate", "must be a positive, finite number of calls a second, or unset", self.call_rate
+            )
         if self.send_rate is not None and not (
             isinstance(self.send_rate, int | float) and 0 < self.send_rate < math.inf
         ):

@@ -41,14 +41,18 @@ from jobrelay.actors.actor_messages import (
     StateChanged,
     send,
 )
+from jobrelay.actors.call_server import SendResponse
+from jobrelay.actors.calls import StartCall
 from jobrelay.actors.config import WorkerConfig, load_key
 from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
 from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
-from jobrelay.actors.local_mode import LocalMode, LocalModeStatus
+from jobrelay.actors.local_mode import LocalModeStatus
 from jobrelay.actors.one_shot import OneShot
 from jobrelay.actors.send_throttle import SendThrottle
+from jobrelay.actors.session_services import SessionServices
 from jobrelay.actors.websocket_transport import WebSocketTransport
+from jobrelay.common.calls import MethodRegistry
 from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
@@ -57,7 +61,6 @@ from jobrelay.protocol.breaker import BreakerState, CircuitBreaker, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
-from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
@@ -81,6 +84,7 @@ class ConnectionActor(pykka.ThreadingActor):
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
         kinds: the job kinds this worker runs, announced in every hello (None: any kind), with
             credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.
+        served: the methods the worker answers the facilitator's calls with (default: built-ins).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class ConnectionActor(pykka.ThreadingActor):
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         kinds: Sequence[str] | None = None,
+        served: MethodRegistry | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -124,7 +129,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._breaker_changed,
         )
         self._opened = False  # the current attempt opened a session (else its end is a failure)
-        self._local = LocalMode(config.local_mode_after, self._log, metrics)
+        self._services = SessionServices(config, self._log, metrics, clock(), served)
         self._throttle = SendThrottle(config.send_rate, config.send_burst, now=clock())
         self._release_timer = OneShot("jobrelay-send-throttle")
         self._transport: Transport | None = None
@@ -142,19 +147,19 @@ class ConnectionActor(pykka.ThreadingActor):
     # ------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
-        self._local.open(self.config.db_path, self.config.durability, self._clock())
+        self._services.open(self.actor_ref, self._clock())
         self._connect()
 
     def on_stop(self) -> None:
         self._stopping = True
         self._shutdown("worker stopping", GOING_AWAY)
         self._set_state(ConnectionState.CLOSED, "stopped")
-        self._local.close()
+        self._services.close()
 
     def on_failure(self, *args: object) -> None:
         self._stopping = True
         self._shutdown("worker crashed", GOING_AWAY)
-        self._local.close()
+        self._services.close()
 
     # ------------------------------------------------------------ public (proxy) API
 
@@ -171,7 +176,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def local_mode(self) -> LocalModeStatus:
         """Whether the worker runs without its facilitator, since when, and how often it did."""
-        return self._local.status()
+        return self._services.local.status()
 
     def connected_event(self) -> threading.Event:
         """Set while the session is open (for ``Worker.wait_connected``)."""
@@ -221,13 +226,23 @@ class ConnectionActor(pykka.ThreadingActor):
                 driver.pump()
             case Beat(at=now):
                 self._on_beat(now)
+            case StartCall() as call:
+                now = self._clock()
+                session = driver.session if driver is not None else None
+                self._services.start_call(call, session, now, self._pacer.breaker.state(now))
+                if driver is not None:
+                    driver.pump()
+            case SendResponse(session_id=sid, response=response) if self._is_current(sid):
+                assert driver is not None
+                driver.session.send_response(response)
+                driver.pump()
             case DropSession(session_id=sid, reason=reason) if self._is_current(sid, opened=False):
                 self.drop(reason)
             case Reconnect(attempt=a) if a == self._attempt and driver is None:
                 self._connect()
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
                 pass  # from an attempt that was already given up
-            case SendData() | Persisted() | DropSession() | ReleaseData():
+            case SendData() | Persisted() | DropSession() | ReleaseData() | SendResponse():
                 pass  # for a session that ended: the Outbox replays from the next one's resume point
             case _:
                 self._log.error("Connection got an unknown message {!r}", message)
@@ -256,12 +271,8 @@ class ConnectionActor(pykka.ThreadingActor):
                 send(self._outbox, event)
             case ev.Opened():
                 self._on_opened(event, session)
-            case ev.RequestReceived(request=request) if session.is_open:
-                # No request methods are served yet; answering at once (PROTOCOL §6.2: each request
-                # once) spares the facilitator its timeout.
-                session.send_response(
-                    Response(id=request.id, ok=False, error=f"unknown method {request.method!r}")
-                )
+            case ev.RequestReceived() | ev.ResponseReceived() | ev.RequestTimedOut():
+                self._services.on_event(event, session, self._clock())
             case ev.PeerWarning(code=code, detail=detail):
                 if self._repeats.first("refusals"):
                     self._log.warning("facilitator refused a message: {} {} (more are counted)", code, detail)
@@ -353,7 +364,7 @@ class ConnectionActor(pykka.ThreadingActor):
         driver = self._driver
         if driver is not None:
             driver.tick(now)
-        self._local.check(now, breaker_open=self._pacer.breaker.state(now) is BreakerState.OPEN)
+        self._services.beat(now, self._pacer.breaker.state(now))
         self._report_counts()
 
     def _report_counts(self) -> None:
@@ -370,6 +381,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._counts["data_throttled"] += self._throttle.throttled
             self._throttle.throttled = 0
         send(self._metrics, Gauge("data_throttle_held", float(self._throttle.held)))
+        self._counts.update(self._services.take_counts())
         for name, n in self._counts.items():
             if n:
                 send(self._metrics, Count(name, n))
@@ -383,7 +395,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
         self._pacer.opened(self._clock())
-        self._local.session_opened(self._clock())
+        self._services.opened(session, self._clock())
         self._opened = True
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
@@ -396,7 +408,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_closed(self, event: ev.Closed, session: WorkerSession) -> None:
         self._pacer.closed(self._clock())
-        self._local.session_closed(self._clock(), self._last_contact)
+        self._services.closed(self._clock(), self._last_contact)
         self._connected.clear()
         self._report_counts()
         self._driver = None
@@ -409,7 +421,7 @@ class ConnectionActor(pykka.ThreadingActor):
     def _breaker_changed(self, step: Transition) -> None:
         send(self._metrics, BreakerChanged(step.before.value, step.after.value, step.at, step.reason))
         if step.after is BreakerState.OPEN:
-            self._local.check(step.at, breaker_open=True)
+            self._services.local.check(step.at, breaker_open=True)
 
     def _backoff(self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False) -> None:
         self._connected.clear()
