@@ -2,10 +2,11 @@
 # built-in ``lease.*`` calls; the facilitator grants and expires them. Thread-safe; blocking calls
 # in the caller's thread.
 # Invariants:
-# - The worker's own view of a lease's end is conservative: ``ttl`` after the later of its last
-#   grant or renewal and the last frame from the facilitator (the facilitator expires it ``ttl``
-#   after the holder's last heartbeat it received, which is no earlier). So in local mode a
-#   granted lease is used until then, never longer.
+# - The worker's own view of a lease's end is conservative: while its session is open the lease
+#   holds; otherwise it ends ``ttl`` after the later of its last grant or renewal and the last
+#   frame from the facilitator (the facilitator expires it ``ttl`` after the holder's last frame
+#   it received, which is no earlier). So in local mode a granted lease is used until then,
+#   never longer.
 # - A clean stop releases every lease still held, while the session is open.
 from __future__ import annotations
 
@@ -95,7 +96,10 @@ class LeaseKeeper:
             held = self._held.get(lease_id)
         if held is None:
             return None
-        contact = float(self._connection.last_contact().get(timeout=5.0))
+        if self._connection.connected_event().get(timeout=5.0).is_set():
+            contact = self._clock()  # the facilitator keeps it while the session is open
+        else:
+            contact = float(self._connection.last_contact().get(timeout=5.0))
         return max(held.granted_at, contact) + held.lease.ttl
 
     def held(self) -> list[Lease]:

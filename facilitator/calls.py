@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import math
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -54,7 +55,14 @@ class FacilitatorCalls:
         leases: the resource leases (``leases.define(resource, capacity)`` offers a resource).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, store: FacilitatorStore, threads: int = 8) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        store: FacilitatorStore,
+        *,
+        lease_grace: float = 0.0,
+        threads: int = 8,
+    ) -> None:
         self._loop = loop
         self._store = store
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="jobrelay-fcall")
@@ -62,7 +70,7 @@ class FacilitatorCalls:
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, tuple[concurrent.futures.Future[Any], WorkerConnection, MethodSpec]] = {}
         self.served = MethodRegistry("facilitator")
-        self.leases = LeaseTable(self._seen)
+        self.leases = LeaseTable(self._seen, grace=lease_grace)
         self._register_builtins()
 
     # ------------------------------------------------------------------ public (any thread)
@@ -174,9 +182,11 @@ class FacilitatorCalls:
         conn.send_request(Request(id=call_id, method=spec.name, params=params, timeout_ms=timeout_ms))
 
     def _seen(self, worker_id: str) -> float | None:
+        """Now while the worker's session is open (the session ends on heartbeat loss), else the
+        last frame of its last session: its leases expire ``ttl`` after that."""
         conn = self._open.get(worker_id)
         if conn is not None and conn.session.is_open:
-            return conn.last_contact
+            return time.time()
         return self._last_seen.get(worker_id)
 
     def _register_builtins(self) -> None:

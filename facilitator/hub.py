@@ -73,7 +73,8 @@ class ConnectionHub:
         self.loop = loop
         self.chatter = Chatter(loop)
         self.retries = RetryTimers(store, loop, self.request_dispatch)
-        self.calls = FacilitatorCalls(loop, store)  # request–response calls, both directions
+        # Request–response calls, both directions, and resource leases.
+        self.calls = FacilitatorCalls(loop, store, lease_grace=config.heartbeat_interval)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

@@ -4,9 +4,10 @@
 # Invariants:
 # - The units leased of a resource never exceed its capacity.
 # - A lease ends when released, or when it expires: ``ttl`` after the later of its grant/last
-#   renewal and the last frame from its holder (heartbeats keep a connected holder's leases
-#   alive; a holder gone silent loses them ``ttl`` after it went silent). Expiry is applied
-#   before every operation, so an expired lease is never renewed or counted.
+#   renewal and the holder's last sign of life (``last_seen``: now while its session is open —
+#   a session ends on heartbeat loss — else its last frame). So a holder that lost its
+#   connection or went silent loses its leases ``ttl`` after that. Expiry is applied before
+#   every operation, so an expired lease is never renewed or counted.
 # - Only the holder can renew or release its lease.
 from __future__ import annotations
 
@@ -34,12 +35,19 @@ class LeaseTable:
 
     Args:
         last_seen: when a frame last came from a worker (None: never / unknown).
+        grace: seconds added to every expiry: the heartbeat interval, so that a worker, which
+            counts from the last frame it got from us (at most one interval after our last
+            frame from it), never holds a lease longer than we do.
     """
 
     def __init__(
-        self, last_seen: Callable[[str], float | None], clock: Callable[[], float] = time.time
+        self,
+        last_seen: Callable[[str], float | None],
+        clock: Callable[[], float] = time.time,
+        grace: float = 0.0,
     ) -> None:
         self._last_seen = last_seen
+        self._grace = grace
         self._clock = clock
         self._lock = threading.Lock()
         self._capacity: dict[str, int] = {}
@@ -124,7 +132,7 @@ class LeaseTable:
 
     def _expiry(self, held: _Held) -> float:
         seen = self._last_seen(held.worker) or 0.0
-        return max(held.renewed_at, seen) + held.lease.ttl
+        return max(held.renewed_at, seen) + held.lease.ttl + self._grace
 
     def _expire(self, now: float) -> None:
         for lease_id, held in list(self._held.items()):
