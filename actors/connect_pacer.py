@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from jobrelay.actors.config import WorkerConfig
 from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.breaker import BreakerState, CircuitBreaker, Transition
 
@@ -50,6 +51,16 @@ class ConnectPacer:
         self.breaker = breaker
         self._log = log
         self._on_transition = on_transition
+
+    @classmethod
+    def for_config(
+        cls, config: WorkerConfig, log: Any, on_transition: Callable[[Transition], None], now: float
+    ) -> ConnectPacer:
+        """The pacer of a worker: its backoff settings and its connection breaker."""
+        backoff = ReconnectPolicy(
+            base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
+        )
+        return cls(backoff, CircuitBreaker(config.breaker_config(), now=now), log, on_transition)
 
     def wait_before_try(self, now: float) -> float:
         """0 to try now (a half-open breaker's trial slot is then taken), else seconds to wait."""

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,6 @@ from jobrelay.actors.actor_messages import (
     ConnectionState,
     Count,
     DropSession,
-    Gauge,
     Incoming,
     IoClosed,
     IoConnected,
@@ -49,15 +47,13 @@ from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.local_mode import LocalModeStatus
 from jobrelay.actors.one_shot import OneShot
-from jobrelay.actors.send_throttle import SendThrottle
-from jobrelay.actors.session_services import SessionServices
+from jobrelay.actors.session_services import SessionServices, new_session
 from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.calls import MethodRegistry
 from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
-from jobrelay.protocol.backoff import ReconnectPolicy
-from jobrelay.protocol.breaker import BreakerState, CircuitBreaker, Transition
+from jobrelay.protocol.breaker import BreakerState, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
@@ -120,18 +116,9 @@ class ConnectionActor(pykka.ThreadingActor):
         self._kinds = None if kinds is None else tuple(kinds)
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
-        self._pacer = ConnectPacer(
-            ReconnectPolicy(
-                base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
-            ),
-            CircuitBreaker(config.breaker_config(), now=clock()),
-            self._log,
-            self._breaker_changed,
-        )
+        self._pacer = ConnectPacer.for_config(config, self._log, self._breaker_changed, clock())
         self._opened = False  # the current attempt opened a session (else its end is a failure)
         self._services = SessionServices(config, self._log, metrics, clock(), served)
-        self._throttle = SendThrottle(config.send_rate, config.send_burst, now=clock())
-        self._release_timer = OneShot("jobrelay-send-throttle")
         self._transport: Transport | None = None
         self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
@@ -142,7 +129,6 @@ class ConnectionActor(pykka.ThreadingActor):
         self._last_contact = 0.0
         self._draining = False
         self._stopping = False
-        self._sent_mark = 0  # data_sent counted up to this seq of the current session
 
     # ------------------------------------------------------------ lifecycle
 
@@ -216,10 +202,10 @@ class ConnectionActor(pykka.ThreadingActor):
                     self._backoff(detail, failed_attempt=True)
             case SendData(session_id=sid, items=items) if self._is_current(sid):
                 assert driver is not None
-                self._send_data(driver, sid, self._throttle.offer(items, self._clock()))
+                self._send_data(driver, sid, self._services.throttle.offer(items, self._clock()))
             case ReleaseData(session_id=sid) if self._is_current(sid):
                 assert driver is not None
-                self._send_data(driver, sid, self._throttle.release(self._clock()))
+                self._send_data(driver, sid, self._services.throttle.release(self._clock()))
             case Persisted(session_id=sid, upto=upto) if self._is_current(sid):
                 assert driver is not None
                 driver.session.acknowledge(upto)
@@ -296,9 +282,7 @@ class ConnectionActor(pykka.ThreadingActor):
         if items:
             driver.session.queue_data(items)
             driver.pump()
-        wait = self._throttle.next_release(self._clock())
-        if wait is not None:
-            self._release_timer.arm(wait, self.actor_ref, ReleaseData(sid))
+        self._services.arm_release(self.actor_ref, sid, self._clock())
 
     def _connect(self) -> None:
         if self._stopping:
@@ -341,17 +325,7 @@ class ConnectionActor(pykka.ThreadingActor):
         )
         self._writer = writer
         self._set_state(ConnectionState.AUTHENTICATING)
-        session = WorkerSession(
-            worker_id=self.config.worker_id,
-            key=self._key,
-            facilitator_key=self.config.facilitator_key,
-            nonce=secrets.token_hex(32),
-            marks=marks,
-            now=self._clock(),
-            config=self.config.session_config(),
-            kinds=self._kinds,
-            credit=self.config.max_concurrent_jobs + self.config.prefetch,
-        )
+        session = new_session(self.config, self._key, marks, self._clock(), self._kinds)
 
         def write(frame: OutFrame) -> None:
             writer.put(frame.data, frame.binary)
@@ -365,27 +339,7 @@ class ConnectionActor(pykka.ThreadingActor):
         if driver is not None:
             driver.tick(now)
         self._services.beat(now, self._pacer.breaker.state(now))
-        self._report_counts()
-
-    def _report_counts(self) -> None:
-        driver = self._driver
-        if driver is not None:
-            self._counts["frames_received"] += driver.frames_in
-            self._counts["frames_sent"] += driver.frames_out
-            driver.frames_in = driver.frames_out = 0
-            sent = driver.session.sender.sent
-            if driver.session.is_open and sent > self._sent_mark:
-                self._counts["data_sent"] += sent - self._sent_mark
-                self._sent_mark = sent
-        if self._throttle.throttled:
-            self._counts["data_throttled"] += self._throttle.throttled
-            self._throttle.throttled = 0
-        send(self._metrics, Gauge("data_throttle_held", float(self._throttle.held)))
-        self._counts.update(self._services.take_counts())
-        for name, n in self._counts.items():
-            if n:
-                send(self._metrics, Count(name, n))
-        self._counts.clear()
+        self._services.report(self._counts, driver)
 
     def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
         if isinstance(event, ev.PeerStreamStarted) and event.previous_epoch:
@@ -397,7 +351,6 @@ class ConnectionActor(pykka.ThreadingActor):
         self._pacer.opened(self._clock())
         self._services.opened(session, self._clock())
         self._opened = True
-        self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
@@ -410,7 +363,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._pacer.closed(self._clock())
         self._services.closed(self._clock(), self._last_contact)
         self._connected.clear()
-        self._report_counts()
+        self._services.report(self._counts, self._driver)
         self._driver = None
         self._shutdown(event.detail, close_code_for(event.code))
         send(self._outbox, SessionClosed(session.session_id))
@@ -443,8 +396,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _shutdown(self, reason: str, code: int) -> None:
         self._timer.cancel()
-        self._release_timer.cancel()
-        self._throttle.clear()
+        self._services.drop_held()
         transport, self._transport = self._transport, None
         writer, self._writer = self._writer, None
         if writer is not None:
