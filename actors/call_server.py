@@ -6,7 +6,6 @@
 # Invariant: every request handed to ``serve`` gets one response told back (MethodRegistry).
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import platform
@@ -20,6 +19,7 @@ import pykka
 
 from jobrelay.actors.actor_messages import send
 from jobrelay.common.calls import MethodRegistry
+from jobrelay.common.elastic import ElasticExecutor
 from jobrelay.protocol.calls import CallCode, CallRejected, HistoryEntry, JobInfo, JobInfoParams, Specs
 from jobrelay.protocol.messages import Request, Response
 from jobrelay.storage import JobLedger, StorageError, open_database
@@ -80,7 +80,7 @@ class CallServer:
     def __init__(self, registry: MethodRegistry, connection: pykka.ActorRef[Any], threads: int = 4) -> None:
         self.registry = registry
         self._connection = connection
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="jobrelay-call")
+        self._pool = ElasticExecutor(threads, "jobrelay-call")
 
     def serve(self, session_id: str, request: Request) -> None:
         with contextlib.suppress(RuntimeError):  # the pool was shut down: the worker is stopping

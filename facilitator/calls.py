@@ -21,6 +21,7 @@ import msgspec
 from loguru import logger
 
 from jobrelay.common.calls import MethodHandler, MethodRegistry
+from jobrelay.common.elastic import ElasticExecutor
 from jobrelay.facilitator.leases import LeaseTable
 from jobrelay.protocol.calls import (
     BUILTIN_METHODS,
@@ -65,7 +66,7 @@ class FacilitatorCalls:
     ) -> None:
         self._loop = loop
         self._store = store
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="jobrelay-fcall")
+        self._pool = ElasticExecutor(threads, "jobrelay-fcall")
         self._open: dict[str, WorkerConnection] = {}
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, tuple[concurrent.futures.Future[Any], WorkerConnection, MethodSpec]] = {}

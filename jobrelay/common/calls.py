@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from jobrelay.protocol.calls import BUILTIN_METHODS, CallCode, CallRejected, Met
 from jobrelay.protocol.messages import Request, Response
 
 __all__ = ["MethodHandler", "MethodRegistry"]
+
+_REFUSAL_WINDOW = 60.0  # seconds: one refusal line per peer and code in each
 
 MethodHandler = Callable[[Any], Any]
 """Called with the checked params (an instance of the method's params type); returns the result
@@ -36,6 +39,8 @@ class MethodRegistry:
         self._methods: dict[str, tuple[MethodSpec, Callable[..., Any], bool]] = {}
         self._lock = threading.Lock()
         self._running = 0
+        self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # (peer, code) → (minute, count)
+        self._left_out: dict[tuple[str, str], int] = {}
 
     def register(
         self,
@@ -101,13 +106,29 @@ class MethodRegistry:
                 self._running -= 1
 
     def _refuse(self, request: Request, peer: str, code: str, message: str) -> Response:
-        logger.warning(
-            "{}: call {} ({}) from {} refused: {} {}",
-            self.owner,
-            request.id,
-            request.method,
-            peer or "peer",
-            code,
-            message,
-        )
+        # A peer can cause one of these per frame: the first of each code from a peer in a minute
+        # is logged (with its correlation id), the others only counted into the next such line.
+        key, now = (peer, code), time.monotonic()
+        with self._lock:
+            if len(self._refusals) > 10_000:
+                self._refusals.clear()
+                self._left_out.clear()
+            start, count = self._refusals.get(key, (now, 0))
+            if now - start >= _REFUSAL_WINDOW:
+                start, count = now, 0
+            self._refusals[key] = (start, count + 1)
+            earlier = self._left_out.pop(key, 0) if count == 0 else 0
+            if count:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+        if count == 0:
+            logger.warning(
+                "{}: call {} ({}) from {} refused: {} {}{}",
+                self.owner,
+                request.id,
+                request.method,
+                peer or "peer",
+                code,
+                message,
+                f" ({earlier} more like it not logged)" if earlier else "",
+            )
         return Response(id=request.id, ok=False, code=code, error=message[:1000])
