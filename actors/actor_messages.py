@@ -10,6 +10,7 @@ import pykka
 
 __all__ = [
     "Beat",
+    "BreakerChanged",
     "ConnectionState",
     "Count",
     "DropSession",
@@ -26,6 +27,7 @@ __all__ = [
     "Persisted",
     "Publish",
     "Reconnect",
+    "ReleaseData",
     "SendData",
     "SessionClosed",
     "SessionOpened",
@@ -150,11 +152,26 @@ class Reconnect(_Msg, frozen=True):
     attempt: int
 
 
+class ReleaseData(_Msg, frozen=True):
+    """Tokens have come for data the send throttle holds for ``session_id``."""
+
+    session_id: str
+
+
 # --- anyone → subscribers / Metrics
 class StateChanged(_Msg, frozen=True):
     state: ConnectionState
     at: float
     detail: str = ""
+
+
+class BreakerChanged(_Msg, frozen=True):
+    """The connection's circuit breaker moved from ``before`` to ``after`` (BreakerState values)."""
+
+    before: str
+    after: str
+    at: float
+    reason: str = ""
 
 
 class Count(_Msg, frozen=True):

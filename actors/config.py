@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.auth import check_public_key, public_key_hex, worker_id_problem
+from jobrelay.protocol.breaker import BreakerConfig
 from jobrelay.protocol.config import LinkConfig
 from jobrelay.protocol.errors import ConfigError
 from jobrelay.protocol.session import SessionConfig
@@ -43,6 +44,23 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             the facilitator, where any other worker can take them.
         backoff_base / backoff_cap: full-jitter reconnect delays, seconds.
         max_attempts: consecutive failed connection attempts before giving up (None: forever).
+        breaker_failure_threshold: consecutive failed connection attempts that open the
+            connection's circuit breaker; while it is open no attempt is made.
+        breaker_recovery_timeout: seconds the open breaker waits before a half-open probe; a probe
+            then goes within one more such period (full jitter), so a worker is back within about
+            two of them after the facilitator returns.
+        breaker_success_threshold: sessions opened in half-open state that close the breaker.
+        local_mode_after: seconds without a session before the worker enters local mode (at once
+            when the breaker opens): it keeps running its jobs and keeps their statuses in the
+            outbox; /healthz answers healthy with ``mode: local``.
+        max_calls_in_flight: calls (``Worker.call``) outstanding at once; more wait or fail with
+            CallThrottled (the caller's choice).
+        call_rate: calls started a second at most (a token bucket; None: no limit).
+        call_burst: calls the bucket lets start at once after a quiet spell.
+        send_rate: data messages sent a second at most (a token bucket; None: no limit). Held
+            messages wait in order; they are durable in the outbox, so a publisher never waits
+            for this limit, only for outbox room.
+        send_burst: data messages the bucket lets through at once after a quiet spell.
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
         ca_file: CA bundle for ``wss://`` (default: the system store).
 
@@ -66,6 +84,15 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     max_attempts: int | None = None
+    breaker_failure_threshold: int = 5
+    breaker_recovery_timeout: float = 2.0
+    breaker_success_threshold: int = 1
+    local_mode_after: float = 30.0
+    max_calls_in_flight: int = 1000
+    call_rate: float | None = None
+    call_burst: int = 100
+    send_rate: float | None = None
+    send_burst: int = 1000
     connect_timeout: float = 10.0
     ca_file: str = ""
 
@@ -102,6 +129,23 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.bad("backoff_cap", f"must be ≥ backoff_base ({self.backoff_base})", self.backoff_cap)
         if self.max_attempts is not None:
             self.check_counts("max_attempts")
+        self.check_counts("breaker_failure_threshold", "breaker_success_threshold")
+        self.check_durations("breaker_recovery_timeout", "local_mode_after")
+        self.check_counts("send_burst", "max_calls_in_flight", "call_burst")
+        if self.call_rate is not None and not (
+            isinstance(self.call_rate, int | float) and 0 < self.call_rate < math.inf
+        ):
+            self.bad(
+                "call_rate", "must be a positive, finite number of calls a second, or unset", self.call_rate
+            )
+        if self.send_rate is not None and not (
+            isinstance(self.send_rate, int | float) and 0 < self.send_rate < math.inf
+        ):
+            self.bad(
+                "send_rate",
+                "must be a positive, finite number of messages a second, or unset",
+                self.send_rate,
+            )
         if self.ca_file and not Path(self.ca_file).is_file():
             self.bad("ca_file", "no such file", self.ca_file)
         if not self.facilitator_key:
@@ -116,6 +160,14 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
                 "facilitator_key", "expected an Ed25519 public key as 64 hex characters", self.facilitator_key
             )
         load_key(self)
+
+    def breaker_config(self) -> BreakerConfig:
+        """The connection's circuit breaker (one connection attempt at a time: one trial)."""
+        return BreakerConfig(
+            failure_threshold=self.breaker_failure_threshold,
+            recovery_timeout=self.breaker_recovery_timeout,
+            success_threshold=self.breaker_success_threshold,
+        )
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(

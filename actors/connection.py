@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import (
     Beat,
+    BreakerChanged,
     ConnectionState,
     Count,
     DropSession,
@@ -32,24 +32,31 @@ from jobrelay.actors.actor_messages import (
     PeerAcked,
     Persisted,
     Reconnect,
+    ReleaseData,
     SendData,
     SessionClosed,
     SessionOpened,
     StateChanged,
     send,
 )
+from jobrelay.actors.call_server import SendResponse
+from jobrelay.actors.calls import StartCall
 from jobrelay.actors.config import WorkerConfig, load_key
+from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
 from jobrelay.actors.connection_log import log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
+from jobrelay.actors.local_mode import LocalModeStatus
+from jobrelay.actors.one_shot import OneShot
+from jobrelay.actors.session_services import SessionServices, new_session
 from jobrelay.actors.websocket_transport import WebSocketTransport
+from jobrelay.common.calls import MethodRegistry
 from jobrelay.common.logs import Repeats
 from jobrelay.common.transport import BackgroundSender, Transport
 from jobrelay.protocol import events as ev
-from jobrelay.protocol.backoff import ReconnectPolicy
+from jobrelay.protocol.breaker import BreakerState, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
-from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
@@ -75,6 +82,7 @@ class ConnectionActor(pykka.ThreadingActor):
             credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.
         kind_credit: per kind with its own concurrency limit, the credit of that kind (its
             concurrency + prefetch), announced with ``kinds``.
+        served: the methods the worker answers the facilitator's calls with (default: built-ins).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class ConnectionActor(pykka.ThreadingActor):
         rand: Callable[[], float] = random.random,
         kinds: Sequence[str] | None = None,
         kind_credit: Mapping[str, int] | None = None,
+        served: MethodRegistry | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -111,34 +120,36 @@ class ConnectionActor(pykka.ThreadingActor):
         self._kind_credit = dict(kind_credit or {})
         self._state = ConnectionState.DISCONNECTED
         self._attempt = 0
-        self._retry = ReconnectPolicy(
-            base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
-        )
+        self._pacer = ConnectPacer.for_config(config, self._log, self._breaker_changed, clock())
+        self._opened = False  # the current attempt opened a session (else its end is a failure)
+        self._services = SessionServices(config, self._log, metrics, clock(), served)
         self._transport: Transport | None = None
         self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
         self._counts: Counter[str] = Counter()
         self._driver: SessionDriver[WorkerSession] | None = None
-        self._timer: threading.Timer | None = None
+        self._timer = OneShot("jobrelay-reconnect")
         self._connected = threading.Event()
         self._last_contact = 0.0
         self._draining = False
         self._stopping = False
-        self._sent_mark = 0  # data_sent counted up to this seq of the current session
 
     # ------------------------------------------------------------ lifecycle
 
     def on_start(self) -> None:
+        self._services.open(self.actor_ref, self._clock())
         self._connect()
 
     def on_stop(self) -> None:
         self._stopping = True
         self._shutdown("worker stopping", GOING_AWAY)
         self._set_state(ConnectionState.CLOSED, "stopped")
+        self._services.close()
 
     def on_failure(self, *args: object) -> None:
         self._stopping = True
         self._shutdown("worker crashed", GOING_AWAY)
+        self._services.close()
 
     # ------------------------------------------------------------ public (proxy) API
 
@@ -148,6 +159,14 @@ class ConnectionActor(pykka.ThreadingActor):
     def last_contact(self) -> float:
         """When a frame last arrived from the facilitator (0 if never)."""
         return self._last_contact
+
+    def breaker(self) -> BreakerStatus:
+        """The connection's circuit breaker now."""
+        return self._pacer.status(self._clock())
+
+    def local_mode(self) -> LocalModeStatus:
+        """Whether the worker runs without its facilitator, since when, and how often it did."""
+        return self._services.local.status()
 
     def connected_event(self) -> threading.Event:
         """Set while the session is open (for ``Worker.wait_connected``)."""
@@ -179,29 +198,41 @@ class ConnectionActor(pykka.ThreadingActor):
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
                 self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
-                self._backoff(error, cause_logged=True)
+                self._backoff(error, cause_logged=True, failed_attempt=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
                     driver.lost(detail)
                 else:
-                    self._backoff(detail)
+                    self._backoff(detail, failed_attempt=True)
             case SendData(session_id=sid, items=items) if self._is_current(sid):
                 assert driver is not None
-                driver.session.queue_data(items)
-                driver.pump()
+                self._send_data(driver, sid, self._services.throttle.offer(items, self._clock()))
+            case ReleaseData(session_id=sid) if self._is_current(sid):
+                assert driver is not None
+                self._send_data(driver, sid, self._services.throttle.release(self._clock()))
             case Persisted(session_id=sid, upto=upto) if self._is_current(sid):
                 assert driver is not None
                 driver.session.acknowledge(upto)
                 driver.pump()
             case Beat(at=now):
                 self._on_beat(now)
+            case StartCall() as call:
+                now = self._clock()
+                session = driver.session if driver is not None else None
+                self._services.start_call(call, session, now, self._pacer.breaker.state(now))
+                if driver is not None:
+                    driver.pump()
+            case SendResponse(session_id=sid, response=response) if self._is_current(sid):
+                assert driver is not None
+                driver.session.send_response(response)
+                driver.pump()
             case DropSession(session_id=sid, reason=reason) if self._is_current(sid, opened=False):
                 self.drop(reason)
             case Reconnect(attempt=a) if a == self._attempt and driver is None:
                 self._connect()
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
                 pass  # from an attempt that was already given up
-            case SendData() | Persisted() | DropSession():
+            case SendData() | Persisted() | DropSession() | ReleaseData() | SendResponse():
                 pass  # for a session that ended: the Outbox replays from the next one's resume point
             case _:
                 self._log.error("Connection got an unknown message {!r}", message)
@@ -230,12 +261,8 @@ class ConnectionActor(pykka.ThreadingActor):
                 send(self._outbox, event)
             case ev.Opened():
                 self._on_opened(event, session)
-            case ev.RequestReceived(request=request) if session.is_open:
-                # No request methods are served yet; answering at once (PROTOCOL §6.2: each request
-                # once) spares the facilitator its timeout.
-                session.send_response(
-                    Response(id=request.id, ok=False, error=f"unknown method {request.method!r}")
-                )
+            case ev.RequestReceived() | ev.ResponseReceived() | ev.RequestTimedOut():
+                self._services.on_event(event, session, self._clock())
             case ev.PeerWarning(code=code, detail=detail):
                 if self._repeats.first("refusals"):
                     self._log.warning("facilitator refused a message: {} {} (more are counted)", code, detail)
@@ -253,11 +280,27 @@ class ConnectionActor(pykka.ThreadingActor):
             return False
         return driver.session.is_open or not opened
 
+    def _send_data(
+        self, driver: SessionDriver[WorkerSession], sid: str, items: list[tuple[int, Any]]
+    ) -> None:
+        if items:
+            driver.session.queue_data(items)
+            driver.pump()
+        self._services.arm_release(self.actor_ref, sid, self._clock())
+
     def _connect(self) -> None:
         if self._stopping:
             return
+        wait = self._pacer.wait_before_try(self._clock())
+        if wait > 0:  # the breaker is open: no attempt until its probe
+            self._set_state(
+                ConnectionState.BACKOFF, f"circuit breaker open, next probe in {wait:.2f}s", quiet=True
+            )
+            self._timer.arm(wait, self.actor_ref, Reconnect(self._attempt))
+            return
         self._attempt += 1
         attempt = self._attempt
+        self._opened = False
         self._set_state(ConnectionState.CONNECTING)
         transport = self._factory()
         self._transport = transport
@@ -286,18 +329,7 @@ class ConnectionActor(pykka.ThreadingActor):
         )
         self._writer = writer
         self._set_state(ConnectionState.AUTHENTICATING)
-        session = WorkerSession(
-            worker_id=self.config.worker_id,
-            key=self._key,
-            facilitator_key=self.config.facilitator_key,
-            nonce=secrets.token_hex(32),
-            marks=marks,
-            now=self._clock(),
-            config=self.config.session_config(),
-            kinds=self._kinds,
-            credit=self.config.max_concurrent_jobs + self.config.prefetch,
-            kind_credit=self._kind_credit,
-        )
+        session = new_session(self.config, self._key, marks, self._clock(), self._kinds, self._kind_credit)
 
         def write(frame: OutFrame) -> None:
             writer.put(frame.data, frame.binary)
@@ -310,22 +342,8 @@ class ConnectionActor(pykka.ThreadingActor):
         driver = self._driver
         if driver is not None:
             driver.tick(now)
-        self._report_counts()
-
-    def _report_counts(self) -> None:
-        driver = self._driver
-        if driver is not None:
-            self._counts["frames_received"] += driver.frames_in
-            self._counts["frames_sent"] += driver.frames_out
-            driver.frames_in = driver.frames_out = 0
-            sent = driver.session.sender.sent
-            if driver.session.is_open and sent > self._sent_mark:
-                self._counts["data_sent"] += sent - self._sent_mark
-                self._sent_mark = sent
-        for name, n in self._counts.items():
-            if n:
-                send(self._metrics, Count(name, n))
-        self._counts.clear()
+        self._services.beat(now, self._pacer.breaker.state(now))
+        self._services.report(self._counts, driver)
 
     def _on_peer_stream(self, event: ev.PeerStreamStarted | ev.PeerStreamAdvanced) -> None:
         if isinstance(event, ev.PeerStreamStarted) and event.previous_epoch:
@@ -334,8 +352,9 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._router, event)  # the JobRouter owns the inbox: it records where the stream resumes
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
-        self._retry.opened(self._clock())
-        self._sent_mark = session.sender.sent
+        self._pacer.opened(self._clock())
+        self._services.opened(session, self._clock())
+        self._opened = True
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
@@ -345,17 +364,23 @@ class ConnectionActor(pykka.ThreadingActor):
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")
 
     def _on_closed(self, event: ev.Closed, session: WorkerSession) -> None:
-        self._retry.closed(self._clock())
+        self._pacer.closed(self._clock())
+        self._services.closed(self._clock(), self._last_contact)
         self._connected.clear()
-        self._report_counts()
+        self._services.report(self._counts, self._driver)
         self._driver = None
         self._shutdown(event.detail, close_code_for(event.code))
         send(self._outbox, SessionClosed(session.session_id))
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         log_closed(self._log, event, left_out)
-        self._backoff(event.detail, cause_logged=True)
+        self._backoff(event.detail, cause_logged=True, failed_attempt=not self._opened)
 
-    def _backoff(self, why: str, *, cause_logged: bool = False) -> None:
+    def _breaker_changed(self, step: Transition) -> None:
+        send(self._metrics, BreakerChanged(step.before.value, step.after.value, step.at, step.reason))
+        if step.after is BreakerState.OPEN:
+            self._services.local.check(step.at, breaker_open=True)
+
+    def _backoff(self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False) -> None:
         self._connected.clear()
         # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
         # now) must not count as a second failure.
@@ -363,22 +388,19 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
-        delay = self._retry.next_delay(self._rand())
+        delay = self._pacer.retry_delay(self._clock(), self._rand(), failed_attempt=failed_attempt)
         if delay is None:
-            failures = self._retry.failures
+            failures = self._pacer.backoff.failures
             self._log.error("giving up after {} failed connection attempts", failures)
             self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
-        self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer.arm(delay, self.actor_ref, Reconnect(self._attempt))
 
     def _shutdown(self, reason: str, code: int) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
+        self._services.drop_held()
         transport, self._transport = self._transport, None
         writer, self._writer = self._writer, None
         if writer is not None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jobrelay.common.http import HealthReport, HealthServer, metric_name
@@ -25,6 +26,9 @@ class WorkerHealth:
 
     Healthy means work can flow: the connection is ``connected`` and either nothing is waiting
     for an acknowledgement or the facilitator acknowledged something within ``ack_stall`` seconds.
+    In local mode (the facilitator unreachable for ``local_mode_after`` seconds, or the breaker
+    open) the answer is the documented "healthy but local": 200, ``mode: "local"``, with a
+    ``reason`` saying so: the worker is doing what it should while its facilitator is away.
     """
 
     def __init__(self, worker: Worker, *, ack_stall: float = 30.0, clock: Callable[[], float] = time.time):
@@ -53,6 +57,8 @@ class WorkerHealth:
         stats = worker.outbox.stats().get(timeout=_ASK_TIMEOUT)
         last_contact = float(worker.connection.last_contact().get(timeout=_ASK_TIMEOUT))
         running = sorted(worker.router.running().get(timeout=_ASK_TIMEOUT))
+        breaker = worker.connection.breaker().get(timeout=_ASK_TIMEOUT)
+        local = worker.connection.local_mode().get(timeout=_ASK_TIMEOUT)
         since_ack = self._acks_advanced(stats.last_acked, now)
         body: dict[str, Any] = {
             "worker_id": worker.config.worker_id,
@@ -65,7 +71,13 @@ class WorkerHealth:
             "last_contact": last_contact or None,
             "last_contact_age": round(now - last_contact, 3) if last_contact else None,
             "running_jobs": running,
+            "breaker": msgspec.to_builtins(breaker),
+            "mode": "local" if local.active else "connected",
+            "local_mode": msgspec.to_builtins(local),
         }
+        if state != "connected" and local.active:
+            since = f" since {time.strftime('%H:%M:%S', time.localtime(local.since))}" if local.since else ""
+            return HealthReport(True, f"local mode{since}: facilitator unreachable (state: {state})", body)
         if state != "connected":
             return HealthReport(False, f"not connected (state: {state})", body)
         if stats.depth_rows and since_ack > self.ack_stall:
@@ -83,9 +95,17 @@ class WorkerHealth:
             "Connection state changes, by new state",
             labels=[*labels, "state"],
         )
+        breaker_moves = CounterMetricFamily(
+            "jobrelay_worker_breaker_transitions",
+            "Connection circuit breaker transitions, by the state entered",
+            labels=[*labels, "to"],
+        )
         for name, count in sorted(snap.counters.items()):
             if name.startswith("state_"):
                 states.add_metric([*wid, name.removeprefix("state_")], count)
+                continue
+            if name.startswith("breaker_to_"):
+                breaker_moves.add_metric([*wid, name.removeprefix("breaker_to_")], count)
                 continue
             family = CounterMetricFamily(
                 f"jobrelay_worker_{metric_name(name)}", f"Worker counter {name}", labels=labels
@@ -93,6 +113,15 @@ class WorkerHealth:
             family.add_metric(wid, count)
             yield family
         yield states
+        yield breaker_moves
+        breaker = GaugeMetricFamily(
+            "jobrelay_worker_breaker_state",
+            "1 for the connection circuit breaker's current state",
+            labels=[*labels, "state"],
+        )
+        for name in ("closed", "open", "half_open"):
+            breaker.add_metric([*wid, name], 1.0 if snap.breaker == name else 0.0)
+        yield breaker
         state = GaugeMetricFamily(
             "jobrelay_worker_connection_state",
             "1 for the current connection state",

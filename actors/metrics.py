@@ -11,7 +11,7 @@ import pykka
 from loguru import logger
 from pykka.typing import ActorMemberMixin, proxy_method
 
-from jobrelay.actors.actor_messages import Count, Gauge, Observe, StateChanged
+from jobrelay.actors.actor_messages import BreakerChanged, Count, Gauge, Observe, StateChanged
 
 __all__ = ["Histogram", "MetricsActor", "MetricsProxy", "MetricsSnapshot"]
 
@@ -34,6 +34,7 @@ class MetricsSnapshot(msgspec.Struct, frozen=True):
     counters: dict[str, int]
     gauges: dict[str, float]
     histograms: dict[str, Histogram]
+    breaker: str = "closed"  # the connection's circuit breaker (BreakerState value)
 
     def counter(self, name: str) -> int:
         return self.counters.get(name, 0)
@@ -47,6 +48,7 @@ class MetricsActor(pykka.ThreadingActor):
         self._samples: dict[str, deque[float]] = {}
         self._totals: dict[str, tuple[int, float, float]] = {}
         self._state = "disconnected"
+        self._breaker = "closed"
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -61,8 +63,16 @@ class MetricsActor(pykka.ThreadingActor):
             case StateChanged(state=state):
                 self._state = state.value
                 self._counters[f"state_{state.value}"] = self._counters.get(f"state_{state.value}", 0) + 1
+            case BreakerChanged(before=before, after=after):
+                self._breaker = after
+                self._bump(f"breaker_to_{after}")
+                if before == "closed" and after == "open":
+                    self._bump("breaker_trips")
             case _:
                 logger.error("Metrics got an unknown message {!r}", message)
+
+    def _bump(self, name: str) -> None:
+        self._counters[name] = self._counters.get(name, 0) + 1
 
     def snapshot(self) -> MetricsSnapshot:
         histograms = {}
@@ -82,6 +92,7 @@ class MetricsActor(pykka.ThreadingActor):
             counters=dict(self._counters),
             gauges=dict(self._gauges),
             histograms=histograms,
+            breaker=self._breaker,
         )
 
 

@@ -3,6 +3,7 @@
 # stop in reverse. A crashed actor is logged with its traceback and stops the whole worker.
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -15,11 +16,14 @@ from loguru import logger
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from jobrelay.actors.actor_messages import ConnectionState
+from jobrelay.actors.call_server import worker_methods
+from jobrelay.actors.caller import Caller
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.connection import ConnectionActor
 from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
+from jobrelay.actors.leases import LeaseKeeper
 from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
 from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle, PublishBacklog
 from jobrelay.actors.router import JobRouter
@@ -41,6 +45,8 @@ class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
 
     state = proxy_method(ConnectionActor.state)
     last_contact = proxy_method(ConnectionActor.last_contact)
+    breaker = proxy_method(ConnectionActor.breaker)
+    local_mode = proxy_method(ConnectionActor.local_mode)
     connected_event = proxy_method(ConnectionActor.connected_event)
     drain = proxy_method(ConnectionActor.drain)
     drop = proxy_method(ConnectionActor.drop)
@@ -63,6 +69,7 @@ class Worker:
         connection: ConnectionProxy,
         heartbeat: HeartbeatProxy,
         refs: list[pykka.ActorRef[Any]],
+        caller: Caller,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -70,6 +77,8 @@ class Worker:
         self.router = router
         self.connection = connection
         self.heartbeat = heartbeat
+        self.caller = caller
+        self.leases = LeaseKeeper(caller, connection)
         self._refs = refs  # in start order
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -97,6 +106,24 @@ class Worker:
             state = self.connection.state().get(timeout=1.0)
             raise NotConnected(f"not connected to {self.config.url} after {timeout}s (state: {state})")
 
+    def call(
+        self,
+        method: str,
+        params: Any = None,
+        timeout: float = 10.0,
+        *,
+        allow_stale: bool = False,
+        wait: bool = True,
+    ) -> concurrent.futures.Future[Any]:
+        """Call ``method`` on the facilitator (docs/PROTOCOL.md §6.2); see :meth:`Caller.call`.
+
+        The future resolves with the result, checked against the method's declared result type
+        (a ``CallResult(value, stale, received_at)`` when ``allow_stale``), or fails with
+        CallTimeout, CallRejected(code, message), ConnectionLost, CircuitOpen or — when the
+        call limits are reached and ``wait`` is false — CallThrottled.
+        """
+        return self.caller.call(method, params, timeout, allow_stale=allow_stale, wait=wait)
+
     def snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot().get(timeout=5.0)
 
@@ -117,6 +144,7 @@ class Worker:
             if self._stopped.is_set():
                 return
             budget = self.config.stop_timeout if timeout is None else timeout
+            self.leases.release_all(timeout=max(0.1, budget * 0.1))  # a clean stop gives them back
             try:
                 self.connection.drain().get(timeout=max(0.1, budget * 0.1))
                 self._finish_running(self.config.drain_timeout)
@@ -210,6 +238,7 @@ def start_worker(
     open_database(config.db_path, durability=config.durability).close()
     refs: list[pykka.ActorRef[Any]] = []
     worker: Worker | None = None
+    served = worker_methods(config.db_path)
 
     def crashed(name: str) -> None:
         logger.error("actor {} crashed; stopping the worker", name)
@@ -250,6 +279,7 @@ def start_worker(
             kinds=sorted(handlers or {}),
             kind_credit=kind_credit(config, handlers or {}),
             clock=clock,
+            served=served,
         )
         refs.append(connection_ref)
         connection = connection_proxy(connection_ref)
@@ -270,6 +300,7 @@ def start_worker(
         connection=connection,
         heartbeat=heartbeat_proxy(heartbeat_ref),
         refs=refs,
+        caller=Caller(config, connection=connection_ref, metrics=metrics_ref, served=served, clock=clock),
     )
     logger.info("worker {} started; connecting to {}", config.worker_id, config.url)
     return worker

@@ -39,7 +39,7 @@ from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode, JobrelayError
-from jobrelay.protocol.messages import FacilitatorBody, Response
+from jobrelay.protocol.messages import FacilitatorBody, Request
 from jobrelay.protocol.session import FacilitatorSession, SessionState
 
 if TYPE_CHECKING:
@@ -146,6 +146,12 @@ class WorkerConnection:
             self._close_request = (code, reason)
         if self.session.state is not SessionState.CLOSED:
             self.driver.close(None, reason)  # → Closed: _on_closed closes the socket
+
+    def send_request(self, request: Request) -> None:
+        """Send a call to the worker (on the loop; the session times it out: the timer is re-armed)."""
+        self.session.send_request(request, time.time())
+        self.driver.flush()
+        self._arm_timer()
 
     def fresh_rows(self, after: int, limit: int) -> list[tuple[int, FacilitatorBody]]:
         """Up to ``limit`` rows after seq ``after`` from the fresh ones, consecutive (none if
@@ -291,7 +297,11 @@ class WorkerConnection:
                     )
                 self.hub.worker_ready(self, not self.draining)
             case ev.RequestReceived() if self.session.is_open:
-                self.session.send_response(Response(id=event.request.id, ok=False, error="unknown method"))
+                self.hub.calls.request(self, event.request)
+            case ev.ResponseReceived():
+                self.hub.calls.response(event.response)
+            case ev.RequestTimedOut():
+                self.hub.calls.timed_out(event.id)
             case ev.PeerWarning() if self.repeats.first("worker warnings"):
                 self._log.warning(
                     "facilitator: worker warning worker={} code={} detail={}",
@@ -327,6 +337,7 @@ class WorkerConnection:
         self._opened = True
         self.in_epoch = event.in_epoch
         log_opened(self, event, self._stored_out_last_seq)
+        self.hub.calls.opened(self)
         self.wake()
         self.hub.worker_ready(self, True)
 
@@ -334,6 +345,7 @@ class WorkerConnection:
         counters = self.hub.counters
         self.release_handshake()
         self.hub.worker_ready(self, False)
+        self.hub.calls.closed(self)
         # The one place a closed session's socket is closed: after the frames queued before the
         # close (its error frame), and aborted if the writer is still stuck after the grace, so
         # run(), waiting for the next frame, always ends.

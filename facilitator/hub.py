@@ -25,6 +25,7 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 
 from jobrelay.common.admission import ConnectionGate, RefusalLog
+from jobrelay.facilitator.calls import FacilitatorCalls
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
@@ -72,6 +73,8 @@ class ConnectionHub:
         self.loop = loop
         self.chatter = Chatter(loop)
         self.retries = RetryTimers(store, loop, self.request_dispatch)
+        # Request–response calls, both directions, and resource leases.
+        self.calls = FacilitatorCalls(loop, store, lease_grace=config.heartbeat_interval)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

@@ -79,6 +79,7 @@ class Facilitator:
         self.loop = asyncio.new_event_loop()
         self.public_key = public_key_hex(key)
         self.hub = ConnectionHub(config, store, self.authorized, self.loop, key)
+        self.calls = self.hub.calls  # calls to workers, methods served to them, resource leases
         self.counters: Counters = self.hub.counters
         self._server: Server | None = None
         self._thread = threading.Thread(
@@ -307,6 +308,7 @@ class Facilitator:
                 logger.warning("facilitator: connections did not close in time; abandoning them")
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(max(0.1, deadline - time.monotonic() - 0.3))
+        self.calls.close()
         if not self.store.stop(max(0.1, deadline - time.monotonic())):
             logger.warning("facilitator: the store thread did not stop in time")
         logger.info("facilitator: stopped url={}", self.url)

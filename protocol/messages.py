@@ -286,12 +286,17 @@ class Request(_Message, tag="request", frozen=True):
 
 
 class Response(_Message, tag="response", frozen=True):
-    """The answer to ``Request`` with the same ``id``: ``result`` when ``ok``, else ``error``."""
+    """The answer to ``Request`` with the same ``id``: ``result`` when ``ok``, else ``code`` and
+    ``error`` (a message)."""
 
     id: Id
     ok: bool = True
     result: Any = None
     error: str = ""
+    # Optional within v3 (default ""): why ``ok`` is false, one of the call codes of PROTOCOL §6.2
+    # (``unknown_method``, ``invalid_params``…); a receiver treats "" or an unknown code as
+    # ``handler_failed``.
+    code: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 _Session = Ack | Heartbeat | Error | Request | Response

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
     from jobrelay.storage.inspect import DatabaseSummary, inspect_database
     from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
+    from jobrelay.storage.local_state import LocalState, LocalStateStore
     from jobrelay.storage.opening import open_database
     from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
     from jobrelay.storage.schema import SCHEMA_VERSION
@@ -40,6 +41,8 @@ __all__ = [
     "InboxState",
     "JobLedger",
     "JobRecord",
+    "LocalState",
+    "LocalStateStore",
     "Outbox",
     "OutboxFull",
     "OutboxRow",
@@ -59,6 +62,8 @@ _EXPORTS = {
     "AcceptResult": "jobrelay.storage.inbox",
     "AckOutOfRange": "jobrelay.storage.errors",
     "Database": "jobrelay.storage.database",
+    "LocalState": "jobrelay.storage.local_state",
+    "LocalStateStore": "jobrelay.storage.local_state",
     "DatabaseSummary": "jobrelay.storage.inspect",
     "Dispatch": "jobrelay.storage.dispatch",
     "Dispatches": "jobrelay.storage.dispatch",

@@ -19,6 +19,8 @@
 # Tables (v4, a worker's jobs run on an external backend such as Celery; see storage/dispatch.py):
 #   job_dispatches(job_id PK -> jobs ON DELETE CASCADE, attempt, backend, task_id, position,
 #                  dispatched_at)
+# Tables (v5, the worker's local mode; see storage/local_state.py):
+#   worker_local_state(id PK = 1, active, since, last_contact, activations, updated_at)
 from __future__ import annotations
 
 import time
@@ -175,11 +177,25 @@ def _v4_dispatches(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v5_local_state(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS worker_local_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            active INTEGER NOT NULL DEFAULT 0,
+            since REAL,
+            last_contact REAL,
+            activations INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL DEFAULT 0
+        )"""
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
     Migration(3, "jobs pinned to a worker; cancels kept", _v3_pins_and_cancels),
     Migration(4, "job dispatches to external backends", _v4_dispatches),
+    Migration(5, "worker local mode state", _v5_local_state),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

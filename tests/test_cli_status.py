@@ -29,7 +29,10 @@ def test_status_of_a_running_worker(tmp_path: Path) -> None:
         durability="normal",
     )
     with start_facilitator(config) as fac, TcpProxy(("127.0.0.1", fac.port)) as proxy, services() as running:
-        worker = Service(worker_args(tmp_path, proxy.url, "w1", key, "--http-port", "0"), tmp_path / "w1.log")
+        # Local mode (healthy but local) would follow the cut: this test is about the unhealthy
+        # answer of a disconnected worker, so local mode is kept far away (tests/test_local_mode.py).
+        args = ["--http-port", "0", "--local-mode-after", "600", "--breaker-failure-threshold", "1000"]
+        worker = Service(worker_args(tmp_path, proxy.url, "w1", key, *args), tmp_path / "w1.log")
         running.append(worker.start())
         http_url = worker.ready(tmp_path / "w1.ready")["http_url"]
         port = str(urlsplit(http_url).port)

@@ -13,6 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobrelay.actors import WorkerConfig, WorkerHealth, generate_key, start_worker
+from jobrelay.actors.connect_pacer import BreakerStatus
+from jobrelay.actors.local_mode import LocalModeStatus
 from jobrelay.actors.worker import Worker
 from jobrelay.cli.samples import SAMPLE_HANDLERS
 from jobrelay.common.http import HealthServer
@@ -129,6 +131,14 @@ class _FakeWorker:
 
             def last_contact(self) -> _Done:
                 return _Done(100.0)
+
+            def breaker(self) -> _Done:
+                return _Done(BreakerStatus(state="closed", since=0.0, trips=0, retry_at=None))
+
+            def local_mode(self) -> _Done:
+                return _Done(
+                    LocalModeStatus(active=False, since=None, last_facilitator_contact=100.0, activations=0)
+                )
 
         class Outbox:
             def stats(self) -> _Done:

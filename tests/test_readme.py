@@ -1,4 +1,5 @@
-"""The README's library example runs as written (extracted from the `## Library` section)."""
+"""The README's examples run as written: the `## Library` section's, and every block marked
+`<!-- runnable: ... -->`."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def test_readme_celery_example_runs_against_a_real_redis_and_celery_worker(tmp_p
         "1.0",
     ]
     assert lines[1] == "running None dispatched to celery task " + lines[1].rsplit(" ", 1)[1]
+
+
+def runnable_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"<!-- runnable:[^>]*-->\n```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("index", range(len(runnable_blocks())))
+def test_readme_runnable_examples_run(index: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", runnable_blocks()[index]], capture_output=True, text=True, timeout=75,
+        env=clean_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), "the example printed nothing"

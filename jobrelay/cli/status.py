@@ -92,6 +92,24 @@ def _print(doc: dict[str, Any]) -> None:
         print(f"connection  {health.get('state', '?')}", end="")
         age = health.get("last_contact_age")
         print(f"  (last contact {age:.1f}s ago)" if isinstance(age, int | float) else "")
+        breaker = health.get("breaker")
+        if isinstance(breaker, dict):
+            line = f"breaker     {breaker.get('state', '?')}, {breaker.get('trips', 0)} trip(s)"
+            retry_at = breaker.get("retry_at")
+            if isinstance(retry_at, int | float):
+                line += f", next probe in {max(0.0, retry_at - time.time()):.1f}s"
+            print(line)
+        local = health.get("local_mode")
+        if isinstance(local, dict):
+            contact = local.get("last_facilitator_contact")
+            seen = (
+                time.strftime("%H:%M:%S", time.localtime(contact))
+                if isinstance(contact, int | float)
+                else "never"
+            )
+            mode = "LOCAL (facilitator away)" if local.get("active") else "connected mode"
+            activations = local.get("activations", 0)
+            print(f"mode        {mode}, last facilitator contact {seen}, {activations} activation(s)")
         running = health.get("running_jobs") or []
         print(f"running     {len(running)} job(s){': ' + ', '.join(running[:10]) if running else ''}")
     else:

@@ -57,6 +57,9 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._accept_loop, name="jobrelay-proxy", daemon=True)
         self.connections = 0
         self.cuts = 0
+        # time.monotonic() of every connection accepted, forwarded or not (refused, blocked):
+        # how often peers try, e.g. to check a client's backoff or circuit breaker.
+        self.attempts: list[float] = []
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -136,6 +139,7 @@ class TcpProxy:
                 continue
             except OSError:
                 return
+            self.attempts.append(time.monotonic())
             if self._blocked.is_set() or self._refused.is_set():
                 _close(client, rst=self._refused.is_set())
                 continue
