@@ -39,7 +39,7 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig, load_key
-from jobrelay.actors.connection_log import log_closed, log_new_epoch
+from jobrelay.actors.connection_log import GAVE_UP_ATTEMPTS, GAVE_UP_AUTH, auth_refused, log_closed, log_new_epoch
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.logs import Repeats
@@ -53,7 +53,7 @@ from jobrelay.protocol.messages import Response
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-__all__ = ["HANDOVER_WINDOWS", "ConnectionActor"]
+__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "HANDOVER_WINDOWS", "ConnectionActor"]
 
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
@@ -125,6 +125,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._draining = False
         self._stopping = False
         self._sent_mark = 0  # data_sent counted up to this seq of the current session
+        self._gave_up = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,6 +145,10 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def state(self) -> ConnectionState:
         return self._state
+
+    def gave_up(self) -> str:
+        """Why it stopped reconnecting: GAVE_UP_ATTEMPTS, GAVE_UP_AUTH, or "" while it has not."""
+        return self._gave_up
 
     def last_contact(self) -> float:
         """When a frame last arrived from the facilitator (0 if never)."""
@@ -178,7 +183,10 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
-                self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
+                # Numbered as the operator counts them (max_attempts: 1, 2, 3), not by the
+                # internal attempt id, which also moves on at every backoff.
+                n = self._retry.failures + 1
+                self._log.warning("connection attempt {} to {} failed: {}", n, self.config.url, error)
                 self._backoff(error, cause_logged=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
@@ -353,6 +361,10 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._outbox, SessionClosed(session.session_id))
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         log_closed(self._log, event, left_out)
+        if auth_refused(event) and not self.config.retry_auth_failures:
+            # A refused identity is a configuration to fix, not a network fault to wait out.
+            self._give_up(GAVE_UP_AUTH, "authentication refused; not retrying (see retry_auth_failures)")
+            return
         self._backoff(event.detail, cause_logged=True)
 
     def _backoff(self, why: str, *, cause_logged: bool = False) -> None:
@@ -367,13 +379,18 @@ class ConnectionActor(pykka.ThreadingActor):
         if delay is None:
             failures = self._retry.failures
             self._log.error("giving up after {} failed connection attempts", failures)
-            self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
+            self._give_up(GAVE_UP_ATTEMPTS, f"gave up after {failures} attempts")
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
         self._timer = threading.Timer(delay, send, (self.actor_ref, Reconnect(self._attempt)))
         self._timer.daemon = True
         self._timer.start()
+
+    def _give_up(self, why: str, detail: str) -> None:
+        self._shutdown(detail, NORMAL)
+        self._gave_up = why
+        self._set_state(ConnectionState.CLOSED, detail)
 
     def _shutdown(self, reason: str, code: int) -> None:
         if self._timer is not None:

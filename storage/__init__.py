@@ -19,8 +19,9 @@ if TYPE_CHECKING:
         UnknownJobError,
     )
     from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
-    from jobrelay.storage.inspect import DatabaseSummary, inspect_database
+    from jobrelay.storage.inspect import DatabaseSummary, JobRecordView, inspect_database, inspect_job
     from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
+    from jobrelay.storage.lock import DatabaseInUse, DatabaseLock, lock_database
     from jobrelay.storage.opening import open_database
     from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
     from jobrelay.storage.schema import SCHEMA_VERSION
@@ -30,6 +31,8 @@ __all__ = [
     "AcceptResult",
     "AckOutOfRange",
     "Database",
+    "DatabaseInUse",
+    "DatabaseLock",
     "DatabaseSummary",
     "Durability",
     "Inbox",
@@ -37,6 +40,7 @@ __all__ = [
     "InboxState",
     "JobLedger",
     "JobRecord",
+    "JobRecordView",
     "Outbox",
     "OutboxFull",
     "OutboxRow",
@@ -48,6 +52,8 @@ __all__ = [
     "TerminalStatusError",
     "UnknownJobError",
     "inspect_database",
+    "inspect_job",
+    "lock_database",
     "open_database",
     "outbox_streams",
 ]
@@ -56,6 +62,8 @@ _EXPORTS = {
     "AcceptResult": "jobrelay.storage.inbox",
     "AckOutOfRange": "jobrelay.storage.errors",
     "Database": "jobrelay.storage.database",
+    "DatabaseInUse": "jobrelay.storage.lock",
+    "DatabaseLock": "jobrelay.storage.lock",
     "DatabaseSummary": "jobrelay.storage.inspect",
     "Durability": "jobrelay.storage.database",
     "Inbox": "jobrelay.storage.inbox",
@@ -63,6 +71,7 @@ _EXPORTS = {
     "InboxState": "jobrelay.storage.inbox",
     "JobLedger": "jobrelay.storage.ledger",
     "JobRecord": "jobrelay.storage.ledger",
+    "JobRecordView": "jobrelay.storage.inspect",
     "Outbox": "jobrelay.storage.outbox",
     "OutboxFull": "jobrelay.storage.errors",
     "OutboxRow": "jobrelay.storage.outbox",
@@ -75,6 +84,8 @@ _EXPORTS = {
     "TerminalStatusError": "jobrelay.storage.errors",
     "UnknownJobError": "jobrelay.storage.errors",
     "inspect_database": "jobrelay.storage.inspect",
+    "inspect_job": "jobrelay.storage.inspect",
+    "lock_database": "jobrelay.storage.lock",
     "open_database": "jobrelay.storage.opening",
     "outbox_streams": "jobrelay.storage.outbox",
 }
