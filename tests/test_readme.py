@@ -28,3 +28,16 @@ def test_readme_library_example_runs() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     statuses = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     assert statuses[0] == "accepted" and statuses[-1] == "completed", result.stdout
+    # A library is quiet until the application turns its logs on (README "Logging").
+    assert result.stderr == "", result.stderr[-3000:]
+
+
+@pytest.mark.timeout(60)
+def test_the_library_logs_once_the_application_enables_it() -> None:
+    enabled = 'from loguru import logger\nlogger.enable("jobrelay")\n' + library_example()
+    result = subprocess.run(
+        [sys.executable, "-c", enabled], capture_output=True, text=True, timeout=45,
+        env=clean_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "facilitator: listening" in result.stderr and "worker w1 started" in result.stderr

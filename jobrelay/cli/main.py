@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobrelay import __version__
-from jobrelay.cli import cancel, client, demo, facilitator, jobs, keygen, status, worker
+from jobrelay.cli import cancel, client, completion, demo, facilitator, jobs, keygen, status, worker
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
 from jobrelay.cli.output import quiet_closed_stdout
 from jobrelay.cli.settings import LOG, add_flags
@@ -35,7 +35,10 @@ a five-minute tour (each in its own terminal, or add `&`):
   jobrelay submit sleep --payload '{"seconds": 2}'
   jobrelay jobs
 
-exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 130 forced stop (second signal).
+shell completion: source <(jobrelay completion bash)   (or zsh; see jobrelay completion --help)
+
+exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 3 the worker's authentication
+was refused (see jobrelay worker --help); 130 forced stop (second signal).
 """
 
 
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_parser(sub, **kw)
     status.add_parser(sub, parents=[common], **kw)
     demo.add_parser(sub, parents=[common], **kw)
+    completion.add_parser(sub, parser, **kw)
     return parser
 
 
