@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlparse
@@ -13,7 +14,8 @@ from jobrelay.common.files import FileRefused, read_small_file
 from jobrelay.protocol.auth import check_public_key, public_key_hex, worker_id_problem
 from jobrelay.protocol.config import LinkConfig
 from jobrelay.protocol.errors import ConfigError
-from jobrelay.protocol.session import SessionConfig
+from jobrelay.protocol.session import SessionConfig, WorkerSession
+from jobrelay.protocol.streams import StreamMarks
 
 __all__ = ["KEY_FILE_LIMIT", "WorkerConfig", "generate_key", "load_key", "public_key_of"]
 
@@ -88,7 +90,11 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             self.bad("url", "bad port", self.url)
         if port is None:
             # websocket-client would dial 80 (or 443): never where a facilitator listens by default.
-            self.bad("url", "no port; expected ws://host:port or wss://host:port (the facilitator's port)", self.url)
+            self.bad(
+                "url",
+                "no port; expected ws://host:port or wss://host:port (the facilitator's port)",
+                self.url,
+            )
         if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
             self.bad("url", "expected ws://host:port or wss://host:port, without a path", self.url)
         problem = worker_id_problem(self.worker_id)
@@ -125,6 +131,30 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
                 "facilitator_key", "expected an Ed25519 public key as 64 hex characters", self.facilitator_key
             )
         load_key(self)
+
+    def new_session(
+        self,
+        key: Ed25519PrivateKey,
+        marks: StreamMarks,
+        now: float,
+        *,
+        kinds: tuple[str, ...] | None,
+        kind_credit: dict[str, int],
+    ) -> WorkerSession:
+        """The protocol session of one connection attempt, with a fresh nonce and the credit
+        of ``max_concurrent_jobs + prefetch`` unfinished jobs."""
+        return WorkerSession(
+            worker_id=self.worker_id,
+            key=key,
+            facilitator_key=self.facilitator_key,
+            nonce=secrets.token_hex(32),
+            marks=marks,
+            now=now,
+            config=self.session_config(),
+            kinds=kinds,
+            credit=self.max_concurrent_jobs + self.prefetch,
+            kind_credit=kind_credit,
+        )
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(

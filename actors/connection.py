@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections import Counter
@@ -39,7 +38,13 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig, load_key
-from jobrelay.actors.connection_log import GAVE_UP_ATTEMPTS, GAVE_UP_AUTH, auth_refused, log_closed, log_new_epoch
+from jobrelay.actors.connection_log import (
+    GAVE_UP_ATTEMPTS,
+    GAVE_UP_AUTH,
+    auth_refused,
+    log_closed,
+    log_new_epoch,
+)
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.logs import Repeats
@@ -110,7 +115,8 @@ class ConnectionActor(pykka.ThreadingActor):
         self._kinds = None if kinds is None else tuple(kinds)
         self._kind_credit = dict(kind_credit or {})
         self._state = ConnectionState.DISCONNECTED
-        self._attempt = 0
+        self._attempt = 0  # the id of the current attempt (its I/O messages carry it)
+        self._tries = 0  # connection attempts since the last session opened, for the log
         self._retry = ReconnectPolicy(
             base=config.backoff_base, cap=config.backoff_cap, max_attempts=config.max_attempts
         )
@@ -183,10 +189,10 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
-                # Numbered as the operator counts them (max_attempts: 1, 2, 3), not by the
-                # internal attempt id, which also moves on at every backoff.
-                n = self._retry.failures + 1
-                self._log.warning("connection attempt {} to {} failed: {}", n, self.config.url, error)
+                # Numbered 1, 2, 3 since the last session (not by the attempt id: it also moves
+                # on at every backoff).
+                url, tries = self.config.url, self._tries
+                self._log.warning("connection attempt {} to {} failed: {}", tries, url, error)
                 self._backoff(error, cause_logged=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
@@ -265,6 +271,7 @@ class ConnectionActor(pykka.ThreadingActor):
         if self._stopping:
             return
         self._attempt += 1
+        self._tries += 1
         attempt = self._attempt
         self._set_state(ConnectionState.CONNECTING)
         transport = self._factory()
@@ -294,17 +301,8 @@ class ConnectionActor(pykka.ThreadingActor):
         )
         self._writer = writer
         self._set_state(ConnectionState.AUTHENTICATING)
-        session = WorkerSession(
-            worker_id=self.config.worker_id,
-            key=self._key,
-            facilitator_key=self.config.facilitator_key,
-            nonce=secrets.token_hex(32),
-            marks=marks,
-            now=self._clock(),
-            config=self.config.session_config(),
-            kinds=self._kinds,
-            credit=self.config.max_concurrent_jobs + self.config.prefetch,
-            kind_credit=self._kind_credit,
+        session = self.config.new_session(
+            self._key, marks, self._clock(), kinds=self._kinds, kind_credit=self._kind_credit
         )
 
         def write(frame: OutFrame) -> None:
@@ -343,6 +341,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def _on_opened(self, event: ev.Opened, session: WorkerSession) -> None:
         self._retry.opened(self._clock())
+        self._tries = 0
         self._sent_mark = session.sender.sent
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
@@ -361,6 +360,7 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._outbox, SessionClosed(session.session_id))
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         log_closed(self._log, event, left_out)
+        self._log = logger.bind(worker_id=self.config.worker_id)  # the session is over
         if auth_refused(event) and not self.config.retry_auth_failures:
             # A refused identity is a configuration to fix, not a network fault to wait out.
             self._give_up(GAVE_UP_AUTH, "authentication refused; not retrying (see retry_auth_failures)")
@@ -388,6 +388,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._timer.start()
 
     def _give_up(self, why: str, detail: str) -> None:
+        self._attempt += 1  # what the closing reader still reports is for an attempt given up
         self._shutdown(detail, NORMAL)
         self._gave_up = why
         self._set_state(ConnectionState.CLOSED, detail)

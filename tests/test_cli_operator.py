@@ -122,10 +122,11 @@ def test_the_summary_counts_every_job_not_a_page(running: Running) -> None:
     done = cli(running, "jobs", "--status", "completed", "--limit", "2", "--wait-all", "30")
     # --wait-all waits for the listed jobs (2 of them); the others end on their own
     assert done.returncode == 0, done.stderr
-    wait_until(
-        lambda: all(json.loads(cli(running, "jobs", j, "--json").stdout)["status"] == "completed" for j in jobs),
-        timeout=30, what="the echo jobs completed",
-    )  # fmt: skip
+
+    def status(job: str) -> str:
+        return str(json.loads(cli(running, "jobs", job, "--json").stdout)["status"])
+
+    wait_until(lambda: all(status(j) == "completed" for j in jobs), timeout=30, what="the echo jobs ended")
     after = json.loads(cli(running, "jobs", "--summary", "--json", "--limit", "1").stdout)
     assert after["counts"]["completed"] >= before["counts"]["completed"] + 5
     assert after["total"] == sum(after["counts"].values()) >= 5  # --limit does not cap it

@@ -34,7 +34,8 @@ def test_readme_library_example_runs() -> None:
 
 @pytest.mark.timeout(60)
 def test_the_library_logs_once_the_application_enables_it() -> None:
-    enabled = 'from loguru import logger\nlogger.enable("jobrelay")\n' + library_example()
+    # (after `import jobrelay`, whose import disables its logs)
+    enabled = 'import jobrelay\nfrom loguru import logger\nlogger.enable("jobrelay")\n' + library_example()
     result = subprocess.run(
         [sys.executable, "-c", enabled], capture_output=True, text=True, timeout=45,
         env=clean_env(), cwd=ROOT, check=False,

@@ -111,13 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the jobrelay command; returns the exit code."""
+    with quiet_closed_stdout():  # --help and --version print too
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         _refuse_unknown(parser, args, extra)
     try:
-        with quiet_closed_stdout():
-            code: int = args.run(args)
+        code: int = args.run(args)
     except UsageError as exc:
         print(f"jobrelay: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -56,6 +56,6 @@ def quiet_closed_stdout() -> Iterator[None]:
     sys.stdout = cast(TextIO, safe)
     try:
         yield
+    finally:  # (also when argparse ends with SystemExit after printing --help)
         safe.flush()
-    finally:
         sys.stdout = original
