@@ -233,7 +233,7 @@ def start_worker(
             threading.Thread(target=worker.stop, name="jobrelay-crash-stop", daemon=True).start()
 
     try:
-        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start()
+        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start(config)
         refs.append(metrics_ref)
         outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics_ref, clock=clock)
         refs.append(outbox_ref)

@@ -12,6 +12,7 @@ from jobrelay.storage.inbox import Inbox, InboxState
 from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
 from jobrelay.storage.opening import open_database
 from jobrelay.storage.outbox import OutboxStats, outbox_streams
+from jobrelay.storage.totals import read_totals
 
 __all__ = ["DatabaseSummary", "JobRecordView", "inspect_database", "inspect_job"]
 
@@ -28,6 +29,7 @@ class DatabaseSummary(NamedTuple):
         inbox: Epoch, hwm and unconsumed rows of each remote stream.
         jobs_total: Jobs in the ledger.
         jobs_unfinished: Jobs without a terminal status.
+        totals: Counters kept across restarts (replayed, duplicates_dropped, reconnects, ...).
     """
 
     path: str
@@ -38,6 +40,7 @@ class DatabaseSummary(NamedTuple):
     inbox: list[InboxState]
     jobs_total: int
     jobs_unfinished: int
+    totals: dict[str, int]
 
 
 def inspect_database(path: str | Path, *, now: float | None = None) -> DatabaseSummary:
@@ -68,6 +71,7 @@ def inspect_database(path: str | Path, *, now: float | None = None) -> DatabaseS
                 inbox=Inbox(db).streams(),
                 jobs_total=ledger.count(),
                 jobs_unfinished=ledger.count(unfinished=True),
+                totals=read_totals(db),
             )
         finally:
             with db.guard("end read snapshot"):

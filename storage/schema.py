@@ -157,10 +157,15 @@ def _v3_pins_and_cancels(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN cancel_reason TEXT")
 
 
+def _v4_totals(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
     Migration(3, "jobs pinned to a worker; cancels kept", _v3_pins_and_cancels),
+    Migration(4, "totals that outlive the process", _v4_totals),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,20 @@ def test_a_first_connection_and_a_stop_log_no_warning(tmp_path: Path) -> None:
         assert not re.search(r"\S  +\S", "\n".join(line[21:] for line in log.splitlines())), log
     assert sum("listening" in line or "serving" in line for line in fac_log.splitlines()) == 2  # ws + http
     assert sum("started" in line or "running:" in line for line in worker_log.splitlines()) == 1
+
+
+def test_polling_healthz_through_an_outage_logs_no_warning_per_503(tmp_path: Path) -> None:
+    key, _ = make_key(tmp_path, "w1")
+    url = f"ws://127.0.0.1:{free_port()}"  # the facilitator is down
+    with services() as running:
+        worker = Service(
+            worker_args(tmp_path, url, "w1", key, "--http-port", "0"), tmp_path / "w1.log"
+        ).start()
+        running.append(worker)
+        health = worker.ready(tmp_path / "w1.ready")["http_url"] + "/healthz"
+        for _ in range(5):
+            with pytest.raises(urllib.error.HTTPError) as unhealthy:
+                urllib.request.urlopen(health, timeout=5)
+            assert unhealthy.value.code == 503
+    polled = [line for line in worker.text().splitlines() if "/healthz" in line]
+    assert not [line for line in polled if " WARNING " in line], polled

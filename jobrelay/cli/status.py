@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             "jobs_unfinished": summary.jobs_unfinished,
             "outbox": [s._asdict() for s in summary.outbox],
             "inbox": [s._asdict() for s in summary.inbox],
+            "totals": summary.totals,
         }
     }
     code = EXIT_OK
@@ -182,6 +183,12 @@ def _print(doc: dict[str, Any]) -> None:
             f"{inbox['unconsumed']} unconsumed, epoch {inbox['epoch']}"
         )
     print(f"jobs        {db['jobs_total']} known, {db['jobs_unfinished']} unfinished")
+    totals = db["totals"]
+    print(
+        f"totals      (since the database was made) {totals.get('published', 0)} published, "
+        f"{totals.get('replayed', 0)} replayed, {totals.get('duplicates_dropped', 0)} duplicates dropped, "
+        f"{totals.get('reconnects', 0)} reconnects"
+    )
     print(
         f"database    {db['path']} ({db['file_bytes']} bytes + {db['wal_bytes']} WAL) "
         f"at {time.strftime('%H:%M:%S')}"
