@@ -189,8 +189,7 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
-                # Numbered 1, 2, 3 since the last session (not by the attempt id: it also moves
-                # on at every backoff).
+                # Numbered 1, 2, 3 since the last session (the attempt id moves on at backoffs too).
                 url, tries = self.config.url, self._tries
                 self._log.warning("connection attempt {} to {} failed: {}", tries, url, error)
                 self._backoff(error, cause_logged=True)

@@ -272,13 +272,8 @@ class Facilitator:
         return self.store.jobs(status, limit)
 
     def job_counts(self) -> dict[str, int]:
-        """How many jobs have each last status, every status of LISTED_STATUSES included (0 when
-        none): the whole ledger, not a page of it.
-
-        Raises:
-            StorageError: The read failed.
-            TimeoutError: The store did not answer in time.
-        """
+        """How many jobs have each status of LISTED_STATUSES (0 for none), over the whole ledger.
+        Raises StorageError or TimeoutError as ``jobs`` does."""
         counts = self.store.job_counts()
         return {status: counts.get(status, 0) for status in LISTED_STATUSES}
 
