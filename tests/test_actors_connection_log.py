@@ -15,7 +15,7 @@ from jobrelay.protocol.errors import ErrorCode
     ("code", "detail", "left_out", "expected"),
     [
         (None, " closed by peer", "", "connection closed (facilitator ended it): closed by peer"),
-        (None, "closed by peer (1000 )", "", "connection closed (facilitator ended it): closed by peer (1000 )"),
+        (None, "by peer (1000 )", "", "connection closed (facilitator ended it): by peer (1000 )"),
         (ErrorCode.INTERNAL, "", "", "connection closed (facilitator ended it): internal"),
         (None, "", "2 refusals", "connection closed (facilitator ended it): (not logged: 2 refusals)"),
         (None, "\tgone \n", "", "connection closed (facilitator ended it): gone"),
