@@ -61,6 +61,9 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
             messages wait in order; they are durable in the outbox, so a publisher never waits
             for this limit, only for outbox room.
         send_burst: data messages the bucket lets through at once after a quiet spell.
+        retry_auth_failures: keep reconnecting after the facilitator refused our id or key (or we
+            refused its key). Off by default: the worker then gives up at once (``Worker.gave_up``
+            says why; `jobrelay worker` exits 3), since only a fixed key file ends the refusals.
         connect_timeout: TCP + WebSocket handshake timeout, seconds.
         ca_file: CA bundle for ``wss://`` (default: the system store).
 
@@ -93,6 +96,7 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
     call_burst: int = 100
     send_rate: float | None = None
     send_burst: int = 1000
+    retry_auth_failures: bool = False
     connect_timeout: float = 10.0
     ca_file: str = ""
 
@@ -106,9 +110,18 @@ class WorkerConfig(LinkConfig, kw_only=True, frozen=True):
         if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
             self.bad("url", "expected ws://host:port or wss://host:port", self.url)
         try:
-            parsed.port  # noqa: B018 - raises ValueError for a bad port
+            port = parsed.port
         except ValueError:
             self.bad("url", "bad port", self.url)
+        if port is None:
+            # websocket-client would dial 80 (or 443): never where a facilitator listens by default.
+            self.bad(
+                "url",
+                "no port; expected ws://host:port or wss://host:port (the facilitator's port)",
+                self.url,
+            )
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            self.bad("url", "expected ws://host:port or wss://host:port, without a path", self.url)
         problem = worker_id_problem(self.worker_id)
         if problem:
             self.bad("worker_id", problem, self.worker_id)

@@ -43,7 +43,13 @@ from jobrelay.actors.call_server import SendResponse
 from jobrelay.actors.calls import StartCall
 from jobrelay.actors.config import WorkerConfig, load_key
 from jobrelay.actors.connect_pacer import BreakerStatus, ConnectPacer
-from jobrelay.actors.connection_log import log_closed, log_new_epoch
+from jobrelay.actors.connection_log import (
+    GAVE_UP_ATTEMPTS,
+    GAVE_UP_AUTH,
+    auth_refused,
+    log_closed,
+    log_new_epoch,
+)
 from jobrelay.actors.io_thread import read_connection
 from jobrelay.actors.local_mode import LocalModeStatus
 from jobrelay.actors.one_shot import OneShot
@@ -60,7 +66,7 @@ from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.session import OutFrame, WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
-__all__ = ["HANDOVER_WINDOWS", "ConnectionActor"]
+__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "HANDOVER_WINDOWS", "ConnectionActor"]
 
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
@@ -119,7 +125,8 @@ class ConnectionActor(pykka.ThreadingActor):
         self._kinds = None if kinds is None else tuple(kinds)
         self._kind_credit = dict(kind_credit or {})
         self._state = ConnectionState.DISCONNECTED
-        self._attempt = 0
+        self._attempt = 0  # the id of the current attempt (its I/O messages carry it)
+        self._tries = 0  # connection attempts since the last session opened, for the log
         self._pacer = ConnectPacer.for_config(config, self._log, self._breaker_changed, clock())
         self._opened = False  # the current attempt opened a session (else its end is a failure)
         self._services = SessionServices(config, self._log, metrics, clock(), served)
@@ -133,6 +140,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._last_contact = 0.0
         self._draining = False
         self._stopping = False
+        self._gave_up = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,6 +163,10 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def state(self) -> ConnectionState:
         return self._state
+
+    def gave_up(self) -> str:
+        """Why it stopped reconnecting: GAVE_UP_ATTEMPTS, GAVE_UP_AUTH, or "" while it has not."""
+        return self._gave_up
 
     def last_contact(self) -> float:
         """When a frame last arrived from the facilitator (0 if never)."""
@@ -197,7 +209,9 @@ class ConnectionActor(pykka.ThreadingActor):
             case IoConnected(attempt=a, marks=marks) if a == self._attempt:
                 self._on_connected(marks)
             case IoFailed(attempt=a, error=error) if a == self._attempt:
-                self._log.warning("connection attempt {} to {} failed: {}", a, self.config.url, error)
+                # Numbered 1, 2, 3 since the last session (the attempt id moves on at backoffs too).
+                url, tries = self.config.url, self._tries
+                self._log.warning("connection attempt {} to {} failed: {}", tries, url, error)
                 self._backoff(error, cause_logged=True, failed_attempt=True)
             case IoClosed(attempt=a, detail=detail) if a == self._attempt:
                 if driver is not None:
@@ -299,6 +313,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._timer.arm(wait, self.actor_ref, Reconnect(self._attempt))
             return
         self._attempt += 1
+        self._tries += 1
         attempt = self._attempt
         self._opened = False
         self._set_state(ConnectionState.CONNECTING)
@@ -355,6 +370,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._pacer.opened(self._clock())
         self._services.opened(session, self._clock())
         self._opened = True
+        self._tries = 0
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
@@ -373,6 +389,11 @@ class ConnectionActor(pykka.ThreadingActor):
         send(self._outbox, SessionClosed(session.session_id))
         left_out, self._repeats = self._repeats.left_out(), Repeats()
         log_closed(self._log, event, left_out)
+        self._log = logger.bind(worker_id=self.config.worker_id)  # the session is over
+        if auth_refused(event) and not self.config.retry_auth_failures:
+            # A refused identity is a configuration to fix, not a network fault to wait out.
+            self._give_up(GAVE_UP_AUTH, "authentication refused; not retrying (see retry_auth_failures)")
+            return
         self._backoff(event.detail, cause_logged=True, failed_attempt=not self._opened)
 
     def _breaker_changed(self, step: Transition) -> None:
@@ -392,11 +413,17 @@ class ConnectionActor(pykka.ThreadingActor):
         if delay is None:
             failures = self._pacer.backoff.failures
             self._log.error("giving up after {} failed connection attempts", failures)
-            self._set_state(ConnectionState.CLOSED, f"gave up after {failures} attempts")
+            self._give_up(GAVE_UP_ATTEMPTS, f"gave up after {failures} attempts")
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
         self._timer.arm(delay, self.actor_ref, Reconnect(self._attempt))
+
+    def _give_up(self, why: str, detail: str) -> None:
+        self._attempt += 1  # what the closing reader still reports is for an attempt given up
+        self._shutdown(detail, NORMAL)
+        self._gave_up = why
+        self._set_state(ConnectionState.CLOSED, detail)
 
     def _shutdown(self, reason: str, code: int) -> None:
         self._timer.cancel()

@@ -9,21 +9,41 @@ from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES
 from jobrelay.protocol.errors import ErrorCode
 
-__all__ = ["log_closed", "log_new_epoch"]
+__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "auth_refused", "log_closed", "log_new_epoch"]
+
+GAVE_UP_ATTEMPTS: Final = "max_attempts"  # max_attempts connection attempts failed in a row
+GAVE_UP_AUTH: Final = "auth_refused"  # an identity was refused (see auth_refused)
 
 # What the worker closes with when the facilitator is not the one it pins.
 _NOT_OUR_FACILITATOR: Final = frozenset({ErrorCode.WRONG_KEY, ErrorCode.BAD_SIGNATURE})
+# Refusals that trying again cannot change (a replayed nonce is a fluke: the next try has a new one).
+_REFUSED_US: Final = AUTH_CODES - {ErrorCode.REPLAYED_NONCE}
+
+
+def auth_refused(event: ev.Closed) -> bool:
+    """The session ended because an identity was refused: the facilitator did not accept our
+    worker id or key (or our clock), or the facilitator is not the one we pin. Reconnecting
+    repeats it until someone changes a key file, so the worker stops instead (unless told not to)."""
+    if event.by_peer:
+        return event.code in _REFUSED_US
+    return event.code in _NOT_OUR_FACILITATOR
+
+
+def _hint(event: ev.Closed) -> str:
+    if event.by_peer and event.code in AUTH_CODES:  # the facilitator refused us
+        return "check worker_id and key"
+    if not event.by_peer and event.code in _NOT_OUR_FACILITATOR:  # we refused its identity
+        return "check facilitator_key and url"
+    return ""
 
 
 def log_closed(bound: Any, event: ev.Closed, left_out: str) -> None:
     """One line for a session that ended (``left_out``: the lines counted, not logged)."""
     who = "facilitator" if event.by_peer else "we"
-    why = " ".join(filter(None, [event.code, event.detail, left_out and f"(not logged: {left_out})"]))
-    hint = ""
-    if event.by_peer and event.code in AUTH_CODES:  # the facilitator refused us
-        hint = "check worker_id and key"
-    elif not event.by_peer and event.code in _NOT_OUR_FACILITATOR:  # we refused its identity
-        hint = "check facilitator_key and url"
+    parts = [str(event.code or ""), event.detail, left_out and f"(not logged: {left_out})"]
+    # One space between parts, whatever blanks a peer's close reason brings.
+    why = " ".join(" ".join(parts).split())
+    hint = _hint(event)
     if hint:
         bound.error("authentication failed ({} ended it): {}; {}", who, why, hint)
     else:  # (a facilitator breaking the handshake's rules is a warning, not a misconfiguration)
@@ -32,7 +52,8 @@ def log_closed(bound: Any, event: ev.Closed, left_out: str) -> None:
 
 
 def log_new_epoch(bound: Any, event: ev.PeerStreamStarted) -> None:
-    """A replaced facilitator stream (a first one is routine): the facilitator's store is new."""
+    """A replaced facilitator stream (a first one is routine: the JobRouter notes it at DEBUG):
+    the facilitator's store is new."""
     bound.warning(
         "facilitator stream has a new epoch {} (its store is new; was {}); resuming after {}",
         event.epoch,

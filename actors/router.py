@@ -179,7 +179,8 @@ class JobRouter(pykka.ThreadingActor):
             case PeerStreamStarted(epoch=epoch, after=after, previous_epoch=previous):
                 assert self._inbox is not None
                 self._inbox.start_epoch(STREAM, epoch, after)
-                logger.info(
+                # Routine on a first connection; a replaced epoch is the Connection's WARNING.
+                logger.debug(
                     "facilitator stream epoch {} starts after seq {} (was {!r})", epoch, after, previous
                 )
             case PeerStreamAdvanced(epoch=epoch, hwm=hwm):

@@ -60,6 +60,14 @@ class WebSocketTransport:
             ws = websocket.create_connection(
                 url, timeout=timeout, sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True
             )
+        except websocket.WebSocketBadStatusException as exc:
+            # An HTTP answer instead of a WebSocket upgrade: say so in one line, not the dump of
+            # headers and body websocket-client puts in its message.
+            status = f"{exc.status_code} {exc.status_message or ''}".strip()
+            raise TransportError(
+                f"cannot connect to {url}: it answered HTTP {status}, not a WebSocket upgrade "
+                "(is this the facilitator's HTTP port instead of its worker port, --port?)"
+            ) from exc
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportError(f"cannot connect to {url}: {exc}") from exc
         ws.settimeout(None)  # the reader blocks; liveness is the heartbeat's job
@@ -104,7 +112,8 @@ class WebSocketTransport:
             if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
                 data = bytes(frame.data)
                 code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                raise TransportClosed(f"closed by peer ({code} {data[2:].decode(errors='replace')})")
+                reason = data[2:].decode(errors="replace").strip()
+                raise TransportClosed(f"closed by peer ({code}{reason and ' ' + reason})")
             if frame.opcode == websocket.ABNF.OPCODE_PING:
                 ws.pong(frame.data)
                 continue

@@ -31,7 +31,7 @@ from jobrelay.actors.router_proxy import JobRouterProxy
 from jobrelay.common.logs import route_stdlib_logging
 from jobrelay.common.transport import Transport
 from jobrelay.protocol.streams import StreamMarks
-from jobrelay.storage import open_database
+from jobrelay.storage import DatabaseLock, lock_database, open_database
 
 __all__ = ["Worker", "start_worker"]
 
@@ -44,6 +44,7 @@ class ConnectionProxy(ActorMemberMixin, pykka.ActorProxy[ConnectionActor]):
     """Typed proxy of ConnectionActor (every call returns a pykka Future); the Worker holds it."""
 
     state = proxy_method(ConnectionActor.state)
+    gave_up = proxy_method(ConnectionActor.gave_up)
     last_contact = proxy_method(ConnectionActor.last_contact)
     breaker = proxy_method(ConnectionActor.breaker)
     local_mode = proxy_method(ConnectionActor.local_mode)
@@ -70,6 +71,7 @@ class Worker:
         heartbeat: HeartbeatProxy,
         refs: list[pykka.ActorRef[Any]],
         caller: Caller,
+        lock: DatabaseLock | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -80,6 +82,7 @@ class Worker:
         self.caller = caller
         self.leases = LeaseKeeper(caller, connection)
         self._refs = refs  # in start order
+        self._lock = lock  # the database's, held until the actors that write it have stopped
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
 
@@ -130,6 +133,11 @@ class Worker:
     def state(self) -> ConnectionState:
         return self.connection.state().get(timeout=5.0)
 
+    def gave_up(self) -> str:
+        """Why the connection stopped trying: ``"max_attempts"``, ``"auth_refused"`` (an identity
+        was refused and ``retry_auth_failures`` is off), or "" while it goes on."""
+        return self.connection.gave_up().get(timeout=5.0)
+
     def stop(self, timeout: float | None = None) -> None:
         """Drain and stop within ``config.drain_timeout`` + ``timeout`` seconds (default:
         config.stop_timeout).
@@ -167,6 +175,8 @@ class Worker:
                 except pykka.ActorDeadError:
                     pass
             self._stop_leftovers()
+            if self._lock is not None:
+                self._lock.release()
             self._stopped.set()
             logger.info("worker {} stopped", self.config.worker_id)
 
@@ -235,7 +245,13 @@ def start_worker(
     route_stdlib_logging()
     # Create or migrate (and integrity-check) the file once, here, so a bad database is the
     # caller's StorageError and the actors can open it concurrently without a schema race.
-    open_database(config.db_path, durability=config.durability).close()
+    # One worker per database, for the process's life (released at the end of stop()).
+    lock = lock_database(config.db_path)
+    try:
+        open_database(config.db_path, durability=config.durability).close()
+    except BaseException:
+        lock.release()
+        raise
     refs: list[pykka.ActorRef[Any]] = []
     worker: Worker | None = None
     served = worker_methods(config.db_path)
@@ -246,7 +262,7 @@ def start_worker(
             threading.Thread(target=worker.stop, name="jobrelay-crash-stop", daemon=True).start()
 
     try:
-        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start()
+        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start(config)
         refs.append(metrics_ref)
         outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics_ref, clock=clock)
         refs.append(outbox_ref)
@@ -291,6 +307,7 @@ def start_worker(
         for ref in reversed(refs):
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(timeout=_START_TIMEOUT)
+        lock.release()
         raise
     worker = Worker(
         config,
@@ -301,8 +318,10 @@ def start_worker(
         heartbeat=heartbeat_proxy(heartbeat_ref),
         refs=refs,
         caller=Caller(config, connection=connection_ref, metrics=metrics_ref, served=served, clock=clock),
+        lock=lock,
     )
-    logger.info("worker {} started; connecting to {}", config.worker_id, config.url)
+    kinds = ", ".join(sorted(handlers or {})) or "none"
+    logger.info("worker {} started: kinds {}; connecting to {}", config.worker_id, kinds, config.url)
     return worker
 
 

@@ -105,6 +105,7 @@ class FacilitatorHealth:
             web.get("/jobs", self._get_jobs),
             web.get(job, self._get_job),
             web.post(job + "/cancel", self._post_cancel),
+            web.get("/job-counts", self._get_job_counts),
             web.get("/workers", self._get_workers),
             web.get("/stats", self._get_stats),
         ]
@@ -141,6 +142,9 @@ class FacilitatorHealth:
         reason = body.get("reason", "") if isinstance(body, dict) else ""
         return await answer(request, self._cancel, request.match_info["job_id"], str(reason))
 
+    async def _get_job_counts(self, request: web.Request) -> web.Response:
+        return await answer(request, self._job_counts)
+
     async def _get_workers(self, request: web.Request) -> web.Response:
         return await answer(request, self._workers)
 
@@ -166,7 +170,15 @@ class FacilitatorHealth:
         limit = small_int(limit_text)
         if not 0 <= limit <= _MAX_LIMIT:
             return 400, {"error": f"limit must be an integer 0..{_MAX_LIMIT}, got {limit_text!r}"}
-        return 200, {"jobs": [r._asdict() for r in self.facilitator.jobs(status, limit)]}
+        try:
+            jobs = self.facilitator.jobs(status, limit)
+        except ValueError as exc:  # an unknown status: say which ones there are
+            return 400, {"error": str(exc)}
+        return 200, {"jobs": [r._asdict() for r in jobs]}
+
+    def _job_counts(self) -> tuple[int, Any]:
+        counts = self.facilitator.job_counts()
+        return 200, {"counts": counts, "total": sum(counts.values())}
 
     def _view(self, job_id: str) -> tuple[int, Any]:
         view = self.facilitator.job(job_id)

@@ -41,10 +41,13 @@ from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
 from jobrelay.facilitator.views import FacilitatorStats, JobView, WorkerView, worker_views
 from jobrelay.protocol.auth import public_key_hex
-from jobrelay.protocol.messages import JobCancel, JobRequest
-from jobrelay.storage.ledger import JobRecord
+from jobrelay.protocol.messages import JobCancel, JobRequest, JobStatus
+from jobrelay.storage.ledger import QUEUED, JobRecord
 
-__all__ = ["Facilitator", "start_facilitator"]
+__all__ = ["LISTED_STATUSES", "Facilitator", "start_facilitator"]
+
+LISTED_STATUSES: Final = (QUEUED, *(s.value for s in JobStatus))
+"""The last statuses a job can have, as ``jobs(status)`` takes them and ``job_counts`` names them."""
 
 _RECOVER_TIMEOUT = 30.0  # listing the retries left waiting at the last stop
 _NO_OPTIONS: Final = JobOptions()
@@ -265,7 +268,15 @@ class Facilitator:
         """
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
+        if status is not None and status not in LISTED_STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {', '.join(LISTED_STATUSES)}")
         return self.store.jobs(status, limit)
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs have each status of LISTED_STATUSES (0 for none), over the whole ledger.
+        Raises StorageError or TimeoutError as ``jobs`` does."""
+        counts = self.store.job_counts()
+        return {status: counts.get(status, 0) for status in LISTED_STATUSES}
 
     def workers(self) -> list[WorkerView]:
         """Every worker that is authorized, connected or has stored state, by id.

@@ -40,6 +40,7 @@ from jobrelay.storage.database import Durability
 from jobrelay.storage.errors import StorageError
 from jobrelay.storage.inbox import Inbox
 from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
+from jobrelay.storage.lock import lock_database
 from jobrelay.storage.opening import open_database
 from jobrelay.storage.outbox import outbox_streams
 
@@ -109,6 +110,18 @@ class FacilitatorStore:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            # One facilitator per database, for as long as this thread has it open.
+            lock = lock_database(self.path)
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        try:
+            self._serve()
+        finally:
+            lock.release()
+
+    def _serve(self) -> None:
         try:
             db = open_database(self.path, durability=self.durability)
             by_kind = routing.outstanding_by_kind(db)
@@ -372,6 +385,10 @@ class FacilitatorStore:
     def jobs(self, status: str | None, limit: int) -> list[JobRecord]:
         """The newest jobs first, optionally only those whose last status is ``status``."""
         return self._call("list jobs", lambda s: s.ledger.jobs(limit=limit, status=status))
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs have each last status ("queued": none yet), over every stored job."""
+        return self._call("count jobs", lambda s: s.ledger.counts())
 
     def worker_facts(self) -> WorkerFacts:
         """Stored facts of every worker (specs, outbox and inbox positions, outstanding jobs)."""

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from loguru import logger
+
 from jobrelay.protocol.lazy import lazy_exports
+
+# A library is quiet until its application asks: `logger.enable("jobrelay")` (and a sink at the
+# level wanted) turns its lines on; the `jobrelay` command does that in cli/logs.py.
+logger.disable("jobrelay")
 
 if TYPE_CHECKING:
     from jobrelay.actors.actor_messages import ConnectionState

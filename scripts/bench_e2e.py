@@ -147,6 +147,7 @@ def main() -> int:
         return 0
     n = 10_000 if args.quick else args.messages
     logger.remove()
+    logger.enable("jobrelay")  # the library is quiet unless an application enables it
     logger.add(sys.stderr, level="WARNING")
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,8 +71,8 @@ class LogWindow:
         for line in lines:
             text = line
             try:
-                record = json.loads(line)["record"]
-                text = f"{record['level']['name']} {record['message']}"
+                record = json.loads(line)  # a flat --log-json line (jobrelay/cli/logs.py)
+                text = f"{record['level']} {record['message']}"
             except (ValueError, KeyError, TypeError):
                 pass
             counts[_NUMBERS.sub("#", text)[:110]] += 1

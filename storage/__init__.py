@@ -20,9 +20,10 @@ if TYPE_CHECKING:
         UnknownJobError,
     )
     from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
-    from jobrelay.storage.inspect import DatabaseSummary, inspect_database
+    from jobrelay.storage.inspect import DatabaseSummary, JobRecordView, inspect_database, inspect_job
     from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
     from jobrelay.storage.local_state import LocalState, LocalStateStore
+    from jobrelay.storage.lock import DatabaseInUse, DatabaseLock, lock_database
     from jobrelay.storage.opening import open_database
     from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
     from jobrelay.storage.schema import SCHEMA_VERSION
@@ -32,6 +33,8 @@ __all__ = [
     "AcceptResult",
     "AckOutOfRange",
     "Database",
+    "DatabaseInUse",
+    "DatabaseLock",
     "DatabaseSummary",
     "Dispatch",
     "Dispatches",
@@ -41,6 +44,7 @@ __all__ = [
     "InboxState",
     "JobLedger",
     "JobRecord",
+    "JobRecordView",
     "LocalState",
     "LocalStateStore",
     "Outbox",
@@ -54,6 +58,8 @@ __all__ = [
     "TerminalStatusError",
     "UnknownJobError",
     "inspect_database",
+    "inspect_job",
+    "lock_database",
     "open_database",
     "outbox_streams",
 ]
@@ -64,6 +70,8 @@ _EXPORTS = {
     "Database": "jobrelay.storage.database",
     "LocalState": "jobrelay.storage.local_state",
     "LocalStateStore": "jobrelay.storage.local_state",
+    "DatabaseInUse": "jobrelay.storage.lock",
+    "DatabaseLock": "jobrelay.storage.lock",
     "DatabaseSummary": "jobrelay.storage.inspect",
     "Dispatch": "jobrelay.storage.dispatch",
     "Dispatches": "jobrelay.storage.dispatch",
@@ -73,6 +81,7 @@ _EXPORTS = {
     "InboxState": "jobrelay.storage.inbox",
     "JobLedger": "jobrelay.storage.ledger",
     "JobRecord": "jobrelay.storage.ledger",
+    "JobRecordView": "jobrelay.storage.inspect",
     "Outbox": "jobrelay.storage.outbox",
     "OutboxFull": "jobrelay.storage.errors",
     "OutboxRow": "jobrelay.storage.outbox",
@@ -85,6 +94,8 @@ _EXPORTS = {
     "TerminalStatusError": "jobrelay.storage.errors",
     "UnknownJobError": "jobrelay.storage.errors",
     "inspect_database": "jobrelay.storage.inspect",
+    "inspect_job": "jobrelay.storage.inspect",
+    "lock_database": "jobrelay.storage.lock",
     "open_database": "jobrelay.storage.opening",
     "outbox_streams": "jobrelay.storage.outbox",
 }

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jobrelay.storage.inbox import Inbox, InboxState
-from jobrelay.storage.ledger import JobLedger
+from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
 from jobrelay.storage.opening import open_database
 from jobrelay.storage.outbox import OutboxStats, outbox_streams
+from jobrelay.storage.totals import read_totals
 
-__all__ = ["DatabaseSummary", "inspect_database"]
+__all__ = ["DatabaseSummary", "JobRecordView", "inspect_database", "inspect_job"]
 
 
 class DatabaseSummary(NamedTuple):
@@ -28,6 +29,7 @@ class DatabaseSummary(NamedTuple):
         inbox: Epoch, hwm and unconsumed rows of each remote stream.
         jobs_total: Jobs in the ledger.
         jobs_unfinished: Jobs without a terminal status.
+        totals: Counters kept across restarts (replayed, duplicates_dropped, reconnects, ...).
     """
 
     path: str
@@ -38,6 +40,7 @@ class DatabaseSummary(NamedTuple):
     inbox: list[InboxState]
     jobs_total: int
     jobs_unfinished: int
+    totals: dict[str, int]
 
 
 def inspect_database(path: str | Path, *, now: float | None = None) -> DatabaseSummary:
@@ -68,8 +71,36 @@ def inspect_database(path: str | Path, *, now: float | None = None) -> DatabaseS
                 inbox=Inbox(db).streams(),
                 jobs_total=ledger.count(),
                 jobs_unfinished=ledger.count(unfinished=True),
+                totals=read_totals(db),
             )
         finally:
             with db.guard("end read snapshot"):
                 db.conn.execute("COMMIT")
     return summary
+
+
+class JobRecordView(NamedTuple):
+    """A database's own record of one job: its ledger row and every status it recorded (on a
+    worker: each status it published, in the same transaction that queued it to be sent)."""
+
+    record: JobRecord
+    history: list[StatusEntry]
+
+
+def inspect_job(path: str | Path, job_id: str) -> JobRecordView | None:
+    """One job as a jobrelay database records it (None if it does not know the job), read-only.
+
+    Raises:
+        StorageError: The file is missing, corrupt, not a jobrelay database or of another
+            schema version.
+    """
+    with open_database(path, readonly=True, check=False) as db:
+        with db.guard("begin read snapshot"):
+            db.conn.execute("BEGIN")
+        try:
+            ledger = JobLedger(db)
+            record = ledger.get(job_id)
+            return None if record is None else JobRecordView(record, ledger.history(job_id))
+        finally:
+            with db.guard("end read snapshot"):
+                db.conn.execute("COMMIT")

@@ -23,7 +23,10 @@ from jobrelay.protocol.messages import TERMINAL_STATUSES, JobStatus
 from jobrelay.storage.database import Database
 from jobrelay.storage.errors import TerminalStatusError, UnknownJobError
 
-__all__ = ["JobLedger", "JobRecord", "StatusEntry", "StatusResult", "StatusUpdate"]
+__all__ = ["QUEUED", "JobLedger", "JobRecord", "StatusEntry", "StatusResult", "StatusUpdate"]
+
+QUEUED: Final = "queued"
+"""What a job without a status yet (it waits for a worker) is listed and counted as."""
 
 _TERMINAL: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 _UNFINISHED_SQL: Final = "status IS NULL OR status NOT IN ({})".format(
@@ -318,6 +321,12 @@ class JobLedger:
             rows = self._db.query(
                 f"SELECT {_COLUMNS} FROM jobs ORDER BY rowid DESC LIMIT ?", (limit,), "list jobs"
             )
+        elif status == QUEUED:  # no status yet: the job waits for a worker
+            rows = self._db.query(
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IS NULL ORDER BY rowid DESC LIMIT ?",
+                (limit,),
+                "list jobs",
+            )
         else:
             rows = self._db.query(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY rowid DESC LIMIT ?",
@@ -325,6 +334,17 @@ class JobLedger:
                 "list jobs",
             )
         return [JobRecord._make(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs have each last status (``QUEUED`` for those without one), all of them.
+
+        Raises:
+            StorageError: The read failed.
+        """
+        rows = self._db.query(
+            f"SELECT coalesce(status, '{QUEUED}'), count(*) FROM jobs GROUP BY 1", (), "count jobs"
+        )
+        return {str(status): int(n) for status, n in rows}
 
     def prune(self, finished_before: float) -> int:
         """Delete jobs that ended before ``finished_before`` (keeps the file bounded).

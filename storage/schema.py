@@ -21,6 +21,7 @@
 #                  dispatched_at)
 # Tables (v5, the worker's local mode; see storage/local_state.py):
 #   worker_local_state(id PK = 1, active, since, last_contact, activations, updated_at)
+# Tables (v6, counters that outlive the process; see storage/totals.py): totals(name PK, value)
 from __future__ import annotations
 
 import time
@@ -190,12 +191,17 @@ def _v5_local_state(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v6_totals(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
     Migration(3, "jobs pinned to a worker; cancels kept", _v3_pins_and_cancels),
     Migration(4, "job dispatches to external backends", _v4_dispatches),
     Migration(5, "worker local mode state", _v5_local_state),
+    Migration(6, "totals that outlive the process", _v6_totals),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+from loguru import logger
+
+import jobrelay
 
 if TYPE_CHECKING:
     from jobrelay.facilitator import Facilitator
@@ -22,6 +25,10 @@ settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# The library is quiet by default (jobrelay/__init__ disables its logger); tests read its lines.
+assert jobrelay.__name__ == "jobrelay"  # imported first, so its disable() runs before this enable()
+logger.enable("jobrelay")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ def steps(job: JobRequest, ctx: JobContext) -> str:
 def main() -> None:
     url, worker_id, key, db, facilitator_key = sys.argv[1:6]
     logger.remove()
+    logger.enable("jobrelay")  # the library is quiet unless an application enables it
     logger.add(sys.stderr, level="WARNING")
     config = WorkerConfig(
         url=url,

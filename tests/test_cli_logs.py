@@ -4,6 +4,7 @@ a line or drive the operator's terminal in the human format, and arrives exact i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from loguru import logger
 from jobrelay.cli.logs import configure
 from jobrelay.common.logs import escape_controls
 from tests.facilitator_client import HandshakeRefused, TestWorker, make_facilitator, wait_until
+from tests.test_cli_helpers import free_port, make_key, run_cli, worker_args
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,10 +49,39 @@ def test_json_lines_keep_untrusted_values_exact(capsys: pytest.CaptureFixture[st
     logger.bind(worker_id=FORGED).warning("detail={}", FORGED)
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    record = json.loads(err)["record"]
+    record = json.loads(err)
     assert record["message"] == "detail=" + FORGED
-    assert record["extra"]["worker_id"] == FORGED
-    assert not any(key.startswith("_human") for key in record["extra"])
+    assert record["worker_id"] == FORGED
+    assert not any(key.startswith("_human") for key in record)
+
+
+def test_json_lines_are_flat_records_a_shipper_can_index(capsys: pytest.CaptureFixture[str]) -> None:
+    configure("INFO", json=True, worker_id="w1")
+    logger.bind(session="s1", job_id="j1", state="connected").info("job {} done", "j1")
+    try:
+        int("boom")
+    except ValueError:
+        logger.opt(exception=True).error("it failed")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert set(first) == {"time", "level", "message", "logger", "worker_id", "session", "job_id", "state"}
+    assert first["level"] == "INFO" and first["message"] == "job j1 done" and first["logger"] == __name__
+    assert (first["worker_id"], first["session"], first["job_id"]) == ("w1", "s1", "j1")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert not any(isinstance(v, dict) for v in first.values())  # flat: no nested record
+    assert second["level"] == "ERROR" and second["exception"].endswith("'boom'")
+    assert "Traceback" in second["exception"] and "session" not in second
+
+
+def test_a_worker_with_log_json_writes_one_flat_object_per_line(tmp_path: Path) -> None:
+    key, _ = make_key(tmp_path, "w1")
+    url = f"ws://127.0.0.1:{free_port()}"  # nothing listens: a few lines, then it gives up
+    done = run_cli([*worker_args(tmp_path, url, "w1", key, "--max-attempts", "2"), "--log-json"])
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert len(lines) >= 4 and all({"time", "level", "message", "logger"} <= set(r) for r in lines)
+    assert all(r["worker_id"] == "w1" and not isinstance(r.get("record"), dict) for r in lines)
+    assert any(r["level"] == "WARNING" and "connection attempt 1" in r["message"] for r in lines)
+    assert {r["logger"] for r in lines} >= {"jobrelay.actors.connection", "jobrelay.cli.service"}
 
 
 def test_a_worker_id_sent_by_an_attacker_cannot_forge_a_facilitator_log_line(

@@ -109,8 +109,8 @@ def test_tour_commands_against_each_other(tmp_path: Path) -> None:
 
         # JSON log lines with the worker id bound in their context.
         lines = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
-        assert lines and all(line["record"]["extra"]["worker_id"] == "w1" for line in lines)
-        assert any("connected" in line["record"]["message"] for line in lines)
+        assert lines and all(line["worker_id"] == "w1" for line in lines)
+        assert any("connected" in line["message"] for line in lines)
 
         worker.signal(signal.SIGTERM)
         fac.signal(signal.SIGTERM)

@@ -91,3 +91,17 @@ def test_readme_runnable_examples_run(index: int) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "the example printed nothing"
+    # A library is quiet until the application turns its logs on (README "Logging").
+    assert result.stderr == "", result.stderr[-3000:]
+
+
+@pytest.mark.timeout(60)
+def test_the_library_logs_once_the_application_enables_it() -> None:
+    # (after `import jobrelay`, whose import disables its logs)
+    enabled = 'import jobrelay\nfrom loguru import logger\nlogger.enable("jobrelay")\n' + library_example()
+    result = subprocess.run(
+        [sys.executable, "-c", enabled], capture_output=True, text=True, timeout=45,
+        env=clean_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "facilitator: listening" in result.stderr and "worker w1 started" in result.stderr

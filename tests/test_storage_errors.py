@@ -307,12 +307,13 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
             )
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 5
+        assert db.schema_version == SCHEMA_VERSION == 6
         assert {
             "facilitator_workers",
             "facilitator_worker_events",
             "job_dispatches",
             "worker_local_state",
+            "totals",
         } <= set(db.su.table_names())
         assert [r.payload for r in Outbox(db).pending()] == [b"kept"]
         # v3: an old job is pinned to nobody (the facilitator chose its worker), and keeps its owner

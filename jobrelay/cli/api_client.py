@@ -10,6 +10,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -31,7 +32,14 @@ class ApiError(Exception):
 class FacilitatorClient:
     """A tiny client of the facilitator's JSON API."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 10.0,
+        token: str | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
         try:
             parts = urlsplit(base_url)
             parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
@@ -42,6 +50,9 @@ class FacilitatorClient:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
         self.token = token
+        # Told once, at the first refused connection, that the client keeps trying: a facilitator
+        # that is down must not look like a client that hangs.
+        self._on_retry = on_retry
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         if body is None and method != "GET":
@@ -67,6 +78,12 @@ class FacilitatorClient:
                 reason = getattr(exc, "reason", exc)
                 if time.monotonic() >= deadline:
                     raise ApiError(0, f"cannot reach the facilitator at {self.base}: {reason}") from None
+                if self._on_retry is not None:
+                    self._on_retry(
+                        f"jobrelay: cannot reach the facilitator at {self.base} ({reason}); "
+                        f"retrying for up to {self.timeout:g} s (--timeout)"
+                    )
+                    self._on_retry = None
                 time.sleep(0.1)
 
     def submit(
@@ -114,6 +131,10 @@ class FacilitatorClient:
     def cancel(self, job_id: str, reason: str = "") -> dict[str, Any]:
         """Cancel a job: ``{"job_id", "cancelled", "status"}`` (cancelling twice is harmless)."""
         return dict(self.request("POST", f"/jobs/{quote(job_id, safe='')}/cancel", {"reason": reason}))
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs have each last status, over every job the facilitator keeps."""
+        return dict(self.request("GET", "/job-counts")["counts"])
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/workers")["workers"])

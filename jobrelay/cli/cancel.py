@@ -9,9 +9,9 @@ import json
 import sys
 from typing import Any
 
-from jobrelay.cli.api_client import TERMINAL, ApiError, FacilitatorClient
+from jobrelay.cli.api_client import TERMINAL, ApiError
 from jobrelay.cli.argtypes import seconds
-from jobrelay.cli.client import add_common, api_failure, api_token
+from jobrelay.cli.client import add_common, api_failure, make_client, timed_out
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 
 __all__ = ["add_parser", "run_cancel"]
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    client = FacilitatorClient(args.facilitator, timeout=args.timeout, token=api_token(args.token_file))
+    client = make_client(args)
     try:
         answer = client.cancel(args.job_id, args.reason)
         if args.wait is not None and answer["cancelled"] and answer["status"] not in TERMINAL:
@@ -65,6 +65,9 @@ def run_cancel(args: argparse.Namespace) -> int:
         print(f"job {args.job_id} cancelled")
     else:
         print(f"job {args.job_id}: cancel sent to its worker (status now: {status})")
+    if args.wait is not None and answer["cancelled"] and status not in TERMINAL:
+        timed_out(f"job {args.job_id} to end", args.wait, answer)
+        return EXIT_RUNTIME
     if args.wait is not None and answer["cancelled"] and status != "cancelled":
         print(f"jobrelay: job {args.job_id} ended {status!r}, not cancelled", file=sys.stderr)
         return EXIT_RUNTIME

@@ -1,20 +1,21 @@
-# `jobrelay submit` and `jobrelay jobs`: clients of a running facilitator's HTTP API (the HTTP
-# client itself, with its retry and job-id invariants, is api_client.py). Invariants: user errors
-# exit 2, an unreachable facilitator or a server error exits 1, each with one line on stderr.
+# `jobrelay submit` and what every client of a running facilitator's HTTP API shares (`jobs` is
+# jobs.py; the HTTP client itself, with its retry and job-id invariants, is api_client.py).
+# Invariants: user errors exit 2, an unreachable facilitator or a server error exits 1, each with
+# one line on stderr; a facilitator that does not answer at once is retried, and said so.
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobrelay.cli.api_client import ApiError, FacilitatorClient
+from jobrelay.cli.api_client import TERMINAL, ApiError, FacilitatorClient
 from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from jobrelay.cli.tables import print_job, stderr_line
 
 __all__ = [
     "ApiError",
@@ -23,6 +24,8 @@ __all__ = [
     "add_parsers",
     "api_failure",
     "api_token",
+    "make_client",
+    "timed_out",
 ]
 
 
@@ -49,19 +52,6 @@ examples:
 The facilitator URL can also come from JOBRELAY_FACILITATOR. A facilitator started with
 --api-tokens needs a token: JOBRELAY_API_TOKEN=<token>, or --token-file FILE (or
 JOBRELAY_API_TOKEN_FILE) naming a file that holds it; `submit` needs a token of scope submit.
-"""
-
-JOBS_EPILOG = """\
-examples:
-  jobrelay jobs --facilitator http://127.0.0.1:8766                 # newest jobs first
-  jobrelay jobs --status failed                                    # only failed ones
-  jobrelay jobs 5f0c...e1                                          # one job's status history
-  jobrelay jobs 5f0c...e1 --wait 30                                # wait for its terminal status
-  jobrelay jobs --workers                                          # the workers the facilitator knows
-  jobrelay jobs --json                                             # machine-readable
-
-Exit codes: 0 ok; 1 facilitator unreachable, job unknown, or (with --wait) not completed in time
-or ended other than completed; 2 bad arguments, or a missing, unknown or insufficient API token.
 """
 
 
@@ -108,8 +98,18 @@ def api_token(token_file: str | None, env: Mapping[str, str] | None = None) -> s
     raise UsageError(f"client.token_file (from --token-file): {token_file} holds no token")
 
 
-def _client(args: argparse.Namespace) -> FacilitatorClient:
-    return FacilitatorClient(args.facilitator, timeout=args.timeout, token=api_token(args.token_file))
+def make_client(args: argparse.Namespace) -> FacilitatorClient:
+    """The API client the flags of ``add_common`` describe; it says on stderr, once, when the
+    facilitator does not answer at first and it keeps trying (for up to --timeout seconds)."""
+    return FacilitatorClient(
+        args.facilitator, timeout=args.timeout, token=api_token(args.token_file), on_retry=stderr_line
+    )
+
+
+def timed_out(what: str, seconds: float, view: dict[str, Any]) -> None:
+    """The line a --wait that ran out prints (the exit code says it failed; this says why)."""
+    status = view.get("status") or "queued"
+    print(f"jobrelay: timed out after {seconds:g} s waiting for {what} (still {status})", file=sys.stderr)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
@@ -168,27 +168,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
     )
     p.set_defaults(run=run_submit)
 
-    p = sub.add_parser(
-        "jobs",
-        help="list jobs, or show one job's status history",
-        epilog=JOBS_EPILOG,
-        description="List a running facilitator's jobs, or show one job's status history.",
-        **kw,
-    )
-    add_common(p)
-    p.add_argument("job_id", nargs="?", help="show this job's status history")
-    p.add_argument("--status", default=None, help="only jobs whose last status is this")
-    p.add_argument("--limit", type=count(0, 10_000), default=50, help="at most this many jobs (default 50)")
-    p.add_argument(
-        "--wait",
-        type=seconds,
-        default=None,
-        metavar="SECONDS",
-        help="with JOB_ID: wait for its terminal status",
-    )
-    p.add_argument("--workers", action="store_true", help="list workers instead of jobs")
-    p.set_defaults(run=run_jobs)
-
 
 def run_submit(args: argparse.Namespace) -> int:
     payload: Any = None
@@ -202,7 +181,7 @@ def run_submit(args: argparse.Namespace) -> int:
         raise UsageError(
             f"submit.soft_time_limit (from --soft-time-limit): {soft} s is not below --time-limit {hard} s"
         )
-    client = _client(args)
+    client = make_client(args)
     try:
         job_id = client.submit(
             args.kind,
@@ -221,61 +200,10 @@ def run_submit(args: argparse.Namespace) -> int:
         view = client.wait(job_id, args.wait)
     except ApiError as exc:
         return api_failure(exc)
-    _print_job(view, as_json=args.json)
+    print_job(view, as_json=args.json)
+    if view.get("status") not in TERMINAL:
+        timed_out(f"job {job_id}", args.wait, view)
     return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
-
-
-def run_jobs(args: argparse.Namespace) -> int:
-    client = _client(args)
-    try:
-        if args.workers:
-            workers = client.workers()
-            if args.json:
-                print(json.dumps(workers, indent=2))
-            else:
-                _table(
-                    ["WORKER", "CONNECTED", "DRAINING", "OUTBOX", "UNFINISHED", "LAST CONTACT"],
-                    [
-                        [
-                            w["worker_id"],
-                            w["connected"],
-                            w["draining"],
-                            w["outbox_depth"],
-                            w["outstanding_jobs"],
-                            _ago(w["last_contact"]),
-                        ]
-                        for w in workers
-                    ],
-                )
-            return EXIT_OK
-        if args.job_id:
-            view = client.wait(args.job_id, args.wait) if args.wait is not None else client.job(args.job_id)
-            _print_job(view, as_json=args.json)
-            if args.wait is not None and view.get("status") != "completed":
-                return EXIT_RUNTIME
-            return EXIT_OK
-        jobs = client.jobs(args.status, args.limit)
-    except ApiError as exc:
-        return api_failure(exc)
-    if args.json:
-        print(json.dumps(jobs, indent=2))
-    else:
-        _table(
-            ["JOB", "KIND", "STATUS", "WORKER", "PROGRESS", "UPDATED", "DETAIL"],
-            [
-                [
-                    j["job_id"],
-                    j["kind"],
-                    j["status"] or "queued",
-                    j["peer"] or "-",
-                    _pct(j["progress"]),
-                    _ago(j["updated_at"]),
-                    (j["detail"] or "")[:40],
-                ]
-                for j in jobs
-            ],
-        )
-    return EXIT_OK
 
 
 def api_failure(exc: ApiError) -> int:
@@ -284,46 +212,3 @@ def api_failure(exc: ApiError) -> int:
     print(f"jobrelay: error: {exc}{hint}", file=sys.stderr)
     # 413: job too large; 401/403: the token is missing, unknown or of too small a scope
     return EXIT_USAGE if exc.status in (400, 401, 403, 413) else EXIT_RUNTIME
-
-
-def _print_job(view: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(view, indent=2))
-        return
-    print(
-        f"job {view['job_id']}  kind {view['kind']}  worker {view['peer'] or '-'}  "
-        f"status {view['status'] or 'queued'}"
-    )
-    print(f"payload {json.dumps(view.get('payload'))}")
-    _table(
-        ["#", "AT", "STATUS", "PROGRESS", "DETAIL"],
-        [
-            [
-                n,
-                time.strftime("%H:%M:%S", time.localtime(e["at"])) + f".{int(e['at'] % 1 * 1000):03d}",
-                e["status"],
-                _pct(e["progress"]),
-                e["detail"],
-            ]
-            for n, e in enumerate(view["history"], 1)
-        ],
-    )
-
-
-def _pct(progress: float | None) -> str:
-    return "-" if progress is None else f"{progress * 100:.0f}%"
-
-
-def _ago(at: float | None) -> str:
-    if not at:
-        return "-"
-    return f"{max(0.0, time.time() - at):.1f}s ago"
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    if not rows:
-        print("(none)")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from jobrelay.protocol.errors import JobrelayError
 
-__all__ = ["EXIT_FORCED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "UsageError"]
+__all__ = ["EXIT_AUTH", "EXIT_FORCED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "UsageError"]
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1  # the command ran and failed (lost connection for good, demo check failed, ...)
 EXIT_USAGE = 2  # bad flags, environment, config file or values
+EXIT_AUTH = 3  # the worker's identity (or the facilitator's) was refused: fix a key, retrying cannot
 EXIT_FORCED = 130  # a second SIGINT/SIGTERM: stopped at once (durable data is kept)
 
 

@@ -30,14 +30,14 @@ examples:
   jobrelay facilitator --key-file facilitator.key --authorized-keys authorized_keys --db facilitator.db
 
   # any free ports; write {url, http_url, pid} to a file once listening
-  jobrelay facilitator --key-file facilitator.key --authorized-keys authorized_keys --db f.db \
+  jobrelay facilitator --key-file facilitator.key --authorized-keys authorized_keys --db f.db \\
       --port 0 --http-port 0 --ready-file ready.json
 
   # from a config file, workers on every interface (the HTTP API stays on loopback)
   jobrelay facilitator --config facilitator.toml --host 0.0.0.0
 
   # the HTTP API on every interface: it then needs tokens (lines `submit <token>`, `read <token>`)
-  jobrelay facilitator --config facilitator.toml --http-host 0.0.0.0 --api-tokens api_tokens \
+  jobrelay facilitator --config facilitator.toml --http-host 0.0.0.0 --api-tokens api_tokens \\
       --http-allowed-hosts relay.example.com
 
 signals: SIGINT or SIGTERM stop within --stop-timeout (exit 0); a second one exits at once with
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     http: HealthServer | None = None
     try:
         http = start_http(FacilitatorHealth(fac), resolved, loop=fac.loop, access=access)
-        logger.info("facilitator: HTTP API, /healthz and /metrics on {}", http.url if http else "(off)")
+        if http is None:  # (a listening HTTP server says where itself)
+            logger.info("facilitator: no HTTP API, /healthz or /metrics (http_port unset)")
         write_ready_file(resolved.values["ready_file"], url=fac.url, http_url=http.url if http else None)
 
         def stop(timeout: float) -> None:

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobrelay import __version__
-from jobrelay.cli import cancel, client, demo, facilitator, keygen, status, worker
+from jobrelay.cli import cancel, client, completion, demo, facilitator, jobs, keygen, status, worker
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from jobrelay.cli.output import quiet_closed_stdout
 from jobrelay.cli.settings import LOG, add_flags
 from jobrelay.protocol.errors import JobrelayError
 
@@ -32,7 +35,10 @@ a five-minute tour (each in its own terminal, or add `&`):
   jobrelay submit sleep --payload '{"seconds": 2}'
   jobrelay jobs
 
-exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 130 forced stop (second signal).
+shell completion: source <(jobrelay completion bash)   (or zsh; see jobrelay completion --help)
+
+exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 3 the worker's authentication
+was refused (see jobrelay worker --help); 130 forced stop (second signal).
 """
 
 
@@ -41,7 +47,34 @@ class _Parser(argparse.ArgumentParser):
     usage it printed first was noise in a log, and split one error over several lines)."""
 
     def error(self, message: str) -> NoReturn:
+        choice = re.match(r"argument .*: invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # a mistyped command: name the nearest one
+            names = re.findall(r"'([^']*)'", choice.group(2))
+            message += _did_you_mean(choice.group(1), names)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> NoReturn:
+    """Refuse arguments no parser took, from the command they were given to: its usage, and the
+    nearest flag it has (argparse blames the top-level parser, whose flags are not the point)."""
+    command = parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and args.command in action.choices:
+            command = action.choices[args.command]
+    flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in extra:
+        typed = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(typed, flags, n=1, cutoff=0.6) if typed.startswith("-") else []
+        if close:
+            hints.append(f"{close[0]} for {typed}")
+    said = f"; did you mean {', '.join(hints)}?" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(extra)}{said}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,15 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     facilitator.add_parser(sub, parents=[common], **kw)
     worker.add_parser(sub, parents=[common], **kw)
     client.add_parsers(sub, **kw)
+    jobs.add_parser(sub, **kw)
     cancel.add_parser(sub, **kw)
     status.add_parser(sub, parents=[common], **kw)
     demo.add_parser(sub, parents=[common], **kw)
+    completion.add_parser(sub, parser, **kw)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the jobrelay command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    with quiet_closed_stdout():  # --help and --version print too
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_unknown(parser, args, extra)
     try:
         code: int = args.run(args)
     except UsageError as exc:

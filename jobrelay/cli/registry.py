@@ -36,6 +36,8 @@ class Setting:
         metavar: the flag's metavar.
         bounds: for an int setting, the inclusive range ``(low, high)`` a value must lie in
             (checked when settings are resolved; None, i.e. unset, is always allowed).
+        path: a file name; a relative one in a TOML file is relative to that file's folder (as
+            from a flag or the environment it is relative to the current directory).
     """
 
     section: str
@@ -48,6 +50,7 @@ class Setting:
     config: bool = True
     metavar: str | None = None
     bounds: tuple[int, int] | None = None
+    path: bool = False
 
     @property
     def name(self) -> str:
@@ -80,11 +83,12 @@ PORT = (0, 65535)
 WORKER: tuple[Setting, ...] = (
     _w("url", str, REQUIRED, "--url", "facilitator URL, ws://host:port or wss://host:port"),
     _w("worker_id", str, REQUIRED, "--worker-id", "this worker's id (as in the authorized-keys file)"),
-    _w("key_file", str, "", "--key-file", "file with the Ed25519 private key (from `jobrelay keygen`)"),
+    _w("key_file", str, "", "--key-file", "file with the Ed25519 private key (from `jobrelay keygen`)",
+       path=True),
     _w("key", str, "", None, "the private key itself, 64 hex chars (prefer key_file)", env="JOBRELAY_KEY"),
     _w("facilitator_key", str, "", "--facilitator-key",
        "required: the facilitator's public key to pin, 64 hex (`jobrelay keygen --facilitator` prints it)"),
-    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file (outbox, inbox, job ledger)"),
+    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file (outbox, inbox, job ledger)", path=True),
     _w("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
     _w("max_concurrent_jobs", int, 4, "--max-jobs", "handlers running at once"),
     _w("prefetch", int, 1, "--prefetch",
@@ -112,8 +116,10 @@ WORKER: tuple[Setting, ...] = (
     _w("send_rate", float, None, "--send-rate",
        "data messages sent a second at most, token bucket (unset: no limit; they wait in the outbox)"),
     _w("send_burst", int, 1000, "--send-burst", "data messages the send bucket lets through at once"),
+    _w("retry_auth_failures", bool, False, "--retry-auth-failures",
+       "keep reconnecting after an authentication refusal (default: exit 3 at once)"),
     _w("connect_timeout", float, 10.0, "--connect-timeout", "TCP + WebSocket handshake timeout, seconds"),
-    _w("ca_file", str, "", "--ca-file", "CA bundle for wss:// (default: the system store)"),
+    _w("ca_file", str, "", "--ca-file", "CA bundle for wss:// (default: the system store)", path=True),
     _w("max_outbox_rows", int, 1_000_000, "--max-outbox-rows", "outbox bound in rows (then publishers wait)"),
     _w("max_outbox_bytes", int, 1 << 30, "--max-outbox-bytes", "outbox bound in bytes"),
     _w("publish_timeout", float, 30.0, "--publish-timeout", "how long a status waits for outbox room"),
@@ -143,22 +149,24 @@ WORKER: tuple[Setting, ...] = (
     _w("http_port", int, None, "--http-port", "port for /healthz and /metrics (unset: off; 0: any free port)",
        config=False, bounds=PORT),
     _w("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once running",
-       config=False),
+       config=False, path=True),
 )
 
 FACILITATOR: tuple[Setting, ...] = (
-    _f("db_path", str, REQUIRED, "--db", "the facilitator's SQLite file"),
+    _f("db_path", str, REQUIRED, "--db", "the facilitator's SQLite file", path=True),
     _f("host", str, "127.0.0.1", "--host", "interface workers connect to"),
     _f("port", int, 8765, "--port", "WebSocket port for workers (0: any free port)"),
     _f("key_file", str, None, "--key-file",
        "required (or key): the facilitator's own private key file (`jobrelay keygen --facilitator`); "
-       "workers pin its public key", env="JOBRELAY_FACILITATOR_KEY_FILE"),
+       "workers pin its public key", env="JOBRELAY_FACILITATOR_KEY_FILE", path=True),
     _f("key", str, "", None, "the facilitator's private key itself, 64 hex chars (prefer key_file)",
        env="JOBRELAY_FACILITATOR_PRIVATE_KEY"),
-    _f("authorized_keys_file", str, None, "--authorized-keys", "file of `<worker_id> <public key>` lines"),
+    _f("authorized_keys_file", str, None, "--authorized-keys", "file of `<worker_id> <public key>` lines",
+       path=True),
     _f("authorized_keys", TABLE, {}, None, "worker id = public key (TOML table only)"),
-    _f("tls_cert_file", str, None, "--tls-cert", "PEM certificate chain: serve wss:// (with tls_key_file)"),
-    _f("tls_key_file", str, None, "--tls-key", "PEM private key of that certificate"),
+    _f("tls_cert_file", str, None, "--tls-cert", "PEM certificate chain: serve wss:// (with tls_key_file)",
+       path=True),
+    _f("tls_key_file", str, None, "--tls-key", "PEM private key of that certificate", path=True),
     _f("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
     _f("stop_timeout", float, 5.0, "--stop-timeout", "seconds SIGINT/SIGTERM may take to stop"),
     _f("max_inflight", int, 1000, "--max-inflight", "unacknowledged data messages per direction"),
@@ -182,7 +190,7 @@ FACILITATOR: tuple[Setting, ...] = (
        "port for the HTTP API, /healthz and /metrics (0: any free port)", config=False, bounds=PORT),
     _f("api_tokens_file", str, None, "--api-tokens",
        "file of `<scope> <token>` lines (scope read or submit; mode 600): the HTTP API then needs "
-       "`Authorization: Bearer <token>`", env="JOBRELAY_API_TOKENS_FILE", config=False),
+       "`Authorization: Bearer <token>`", env="JOBRELAY_API_TOKENS_FILE", config=False, path=True),
     _f("http_allowed_hosts", STRS, (), "--http-allowed-hosts",
        "Host header names the HTTP API answers besides http_host and localhost (comma-separated; * any)",
        config=False),
@@ -194,11 +202,11 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("insecure_api", bool, False, "--insecure-api",
        "allow the HTTP API beyond loopback without api_tokens_file (refused otherwise)", config=False),
     _f("ready_file", str, "", "--ready-file", "write {url, http_url, pid} as JSON here once listening",
-       config=False),
+       config=False, path=True),
 )
 
 STATUS: tuple[Setting, ...] = (
-    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file", config=False),
+    _w("db_path", str, REQUIRED, "--db", "the worker's SQLite file", config=False, path=True),
     _w("http_host", str, "127.0.0.1", "--http-host", "the worker's health interface", config=False),
     _w("http_port", int, None, "--http-port", "the worker's health port (unset: database only)",
        config=False, bounds=PORT),

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -56,7 +55,7 @@ class ServiceLoop:
         name: for log lines ("worker", "facilitator").
         stop: stops the service within the given number of seconds.
         stop_timeout: the bound given to ``stop``.
-        failed: polled every ``poll`` seconds; a non-empty string ends the loop with EXIT_RUNTIME.
+        failed: polled every ``poll`` seconds; ``(reason, exit code)`` ends the loop with that code.
     """
 
     def __init__(
@@ -64,7 +63,7 @@ class ServiceLoop:
         name: str,
         stop: Callable[[float], None],
         stop_timeout: float,
-        failed: Callable[[], str] = lambda: "",
+        failed: Callable[[], tuple[str, int] | None] = lambda: None,
         poll: float = 0.2,
     ) -> None:
         self.name = name
@@ -93,10 +92,10 @@ class ServiceLoop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            reason = ""
+            failure = None
             while not self._signalled.wait(self._poll):
-                reason = self._failed()
-                if reason:
+                failure = self._failed()
+                if failure:
                     break
             if self._signalled.is_set():
                 logger.info(
@@ -104,8 +103,8 @@ class ServiceLoop:
                     self.name,
                     self._stop_timeout,
                 )
-            else:
-                logger.error("{}: {}; stopping", self.name, reason)
+            elif failure:
+                logger.error("{}: {}; stopping", self.name, failure[0])
             started = time.monotonic()
             stopper = threading.Thread(
                 target=self._stop, args=(self._stop_timeout,), name="jobrelay-stop", daemon=True
@@ -116,7 +115,7 @@ class ServiceLoop:
                 logger.error("{}: did not stop within {:g}s; exiting anyway", self.name, self._stop_timeout)
                 return EXIT_RUNTIME
             logger.info("{}: stopped in {:.2f}s", self.name, time.monotonic() - started)
-            return EXIT_RUNTIME if reason else EXIT_OK
+            return failure[1] if failure else EXIT_OK
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -155,7 +154,3 @@ def write_ready_file(path: str, **doc: Any) -> None:
         os.replace(tmp, target)
     except OSError as exc:
         raise UsageError(f"ready_file: cannot write {target}: {exc.strerror or exc}") from None
-
-
-def stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

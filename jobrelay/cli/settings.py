@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -155,7 +156,7 @@ def resolve(
             out.values[s.key] = _parse_text(s, env[s.env], out)
         elif s.key in toml:
             out.sources[s.key] = toml_name
-            out.values[s.key] = _convert(s, toml[s.key], out, strict=True)
+            out.values[s.key] = _beside(toml_name, s, _convert(s, toml[s.key], out, strict=True))
         elif s.default is not REQUIRED:
             out.sources[s.key] = "default"
             out.values[s.key] = s.default
@@ -164,6 +165,15 @@ def resolve(
             raise UsageError(f"{s.name}: required; set {where}")
         _check_bounds(s, out)
     return out
+
+
+def _beside(toml_name: str, s: Setting, value: Any) -> Any:
+    """A relative file name from a TOML file, made relative to that file's folder: the file
+    names its neighbours, wherever the command is started from."""
+    if not s.path or not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str(Path(toml_name).parent / path)
 
 
 def _check_bounds(s: Setting, out: Resolved) -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+from jobrelay.cli.argtypes import seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.settings import STATUS, add_flags, resolve
-from jobrelay.storage import StorageError, inspect_database
+from jobrelay.cli.tables import clock, pct, table
+from jobrelay.storage import DatabaseSummary, StorageError, inspect_database, inspect_job
 
 __all__ = ["add_parser", "run"]
 
@@ -28,9 +31,18 @@ examples:
   # the same settings as the worker (JOBRELAY_DB, [worker] db_path/http_port in the TOML file)
   jobrelay status --config worker.toml --json
 
-Exit codes: 0 healthy (or database read, without --http-port); 1 unhealthy or health endpoint
-unreachable; 2 bad settings or unreadable database.
+  # wait (up to 60 s) until the worker is idle: nothing left to send, no job unfinished
+  jobrelay status --db w1.db --wait-idle 60
+
+  # what the worker itself recorded of one job: each status it published, in order
+  jobrelay status --db w1.db --job 5f0c...e1
+
+Exit codes: 0 healthy (or database read, without --http-port; idle, with --wait-idle); 1 unhealthy
+or health endpoint unreachable, not idle in time (a "timed out" line says so), or (with --job) a
+job the worker does not know; 2 bad settings or unreadable database.
 """
+
+_POLL = 0.1  # seconds between reads of a --wait-idle
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: Any) -> None:
@@ -43,13 +55,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
     )
     add_flags(p, STATUS, title="worker settings (flag > JOBRELAY_* env > [worker] in --config > default)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--wait-idle",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="wait until the outbox is empty and no job is unfinished (read-only polling)",
+    )
+    what.add_argument("--job", metavar="JOB_ID", default=None, help="the worker's own record of this job")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     resolved = resolve(STATUS, args, config_path=args.config)
+    path = resolved.values["db_path"]
     try:
-        summary = inspect_database(resolved.values["db_path"])
+        if args.job is not None:
+            return _job(path, args.job, as_json=args.json)
+        summary = inspect_database(path)
+        if args.wait_idle is not None:
+            summary = _wait_idle(path, summary, args.wait_idle)
     except StorageError as exc:
         raise resolved.bad("db_path", str(exc).splitlines()[0]) from None
     doc: dict[str, Any] = {
@@ -61,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             "jobs_unfinished": summary.jobs_unfinished,
             "outbox": [s._asdict() for s in summary.outbox],
             "inbox": [s._asdict() for s in summary.inbox],
+            "totals": summary.totals,
         }
     }
     code = EXIT_OK
@@ -80,7 +107,53 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         _print(doc)
+    if args.wait_idle is not None and not _idle(summary):
+        print(
+            f"jobrelay: timed out after {args.wait_idle:g} s waiting for the worker to be idle "
+            f"({_busy(summary)})",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     return code
+
+
+def _idle(summary: DatabaseSummary) -> bool:
+    return summary.jobs_unfinished == 0 and all(out.depth_rows == 0 for out in summary.outbox)
+
+
+def _busy(summary: DatabaseSummary) -> str:
+    unsent = sum(out.depth_rows for out in summary.outbox)
+    return f"{unsent} message(s) unacknowledged, {summary.jobs_unfinished} job(s) unfinished"
+
+
+def _wait_idle(path: str, summary: DatabaseSummary, timeout: float) -> DatabaseSummary:
+    """Re-read the database (read-only) until it is idle or ``timeout`` passed; the last read."""
+    deadline = time.monotonic() + timeout
+    while not _idle(summary) and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        summary = inspect_database(path)
+    return summary
+
+
+def _job(path: str, job_id: str, *, as_json: bool) -> int:
+    found = inspect_job(path, job_id)
+    if found is None:
+        print(f"jobrelay: error: the worker's database {path} has no job {job_id!r}", file=sys.stderr)
+        return EXIT_RUNTIME
+    record, history = found
+    if as_json:
+        doc = {**record._asdict(), "history": [e._asdict() for e in history]}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(
+        f"job {record.job_id}  kind {record.kind}  status {record.status or 'queued'}  "
+        f"attempts {record.attempts}{'  cancel: ' + record.cancel_reason if record.cancel_reason else ''}"
+    )
+    table(
+        ["#", "AT", "SENT STATUS", "PROGRESS", "DETAIL"],
+        [[n, clock(e.at), e.status, pct(e.progress), e.detail] for n, e in enumerate(history, 1)],
+    )
+    return EXIT_OK
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -128,6 +201,12 @@ def _print(doc: dict[str, Any]) -> None:
             f"{inbox['unconsumed']} unconsumed, epoch {inbox['epoch']}"
         )
     print(f"jobs        {db['jobs_total']} known, {db['jobs_unfinished']} unfinished")
+    totals = db["totals"]
+    print(
+        f"totals      (since the database was made) {totals.get('published', 0)} published, "
+        f"{totals.get('replayed', 0)} replayed, {totals.get('duplicates_dropped', 0)} duplicates dropped, "
+        f"{totals.get('reconnects', 0)} reconnects"
+    )
     print(
         f"database    {db['path']} ({db['file_bytes']} bytes + {db['wal_bytes']} WAL) "
         f"at {time.strftime('%H:%M:%S')}"

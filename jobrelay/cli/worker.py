@@ -11,13 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
 from jobrelay.actors import WorkerHealth
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.worker import Worker, start_worker
 from jobrelay.cli import logs
-from jobrelay.cli.errors import EXIT_OK
+from jobrelay.cli.errors import EXIT_AUTH, EXIT_OK, EXIT_RUNTIME
 from jobrelay.cli.handler_specs import handlers_from
 from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import LOG, WORKER, Resolved, add_flags, build_config, resolve
@@ -30,7 +28,7 @@ EPILOG = """\
 examples:
   # run worker w1 against a local facilitator; `sleep` and `echo` are built in
   # (--facilitator-key: the line `jobrelay keygen --facilitator` printed for that facilitator)
-  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db \
+  jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db \\
       --facilitator-key 5f1b…(64 hex chars)
 
   # map job kinds to external commands (job JSON on stdin, one JSON status per stdout line)
@@ -108,12 +106,6 @@ def run(args: argparse.Namespace) -> int:
     http: HealthServer | None = None
     try:
         http = start_http(WorkerHealth(worker), resolved)
-        logger.info(
-            "worker {} running: kinds {}; facilitator {}",
-            config.worker_id,
-            ", ".join(sorted(handlers)),
-            config.url,
-        )
         write_ready_file(resolved.values["ready_file"], url=config.url, http_url=http.url if http else None)
 
         def stop(timeout: float) -> None:
@@ -132,10 +124,13 @@ def run(args: argparse.Namespace) -> int:
                 worker.stop(config.stop_timeout)
 
 
-def _failed(worker: Worker) -> str:
+def _failed(worker: Worker) -> tuple[str, int] | None:
     if worker.stopped:
-        return "the worker stopped (an actor crashed; see the log above)"
+        return "the worker stopped (an actor crashed; see the log above)", EXIT_RUNTIME
     with contextlib.suppress(Exception):
-        if str(worker.state()) == "closed":
-            return "the connection gave up (max_attempts reached)"
-    return ""
+        match worker.gave_up():
+            case "auth_refused":
+                return "authentication was refused (fix the key, or --retry-auth-failures)", EXIT_AUTH
+            case "max_attempts":
+                return "the connection gave up (max_attempts reached)", EXIT_RUNTIME
+    return None

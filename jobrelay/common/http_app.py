@@ -249,8 +249,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A refused credential, Host or Origin is worth a line even on a GET (someone is probing).
     quiet = request.method in ("GET", "HEAD") and response.status not in (401, 403, 421)
     level = "DEBUG" if quiet else "INFO"
+    # A 503 is an answer, not a fault: /healthz saying "unhealthy" (polled every few seconds
+    # through an outage) or a service that is stopping. The outage itself is logged once, where
+    # it happens; only an unexpected 5xx is a WARNING here.
     logger.log(
-        level if response.status < 500 else "WARNING",
+        level if response.status < 500 or response.status == 503 else "WARNING",
         "http: {} {} -> {} ({:.1f} ms)",
         request.method,
         request.path,

@@ -61,7 +61,7 @@ class MemoryFacilitator:
         lock / changed: The lock over all of the above; a condition notified on every change.
     """
 
-    url: ClassVar[str] = "ws://jobrelay-memory.invalid"
+    url: ClassVar[str] = "ws://jobrelay-memory.invalid:8765"  # a port, as WorkerConfig.check requires
 
     def __init__(
         self,
