@@ -290,6 +290,7 @@ class WorkerConnection:
                         self.draining,
                     )
                 self.hub.worker_ready(self, not self.draining)
+                self.hub.events.publish("worker.draining", worker=self.worker_id, draining=self.draining)
             case ev.RequestReceived() if self.session.is_open:
                 self.session.send_response(Response(id=event.request.id, ok=False, error="unknown method"))
             case ev.PeerWarning() if self.repeats.first("worker warnings"):
@@ -345,7 +346,7 @@ class WorkerConnection:
             counters.add("auth_failures")
         if self.worker_id and event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        log_closed(self, event)
+        log_closed(self, event, opened=self._opened)
 
     def _close_code(self) -> tuple[int, str]:
         request = self._close_request

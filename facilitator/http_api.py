@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.event_stream import stream_events
 from jobrelay.facilitator.job_options import JobOptions
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class FacilitatorHealth:
             web.post(job + "/cancel", self._post_cancel),
             web.get("/workers", self._get_workers),
             web.get("/stats", self._get_stats),
+            web.get("/events", self._get_events),
         ]
 
     async def _post_jobs(self, request: web.Request) -> web.Response:
@@ -146,6 +148,10 @@ class FacilitatorHealth:
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return await answer(request, self._stats)
+
+    async def _get_events(self, request: web.Request) -> web.StreamResponse:
+        fac = self.facilitator
+        return await stream_events(request, fac.hub.events, lambda: fac.stopping)
 
     # --- the blocking halves (run in the server's pool), each ``(HTTP status, JSON-able document)``
 
