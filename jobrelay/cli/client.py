@@ -15,6 +15,8 @@ from typing import Any
 from jobrelay.cli.api_client import ApiError, FacilitatorClient
 from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from jobrelay.cli.follow import follow
+from jobrelay.cli.watch import watch
 
 __all__ = [
     "ApiError",
@@ -57,6 +59,9 @@ examples:
   jobrelay jobs --status failed                                    # only failed ones
   jobrelay jobs 5f0c...e1                                          # one job's status history
   jobrelay jobs 5f0c...e1 --wait 30                                # wait for its terminal status
+  jobrelay jobs 5f0c...e1 --follow                                 # each status as it arrives
+  jobrelay jobs --watch                                            # a live table (Ctrl-C stops)
+  jobrelay jobs --watch --until-done                               # ... until every job listed ended
   jobrelay jobs --workers                                          # the workers the facilitator knows
   jobrelay jobs --json                                             # machine-readable
 
@@ -187,6 +192,24 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: 
         help="with JOB_ID: wait for its terminal status",
     )
     p.add_argument("--workers", action="store_true", help="list workers instead of jobs")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="with JOB_ID: print each status as it arrives until the job ends (bounded by --wait)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live table of jobs and workers, redrawn every --interval (Ctrl-C stops; --wait bounds it)",
+    )
+    p.add_argument("--until-done", action="store_true", help="with --watch: stop once every job listed ended")
+    p.add_argument(
+        "--interval",
+        type=seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="with --watch: seconds between redraws",
+    )
     p.set_defaults(run=run_jobs)
 
 
@@ -218,10 +241,13 @@ def run_submit(args: argparse.Namespace) -> int:
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK
-        view = client.wait(job_id, args.wait)
+        if args.json:  # one JSON document: the job as it ended
+            view = client.wait(job_id, args.wait)
+            _print_job(view, as_json=True)
+        else:
+            view = follow(client, job_id, args.wait, as_json=False)
     except ApiError as exc:
         return api_failure(exc)
-    _print_job(view, as_json=args.json)
     return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
 
 
@@ -248,6 +274,21 @@ def run_jobs(args: argparse.Namespace) -> int:
                     ],
                 )
             return EXIT_OK
+        if args.watch:
+            if args.job_id or args.workers or args.follow:
+                raise UsageError(
+                    "jobs.watch (from --watch): lists every job; drop JOB_ID, --workers and --follow"
+                )
+            return watch(client, args)
+        if args.until_done:
+            raise UsageError("jobs.until_done (from --until-done): only with --watch")
+        if args.follow:
+            if not args.job_id:
+                raise UsageError("jobs.follow (from --follow): give the JOB_ID to follow")
+            view = follow(client, args.job_id, args.wait, as_json=args.json)
+            if args.json:
+                print(json.dumps(view))
+            return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
         if args.job_id:
             view = client.wait(args.job_id, args.wait) if args.wait is not None else client.job(args.job_id)
             _print_job(view, as_json=args.json)

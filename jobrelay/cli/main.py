@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobrelay import __version__
-from jobrelay.cli import cancel, client, demo, facilitator, keygen, status, worker
+from jobrelay.cli import cancel, client, demo, events, facilitator, keygen, status, worker
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
 from jobrelay.cli.settings import LOG, add_flags
 from jobrelay.protocol.errors import JobrelayError
@@ -30,7 +30,7 @@ a five-minute tour (each in its own terminal, or add `&`):
   jobrelay facilitator --authorized-keys authorized_keys --db facilitator.db
   jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db
   jobrelay submit sleep --payload '{"seconds": 2}'
-  jobrelay jobs
+  jobrelay jobs --watch                 # a live table; `jobrelay events` streams what happens
 
 exit codes: 0 ok; 1 runtime failure; 2 bad usage or configuration; 130 forced stop (second signal).
 """
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_parser(sub, parents=[common], **kw)
     client.add_parsers(sub, **kw)
     cancel.add_parser(sub, **kw)
+    events.add_parser(sub, **kw)
     status.add_parser(sub, parents=[common], **kw)
     demo.add_parser(sub, parents=[common], **kw)
     return parser
