@@ -373,6 +373,10 @@ class FacilitatorStore:
         """The newest jobs first, optionally only those whose last status is ``status``."""
         return self._call("list jobs", lambda s: s.ledger.jobs(limit=limit, status=status))
 
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by (worker, last status): see ``JobLedger.counts``."""
+        return self._call("count jobs", lambda s: s.ledger.counts())
+
     def worker_facts(self) -> WorkerFacts:
         """Stored facts of every worker (specs, outbox and inbox positions, outstanding jobs)."""
 
