@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from jobrelay.common.http import Refusal
-from jobrelay.facilitator.events import DROPPED, EventBus
+from jobrelay.facilitator.events import DROPPED, EventBus, Subscription
 
 __all__ = ["KEEPALIVE", "WRITE_TIMEOUT", "stream_events"]
 
@@ -57,9 +57,14 @@ def _frame(event: dict[str, Any], sse: bool) -> bytes:
 
 
 async def stream_events(
-    request: web.Request, bus: EventBus, stopping: Callable[[], bool], keepalive: float = KEEPALIVE
+    request: web.Request,
+    bus: EventBus,
+    stopping: Callable[[], bool],
+    streams: set[Subscription],
+    keepalive: float = KEEPALIVE,
 ) -> web.StreamResponse:
-    """Serve one subscriber until it goes away, is dropped, or the facilitator stops."""
+    """Serve one subscriber until it goes away, is dropped, or ``stopping()`` (its subscription
+    is in ``streams`` meanwhile: the server interrupts those when it shuts down)."""
     match = _matcher(request)
     sse = "text/event-stream" in request.headers.get("Accept", "")
     response = web.StreamResponse(
@@ -70,6 +75,7 @@ async def stream_events(
         }
     )
     sub = bus.subscribe()
+    streams.add(sub)
     try:
         await response.prepare(request)
         await _write(request, response, _frame({"seq": 0, "at": time.time(), "type": "stream.open"}, sse))
@@ -82,12 +88,13 @@ async def stream_events(
             chunk = b"".join(_frame(e, sse) for e in events if e["type"] == DROPPED or match(e))
             if chunk:
                 await _write(request, response, chunk)
-            if sub.dropped:
+            if events[-1]["type"] == DROPPED:  # the marker is always its last item
                 return response
         await _write(request, response, _frame({"type": "stream.closed", "at": time.time()}, sse))
     except (ConnectionError, TimeoutError):
         pass  # the client went away or stopped reading: its subscription ends below
     finally:
+        streams.discard(sub)
         sub.close()
     return response
 

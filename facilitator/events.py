@@ -45,6 +45,7 @@ class Subscription:
         self._items: deque[Event] = deque()
         self._ready = asyncio.Event()
         self._wake_pending = False
+        self._interrupted = False
         self.dropped = ""
 
     def _offer(self, event: Event) -> bool:
@@ -68,17 +69,28 @@ class Subscription:
             self._loop.call_soon_threadsafe(self._ready.set)
 
     async def get(self, timeout: float) -> list[Event]:
-        """Every buffered event, oldest first; [] when none came within ``timeout`` seconds."""
-        if not self._items:
+        """Every buffered event, oldest first; [] when none came within ``timeout`` seconds or
+        ``interrupt`` was called."""
+        deadline = self._loop.time() + timeout
+        while True:
+            with self._bus._lock:
+                items = list(self._items)
+                self._items.clear()
+                self._wake_pending = False
+                self._ready.clear()
+            remaining = deadline - self._loop.time()
+            if items or remaining <= 0 or self._interrupted:
+                self._interrupted = False
+                return items
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-        with self._bus._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._wake_pending = False
-            self._ready.clear()
-        return items
+                async with asyncio.timeout(remaining):
+                    await self._ready.wait()  # a wake-up for items taken already: look again
+
+    def interrupt(self) -> None:
+        """Make a waiting ``get`` return now (thread-safe): its reader is told to stop."""
+        self._interrupted = True
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._ready.set)
 
     def close(self) -> None:
         """Stop receiving (idempotent)."""

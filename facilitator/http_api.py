@@ -16,6 +16,7 @@ from prometheus_client.core import Metric
 from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
 from jobrelay.facilitator.event_stream import stream_events
+from jobrelay.facilitator.events import Subscription
 from jobrelay.facilitator.job_options import JobOptions
 from jobrelay.facilitator.metrics import facilitator_metrics
 
@@ -32,6 +33,15 @@ class FacilitatorHealth:
 
     def __init__(self, facilitator: Facilitator) -> None:
         self.facilitator = facilitator
+        self._streams: set[Subscription] = set()  # GET /events readers of this server
+        self._closing = False
+
+    async def on_shutdown(self) -> None:
+        """The server is stopping: each event stream ends with ``stream.closed`` now, instead of
+        being cut off after the grace."""
+        self._closing = True
+        for sub in list(self._streams):
+            sub.interrupt()
 
     def health(self) -> HealthReport:
         fac = self.facilitator
@@ -121,7 +131,9 @@ class FacilitatorHealth:
 
     async def _get_events(self, request: web.Request) -> web.StreamResponse:
         fac = self.facilitator
-        return await stream_events(request, fac.hub.events, lambda: fac.stopping)
+        return await stream_events(
+            request, fac.hub.events, lambda: fac.stopping or self._closing, self._streams
+        )
 
     # --- the blocking halves (run in the server's pool), each ``(HTTP status, JSON-able document)``
 

@@ -258,3 +258,48 @@ def test_submit_wait_shows_the_statuses_and_exits_by_the_ending(stack: Stack) ->
         capture_output=True, text=True, timeout=60, env=env(), check=False,
     )  # fmt: skip
     assert nobody.returncode == 1 and re.search(r"failed\s+-\s+no_worker", nobody.stdout), nobody.stdout
+
+
+def test_events_says_why_its_stream_ended(stack: Stack) -> None:
+    bus = stack.fac.hub.events
+    # The server stops: the stream ends with stream.closed, and `jobrelay events` with exit 0.
+    own = serve_facilitator(stack.fac)
+    closing = subprocess.Popen(
+        [*JOBRELAY, "events", "--facilitator", own.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: bus.subscribers == 1, what="subscribed")
+        own.stop()
+        out, err = closing.communicate(timeout=20)
+    finally:
+        own.stop()
+        if closing.poll() is None:
+            os.killpg(closing.pid, signal.SIGKILL)
+            closing.wait(5)
+    assert closing.returncode == 0 and "closed the stream" in err, (out, err)
+
+    # A reader that falls 1,000 events behind (here: stopped with SIGSTOP) is dropped, and says so.
+    slow = subprocess.Popen(
+        [*JOBRELAY, "events", "--facilitator", stack.api, "--json"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: bus.subscribers == 1, what="subscribed")
+        slow.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while bus.subscribers:
+            assert time.monotonic() < deadline, "never dropped"
+            for n in range(500):
+                bus.publish("job.status", job_id=f"flood-{n}", detail="x" * 4000)
+            time.sleep(0.01)  # lets the server's loop write what the socket takes
+        slow.send_signal(signal.SIGCONT)
+        out, err = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+            slow.wait(5)
+    assert slow.returncode == 1, err
+    assert "dropped this stream: subscriber too slow: 1000 events behind" in err
+    assert out.count("\n") >= 1000  # what it had taken in before falling behind, printed
+    assert bus.dropped == 1
