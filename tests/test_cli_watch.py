@@ -39,6 +39,7 @@ COLS = 100
 class Stack(NamedTuple):
     fac: Facilitator
     api: str
+    worker: Service
 
 
 @pytest.fixture
@@ -55,9 +56,25 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             running.append(worker)
             worker.ready(tmp_path / "w1.ready")
             wait_until(lambda: any(w.connected for w in fac.workers()), what="w1 connected")
-            yield Stack(fac, http.url)
+            yield Stack(fac, http.url, worker)
         finally:
             http.stop()
+
+
+@contextlib.contextmanager
+def paused(worker: Service) -> Iterator[Callable[[], None]]:
+    """The worker process stopped (SIGSTOP) until the callable given is called or the block ends:
+    its jobs cannot move while a slow-starting CLI gets ready (its session outlives a short stop)."""
+    worker.signal(signal.SIGSTOP)
+    try:
+        yield lambda: worker.signal(signal.SIGCONT)
+    finally:
+        worker.signal(signal.SIGCONT)
+
+
+def progressing(stack: Stack, job_id: str) -> bool:
+    view = stack.fac.job(job_id)
+    return view is not None and view.record.progress is not None
 
 
 def env() -> dict[str, str]:
@@ -135,6 +152,7 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_fitted_to_its_width(stac
     long_detail = "the quick brown fox " * 15  # 300 characters: more than the terminal is wide
     stack.fac.submit("echo", long_detail, job_id="long-detail")
     stack.fac.submit("sleep", {"seconds": 2, "steps": 4}, job_id="sleepy")
+    wait_until(lambda: progressing(stack, "sleepy"), what="sleepy running")
     args = [
         "jobs",
         "--facilitator",
@@ -146,7 +164,9 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_fitted_to_its_width(stac
         "--wait",
         "60",
     ]
-    with in_pty(args) as term:
+    with paused(stack.worker) as resume, in_pty(args) as term:
+        term.read_until(lambda text: "sleepy" in text and "long-detail" in text, timeout=30)
+        resume()
         assert term.finish() == 0, term.text[-3000:]
         raw = term.text
     assert "\x1b[" in raw and re.search(r"\x1b\[[0-9;]*3[0-9]m|\x1b\[1;3[0-9]m", raw)  # colour
@@ -160,7 +180,8 @@ def test_watch_on_a_terminal_redraws_in_place_in_colour_fitted_to_its_width(stac
 
 
 def test_watch_piped_prints_plain_tables_only_when_something_changed(stack: Stack) -> None:
-    stack.fac.submit("sleep", {"seconds": 3, "steps": 3}, job_id="piped")
+    stack.fac.submit("sleep", {"seconds": 2, "steps": 4}, job_id="piped")
+    wait_until(lambda: progressing(stack, "piped"), what="piped running")
     args = [
         "jobs",
         "--facilitator",
@@ -172,14 +193,25 @@ def test_watch_piped_prints_plain_tables_only_when_something_changed(stack: Stac
         "--wait",
         "60",
     ]
-    done = subprocess.run(
-        [*JOBRELAY, *args], capture_output=True, text=True, timeout=60, env=env(), check=False
-    )
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    with paused(stack.worker) as resume:
+        proc = subprocess.Popen(
+            [*JOBRELAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = [proc.stdout.readline() for _ in range(2)]  # the header and the job's row
+            resume()
+            rest, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    assert proc.returncode == 0, err
+    out = "".join(first) + rest
     assert "\x1b" not in out
     tables = out.count("JOB ")
-    assert 2 <= tables <= 8, out  # about one per change (queued/accepted, 3 steps, completed), not 30 polls
+    assert 2 <= tables <= 8, out  # about one per change (3 more steps, completed), not one per poll
     assert re.search(r"^piped\s+sleep\s+running\s+\[#+\.*\]\s+\d+%\s+w1", out, re.M), out
     assert re.findall(r"^piped\s+sleep\s+(\w+)", out, re.M)[-1] == "completed"
 
@@ -222,25 +254,33 @@ def test_events_on_a_terminal_and_piped(stack: Stack) -> None:
 
 
 def test_follow_prints_each_status_as_it_arrives(stack: Stack) -> None:
-    job_id = stack.fac.submit("sleep", {"seconds": 4, "steps": 4})
-    proc = subprocess.Popen(
-        [*JOBRELAY, "jobs", "--facilitator", stack.api, job_id, "--follow", "--wait", "30"],
-        stdout=subprocess.PIPE, text=True, env=env(), start_new_session=True,
-    )  # fmt: skip
+    job_id = stack.fac.submit("sleep", {"seconds": 2, "steps": 4})
+    wait_until(lambda: progressing(stack, job_id), what="the job running")
     arrivals: list[tuple[float, str]] = []
-    try:
-        for line in proc.stdout or ():
-            arrivals.append((time.monotonic(), line.rstrip()))
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    rows = [(at, m.groups()) for at, line in arrivals if (m := re.match(r"^\d+\s+\S+\s+(\w+)\s+(\S+)", line))]
-    assert [r for _, r in rows][-5:] == [("running", "25%"), ("running", "50%"), ("running", "75%"),
-                                         ("running", "100%"), ("completed", "-")], arrivals  # fmt: skip
-    # Printed as they came (a second apart), not all at the end (the CLI starts within 3 s).
-    assert rows[-1][0] - rows[0][0] > 0.8, arrivals
+    with paused(stack.worker) as resume:
+        proc = subprocess.Popen(
+            [*JOBRELAY, "jobs", "--facilitator", stack.api, job_id, "--follow", "--wait", "30"],
+            stdout=subprocess.PIPE, text=True, env=env(), start_new_session=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                arrivals.append((time.monotonic(), line.rstrip()))
+                if "25%" in line:  # the history so far is out: let the job go on
+                    resumed = time.monotonic()
+                    resume()
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    row = re.compile(r"^\d+\s+\S+\s+(\w+)\s+(\S+)")
+    rows = [(at, m.groups()) for at, line in arrivals if (m := row.match(line))]
+    # Every status once, in order: none lost or repeated between the history and the stream.
+    steps = [("running", f"{n}%") for n in (25, 50, 75, 100)]
+    assert [r for _, r in rows] == [("accepted", "-"), ("running", "-"), *steps, ("completed", "-")], arrivals
+    # The last ones were printed as they came (the job needed another 1.5 s after the resume).
+    assert rows[-1][0] - resumed > 0.5, arrivals
     assert arrivals[-1][1].endswith("status completed")
 
 
