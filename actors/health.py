@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from jobrelay.actors.metrics import BUCKETS, COUNTERS, GAUGES, HISTOGRAM_HELP
 from jobrelay.common.http import HealthReport, HealthServer, metric_name
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ class WorkerHealth:
         return HealthReport(True, "", body)
 
     def metrics(self) -> Iterator[Metric]:
+        """The worker's metrics (Prometheus conventions: HELP texts from the catalogue in
+        metrics.py, its counters at 0 from the start, histograms for latencies)."""
         snap = self.worker.snapshot()
         labels = ["worker_id"]
         wid = [self.worker.config.worker_id]
@@ -100,16 +103,17 @@ class WorkerHealth:
             "Connection circuit breaker transitions, by the state entered",
             labels=[*labels, "to"],
         )
-        for name, count in sorted(snap.counters.items()):
+        counters = dict.fromkeys(COUNTERS, 0)
+        for name, count in snap.counters.items():
             if name.startswith("state_"):
                 states.add_metric([*wid, name.removeprefix("state_")], count)
-                continue
-            if name.startswith("breaker_to_"):
+            elif name.startswith("breaker_to_"):
                 breaker_moves.add_metric([*wid, name.removeprefix("breaker_to_")], count)
-                continue
-            family = CounterMetricFamily(
-                f"jobrelay_worker_{metric_name(name)}", f"Worker counter {name}", labels=labels
-            )
+            else:
+                counters[name] = count
+        for name, count in sorted(counters.items()):
+            help_text = COUNTERS.get(name, f"Worker counter {name}")
+            family = CounterMetricFamily(f"jobrelay_worker_{metric_name(name)}", help_text, labels=labels)
             family.add_metric(wid, count)
             yield family
         yield states
@@ -131,29 +135,31 @@ class WorkerHealth:
             state.add_metric([*wid, name], 1.0 if snap.state == name else 0.0)
         yield state
         for name, value in sorted(snap.gauges.items()):
-            gauge = GaugeMetricFamily(
-                f"jobrelay_worker_{metric_name(name)}", f"Worker gauge {name}", labels=labels
-            )
+            help_text = GAUGES.get(name, f"Worker gauge {name}")
+            gauge = GaugeMetricFamily(f"jobrelay_worker_{metric_name(name)}", help_text, labels=labels)
             gauge.add_metric(wid, value)
             yield gauge
         if not self.worker.stopped:
             stats = self.worker.outbox.stats().get(timeout=_ASK_TIMEOUT)
             age = GaugeMetricFamily(
                 "jobrelay_worker_outbox_oldest_unacked_seconds",
-                "Age of the oldest unacknowledged outbox row (0 when empty)",
+                "Age of the oldest outbox message not yet acknowledged (0 when none)",
                 labels=labels,
             )
             age.add_metric(wid, stats.oldest_unacked_age or 0.0)
             yield age
-        for name, hist in sorted(snap.histograms.items()):
-            summary = Metric(f"jobrelay_worker_{metric_name(name)}_seconds", f"Worker {name}", "summary")
-            for quantile, q_value in (("0.5", hist.p50), ("0.99", hist.p99)):
-                summary.add_sample(
-                    summary.name, {**dict(zip(labels, wid, strict=True)), "quantile": quantile}, q_value
-                )
-            summary.add_sample(f"{summary.name}_count", dict(zip(labels, wid, strict=True)), hist.count)
-            summary.add_sample(f"{summary.name}_sum", dict(zip(labels, wid, strict=True)), hist.sum)
-            yield summary
+        for name in sorted(BUCKETS):
+            hist = snap.histograms.get(name)
+            histogram = HistogramMetricFamily(
+                f"jobrelay_worker_{metric_name(name)}_seconds", HISTOGRAM_HELP[name], labels=labels
+            )
+            bounds, cumulative = BUCKETS[name], (0,) * len(BUCKETS[name])
+            if hist is not None:
+                bounds, cumulative = hist.bounds, hist.buckets
+            count = hist.count if hist is not None else 0
+            buckets = [(str(float(b)), n) for b, n in zip(bounds, cumulative, strict=True)]
+            histogram.add_metric(wid, [*buckets, ("+Inf", count)], hist.sum if hist is not None else 0.0)
+            yield histogram
 
 
 def serve_worker(worker: Worker, host: str = "127.0.0.1", port: int = 0) -> HealthServer:

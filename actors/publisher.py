@@ -372,7 +372,6 @@ class Publisher:
         stats = self._store().stats()
         self._report(Gauge("outbox_depth", stats.depth_rows))
         self._report(Gauge("outbox_bytes", stats.depth_bytes))
-        self._report(Gauge("outbox_oldest_age", stats.oldest_unacked_age or 0.0))
         self._report(Gauge("in_flight", self.in_flight()))
         if not self._busy:
             with contextlib.suppress(StorageError):

@@ -296,6 +296,7 @@ class WorkerConnection:
                         self.draining,
                     )
                 self.hub.worker_ready(self, not self.draining)
+                self.hub.events.publish("worker.draining", worker=self.worker_id, draining=self.draining)
             case ev.RequestReceived() if self.session.is_open:
                 self.hub.calls.request(self, event.request)
             case ev.ResponseReceived():
@@ -357,7 +358,7 @@ class WorkerConnection:
             counters.add("auth_failures")
         if self.worker_id and event.code is ErrorCode.HEARTBEAT_TIMEOUT:
             counters.add("heartbeat_timeouts")
-        log_closed(self, event)
+        log_closed(self, event, opened=self._opened)
 
     def _close_code(self) -> tuple[int, str]:
         request = self._close_request

@@ -1,6 +1,7 @@
 # The lines a facilitator connection logs when its session opens or ends: one per session, and in
 # a reconnect storm (or from a peer without a key) at most a few a second or a minute per source,
 # the rest counted in the hub's Chatter summary, so neither the loop's time nor the log is flooded.
+# The same moments are published as live events (worker.connected, worker.gone), never summarised.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ __all__ = ["log_closed", "log_opened"]
 
 
 def log_opened(conn: WorkerConnection, event: ev.Opened, stored_out_last_seq: int) -> None:
+    conn.hub.events.publish("worker.connected", worker=conn.worker_id, session=event.session_id)
     if event.new_out_stream and stored_out_last_seq:
         conn._log.warning(
             "facilitator: worker does not know our stream (its store is new) worker={} resume_after={}",
@@ -31,7 +33,10 @@ def log_opened(conn: WorkerConnection, event: ev.Opened, stored_out_last_seq: in
         )
 
 
-def log_closed(conn: WorkerConnection, event: ev.Closed) -> None:
+def log_closed(conn: WorkerConnection, event: ev.Closed, *, opened: bool = True) -> None:
+    if conn.worker_id and opened:
+        code = event.code.value if event.code else "normal"
+        conn.hub.events.publish("worker.gone", worker=conn.worker_id, code=code, detail=event.detail)
     if not conn.worker_id:
         address = conn.ws.remote_address
         source = str(address[0]) if address else "?"

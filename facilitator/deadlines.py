@@ -12,6 +12,7 @@ from typing import Final, TypeVar
 from loguru import logger
 
 from jobrelay.facilitator.counters import Counters
+from jobrelay.facilitator.events import EventBus
 from jobrelay.facilitator.store import FacilitatorStore
 
 __all__ = ["StartDeadlines"]
@@ -32,6 +33,7 @@ class StartDeadlines:
         counters: Counters,
         wait: Callable[[asyncio.Future[list[str]]], Awaitable[list[str]]],
         active: Callable[[], bool],
+        events: EventBus | None = None,
     ) -> None:
         self._loop = loop
         self._store = store
@@ -39,6 +41,7 @@ class StartDeadlines:
         self._counters = counters
         self._wait = wait
         self._active = active
+        self._events = events or EventBus()
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
 
@@ -60,6 +63,8 @@ class StartDeadlines:
         else:
             if expired:
                 self._counters.add("jobs_no_worker", len(expired))
+                for job_id in expired:
+                    self._events.job_status(job_id, None, "failed", "no_worker")
                 logger.warning(
                     "facilitator: {} job(s) found no worker for their kind in time: failed no_worker "
                     "(first: {})",

@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from jobrelay.common.http import HealthReport, HealthServer, answer, answer_here, read_json, small_int
 from jobrelay.facilitator.errors import JobTooLarge
+from jobrelay.facilitator.event_stream import stream_events
+from jobrelay.facilitator.events import Subscription
 from jobrelay.facilitator.job_options import JobOptions
+from jobrelay.facilitator.metrics import facilitator_metrics
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.server import Facilitator
@@ -30,6 +33,15 @@ class FacilitatorHealth:
 
     def __init__(self, facilitator: Facilitator) -> None:
         self.facilitator = facilitator
+        self._streams: set[Subscription] = set()  # GET /events readers of this server
+        self._closing = False
+
+    async def on_shutdown(self) -> None:
+        """The server is stopping: each event stream ends with ``stream.closed`` now, instead of
+        being cut off after the grace."""
+        self._closing = True
+        for sub in list(self._streams):
+            sub.interrupt()
 
     def health(self) -> HealthReport:
         fac = self.facilitator
@@ -61,38 +73,7 @@ class FacilitatorHealth:
         return HealthReport(True, "", body)
 
     def metrics(self) -> Iterator[Metric]:
-        stats = self.facilitator.stats()
-        for name, value in msgspec.structs.asdict(stats).items():
-            if name == "connected_workers":
-                gauge = GaugeMetricFamily("jobrelay_facilitator_connected_workers", "Workers connected now")
-                gauge.add_metric([], value)
-                yield gauge
-                continue
-            counter = CounterMetricFamily(f"jobrelay_facilitator_{name}", f"Facilitator counter {name}")
-            counter.add_metric([], value)
-            yield counter
-        per_worker = {
-            "connected": GaugeMetricFamily(
-                "jobrelay_facilitator_worker_connected",
-                "1 while the worker is connected",
-                labels=["worker_id"],
-            ),
-            "outbox_depth": GaugeMetricFamily(
-                "jobrelay_facilitator_worker_outbox_depth",
-                "Job requests/cancels stored for the worker and not yet acknowledged",
-                labels=["worker_id"],
-            ),
-            "outstanding_jobs": GaugeMetricFamily(
-                "jobrelay_facilitator_worker_outstanding_jobs",
-                "Jobs routed to the worker without a terminal status",
-                labels=["worker_id"],
-            ),
-        }
-        for view in self.facilitator.workers():
-            per_worker["connected"].add_metric([view.worker_id], 1.0 if view.connected else 0.0)
-            per_worker["outbox_depth"].add_metric([view.worker_id], view.outbox_depth)
-            per_worker["outstanding_jobs"].add_metric([view.worker_id], view.outstanding_jobs)
-        yield from per_worker.values()
+        return facilitator_metrics(self.facilitator)
 
     # --- the JSON API (used by `jobrelay submit` and `jobrelay jobs`), on aiohttp's router.
     # Handlers read the request on the event loop; every facilitator call runs in the server's pool.
@@ -108,6 +89,7 @@ class FacilitatorHealth:
             web.get("/job-counts", self._get_job_counts),
             web.get("/workers", self._get_workers),
             web.get("/stats", self._get_stats),
+            web.get("/events", self._get_events),
         ]
 
     async def _post_jobs(self, request: web.Request) -> web.Response:
@@ -150,6 +132,12 @@ class FacilitatorHealth:
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return await answer(request, self._stats)
+
+    async def _get_events(self, request: web.Request) -> web.StreamResponse:
+        fac = self.facilitator
+        return await stream_events(
+            request, fac.hub.events, lambda: fac.stopping or self._closing, self._streams
+        )
 
     # --- the blocking halves (run in the server's pool), each ``(HTTP status, JSON-able document)``
 

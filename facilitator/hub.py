@@ -30,6 +30,7 @@ from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.deadlines import StartDeadlines
+from jobrelay.facilitator.events import EventBus
 from jobrelay.facilitator.pacing import Chatter, NewestFirst
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.ready import ReadyWorkers
@@ -39,7 +40,7 @@ from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
-from jobrelay.protocol.messages import FacilitatorBody
+from jobrelay.protocol.messages import FacilitatorBody, JobRequest
 from jobrelay.protocol.session import SessionState
 
 __all__ = ["Chatter", "ConnectionHub", "NewestFirst"]
@@ -70,6 +71,7 @@ class ConnectionHub:
         self.authorized: Mapping[str, str] = dict(authorized)
         self.nonces = NonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
         self.counters = Counters()
+        self.events = EventBus()  # live events for GET /events (events.py)
         self.loop = loop
         self.chatter = Chatter(loop)
         self.retries = RetryTimers(store, loop, self.request_dispatch)
@@ -102,7 +104,13 @@ class ConnectionHub:
         self._dispatch_all = True
         self._dispatch_for: set[str] = set()
         self._deadlines = StartDeadlines(
-            loop, store, config.schedule_to_start_timeout, self.counters, self.wait, self._may_wait
+            loop,
+            store,
+            config.schedule_to_start_timeout,
+            self.counters,
+            self.wait,
+            self._may_wait,
+            self.events,
         )
         loop.call_soon_threadsafe(self._deadlines.arm)  # jobs may wait from an earlier run
 
@@ -253,6 +261,7 @@ class ConnectionHub:
                 # thousand of them in a reconnect storm) or finishing a job need not look again.
                 self._maybe_queued = False
             self.notify(assignments)
+            self.routed(assignments)
         except TimeoutError:
             # The store is slow, not gone: whoever gets jobs when it commits must be woken then.
             future.add_done_callback(self._notify_when_done)
@@ -263,6 +272,20 @@ class ConnectionHub:
     def _notify_when_done(self, future: asyncio.Future[tuple[list[Assignment], bool]]) -> None:
         if not future.cancelled() and future.exception() is None:
             self.notify(future.result()[0])
+            self.routed(future.result()[0])
+
+    def submitted(self, assignments: Sequence[Assignment], requests: Mapping[str, JobRequest]) -> None:
+        """Publish ``job.submitted`` (and ``job.routed`` when it went to a worker at once)."""
+        for a in assignments:
+            kind = requests[a.job_id].kind if a.job_id in requests else ""
+            self.events.publish("job.submitted", job_id=a.job_id, kind=kind, worker=a.worker or None)
+        self.routed(assignments)
+
+    def routed(self, assignments: Sequence[Assignment]) -> None:
+        """Publish ``job.routed`` for each job newly given to a worker (thread-safe)."""
+        for a in assignments:
+            if a.worker and a.seq:
+                self.events.publish("job.routed", job_id=a.job_id, worker=a.worker)
 
     # ------------------------------------------------------------------ thread-safe
 

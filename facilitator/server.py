@@ -220,6 +220,7 @@ class Facilitator:
         for request in requests:
             bodies.setdefault(request.job_id, request)  # a repeated id: the first is the one stored
         hub.notify(assignments, bodies)
+        hub.submitted(assignments, bodies)
         if any(not a.worker for a in assignments):
             hub.request_dispatch()  # a worker may have become ready while we were routing
 
@@ -243,6 +244,8 @@ class Facilitator:
         )
         if done and worker:
             self.hub.notify([Assignment(job_id, worker, seq)])
+        elif done:  # it was queued here: ended now
+            self.hub.events.job_status(job_id, None, "cancelled", reason or "cancelled")
         return done
 
     def job(self, job_id: str) -> JobView | None:

@@ -390,6 +390,10 @@ class FacilitatorStore:
         """How many jobs have each last status ("queued": none yet), over every stored job."""
         return self._call("count jobs", lambda s: s.ledger.counts())
 
+    def job_counts_by_worker(self) -> dict[tuple[str, str], int]:
+        """Jobs by (worker, last status): see ``JobLedger.counts_by_worker``."""
+        return self._call("count jobs by worker", lambda s: s.ledger.counts_by_worker())
+
     def worker_facts(self) -> WorkerFacts:
         """Stored facts of every worker (specs, outbox and inbox positions, outstanding jobs)."""
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jobrelay.facilitator.store_ops import AcceptOutcome
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.errors import ErrorCode
-from jobrelay.protocol.messages import JobStatusUpdate
+from jobrelay.protocol.messages import JobStatus, JobStatusUpdate
 
 if TYPE_CHECKING:
     from jobrelay.facilitator.connection import WorkerConnection
@@ -57,6 +58,8 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
             )
         if refusal.code is not None and conn.session.is_open:
             conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
+    if outcome.accepted:
+        _publish_statuses(conn, batch, outcome)
     if outcome.retries:
         conn.hub.retries.schedule(outcome.retries)
     if outcome.released:
@@ -67,6 +70,28 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
         conn.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
     elif outcome.upto and conn.session.is_open:
         conn.session.acknowledge(min(outcome.upto, conn.session.receiver.seen))
+
+
+def _publish_statuses(conn: WorkerConnection, batch: list[tuple[int, Any]], outcome: AcceptOutcome) -> None:
+    """Publish the status updates this batch recorded: the accepted rows are the last
+    ``accepted`` seqs up to ``upto`` (duplicates come first); refused ones were not recorded, and
+    a failure the facilitator retries is recorded as ``retrying``."""
+    events = conn.hub.events
+    if not events.subscribers:
+        return
+    refused = {r.job_id for r in outcome.refused}
+    retrying = {r.job_id for r in outcome.retries}
+    first = outcome.upto - outcome.accepted
+    for seq, body in batch:
+        if not isinstance(body, JobStatusUpdate) or not first < seq <= outcome.upto:
+            continue
+        if body.job_id in retrying:
+            events.job_status(body.job_id, conn.worker_id, "retrying", body.detail, None, body.attempt)
+        elif body.job_id not in refused and body.status is not JobStatus.RELEASED:
+            status = body.status.value
+            events.job_status(body.job_id, conn.worker_id, status, body.detail, body.progress, body.attempt)
+        elif body.status is JobStatus.RELEASED and body.job_id not in refused:
+            events.publish("job.released", job_id=body.job_id, worker=conn.worker_id)
 
 
 async def fill(conn: WorkerConnection) -> None:

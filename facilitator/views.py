@@ -82,6 +82,7 @@ class FacilitatorStats(msgspec.Struct, frozen=True, kw_only=True):
     connections_replaced: int = 0
     jobs_submitted: int = 0
     jobs_released: int = 0  # handed back by draining workers and queued again
+    jobs_no_worker: int = 0  # queued past their start deadline: failed no_worker
     refused_capacity: int = 0
     refused_connections: int = 0
     refused_unauthenticated: int = 0

@@ -310,6 +310,18 @@ class JobLedger:
         where = f" WHERE {_UNFINISHED_SQL}" if unfinished else ""
         return int(self._db.query(f"SELECT count(*) FROM jobs{where}", (), "count jobs")[0][0])
 
+    def counts_by_worker(self) -> dict[tuple[str, str], int]:
+        """How many jobs each worker (``peer``, "" for none yet) has in each last status
+        ("queued" for none yet): one pass over the table.
+
+        Raises:
+            StorageError: The read failed.
+        """
+        rows = self._db.query(
+            "SELECT peer, coalesce(status, 'queued'), count(*) FROM jobs GROUP BY 1, 2", (), "count jobs"
+        )
+        return {(str(peer), str(status)): int(n) for peer, status, n in rows}
+
     def jobs(self, *, limit: int = 1000, status: str | None = None) -> list[JobRecord]:
         """The most recently created jobs first, optionally only those whose last status is
         ``status``.

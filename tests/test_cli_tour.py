@@ -43,6 +43,9 @@ def test_readme_tour_runs_as_pasted() -> None:
     assert history[:2] == [("accepted", "-"), ("running", "-")]
     assert [p for s, p in history if s == "running"][1:] == ["25%", "50%", "75%", "100%"]
     assert history[-1][0] == "completed"
+    # The --watch step: piped, plain tables; the last one shows the job completed on w1.
+    watched = re.findall(r"^[0-9a-f]{24}\s+sleep\s+(\w+)\s+\S+(?:\s+\d+%)?\s+w1\s", out, re.M)
+    assert watched and watched[-1] == "completed" and "\x1b" not in out, out
     assert "w1  healthy" in out and "connection  connected" in out
     assert re.search(r"^jobrelay_worker_acked_total\{worker_id=\"w1\"\} \d+", out, re.M)
 

@@ -94,7 +94,7 @@ def test_worker_healthz_and_metrics(system: tuple[Facilitator, TcpProxy, Worker]
         assert got[("jobrelay_worker_jobs_completed_total", w1)] == 1.0
         assert got[("jobrelay_worker_acked_total", w1)] >= 1
         assert ("jobrelay_worker_ack_latency_seconds_count", w1) in got
-        assert ("jobrelay_worker_ack_latency_seconds", (("quantile", "0.99"), ("worker_id", "w1"))) in got
+        assert ("jobrelay_worker_ack_latency_seconds_bucket", (("le", "+Inf"), ("worker_id", "w1"))) in got
 
         proxy.block(True)
         proxy.cut()

@@ -5,18 +5,21 @@
 # never a second job.
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
 from jobrelay.cli.errors import UsageError
 
 __all__ = ["TERMINAL", "ApiError", "FacilitatorClient"]
+
+_STREAM_SILENCE: Final = 35.0  # seconds without a line (keepalives come every 15) before giving up
 
 TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled"})
 
@@ -54,20 +57,18 @@ class FacilitatorClient:
         # that is down must not look like a client that hangs.
         self._on_retry = on_retry
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        if body is None and method != "GET":
-            body = {}  # the API takes JSON bodies only, an empty one included
-        data = None if body is None else json.dumps(body).encode()
+    def _open(self, req: urllib.request.Request, read_timeout: float) -> Any:
+        """``urlopen`` with the token, retrying a refused connection until ``self.timeout``.
+
+        Raises:
+            ApiError: an error status, or still unreachable at the timeout.
+        """
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         deadline = time.monotonic() + self.timeout
         while True:
-            req = urllib.request.Request(self.base + path, data=data, method=method)
-            if data is not None:
-                req.add_header("Content-Type", "application/json")
-            if self.token:
-                req.add_header("Authorization", f"Bearer {self.token}")
             try:
-                with urllib.request.urlopen(req, timeout=max(1.0, self.timeout)) as resp:
-                    return json.loads(resp.read() or b"null")
+                return urllib.request.urlopen(req, timeout=read_timeout)
             except urllib.error.HTTPError as exc:
                 try:
                     message = json.loads(exc.read()).get("error", exc.reason)
@@ -85,6 +86,46 @@ class FacilitatorClient:
                     )
                     self._on_retry = None
                 time.sleep(0.1)
+
+    def events(
+        self, job: str | None = None, worker: str | None = None, type: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The facilitator's live events (GET /events) as they come, starting with its
+        ``stream.open`` (keepalives are skipped); ends when the facilitator ends the stream.
+
+        Raises:
+            ApiError: the stream could not be opened, or broke (status 0).
+        """
+        query = urlencode({k: v for k, v in (("job", job), ("worker", worker), ("type", type)) if v})
+        req = urllib.request.Request(f"{self.base}/events{'?' + query if query else ''}")
+        # A read waits through keepalives (every 15 s): twice that is a dead facilitator.
+        resp = self._open(req, max(self.timeout, _STREAM_SILENCE))
+        with resp:
+            try:
+                for line in resp:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") != "keepalive":
+                        yield event
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                raise ApiError(0, f"the event stream from {self.base} broke: {exc}") from None
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        if body is None and method != "GET":
+            body = {}  # the API takes JSON bodies only, an empty one included
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with self._open(req, max(1.0, self.timeout)) as resp:
+                try:
+                    return json.loads(resp.read() or b"null")
+                except (ConnectionError, TimeoutError) as exc:  # cut mid-answer: ask again
+                    if time.monotonic() >= deadline:
+                        raise ApiError(0, f"cannot read the answer of {self.base}: {exc}") from None
 
     def submit(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 from jobrelay.cli.api_client import TERMINAL, ApiError, FacilitatorClient
 from jobrelay.cli.argtypes import backoff_seconds, count, limit_seconds, seconds
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, UsageError
+from jobrelay.cli.follow import follow
 from jobrelay.cli.tables import print_job, stderr_line
 
 __all__ = [
@@ -197,10 +198,14 @@ def run_submit(args: argparse.Namespace) -> int:
         if args.wait is None:
             print(json.dumps({"job_id": job_id}) if args.json else job_id)
             return EXIT_OK
-        view = client.wait(job_id, args.wait)
+        if args.json:  # one JSON document: the job as it ended
+            view = client.wait(job_id, args.wait)
+        else:
+            view = follow(client, job_id, args.wait, as_json=False)
     except ApiError as exc:
         return api_failure(exc)
-    print_job(view, as_json=args.json)
+    if args.json:
+        print_job(view, as_json=True)
     if view.get("status") not in TERMINAL:
         timed_out(f"job {job_id}", args.wait, view)
     return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME

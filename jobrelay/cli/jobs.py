@@ -13,7 +13,9 @@ from jobrelay.cli.api_client import TERMINAL, ApiError, FacilitatorClient
 from jobrelay.cli.argtypes import count, seconds
 from jobrelay.cli.client import add_common, api_failure, make_client, timed_out
 from jobrelay.cli.errors import EXIT_OK, EXIT_RUNTIME, UsageError
+from jobrelay.cli.follow import follow
 from jobrelay.cli.tables import ago, pct, print_job, stderr_line, table
+from jobrelay.cli.watch import watch
 from jobrelay.facilitator.server import LISTED_STATUSES
 
 __all__ = ["add_parser", "job_status", "run"]
@@ -25,6 +27,9 @@ examples:
   jobrelay jobs --summary                                          # how many jobs have each status
   jobrelay jobs 5f0c...e1                                          # one job's status history
   jobrelay jobs 5f0c...e1 --wait 30                                # wait for its terminal status
+  jobrelay jobs 5f0c...e1 --follow                                 # each status as it arrives
+  jobrelay jobs --watch                                            # a live table (Ctrl-C stops)
+  jobrelay jobs --watch --until-done                               # ... until every job listed ended
   jobrelay jobs --status running --wait-all 600                    # wait until those all ended
   jobrelay jobs --workers                                          # the workers the facilitator knows
   jobrelay jobs --json                                             # machine-readable
@@ -81,6 +86,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
         metavar="SECONDS",
         help="wait until every listed job (after --status and --limit) has ended",
     )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="with JOB_ID: print each status as it arrives until the job ends (bounded by --wait)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live table of jobs and workers, redrawn every --interval (Ctrl-C stops; --wait bounds it)",
+    )
+    p.add_argument("--until-done", action="store_true", help="with --watch: stop once every job listed ended")
+    p.add_argument(
+        "--interval",
+        type=seconds,
+        default=0.5,
+        metavar="SECONDS",
+        help="with --watch: seconds between redraws",
+    )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--workers", action="store_true", help="list workers instead of jobs")
     shown.add_argument(
@@ -92,6 +115,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], **kw: A
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.job_id or args.workers or args.follow or args.summary or args.wait_all is not None:
+            raise UsageError(
+                "jobs.watch (from --watch): lists every job; drop JOB_ID, --workers, --summary,"
+                " --wait-all and --follow"
+            )
+        return watch(make_client(args), args)
+    if args.until_done:
+        raise UsageError("jobs.until_done (from --until-done): only with --watch")
+    if args.follow:
+        if not args.job_id:
+            raise UsageError("jobs.follow (from --follow): give the JOB_ID to follow")
+        try:
+            view = follow(make_client(args), args.job_id, args.wait, as_json=args.json)
+        except ApiError as exc:
+            return api_failure(exc)
+        if args.json:
+            print(json.dumps(view))
+        if view.get("status") not in TERMINAL:
+            timed_out(f"job {args.job_id}", args.wait or 0.0, view)
+        return EXIT_OK if view.get("status") == "completed" else EXIT_RUNTIME
     if args.wait is not None and not args.job_id:
         raise UsageError("jobs.wait (from --wait): needs a JOB_ID (for every listed job: --wait-all)")
     if args.job_id and (args.wait_all is not None or args.summary or args.workers):

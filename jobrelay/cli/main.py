@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jobrelay import __version__
-from jobrelay.cli import cancel, client, completion, demo, facilitator, jobs, keygen, status, worker
+from jobrelay.cli import cancel, client, completion, demo, events, facilitator, jobs, keygen, status, worker
 from jobrelay.cli.errors import EXIT_FORCED, EXIT_RUNTIME, EXIT_USAGE, UsageError
 from jobrelay.cli.output import quiet_closed_stdout
 from jobrelay.cli.settings import LOG, add_flags
@@ -33,7 +33,7 @@ a five-minute tour (each in its own terminal, or add `&`):
   jobrelay facilitator --authorized-keys authorized_keys --db facilitator.db
   jobrelay worker --url ws://127.0.0.1:8765 --worker-id w1 --key-file w1.key --db w1.db
   jobrelay submit sleep --payload '{"seconds": 2}'
-  jobrelay jobs
+  jobrelay jobs --watch                 # a live table; `jobrelay events` streams what happens
 
 shell completion: source <(jobrelay completion bash)   (or zsh; see jobrelay completion --help)
 
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parsers(sub, **kw)
     jobs.add_parser(sub, **kw)
     cancel.add_parser(sub, **kw)
+    events.add_parser(sub, **kw)
     status.add_parser(sub, parents=[common], **kw)
     demo.add_parser(sub, parents=[common], **kw)
     completion.add_parser(sub, parser, **kw)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from loguru import logger
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from jobrelay.common.admission import ConnectionGate
 from jobrelay.common.http_access import AccessPolicy, access_middleware, exposure_warning
@@ -165,6 +165,7 @@ class HealthServer:
         self.access = access
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SourceCollector(source))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, open fds
         self._sock = _listen(host, port, backlog)  # bound and listening now, as before start()
         self.host = host
         self.port: int = int(self._sock.getsockname()[1])

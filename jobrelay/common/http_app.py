@@ -198,6 +198,13 @@ def make_app(
     app = web.Application(middlewares=[_guard, *middlewares], client_max_size=MAX_BODY)
     app[_KIT] = _Kit(executor, idle_timeout)
     app.add_routes(_routes(source, registry))
+    on_shutdown = getattr(source, "on_shutdown", None)
+    if on_shutdown is not None:  # a source with long-lived answers (event streams) ends them first
+
+        async def shutdown(_app: web.Application) -> None:
+            await on_shutdown()
+
+        app.on_shutdown.append(shutdown)
     return app
 
 
