@@ -94,9 +94,8 @@ def main() -> int:
     print(f"\n{args.messages:,} messages × {args.rounds} rounds, durability {args.durability!r}, medians\n")
     print(f"| {'publishing':<34} | {'msg/s':>9} | {'min–max':>17} | {'ratio':>5} |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 19}|{'-' * 7}|")
-    print(
-        f"| {'publish() one by one (baseline)':<34} | {single:>9,.0f} | {min(singles):>8,.0f}–{max(singles):<8,.0f} | {1:>5.2f} |"
-    )
+    spread = f"{min(singles):>8,.0f}–{max(singles):<8,.0f}"
+    print(f"| {'publish() one by one (baseline)':<34} | {single:>9,.0f} | {spread} | {1:>5.2f} |")
     label = f"publish_many() × {args.batch}"
     print(
         f"| {label:<34} | {batch:>9,.0f} | {min(many):>8,.0f}–{max(many):<8,.0f} | {batch / single:>5.2f} |"
