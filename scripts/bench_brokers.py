@@ -3,7 +3,8 @@ rabbitmq-server, each started on free loopback ports with its state in a tempora
 stopped by the PIDs this module started (never by name).
 
 `missing_debs()` says which packages lack their binary; `install_debs()` installs them with
-apt-get (root only). A broker is a context manager: `with Mosquitto(tmp) as port: ...`.
+apt-get (root only), as does running this file (.ci/run does). A broker is a context manager:
+`with Mosquitto(tmp) as port: ...`.
 """
 
 from __future__ import annotations
@@ -183,3 +184,14 @@ class RabbitMQ(Broker):
         }
         # This script keeps the VM as its child and stops it cleanly on SIGTERM.
         return [DEBS["rabbitmq-server"]], env
+
+
+if __name__ == "__main__":
+    # `scripts/bench_brokers.py`: install the missing packages (.ci/run does, so that
+    # tests/test_bench_peers.py runs in CI instead of being skipped).
+    if missing := missing_debs():
+        print(f"==> installing {' '.join(missing)} (Debian packages for tests/test_bench_peers.py)")
+        try:
+            install_debs(missing)
+        except (BrokerError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"==> not installed: {e}") from None

@@ -72,9 +72,14 @@ def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
 def child(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    line = ""
+    try:
+        line = proc.stdout.readline()
+    finally:
+        if not line.strip().isdigit():  # Ctrl-C included: the child must not outlive us
+            proc.kill()
+            proc.wait(10)
     if not line.strip().isdigit():
-        proc.kill()
         raise RuntimeError(f"child {args[0]} did not start")
     return proc, int(line)
 

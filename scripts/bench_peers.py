@@ -175,6 +175,8 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing")
     args = parser.parse_args()
     n, rounds = (2_000, 1) if args.quick else (args.messages, args.rounds)
+    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop_on_signal)
     signal.signal(signal.SIGHUP, stop_on_signal)
     if (debs := missing_debs()) or missing_modules():
@@ -189,6 +191,7 @@ def main() -> int:
     logger.add(sys.stderr, level="WARNING")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         all_peers = peers(stack, Path(tmp), args.size)
+        print("brokers started", file=sys.stderr, flush=True)
         run_rounds(all_peers, Path(tmp), rounds, n)
     print_table(all_peers, n, args.size, rounds)
     return 1 if any(p.error for p in all_peers) else 0

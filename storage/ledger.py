@@ -29,7 +29,9 @@ _TERMINAL: Final = frozenset(s.value for s in TERMINAL_STATUSES)
 _UNFINISHED_SQL: Final = "status IS NULL OR status NOT IN ({})".format(
     ", ".join(f"'{s}'" for s in sorted(_TERMINAL))
 )
-_COLUMNS: Final = "job_id, kind, status, detail, progress, attempts, created_at, updated_at, peer, cancel_reason"
+_COLUMNS: Final = (
+    "job_id, kind, status, detail, progress, attempts, created_at, updated_at, peer, cancel_reason"
+)
 
 
 class JobRecord(NamedTuple):
@@ -147,7 +149,8 @@ class JobLedger:
         """
         with self._db.transaction(f"keep the cancel of {job_id!r}") as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET cancel_reason = ? WHERE job_id = ? AND ({_UNFINISHED_SQL})", (reason, job_id)
+                f"UPDATE jobs SET cancel_reason = ? WHERE job_id = ? AND ({_UNFINISHED_SQL})",
+                (reason, job_id),
             )
         return cur.rowcount == 1
 
