@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import importlib.util
+import os
 import signal
 import statistics
 import subprocess
@@ -137,13 +138,14 @@ def run_rounds(all_peers: list[Peer], tmp: Path, rounds: int, n: int) -> None:
                 )  # fmt: skip
 
 
-def print_table(all_peers: list[Peer], n: int, size: int, rounds: int) -> None:
+def print_table(all_peers: list[Peer], n: int, size: int, rounds: int, load: list[float]) -> None:
     medians = {p.name: statistics.median(p.rates) for p in all_peers if p.rates and not p.error}
     ours = medians.get(all_peers[0].name)
     raw = medians.get(all_peers[-1].name)
     print(
         f"\njobrelay beside the brokers: {n:,} messages of {size} B per round, "
-        f"{clients.WINDOW:,} in flight, {rounds} interleaved rounds, medians (min–max), loopback\n"
+        f"{clients.WINDOW:,} in flight, {rounds} interleaved rounds, medians (min–max), loopback; "
+        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, {os.cpu_count()} CPUs\n"
     )
     header = ("peer", "acknowledged when", "msg/s", "min–max", "÷ raw ws", "jobrelay ÷ peer")
     rows = []
@@ -189,11 +191,13 @@ def main() -> int:
             install_clients()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
+    load = [os.getloadavg()[0]]  # other work on the machine shows in every row: say how much
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         all_peers = peers(stack, Path(tmp), args.size)
         print("brokers started", file=sys.stderr, flush=True)
         run_rounds(all_peers, Path(tmp), rounds, n)
-    print_table(all_peers, n, args.size, rounds)
+    load.append(os.getloadavg()[0])
+    print_table(all_peers, n, args.size, rounds, load)
     return 1 if any(p.error for p in all_peers) else 0
 
 
