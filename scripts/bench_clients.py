@@ -150,10 +150,8 @@ class _Confirms:
         try:
             loop.start()  # until on_close or on_open_error stops it
         finally:
+            # Interrupted (Ctrl-C), the socket is left to close with the broker, which goes next.
             loop.remove_timeout(timer)
-            if self.connection.is_open:  # interrupted: close cleanly, then stop
-                self.connection.close()
-                loop.start()
         if self.errors:
             raise RuntimeError(f"rabbitmq: {self.errors[0]}")
         if self.nacked:

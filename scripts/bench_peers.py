@@ -202,4 +202,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # every `with` has stopped what it started by now
+        print("interrupted: the brokers and children this run started are stopped", file=sys.stderr)
+        sys.exit(130)
