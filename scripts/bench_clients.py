@@ -17,6 +17,7 @@ import msgspec
 from bench_e2e import jobrelay_worker
 
 from jobrelay.actors import Worker
+from jobrelay.facilitator import FacilitatorConfig
 from jobrelay.protocol.messages import WorkerEvent
 
 WINDOW = 1_000  # publishes in flight (sent, not yet acknowledged) for every peer
@@ -37,6 +38,8 @@ def jobrelay(tmp: Path, n: int, size: int) -> float:
     """Durable end to end: publish_many() into the worker's outbox (durable before it is sent),
     sent over the session's window (WINDOW unacknowledged at most, the facilitator's default
     max_inflight), stored by the facilitator (durability full) and acknowledged back."""
+    # bench_e2e's facilitator runs with the defaults: its window is what every other peer gets.
+    assert FacilitatorConfig(db_path="").max_inflight == WINDOW
     body = jobrelay_body(size)
     with jobrelay_worker(tmp, 2 * n) as worker:
         start = acked_count(worker)

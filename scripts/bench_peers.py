@@ -44,7 +44,7 @@ from bench_e2e import raw_ceiling
 from loguru import logger
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = {"paho.mqtt": "paho-mqtt", "nats": "nats-py", "pika": "pika"}
+MODULES = {"paho": "paho-mqtt", "nats": "nats-py", "pika": "pika"}
 
 
 @dataclass
@@ -57,8 +57,7 @@ class Peer:
 
 
 def missing_modules() -> list[str]:
-    return [pkg for mod, pkg in MODULES.items() if importlib.util.find_spec(mod.split(".")[0]) is None
-            or importlib.util.find_spec(mod) is None]  # fmt: skip
+    return [pkg for mod, pkg in MODULES.items() if importlib.util.find_spec(mod) is None]
 
 
 def install_clients() -> None:

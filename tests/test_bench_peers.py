@@ -21,13 +21,13 @@ import pytest
 from tests.test_cli_helpers import ROOT, clean_env
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_brokers import missing_debs
+from bench_brokers import Broker, BrokerError, missing_debs
 
 SCRIPT = ROOT / "scripts" / "bench_peers.py"
 PEERS = ("jobrelay", "paho-mqtt", "nats-py", "pika", "raw websocket")
 
 missing = missing_debs() + [m for m in ("paho", "nats", "pika") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")
+installed = pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")
 
 
 def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
@@ -73,6 +73,7 @@ def bench_tmp(tmp_path: Path) -> Iterator[Path]:
         os.kill(int(line.split(":")[0]), signal.SIGKILL)
 
 
+@installed
 @pytest.mark.timeout(90)
 def test_quick_run_measures_every_peer(bench_tmp: Path) -> None:
     proc = start(bench_tmp, "--quick")
@@ -91,6 +92,7 @@ def test_quick_run_measures_every_peer(bench_tmp: Path) -> None:
     assert left_behind(bench_tmp) == []
 
 
+@installed
 @pytest.mark.timeout(90)
 def test_ctrl_c_stops_every_broker(bench_tmp: Path) -> None:
     proc = start(bench_tmp, "--messages", "1000000", "--rounds", "1")
@@ -106,3 +108,20 @@ def test_ctrl_c_stops_every_broker(bench_tmp: Path) -> None:
         stop(proc)
     assert proc.returncode != 0
     assert left_behind(bench_tmp) == []
+
+
+class Refused(Broker):
+    """A broker that exits at once, as one with a bad config or a taken port would."""
+
+    name = "refused"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "print('listener: address in use'); raise SystemExit(3)"], {}
+
+
+@pytest.mark.timeout(30)
+def test_a_broker_that_does_not_start_says_why(bench_tmp: Path) -> None:
+    broker = Refused(bench_tmp)
+    with pytest.raises(BrokerError, match="refused did not start: listener: address in use"), broker:
+        pass
+    assert broker.procs == [] and left_behind(bench_tmp) == []
