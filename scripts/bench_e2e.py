@@ -22,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,16 +72,23 @@ def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
 def child(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    line = ""
+    try:
+        line = proc.stdout.readline()
+    finally:
+        if not line.strip().isdigit():  # Ctrl-C included: the child must not outlive us
+            proc.kill()
+            proc.wait(10)
     if not line.strip().isdigit():
-        proc.kill()
         raise RuntimeError(f"child {args[0]} did not start")
     return proc, int(line)
 
 
-def raw_ceiling(n: int) -> float:
-    """websocket-client → websockets server in another process, one-way, same frames, no storage."""
-    frame = worker_codec().encode(Data(seq=1, body=body(0)))
+def raw_ceiling(n: int, frame: bytes | None = None) -> float:
+    """websocket-client → websockets server in another process, one-way, no storage: `frame`
+    (default: the Data frame the worker would send) n times, then one round trip to be sure the
+    server has read them all."""
+    frame = frame if frame is not None else worker_codec().encode(Data(seq=1, body=body(0)))
     proc, port = child("--serve-sink")
     try:
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}")
@@ -164,11 +173,14 @@ class Result(NamedTuple):
     snapshot: MetricsSnapshot
 
 
-def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
-    """A worker in this process, the facilitator in a child process, durability full on both."""
+@contextmanager
+def jobrelay_worker(tmp: Path, max_rows: int) -> Iterator[Worker]:
+    """A connected worker in this process, its facilitator in a child process, durability full
+    on both; the facilitator is killed on the way out."""
     key = Ed25519PrivateKey.generate()
     fac_key = Ed25519PrivateKey.generate()  # the facilitator's own, which the worker pins
     (tmp / "fac.key").write_text(fac_key.private_bytes_raw().hex())
+    (tmp / "fac.key").chmod(0o600)  # the facilitator refuses a private key others can read
     fac, port = child("--serve-facilitator", str(tmp / "fac.db"), public_key_hex(key), str(tmp / "fac.key"))
     config = WorkerConfig(
         url=f"ws://127.0.0.1:{port}",
@@ -176,31 +188,41 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         key=key.private_bytes_raw().hex(),
         facilitator_key=public_key_hex(fac_key),
         db_path=str(tmp / "worker.db"),
-        max_outbox_rows=10 * n,
+        max_outbox_rows=max_rows,
     )
     try:
         with start_worker(config) as worker:
             worker.wait_connected(10)
-            # Latency first, in steady state: right after a large burst both processes are
-            # still checkpointing big WAL files with fsyncs on this one shared disk, which
-            # says more about sharing a disk than about publish latency. The machine's dirty
-            # pages (earlier runs, the raw phase) are flushed first for the same reason.
-            os.sync()
-            latencies = sorted(paced_latency(worker, 1000, latency_seconds))
-            t0 = time.perf_counter()
-            futures = [worker.outbox.publish(body(i)) for i in range(n)]
-            for f in futures:
-                f.get(timeout=300)
-            durable = time.perf_counter() - t0
-            deadline = time.monotonic() + 300
-            while worker.outbox.stats().get(timeout=10).depth_rows > 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("acks did not arrive in time")
-                time.sleep(0.002)
-            return Result(time.perf_counter() - t0, durable, latencies, worker.snapshot())
+            yield worker
     finally:
         fac.kill()
         fac.wait(10)
+
+
+def wait_drained(worker: Worker, timeout: float) -> None:
+    """Until the facilitator has acknowledged every stored row."""
+    deadline = time.monotonic() + timeout
+    while worker.outbox.stats().get(timeout=10).depth_rows > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("acks did not arrive in time")
+        time.sleep(0.002)  # polling with a deadline
+
+
+def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
+    with jobrelay_worker(tmp, 10 * n) as worker:
+        # Latency first, in steady state: right after a large burst both processes are
+        # still checkpointing big WAL files with fsyncs on this one shared disk, which
+        # says more about sharing a disk than about publish latency. The machine's dirty
+        # pages (earlier runs, the raw phase) are flushed first for the same reason.
+        os.sync()
+        latencies = sorted(paced_latency(worker, 1000, latency_seconds))
+        t0 = time.perf_counter()
+        futures = [worker.outbox.publish(body(i)) for i in range(n)]
+        for f in futures:
+            f.get(timeout=300)
+        durable = time.perf_counter() - t0
+        wait_drained(worker, 300)
+        return Result(time.perf_counter() - t0, durable, latencies, worker.snapshot())
 
 
 def print_table(n: int, raw: float, result: Result) -> None:
