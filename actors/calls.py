@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 from typing import Any
 
@@ -201,10 +202,10 @@ def _key(params: Any) -> bytes:
 
 
 def _resolve(future: concurrent.futures.Future[Any], value: Any) -> None:
-    if not future.done():
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller cancelled it
         future.set_result(value)
 
 
 def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
-    if not future.done():
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # the caller cancelled it
         future.set_exception(error)

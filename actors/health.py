@@ -139,6 +139,11 @@ class WorkerHealth:
             gauge = GaugeMetricFamily(f"jobrelay_worker_{metric_name(name)}", help_text, labels=labels)
             gauge.add_metric(wid, value)
             yield gauge
+        calls = GaugeMetricFamily(
+            "jobrelay_worker_calls_in_flight", "Calls to the facilitator outstanding now", labels=labels
+        )
+        calls.add_metric(wid, float(self.worker.caller.gate.in_flight))
+        yield calls
         if not self.worker.stopped:
             stats = self.worker.outbox.stats().get(timeout=_ASK_TIMEOUT)
             age = GaugeMetricFamily(

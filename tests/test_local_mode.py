@@ -166,6 +166,8 @@ def test_long_outage_in_local_mode_then_reconcile(fac: Facilitator, tmp_path: Pa
             families = {f.name: f for f in text_string_to_metric_families(text)}
             assert families["jobrelay_worker_local_mode_active"].samples[0].value == 0.0
             assert families["jobrelay_worker_local_mode_activations"].samples[0].value == 1.0
+            assert families["jobrelay_worker_calls_in_flight"].samples[0].value == 0.0
+            assert families["jobrelay_worker_breaker_state"].type == "gauge"
             wait_until(lambda: worker.outbox.stats().get(timeout=5).depth_rows == 0, timeout=10)
 
     want = ["accepted", "running"] + ["running"] * 10 + ["completed"]

@@ -28,7 +28,7 @@ def test_bucket_matches_model_and_never_grants_beyond_its_bound(
 ) -> None:
     bucket = TokenBucket(rate, burst, now=0.0)
     tokens, last, now = burst, 0.0, 0.0
-    granted: list[tuple[float, int]] = []
+    granted: list[tuple[float, int]] = []  # (the bucket's time: the latest seen, tokens granted)
     for dt, n, partial in steps:
         now += dt  # a negative step is a clock going back: it must add nothing
         if now > last:
@@ -44,7 +44,7 @@ def test_bucket_matches_model_and_never_grants_beyond_its_bound(
             got = n if ok else 0
             tokens -= got
         assert tokens >= -1e-9
-        granted.append((now, got))
+        granted.append((last, got))
     times = sorted({t for t, _ in granted})
     for i, start in enumerate(times):
         for end in times[i:]:
