@@ -90,6 +90,7 @@ class JobRouter(pykka.ThreadingActor):
             if record.cancel_reason is not None and record.status != JobStatus.RELEASED.value:
                 # Its cancel arrived before the restart: that is its ending, whatever it was doing.
                 logger.info("job {} was cancelled before the restart: ending it cancelled", record.job_id)
+                self._stop_elsewhere(record.job_id, record.kind, record.cancel_reason)
                 self._finish(record.job_id, JobStatus.CANCELLED, record.cancel_reason)
                 continue
             payload = self._ledger.payload(record.job_id)
@@ -117,6 +118,15 @@ class JobRouter(pykka.ThreadingActor):
             if not isinstance(body, JobRequest) or self._is_new(body, row.payload):
                 self._apply(body)
             self._inbox.mark_consumed(STREAM, row.seq)
+
+    def _stop_elsewhere(self, job_id: str, kind: str, reason: str) -> None:
+        """A handler whose jobs run elsewhere (Celery) stops one that a cancel ended meanwhile."""
+        stop = getattr(self._handlers.get(kind), "cancel_interrupted", None)
+        job = self._read_request(job_id)
+        if stop is not None and job is not None:  # in a thread: it may wait on the network
+            threading.Thread(
+                target=stop, args=(job, reason), name=f"jobrelay-stop-{job_id}", daemon=True
+            ).start()
 
     def on_stop(self) -> None:
         self.drain("worker stopping")

@@ -1,7 +1,8 @@
 """A jobrelay worker process whose `steps` kind runs as the Celery task tests.steps (run as a
 script so tests can SIGKILL it).
 
-Usage: celery_worker_child.py URL WORKER_ID KEY_HEX DB_PATH FACILITATOR_KEY REDIS_URL
+Usage: celery_worker_child.py URL WORKER_ID KEY_HEX DB_PATH FACILITATOR_KEY REDIS_URL [TASK]
+(TASK: the Celery task of kind `steps`, default tests.steps)
 Prints "ready" once connected. Stops on SIGTERM.
 """
 
@@ -19,6 +20,7 @@ from jobrelay.actors.celery_backend import celery_task
 
 def main() -> None:
     url, worker_id, key, db, facilitator_key, redis_url = sys.argv[1:7]
+    task = sys.argv[7] if len(sys.argv) > 7 else "tests.steps"
     logger.remove()
     logger.add(sys.stderr, level="INFO")
     config = WorkerConfig(
@@ -33,7 +35,7 @@ def main() -> None:
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    worker = start_worker(config, {"steps": celery_task("tests.steps", broker=redis_url)})
+    worker = start_worker(config, {"steps": celery_task(task, broker=redis_url)})
     try:
         worker.wait_connected(30)
         print("ready", flush=True)

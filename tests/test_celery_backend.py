@@ -26,7 +26,7 @@ from jobrelay.actors.celery_backend.channel import CANCELLED_HOLDER, Channel, Ev
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
 from jobrelay.protocol.auth import public_key_hex
 from jobrelay.protocol.messages import JobStatus
-from jobrelay.storage import Dispatches, open_database
+from jobrelay.storage import Dispatches, JobLedger, open_database
 from jobrelay.testing.celery_cluster import (
     RedisServer,
     redis_server,
@@ -290,9 +290,11 @@ def test_a_second_run_of_the_same_task_is_refused(cluster: RedisServer) -> None:
     assert [f["s"] for _, f in events] == ["running", "running", "completed"]
 
 
-def spawn_child(fac: Facilitator, db: Path, redis_url: str, log: Path) -> subprocess.Popen[str]:
+def spawn_child(
+    fac: Facilitator, db: Path, redis_url: str, log: Path, kind: str = "tests.steps"
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(CHILD), fac.url, "w1", KEY_HEX, str(db), FACILITATOR_PUBLIC, redis_url],
+        [sys.executable, str(CHILD), fac.url, "w1", KEY_HEX, str(db), FACILITATOR_PUBLIC, redis_url, kind],
         stdout=subprocess.PIPE,
         stderr=log.open("a"),
         text=True,
@@ -417,3 +419,36 @@ def test_only_a_relayed_tasks_own_events_end_its_job_not_its_celery_state(
         ("running", 0.5, "half"),
         ("completed", None, "all done"),
     ]
+
+
+@pytest.mark.timeout(90)
+def test_a_cancel_taken_in_before_a_kill9_revokes_the_task_at_the_restart(
+    fac: Facilitator, tmp_path: Path, cluster: RedisServer
+) -> None:
+    db, log = tmp_path / "w.db", tmp_path / "child.log"
+    proc = spawn_child(fac, db, cluster.url, log, kind="tests.stubborn")
+    try:
+        wait_ready(proc)
+        job_id = fac.submit("steps", {}, job_id="cancel-kill-1")
+        wait_until(lambda: any(p == 0.1 for _, p, _ in history(fac, job_id)), 20, "the task to run")
+        pid = holder_pid(cluster, job_id)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # What a kill right after the cancel's intake (before the relay revoked the task) leaves.
+        with open_database(db) as database:
+            assert JobLedger(database).request_cancel(job_id, "stop it")
+        proc = spawn_child(fac, db, cluster.url, log, kind="tests.stubborn")
+        wait_ready(proc)
+        rows = wait_ended(fac, job_id)
+        assert rows[-1] == ("cancelled", None, "stop it")
+        wait_until(lambda: pid_gone(pid), 10, "the revoke to end the task's process")
+        backend = CeleryBackend.shared(cluster.url)
+        wait_until(lambda: backend.task_state(job_id)[0] == "REVOKED", 10, "the task to be revoked")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

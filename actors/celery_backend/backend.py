@@ -149,6 +149,17 @@ class CeleryHandler:
             finally:
                 ctx.gauge("celery_running", self.backend.running(-1))
 
+    def cancel_interrupted(self, job: JobRequest, reason: str) -> None:
+        """The JobRouter at start: ``job``'s cancel arrived before a crash ended its relay, so
+        its task may still run or wait: no run may start (its claim), a running one is revoked."""
+        task_id = task_id_of(job)
+        try:
+            started = not self.backend.channel(task_id).claim_for_cancel()
+            self.backend.revoke(task_id, terminate=started)
+            logger.info("job {}: revoked celery task {} after the restart ({})", job.job_id, task_id, reason)
+        except Exception as exc:
+            logger.error("job {}: could not revoke celery task {}: {}", job.job_id, task_id, exc)
+
     def _dispatch(self, job: JobRequest, ctx: JobContext, task_id: str) -> str:
         """Dispatch ``job`` (or find its dispatch from before a restart); the relayed position."""
         found = ctx.dispatched() if ctx.resumed else None  # a dispatch exists only if it ran before
