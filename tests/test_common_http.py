@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,18 +200,33 @@ def test_64_concurrent_submitters_all_get_201(fac: Facilitator, on_the_facilitat
     loop = fac.loop if on_the_facilitators_loop else None  # its submit() refuses to run on that loop
     with HealthServer(FacilitatorHealth(fac), loop=loop) as server:
         threads = [threading.Thread(target=submit, args=(n,)) for n in range(clients)]
+        overflows = listen_overflows()
         started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(25)
         elapsed = time.monotonic() - started
+        overflowed = listen_overflows() - overflows
         assert len(pool_threads()) <= 4  # no thread per request or per client
     failures = [a for a in answers if not (isinstance(a, tuple) and a[0] == 201)]
     assert not failures and len(answers) == clients * per_client, failures[:5]
     assert len(fac.jobs(limit=10_000)) == clients * per_client
-    # The stdlib server (listen backlog 5) reset dozens of these and had a p99 over 1 s (SYN retries).
-    assert sorted(latencies)[int(len(latencies) * 0.99)] < 1.0 and elapsed < 20
+    # The stdlib server (listen backlog 5) reset dozens of these and had a p99 over 1 s (SYN
+    # retries). The kernel counts each connection its full accept queue dropped: none may be
+    # (a count, not a time, so a loaded machine cannot fail it; the latency bound is loose).
+    assert overflowed == 0, f"{overflowed} connections dropped by a full listen queue"
+    assert sorted(latencies)[int(len(latencies) * 0.99)] < 3.0 and elapsed < 20
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all sockets:
+    tests run one at a time)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names[0] == "TcpExt:" and "ListenOverflows" in names:
+            return int(values[names.index("ListenOverflows")])
+    return 0
 
 
 def test_200_idle_connections_do_not_stop_a_request() -> None:
