@@ -85,7 +85,9 @@ def test_warm_shutdown_finishes_running_jobs_and_hands_queued_ones_to_the_other_
         # w1 alone first, 1 slot and credit for 3 more: the facilitator sends it all four jobs
         # (not pinned: a job pinned with `worker=` would wait for w1 instead of moving).
         w1 = start(s, running, "w1", "--drain-timeout", "20", "--prefetch", "3")
-        slow = s.fac.submit("sleep", {"seconds": 2, "steps": 4})
+        # Long enough to still run when w1 is told to stop, however slowly w2 starts under load
+        # (at 2 s it sometimes ended first, and w1 then ran the queued jobs itself).
+        slow = s.fac.submit("sleep", {"seconds": 6, "steps": 4})
         wait_until(lambda: status(s, slow) == "running", what="slow job running")
         queued = [s.fac.submit("sleep", {"seconds": 0.1, "steps": 1}) for _ in range(3)]
         wait_until(lambda: all(status(s, j) == "accepted" for j in queued), what="queued at w1")
