@@ -12,18 +12,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import msgspec
 from aiohttp import web
 
 from jobrelay.common.http import Refusal
-from jobrelay.facilitator.events import DROPPED, EventBus, Subscription
+from jobrelay.facilitator.events import DROPPED, EventBus, Subscription, encoded
 
 __all__ = ["KEEPALIVE", "WRITE_TIMEOUT", "stream_events"]
 
 KEEPALIVE: Final = 15.0
 WRITE_TIMEOUT: Final = 10.0
+COALESCE: Final = 0.02  # seconds a stream waits after a write, so a burst goes out in few writes
 _FILTERS: Final = ("job", "worker", "type")
-_ENCODER = msgspec.json.Encoder()
 
 
 def _matcher(request: web.Request) -> Callable[[dict[str, Any]], bool]:
@@ -50,10 +49,10 @@ def _matcher(request: web.Request) -> Callable[[dict[str, Any]], bool]:
 
 
 def _frame(event: dict[str, Any], sse: bool) -> bytes:
-    data = _ENCODER.encode(event)
+    line = encoded(event)
     if sse:
-        return b"event: " + str(event["type"]).encode() + b"\ndata: " + data + b"\n\n"
-    return data + b"\n"
+        return b"event: " + str(event["type"]).encode() + b"\ndata: " + line + b"\n"
+    return line
 
 
 async def stream_events(
@@ -90,6 +89,9 @@ async def stream_events(
                 await _write(request, response, chunk)
             if events[-1]["type"] == DROPPED:  # the marker is always its last item
                 return response
+            # A reader costs the loop at most ~50 wake-ups and writes a second, however many
+            # events are published (they wait in its buffer meanwhile); 20 ms is not seen by a human.
+            await asyncio.sleep(COALESCE)
         await _write(request, response, _frame({"type": "stream.closed", "at": time.time()}, sse))
     except (ConnectionError, TimeoutError):
         pass  # the client went away or stopped reading: its subscription ends below

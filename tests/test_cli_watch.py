@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from aiohttp import web
 
+from jobrelay.cli.api_client import FacilitatorClient
+from jobrelay.cli.follow import follow
 from jobrelay.common.http import HealthServer
-from jobrelay.facilitator import Facilitator, FacilitatorConfig, start_facilitator
+from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHealth, start_facilitator
 from jobrelay.facilitator.http_api import serve_facilitator
 from tests.protocol_harness import FACILITATOR_KEY_HEX
 from tests.test_cli_helpers import JOBRELAY, Service, clean_env, make_key, services, wait_until, worker_args
@@ -343,3 +346,23 @@ def test_events_says_why_its_stream_ended(stack: Stack) -> None:
     assert "dropped this stream: subscriber too slow: 1000 events behind" in err
     assert out.count("\n") >= 1000  # what it had taken in before falling behind, printed
     assert bus.dropped == 1
+
+
+class _BeforeEvents(FacilitatorHealth):
+    """The API of a facilitator from before GET /events."""
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [r for r in super().routes() if getattr(r, "path", "") != "/events"]
+
+
+def test_follow_polls_a_facilitator_without_events(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    with HealthServer(_BeforeEvents(stack.fac)) as old:
+        assert FacilitatorClient(old.url).request("GET", "/stats")["frames_in"] >= 0
+        job_id = stack.fac.submit("sleep", {"seconds": 0.3, "steps": 1})
+        view = follow(FacilitatorClient(old.url), job_id, 30, as_json=False)
+    assert view["status"] == "completed"
+    out = capsys.readouterr().out
+    assert re.findall(r"^\d+\s+\S+\s+(\w+)", out, re.M) == ["accepted", "running", "running", "completed"], (
+        out
+    )
+    assert out.rstrip().endswith("status completed")

@@ -26,6 +26,7 @@ __all__ = ["Snapshot", "render", "watch"]
 
 _PLAIN_WIDTH: Final = 250  # piped: lines are cut only beyond this (a log has no width to fit)
 _BAR: Final = 10
+_MIN_INTERVAL: Final = 0.05  # --interval 0 redraws 20 times a second, not in a busy loop
 
 
 class Snapshot(NamedTuple):
@@ -69,7 +70,7 @@ def watch(client: FacilitatorClient, args: argparse.Namespace) -> int:
                     return EXIT_OK if all(j["status"] == "completed" for j in snap.jobs) else EXIT_RUNTIME
                 if deadline is not None and time.monotonic() >= deadline:
                     return EXIT_RUNTIME if args.until_done else EXIT_OK
-                time.sleep(args.interval)  # a redraw interval, not a wait for a condition
+                time.sleep(max(args.interval, _MIN_INTERVAL))  # a redraw interval, not a wait for a condition
     except KeyboardInterrupt:
         return EXIT_OK
 
