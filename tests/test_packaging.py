@@ -56,6 +56,7 @@ def test_the_tests_run_from_the_unpacked_sdist(unpacked: Path) -> None:
     assert collect.returncode == 0, collect.stdout[-3000:] + collect.stderr[-2000:]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         "-o", "addopts=--import-mode=importlib",  # one -q (setup.cfg's and ours hide the summary)
          "tests/test_package.py", "tests/test_container_docs.py", "tests/test_cli_config.py"],
         capture_output=True, text=True, timeout=240, env={**env, "COVERAGE_PROCESS_START": ""},
         cwd=unpacked, check=False,
