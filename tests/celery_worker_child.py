@@ -21,6 +21,7 @@ from jobrelay.actors.celery_backend import celery_task
 def main() -> None:
     url, worker_id, key, db, facilitator_key, redis_url = sys.argv[1:7]
     task = sys.argv[7] if len(sys.argv) > 7 else "tests.steps"
+    logger.enable("jobrelay")  # the library is quiet unless an application enables it
     logger.remove()
     logger.add(sys.stderr, level="INFO")
     config = WorkerConfig(
