@@ -115,7 +115,9 @@ CAPACITY_CHILD = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))
+    from loguru import logger
     from jobrelay.facilitator import FacilitatorConfig, start_facilitator
+    logger.enable("jobrelay")  # the library is quiet unless its application asks
     with start_facilitator(FacilitatorConfig(db_path=sys.argv[1], max_workers=10_000, key="01" * 32)) as fac:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         print(soft, hard, fac.max_workers, flush=True)
@@ -331,7 +333,9 @@ ACCEPT_CHILD = textwrap.dedent(
     """
     import json, resource, socket, sys, time
     resource.setrlimit(resource.RLIMIT_NOFILE, (700, 700))
+    from loguru import logger
     from jobrelay.facilitator import FacilitatorConfig, FacilitatorHealth, start_facilitator
+    logger.enable("jobrelay")  # the library is quiet unless its application asks
 
     def health(fac):
         report = FacilitatorHealth(fac).health()
