@@ -307,8 +307,8 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
             )
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 3
-        assert {"facilitator_workers", "facilitator_worker_events"} <= set(db.su.table_names())
+        assert db.schema_version == SCHEMA_VERSION == 4
+        assert {"facilitator_workers", "facilitator_worker_events", "totals"} <= set(db.su.table_names())
         assert [r.payload for r in Outbox(db).pending()] == [b"kept"]
         # v3: an old job is pinned to nobody (the facilitator chose its worker), and keeps its owner
         assert db.query("SELECT peer, pinned FROM jobs WHERE job_id = 'j1'", (), "read") == [("w1", "")]
