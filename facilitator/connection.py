@@ -33,7 +33,7 @@ from jobrelay.common.logs import Repeats
 from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.connection_log import log_closed, log_opened
 from jobrelay.facilitator.frame_writer import FrameWriter
-from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist
+from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist, restart_own_stream
 from jobrelay.facilitator.ws_connection import FrameConnection, recv_message
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
@@ -271,17 +271,7 @@ class WorkerConnection:
                 await note_peer_stream(self, event)
             case ev.RestartOwnStream():
                 self._fresh.clear()  # the stored rows are renumbered
-                # The worker holds more of our stream than our store does (restored from an older
-                # copy): what we still have goes out again as a new stream; the worker's ledger
-                # recognises job ids it already has.
-                epoch = await self.hub.wait(store.restart_stream(self.session.peer_id))
-                counters.add("epoch_restarts")
-                self._log.warning(
-                    "facilitator: our stream to worker={} restarts as epoch {} ({})",
-                    self.session.peer_id,
-                    epoch,
-                    event.detail,
-                )
+                await restart_own_stream(self, event)
             case ev.Acked():
                 await self.hub.wait(store.ack(self.worker_id, event.upto))
                 self.wake()

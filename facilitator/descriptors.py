@@ -5,14 +5,17 @@
 from __future__ import annotations
 
 import resource
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from loguru import logger
 
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.protocol.errors import ConfigError
 
-__all__ = ["Capacity", "capacity", "raise_open_file_limit", "warn_if_small"]
+if TYPE_CHECKING:
+    from jobrelay.facilitator.hub import ConnectionHub
+
+__all__ = ["Capacity", "capacity", "fit_to_descriptors", "raise_open_file_limit", "warn_if_small"]
 
 # Descriptors kept for the database, logs, the listeners and the HTTP API's connections (at most
 # jobrelay.common.http.MAX_CONNECTIONS).
@@ -67,3 +70,13 @@ def warn_if_small(config: FacilitatorConfig, workers: int) -> None:
             workers,
             config.max_workers,
         )
+
+
+def fit_to_descriptors(config: FacilitatorConfig, hub: ConnectionHub, usable: int) -> int:
+    """Size the hub's connection limits to ``usable`` descriptors (see ``capacity``); returns
+    how many workers it holds."""
+    limits = capacity(config, usable)
+    hub.max_workers = limits.workers
+    hub.gate.max_unauthenticated = limits.unauthenticated
+    hub.gate.max_connections = limits.workers + limits.unauthenticated
+    return limits.workers

@@ -85,7 +85,7 @@ class ConnectionHub:
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self._handshakes = NewestFirst(config.max_handshakes)
         self._refusals = RefusalLog()
-        # Sized to the open-file limit at start (Facilitator._fit_to_descriptors).
+        # Sized to the open-file limit at start (descriptors.fit_to_descriptors).
         self.gate = ConnectionGate(
             config.max_workers + config.max_unauthenticated,
             config.max_unauthenticated,

@@ -14,7 +14,7 @@ from jobrelay.facilitator.connection import CLOSE_TIMEOUT
 from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.protocol.errors import ConfigError
 
-__all__ = ["listen", "on_loop_error"]
+__all__ = ["listen", "on_loop_error", "shut_down"]
 
 
 async def listen(config: FacilitatorConfig, hub: ConnectionHub) -> Server:
@@ -54,3 +54,12 @@ def on_loop_error(hub: ConnectionHub, loop: asyncio.AbstractEventLoop, context: 
         hub.accept_failed(context.get("exception"))
         return
     loop.default_exception_handler(context)
+
+
+async def shut_down(server: Server | None, hub: ConnectionHub) -> None:
+    """Stop accepting, then close every worker's connection (1001) and wait for the server."""
+    if server is not None:
+        server.close(close_connections=False)  # stop accepting; ours close below, with 1001
+    await hub.close_all("facilitator shutting down")
+    if server is not None:
+        await server.wait_closed()

@@ -31,11 +31,11 @@ from websockets.asyncio.server import Server
 from jobrelay.common.loop import run_loop
 from jobrelay.facilitator.config import FacilitatorConfig
 from jobrelay.facilitator.counters import Counters
-from jobrelay.facilitator.descriptors import capacity, raise_open_file_limit, warn_if_small
+from jobrelay.facilitator.descriptors import fit_to_descriptors, raise_open_file_limit, warn_if_small
 from jobrelay.facilitator.hub import ConnectionHub
 from jobrelay.facilitator.job_options import JobOptions
 from jobrelay.facilitator.job_requests import check_frame, make_requests
-from jobrelay.facilitator.listener import listen, on_loop_error
+from jobrelay.facilitator.listener import listen, on_loop_error, shut_down
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.facilitator.store_ops import JOB_REQUEST, Assignment
@@ -315,7 +315,7 @@ class Facilitator:
         self._stopped = True
         deadline = time.monotonic() + (self.config.stop_timeout if timeout is None else timeout)
         if self._thread.is_alive():
-            shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+            shutdown = asyncio.run_coroutine_threadsafe(shut_down(self._server, self.hub), self.loop)
             try:
                 shutdown.result(max(0.1, deadline - time.monotonic() - 0.5))
             except TimeoutError:
@@ -340,16 +340,8 @@ class Facilitator:
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
         self.url = f"{'wss' if self.config.tls_cert_file else 'ws'}://{self.config.host}:{self.port}"
 
-    async def _shutdown(self) -> None:
-        server = self._server
-        if server is not None:
-            server.close(close_connections=False)  # stop accepting; ours close below, with 1001
-        await self.hub.close_all("facilitator shutting down")
-        if server is not None:
-            await server.wait_closed()
-
     def _start(self) -> None:
-        self._fit_to_descriptors(raise_open_file_limit())
+        self.max_workers = fit_to_descriptors(self.config, self.hub, raise_open_file_limit())
         self.loop.set_exception_handler(functools.partial(on_loop_error, self.hub))
         self._thread.start()
         try:
@@ -358,14 +350,6 @@ class Facilitator:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(5)
             raise
-
-    def _fit_to_descriptors(self, usable: int) -> None:
-        """Size the connection limits to ``usable`` descriptors (see descriptors.capacity)."""
-        limits = capacity(self.config, usable)
-        self.max_workers = self.hub.max_workers = limits.workers
-        gate = self.hub.gate
-        gate.max_unauthenticated = limits.unauthenticated
-        gate.max_connections = limits.workers + limits.unauthenticated
 
 
 def start_facilitator(config: FacilitatorConfig) -> Facilitator:

@@ -20,10 +20,8 @@ from loguru import logger
 
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.queued import dispatch_queued, expire_queued
-from jobrelay.facilitator.retries import no_more_attempts
 from jobrelay.facilitator.settle import Outcome, release
 from jobrelay.facilitator.store_ops import (
-    ENCODER,
     FACILITATOR_BODY,
     JOB_REQUEST,
     AcceptOutcome,
@@ -31,9 +29,10 @@ from jobrelay.facilitator.store_ops import (
     StoreState,
     WorkerFacts,
     accept_batch,
+    cancel_job,
     submit_jobs,
 )
-from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus, WorkerBody
+from jobrelay.protocol.messages import FacilitatorBody, JobRequest, WorkerBody
 from jobrelay.protocol.streams import StreamMarks
 from jobrelay.storage import routing
 from jobrelay.storage.database import Durability
@@ -356,20 +355,7 @@ class FacilitatorStore:
     ) -> tuple[bool, str, int]:
         """Cancel a job: ``(done, worker, seq)``; a queued job is cancelled in the ledger."""
 
-        def op(s: StoreState) -> tuple[bool, str, int]:
-            record = s.ledger.get(job_id)
-            if record is None:
-                return False, "", 0
-            if record.status is not None and JobStatus(record.status).terminal:
-                return False, record.peer, 0
-            if not record.peer or record.status == JobStatus.RETRYING.value:  # queued, or between attempts
-                s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=reason or "cancelled")
-                return True, "", 0
-            no_more_attempts(s, job_id)
-            body = JobCancel(job_id=job_id, reason=reason)
-            return True, record.peer, s.outbox(record.peer).append("job_cancel", ENCODER.encode(body))
-
-        return self._call("cancel job", op, on_late=on_late)
+        return self._call("cancel job", lambda s: cancel_job(s, job_id, reason), on_late=on_late)
 
     def job(self, job_id: str) -> tuple[JobRecord, list[StatusEntry], bytes] | None:
         """The job's record, status history and encoded request, or None."""

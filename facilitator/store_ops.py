@@ -18,7 +18,7 @@ import msgspec
 from loguru import logger
 
 from jobrelay.facilitator.placement import Candidates, Placer
-from jobrelay.facilitator.retries import Retry, decide_retries
+from jobrelay.facilitator.retries import Retry, decide_retries, no_more_attempts
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.messages import (
     FacilitatorBody,
@@ -47,6 +47,7 @@ __all__ = [
     "StoreState",
     "WorkerFacts",
     "accept_batch",
+    "cancel_job",
     "release_jobs",
     "submit_jobs",
 ]
@@ -332,3 +333,19 @@ def _pending_cancels(s: StoreState, worker_id: str, job_ids: set[str]) -> dict[s
             if isinstance(body, JobCancel) and body.job_id in job_ids:
                 found[body.job_id] = body.reason
     return found
+
+
+def cancel_job(s: StoreState, job_id: str, reason: str) -> tuple[bool, str, int]:
+    """``(done, worker, seq)``: a queued job (or one between attempts) is cancelled in the ledger
+    at once; a routed one gets a ``job_cancel`` in its worker's stream, and no further attempt."""
+    record = s.ledger.get(job_id)
+    if record is None:
+        return False, "", 0
+    if record.status is not None and JobStatus(record.status).terminal:
+        return False, record.peer, 0
+    if not record.peer or record.status == JobStatus.RETRYING.value:  # queued, or between attempts
+        s.ledger.record_status(job_id, JobStatus.CANCELLED.value, detail=reason or "cancelled")
+        return True, "", 0
+    no_more_attempts(s, job_id)
+    body = JobCancel(job_id=job_id, reason=reason)
+    return True, record.peer, s.outbox(record.peer).append("job_cancel", ENCODER.encode(body))

@@ -15,7 +15,21 @@ from jobrelay.protocol.messages import JobStatus, JobStatusUpdate
 if TYPE_CHECKING:
     from jobrelay.facilitator.connection import WorkerConnection
 
-__all__ = ["fill", "note_peer_stream", "persist"]
+__all__ = ["fill", "note_peer_stream", "persist", "restart_own_stream"]
+
+
+async def restart_own_stream(conn: WorkerConnection, event: ev.RestartOwnStream) -> None:
+    """The worker holds more of our stream than our store does (restored from an older copy):
+    what we still have goes out again as a new stream; the worker's ledger recognises job ids it
+    already has."""
+    epoch = await conn.hub.wait(conn.hub.store.restart_stream(conn.session.peer_id))
+    conn.hub.counters.add("epoch_restarts")
+    conn._log.warning(
+        "facilitator: our stream to worker={} restarts as epoch {} ({})",
+        conn.session.peer_id,
+        epoch,
+        event.detail,
+    )
 
 
 async def note_peer_stream(
