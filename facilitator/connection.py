@@ -261,7 +261,6 @@ class WorkerConnection:
         self._todo.append(event)
 
     async def _on_event(self, event: ev.Event) -> None:
-        store, counters = self.hub.store, self.hub.counters
         match event:
             case ev.AuthVerified():
                 await self._on_auth(event)
@@ -273,10 +272,10 @@ class WorkerConnection:
                 self._fresh.clear()  # the stored rows are renumbered
                 await restart_own_stream(self, event)
             case ev.Acked():
-                await self.hub.wait(store.ack(self.worker_id, event.upto))
+                await self.hub.wait(self.hub.store.ack(self.worker_id, event.upto))
                 self.wake()
             case ev.DuplicateDropped():
-                counters.add("duplicates_dropped")
+                self.hub.counters.add("duplicates_dropped")
             case ev.HeartbeatReceived() if event.draining != self.draining:
                 self.draining = event.draining
                 if self.repeats.first("draining changes"):

@@ -32,8 +32,7 @@ def dispatch_queued(s: StoreState, candidates: Candidates) -> tuple[list[Assignm
     Returns:
         The assignments, and whether jobs are still queued.
     """
-    out = _dispatch_pinned(s, candidates)
-    pinned_left = routing.any_pinned_waiting(s.db)
+    out, pinned_left = _dispatch_pinned(s, candidates)
     if not candidates.by_kind and not candidates.any_kind:
         return out, pinned_left or bool(routing.queued_jobs(s.db, 1))
     placer = Placer(s, candidates)
@@ -57,17 +56,23 @@ def dispatch_queued(s: StoreState, candidates: Candidates) -> tuple[list[Assignm
             return out, True
 
 
-def _dispatch_pinned(s: StoreState, candidates: Candidates) -> list[Assignment]:
+def _dispatch_pinned(s: StoreState, candidates: Candidates) -> tuple[list[Assignment], bool]:
     """Jobs pinned to a worker (``submit --worker``) whose retry or hand-back waits for it go
-    back to it once it is ready, whatever their kind and its credit (the operator's choice)."""
+    back to it once it is ready, whatever their kind and its credit (the operator's choice).
+
+    Returns:
+        The assignments, and whether pinned jobs still wait for workers that are not ready.
+    """
     out: list[Assignment] = []
-    if not candidates.ready:
-        return out
-    for worker, job in routing.queued_pinned(s.db, sorted(candidates.ready)):
+    left = False
+    for worker, job in routing.queued_pinned(s.db):
+        if worker not in candidates.ready:
+            left = True
+            continue
         routing.assign_job(s.db, job.job_id, worker)
         s.add_outstanding(worker, 1, job.kind)
         out.append(Assignment(job.job_id, worker, s.outbox(worker).append("job_request", job.payload)))
-    return out
+    return out, left
 
 
 def expire_queued(s: StoreState, now: float) -> list[str]:

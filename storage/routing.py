@@ -23,7 +23,6 @@ __all__ = [
     "JobOwner",
     "QueuedJob",
     "WorkerRecord",
-    "any_pinned_waiting",
     "assign_job",
     "job_owners",
     "outstanding_by_kind",
@@ -136,39 +135,21 @@ def queued_jobs(
     return [QueuedJob(r[0], bytes(r[1]), r[2]) for r in rows]
 
 
-def queued_pinned(db: Database, workers: Sequence[str]) -> list[tuple[str, QueuedJob]]:
-    """Unfinished jobs waiting for the worker they were pinned to, among ``workers``, oldest
-    first, as ``(worker, job)``.
-
-    Raises:
-        StorageError: The read failed.
-    """
-    out: list[tuple[str, QueuedJob]] = []
-    with db.guard("list pinned queued jobs"):
-        for start in range(0, len(workers), _CHUNK):
-            chunk = list(workers[start : start + _CHUNK])
-            marks = ",".join("?" * len(chunk))
-            for job_id, payload, kind, pinned in db.conn.execute(
-                f"SELECT job_id, payload, kind, pinned FROM jobs WHERE peer = '' AND pinned IN ({marks}) "
-                f"AND {_UNFINISHED} ORDER BY rowid",
-                chunk,
-            ):
-                out.append((pinned, QueuedJob(job_id, bytes(payload), kind)))
-    return out
-
-
-def any_pinned_waiting(db: Database) -> bool:
-    """Whether some job waits for the worker it was pinned to.
+def queued_pinned(db: Database) -> list[tuple[str, QueuedJob]]:
+    """Unfinished jobs waiting for the worker they were pinned to, oldest first, as
+    ``(worker, job)``: one read of the queued jobs (few are pinned), whatever the number of
+    workers.
 
     Raises:
         StorageError: The read failed.
     """
     rows = db.query(
-        f"SELECT 1 FROM jobs WHERE peer = '' AND pinned != '' AND {_UNFINISHED} LIMIT 1",
+        f"SELECT job_id, payload, kind, pinned FROM jobs WHERE peer = '' AND pinned != '' AND {_UNFINISHED} "
+        "ORDER BY rowid",
         (),
-        "find pinned queued jobs",
+        "list pinned queued jobs",
     )
-    return bool(rows)
+    return [(str(r[3]), QueuedJob(r[0], bytes(r[1]), r[2])) for r in rows]
 
 
 def outstanding_by_kind(db: Database) -> dict[tuple[str, str], int]:
