@@ -61,7 +61,6 @@ class FacilitatorCalls:
         loop: asyncio.AbstractEventLoop,
         store: FacilitatorStore,
         *,
-        lease_grace: float = 0.0,
         threads: int = 8,
     ) -> None:
         self._loop = loop
@@ -71,7 +70,7 @@ class FacilitatorCalls:
         self._last_seen: dict[str, float] = {}
         self._pending: dict[str, tuple[concurrent.futures.Future[Any], WorkerConnection, MethodSpec]] = {}
         self.served = MethodRegistry("facilitator")
-        self.leases = LeaseTable(self._seen, grace=lease_grace)
+        self.leases = LeaseTable(self._seen)
         self._register_builtins()
 
     # ------------------------------------------------------------------ public (any thread)
@@ -115,7 +114,7 @@ class FacilitatorCalls:
     def closed(self, conn: WorkerConnection) -> None:
         if self._open.get(conn.worker_id) is conn:
             del self._open[conn.worker_id]
-            self._last_seen[conn.worker_id] = conn.last_contact
+            self._last_seen[conn.worker_id] = conn.last_contact + conn.session.heartbeat_interval
         for call_id, (future, owner, spec) in list(self._pending.items()):
             if owner is conn:
                 del self._pending[call_id]
@@ -184,10 +183,12 @@ class FacilitatorCalls:
 
     def _seen(self, worker_id: str) -> float | None:
         """Now while the worker's session is open (the session ends on heartbeat loss), else the
-        last frame of its last session: its leases expire ``ttl`` after that."""
+        last frame of its last session; plus that session's heartbeat interval: the worker counts
+        from the last frame it got from us, at most one interval after our last frame from it,
+        so it never holds a lease longer than we do. Its leases expire ``ttl`` after that."""
         conn = self._open.get(worker_id)
         if conn is not None and conn.session.is_open:
-            return time.time()
+            return time.time() + conn.session.heartbeat_interval
         return self._last_seen.get(worker_id)
 
     def _register_builtins(self) -> None:

@@ -3,6 +3,7 @@
 # refusal is a ConfigError whose message starts with "FacilitatorConfig.<field>:".
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,12 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             1,000,000, the most a worker accepts in ``welcome``).
         heartbeat_interval: Seconds between heartbeats sent to a worker.
         heartbeat_timeout: A worker silent this long is disconnected (close 4002).
+        heartbeat_rate: Most heartbeats per second the facilitator sends (and so asks for) across
+            all its workers. With more connections than ``heartbeat_rate × heartbeat_interval``,
+            a new session's ``welcome`` gets a longer interval, ``connections / heartbeat_rate``,
+            and a timeout longer by the same factor (rounded up to quarters): the keep-alive
+            cost stops growing with the fleet (MQTT 5's Server Keep Alive does the same). 0:
+            every session gets ``heartbeat_interval``.
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
         max_workers: Connections held at once (authenticated or not); one more is refused
             with close code 1013 (try again later). Also capped by the open-file limit.
@@ -70,6 +77,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     max_inflight: int = 1000
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
+    heartbeat_rate: float = 1000.0
     max_clock_skew: float = 120.0
     max_workers: int = 20_000
     max_handshakes: int = 256
@@ -111,6 +119,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         self.check_durations("heartbeat_interval", "max_clock_skew")
         if self.schedule_to_start_timeout is not None:
             self.check_durations("schedule_to_start_timeout")
+        rate = self.heartbeat_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+            raise self.error("heartbeat_rate", "must be a finite number ≥ 0 (0: a fixed interval)", rate)
         if not (is_duration(self.heartbeat_timeout) and self.heartbeat_timeout > self.heartbeat_interval):
             raise self.error(
                 "heartbeat_timeout",
@@ -205,14 +216,24 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             keys[worker_id] = key
         return keys
 
-    def session_config(self) -> SessionConfig:
-        """The per-connection protocol limits derived from this config."""
+    def heartbeat_scale(self, connections: int) -> float:
+        """How much longer than ``heartbeat_interval`` (and ``heartbeat_timeout``) a session
+        opened with ``connections`` held gets: 1 up to ``heartbeat_rate × heartbeat_interval``
+        connections, then in proportion, rounded up to a quarter (few distinct configs)."""
+        if not self.heartbeat_rate:
+            return 1.0
+        scale = connections / (self.heartbeat_rate * self.heartbeat_interval)
+        return max(1.0, math.ceil(scale * 4) / 4)
+
+    def session_config(self, scale: float = 1.0) -> SessionConfig:
+        """The per-connection protocol limits derived from this config; heartbeats ``scale``
+        times slower (``heartbeat_scale``)."""
         return SessionConfig(
             max_inflight=self.max_inflight,
             max_frame_bytes=self.max_frame_bytes,
             max_batch=self.max_batch,
-            heartbeat_interval=self.heartbeat_interval,
-            heartbeat_timeout=self.heartbeat_timeout,
+            heartbeat_interval=self.heartbeat_interval * scale,
+            heartbeat_timeout=self.heartbeat_timeout * scale,
             handshake_timeout=self.handshake_timeout,
             max_clock_skew=self.max_clock_skew,
             formats=self.formats,

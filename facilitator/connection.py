@@ -33,6 +33,7 @@ from jobrelay.common.logs import Repeats
 from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.connection_log import log_closed, log_opened
 from jobrelay.facilitator.frame_writer import FrameWriter
+from jobrelay.facilitator.fresh_rows import FreshRows
 from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist, restart_own_stream
 from jobrelay.facilitator.ws_connection import FrameConnection, recv_message
 from jobrelay.protocol import events as ev
@@ -50,7 +51,6 @@ __all__ = ["CLOSE_TIMEOUT", "WorkerConnection"]
 CLOSE_TIMEOUT: Final = 1.0
 """The websockets closing-handshake timeout (``serve(close_timeout=...)``)."""
 _CLOSE_GRACE: Final = 1.0  # a writer still stuck this long after the close is aborted
-_FRESH_MAX: Final = 1000  # rows kept in memory to send without a store read; beyond, the store
 
 
 class WorkerConnection:
@@ -76,7 +76,7 @@ class WorkerConnection:
             authorized=hub.authorized,
             nonces=hub.nonces,
             now=now,
-            config=hub.session_config,
+            config=hub.new_session_config(),
         )
         self.worker_id = ""
         self.draining = False
@@ -96,11 +96,12 @@ class WorkerConnection:
         self._acting = False
         self._finished = False
         self._opened = False
+        self._closed_counted = False
         self._slot_held = False  # one of the hub's max_handshakes slots, from auth to open/close
         self._stored_out_last_seq = 0  # our stream to this worker as stored when it authenticated
         self._stored_upto = 0  # the highest seq of our stream to this worker known to be stored
         self.in_epoch = ""  # epoch of the worker's stream this session accepts (from Opened)
-        self._fresh: dict[int, FacilitatorBody] = {}  # seq → rows of our stream just committed
+        self.fresh = FreshRows()  # rows of our stream just committed (sent without a store read)
         self._bound: Any = None  # the logger with this connection's context, made when first used
         self.repeats = Repeats()  # per-frame lines beyond the first of their kind: counted only
 
@@ -123,11 +124,10 @@ class WorkerConnection:
     def wake(self, stored_upto: int = 0, fresh: Sequence[tuple[int, FacilitatorBody]] = ()) -> None:
         """Our stream to this worker holds rows up to ``stored_upto`` (0: no news): send what the
         window allows of what is stored and not yet sent. ``fresh``: rows just committed, as
-        stored, so the send needs no store read (kept while few: _FRESH_MAX)."""
+        stored, so the send needs no store read (kept while few: FreshRows)."""
         self._stored_upto = max(self._stored_upto, stored_upto)
-        if fresh and self.session.is_open and len(self._fresh) + len(fresh) <= _FRESH_MAX:
-            sent = self.session.sender.sent
-            self._fresh.update((seq, body) for seq, body in fresh if seq > sent)
+        if fresh and self.session.is_open:
+            self.fresh.add(fresh, self.session.sender.sent)
         if self.session.sender.sent >= self._stored_upto:
             return  # nothing new: no store read
         self.fill_wanted = True
@@ -152,21 +152,6 @@ class WorkerConnection:
         self.session.send_request(request, time.time())
         self.driver.flush()
         self._arm_timer()
-
-    def fresh_rows(self, after: int, limit: int) -> list[tuple[int, FacilitatorBody]]:
-        """Up to ``limit`` rows after seq ``after`` from the fresh ones, consecutive (none if
-        seq ``after + 1`` is not among them: the store has it)."""
-        fresh = self._fresh
-        if not fresh:
-            return []
-        for seq in [seq for seq in fresh if seq <= after]:
-            del fresh[seq]  # sent meanwhile from a store read
-        rows: list[tuple[int, FacilitatorBody]] = []
-        seq = after + 1
-        while len(rows) < limit and seq in fresh:
-            rows.append((seq, fresh.pop(seq)))
-            seq += 1
-        return rows
 
     # ------------------------------------------------------------------ the connection's coroutine
 
@@ -269,7 +254,7 @@ class WorkerConnection:
             case ev.PeerStreamStarted() | ev.PeerStreamAdvanced():
                 await note_peer_stream(self, event)
             case ev.RestartOwnStream():
-                self._fresh.clear()  # the stored rows are renumbered
+                self.fresh.clear()  # the stored rows are renumbered
                 await restart_own_stream(self, event)
             case ev.Acked():
                 await self.hub.wait(self.hub.store.ack(self.worker_id, event.upto))
@@ -325,6 +310,7 @@ class WorkerConnection:
         self.hub.counters.add("sessions_opened")
         self._arm_timer()  # from the handshake deadline to heartbeats and silence
         self._opened = True
+        self.hub.open_sessions += 1
         self.in_epoch = event.in_epoch
         log_opened(self, event, self._stored_out_last_seq)
         self.hub.calls.opened(self)
@@ -333,6 +319,9 @@ class WorkerConnection:
 
     def _on_closed(self, event: ev.Closed) -> None:
         counters = self.hub.counters
+        if self._opened and not self._closed_counted:
+            self._closed_counted = True
+            self.hub.open_sessions -= 1
         self.release_handshake()
         self.hub.worker_ready(self, False)
         self.hub.calls.closed(self)

@@ -41,7 +41,7 @@ from jobrelay.facilitator.views import Live
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
 from jobrelay.protocol.messages import FacilitatorBody, JobRequest
-from jobrelay.protocol.session import SessionState
+from jobrelay.protocol.session import SessionConfig, SessionState
 
 __all__ = ["Chatter", "ConnectionHub", "NewestFirst"]
 
@@ -67,6 +67,7 @@ class ConnectionHub:
         self.config = config
         self.key = key  # signs every challenge (mutual authentication)
         self.session_config = config.session_config()
+        self._session_configs = {1.0: self.session_config}  # by heartbeat scale (few: quarters)
         self.store = store
         self.authorized: Mapping[str, str] = dict(authorized)
         self.nonces = NonceRegistry(ttl=max(600.0, 2 * config.max_clock_skew))
@@ -76,13 +77,14 @@ class ConnectionHub:
         self.chatter = Chatter(loop)
         self.retries = RetryTimers(store, loop, self.request_dispatch)
         # Request–response calls, both directions, and resource leases.
-        self.calls = FacilitatorCalls(loop, store, lease_grace=config.heartbeat_interval)
+        self.calls = FacilitatorCalls(loop, store)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()
         self._conns: dict[str, WorkerConnection] = {}  # authenticated, by worker id
         self._ready = ReadyWorkers()  # open and not draining: may take jobs (by worker, by kind)
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
+        self.open_sessions = 0  # changed on the loop thread only (WorkerConnection opened/closed)
         self._handshakes = NewestFirst(config.max_handshakes)
         self._refusals = RefusalLog()
         # Sized to the open-file limit at start (descriptors.fit_to_descriptors).
@@ -331,9 +333,18 @@ class ConnectionHub:
         with self._lock:
             return {w: Live(c.is_open, c.draining, c.last_contact) for w, c in self._conns.items()}
 
+    def new_session_config(self) -> SessionConfig:
+        """The limits for a session starting now: heartbeats slower when many connections are
+        held (``FacilitatorConfig.heartbeat_rate``)."""
+        scale = self.config.heartbeat_scale(len(self._all) + 1)  # this one counts
+        config = self._session_configs.get(scale)
+        if config is None:
+            config = self._session_configs[scale] = self.config.session_config(scale)
+        return config
+
     def connected(self) -> int:
-        with self._lock:
-            return sum(1 for c in self._conns.values() if c.is_open)
+        """Sessions open now (kept by the connections: /stats reads it without a scan)."""
+        return self.open_sessions
 
     def saturation(self) -> str:
         """Why the facilitator cannot take more workers now ("" when it can). Connections

@@ -34,10 +34,9 @@ class LeaseTable:
     """Leases of the resources defined with ``define``.
 
     Args:
-        last_seen: when a frame last came from a worker (None: never / unknown).
-        grace: seconds added to every expiry: the heartbeat interval, so that a worker, which
-            counts from the last frame it got from us (at most one interval after our last
-            frame from it), never holds a lease longer than we do.
+        last_seen: when a frame last came from a worker (None: never / unknown); the
+            facilitator adds that worker's heartbeat interval (FacilitatorCalls._seen).
+        grace: seconds added to every expiry.
     """
 
     def __init__(

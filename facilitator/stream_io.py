@@ -116,7 +116,7 @@ async def fill(conn: WorkerConnection) -> None:
             sender = conn.session.sender
             while conn.session.is_open and sender.capacity > 0:
                 after, want = sender.sent, min(sender.capacity, conn.hub.config.max_batch)
-                rows = conn.fresh_rows(after, want) or await conn.hub.wait(
+                rows = conn.fresh.take(after, want) or await conn.hub.wait(
                     conn.hub.store.pending(conn.worker_id, after, want)
                 )
                 if not rows or rows[0][0] != after + 1 or not conn.session.is_open:

@@ -53,6 +53,7 @@ from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scale_procs import Api, Children, FacilitatorProcess, Processes, proc_stats, tcp_counters
+from scale_profile import profiled
 from scale_report import Row, Storm, derive, merge, notes, percentile, table, take_gaps
 from simchild import Report, raise_nofile
 from simworkers import BENCH_KIND
@@ -229,6 +230,25 @@ def run_storm(row: Row, api: Api, children: Children, phases: Phases, n: int, ti
     row.storms.append(storm)
 
 
+def run_load(
+    row: Row,
+    args: argparse.Namespace,
+    api: Api,
+    children: Children,
+    phases: Phases,
+    procs: Processes,
+    pid: int,
+) -> None:
+    """The jobs phase, then the reconnect storms (each profiled with --profile)."""
+    n = row.n
+    with profiled(procs, pid, args.profile, f"{n}-jobs"):
+        run_jobs(row, api, children, n, args.jobs, args.job_timeout)
+    phases.end("jobs")
+    for i in range(args.storms):
+        with profiled(procs, pid, args.profile, f"{n}-storm{i + 1}"):
+            run_storm(row, api, children, phases, n, args.connect_timeout)
+
+
 def make_facilitator_key(folder: Path) -> str:
     """The facilitator's own key in ``folder``/facilitator.key; returns the public key workers pin."""
     key = Ed25519PrivateKey.generate()
@@ -282,10 +302,7 @@ def run_one(
         phases.end("idle")
         idle = row.phases["idle"]
         row.idle_cpu, row.sim_idle_cpu = idle["facilitator"] / idle["wall"], idle["simulator"] / idle["wall"]
-        run_jobs(row, api, children, n, args.jobs, args.job_timeout)
-        phases.end("jobs")
-        for _ in range(args.storms):
-            run_storm(row, api, children, phases, n, args.connect_timeout)
+        run_load(row, args, api, children, phases, procs, fac.pid)
         row.after_storm = proc_stats(fac.pid)
         row.heartbeat_timeouts_facilitator = api.stats().get("heartbeat_timeouts", 0)
         return row
@@ -328,6 +345,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="N=200, idle 5 s, 200 jobs, one storm")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy the facilitator in the jobs and storm phases"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")
     args = parser.parse_args()
     if args.quick:
@@ -374,7 +394,7 @@ def main() -> int:
     print(notes(rows, args, SUBMITTERS, wall))
     if args.json:
         doc = {
-            "config": dict(vars(args)),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "rows": [asdict(r) for r in rows],
             "wall_s": wall,
         }

@@ -96,6 +96,43 @@ def test_many_workers_authenticate_through_one_slot(tmp_path: Path) -> None:
         fac.stop()
 
 
+def test_sessions_get_slower_heartbeats_when_many_connections_are_held(tmp_path: Path) -> None:
+    # 2 heartbeats/s at a 1 s interval hold two workers at 1 s; the third session gets 3/2 = 1.5 s
+    # and a timeout longer by as much, in its welcome, and the facilitator keeps to the same.
+    fac = make_facilitator(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=4.0, heartbeat_rate=2.0)
+    workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
+    try:
+        for worker in workers:
+            worker.connect(timeout=5.0)
+        assert [(w.session.heartbeat_interval, w.session.heartbeat_timeout) for w in workers] == [
+            (1.0, 4.0),
+            (1.0, 4.0),
+            (1.5, 6.0),
+        ]
+        ours = fac.hub._conns["w3"]
+        assert (ours.session.heartbeat_interval, ours.session.heartbeat_timeout) == (1.5, 6.0)
+        wait_until(lambda: fac.stats().connected_workers == 3)
+        workers[0].disconnect()
+        wait_until(lambda: fac.stats().connected_workers == 2)
+    finally:
+        for worker in workers:
+            worker.disconnect()
+        fac.stop()
+
+
+def test_a_zero_heartbeat_rate_keeps_the_interval_fixed(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=4.0, heartbeat_rate=0.0)
+    workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
+    try:
+        for worker in workers:
+            worker.connect(timeout=5.0)
+        assert {(w.session.heartbeat_interval, w.session.heartbeat_timeout) for w in workers} == {(1.0, 4.0)}
+    finally:
+        for worker in workers:
+            worker.disconnect()
+        fac.stop()
+
+
 def test_stop_is_bounded_with_idle_unauthenticated_connections(tmp_path: Path) -> None:
     fac = make_facilitator(tmp_path, max_handshakes=1, handshake_timeout=30.0, stop_timeout=3.0)
     waiting = [websocket.create_connection(fac.url, timeout=5) for _ in range(20)]

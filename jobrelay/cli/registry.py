@@ -174,6 +174,9 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("max_batch", int, 500, "--max-batch", "most data messages per frame"),
     _f("heartbeat_interval", float, 5.0, "--heartbeat-interval", "seconds between heartbeats to a worker"),
     _f("heartbeat_timeout", float, 20.0, "--heartbeat-timeout", "drop a worker silent this long"),
+    _f("heartbeat_rate", float, 1000.0, "--heartbeat-rate",
+       "most heartbeats/s across all workers: beyond, new sessions get a longer interval and timeout "
+       "(0: fixed)"),
     _f("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds a worker has to authenticate"),
     _f("max_clock_skew", float, 120.0, "--max-clock-skew", "largest accepted auth timestamp skew, seconds"),
     _f("formats", STRS, FORMATS, "--formats", "codecs offered, preferred first (comma-separated)"),
