@@ -145,6 +145,31 @@ def test_stop_is_bounded_while_a_request_is_running() -> None:
     assert results and isinstance(results[0], Exception)  # its connection was closed unanswered
 
 
+def test_a_burst_of_requests_leaves_no_pool_threads_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool's threads end once idle (a hostile client's burst must not leave threads behind:
+    # the fuzz runs check the thread count returns to its baseline).
+    monkeypatch.setattr("jobrelay.common.http._POOL_LINGER", 0.2)
+    source = FakeSource()
+    source.release = threading.Event()
+    results: list[Any] = []
+    with HealthServer(source) as server:
+        clients = [
+            threading.Thread(target=lambda: results.append(_get(server.url + "/healthz"))) for _ in range(4)
+        ]
+        for client in clients:
+            client.start()
+        try:
+            wait_until(lambda: len(source.threads) == 4)
+            assert len(pool_threads()) == 4  # four calls at once: four threads
+        finally:
+            source.release.set()
+            for client in clients:
+                client.join(10)
+        assert results == [200] * 4
+        wait_until(lambda: not pool_threads())
+        assert _get(server.url + "/healthz") == 200  # and a new call still gets a thread
+
+
 def _get(url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from jobrelay.common.admission import ConnectionGate
+from jobrelay.common.elastic import ElasticExecutor
 from jobrelay.common.http_access import AccessPolicy, access_middleware, exposure_warning
 from jobrelay.common.http_app import (
     AIOHTTP_LOG,
@@ -62,6 +62,7 @@ IDLE_TIMEOUT = 10.0  # seconds a client may take to send a request's headers (or
 MAX_CONNECTIONS = 256  # connections held at once (within the facilitator's descriptor reserve)
 MAX_PER_ADDRESS = 128  # of those, from one remote address
 EXECUTOR_THREADS = 4  # threads that run source calls
+_POOL_LINGER = 5.0  # seconds an idle one waits for the next call before it ends
 STOP_TIMEOUT = 2.0  # stop() returns within this
 _START_TIMEOUT = 5.0
 _SHUTDOWN_GRACE = 0.5  # in-flight requests get this long at stop (aiohttp waits twice, at most)
@@ -175,7 +176,8 @@ class HealthServer:
         self._loop = loop
         self._own_loop = loop is None
         self._thread: threading.Thread | None = None
-        self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="jobrelay-http-call")
+        # Threads end after a few idle seconds: a burst of requests leaves none behind.
+        self._executor = ElasticExecutor(EXECUTOR_THREADS, "jobrelay-http-call", linger=_POOL_LINGER)
         self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()
         self._started = self._stopped = False

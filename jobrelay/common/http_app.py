@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -100,7 +100,7 @@ class SourceCollector(Collector):
 class _Kit(NamedTuple):
     """What handlers need from the server (the app's state)."""
 
-    executor: ThreadPoolExecutor
+    executor: Executor
     idle_timeout: float
 
 
@@ -189,7 +189,7 @@ def _health(source: HealthSource) -> tuple[int, Any]:
 def make_app(
     source: HealthSource,
     registry: CollectorRegistry,
-    executor: ThreadPoolExecutor,
+    executor: Executor,
     idle_timeout: float,
     middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
