@@ -4,12 +4,14 @@ on 127.0.0.1; the facilitator runs in this process unless a test needs its own r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,28 +84,32 @@ def test_silent_connections_hold_no_handshake_slot(tmp_path: Path) -> None:
         fac.stop()
 
 
-def test_many_workers_authenticate_through_one_slot(tmp_path: Path) -> None:
-    fac = make_facilitator(tmp_path, max_handshakes=1)
+@contextlib.contextmanager
+def three_workers(fac: Facilitator) -> Iterator[list[TestWorker]]:
+    """w1, w2 and w3 connected one after the other; at the end disconnected and ``fac`` stopped."""
     workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
     try:
-        for worker in workers:  # each opens only after the one before it gave its slot back
+        for worker in workers:
             worker.connect(timeout=5.0)
-        wait_until(lambda: fac.stats().sessions_opened == 3 and fac.hub.waiting_handshakes == 0)
-        assert fac.hub._handshakes.free == 1  # every slot given back
+        yield workers
     finally:
         for worker in workers:
             worker.disconnect()
         fac.stop()
 
 
+def test_many_workers_authenticate_through_one_slot(tmp_path: Path) -> None:
+    fac = make_facilitator(tmp_path, max_handshakes=1)
+    with three_workers(fac):  # each opens only after the one before it gave its slot back
+        wait_until(lambda: fac.stats().sessions_opened == 3 and fac.hub.waiting_handshakes == 0)
+        assert fac.hub._handshakes.free == 1  # every slot given back
+
+
 def test_sessions_get_slower_heartbeats_when_many_connections_are_held(tmp_path: Path) -> None:
     # 2 heartbeats/s at a 1 s interval hold two workers at 1 s; the third session gets 3/2 = 1.5 s
     # and a timeout longer by as much, in its welcome, and the facilitator keeps to the same.
     fac = make_facilitator(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=4.0, heartbeat_rate=2.0)
-    workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
-    try:
-        for worker in workers:
-            worker.connect(timeout=5.0)
+    with three_workers(fac) as workers:
         assert [(w.session.heartbeat_interval, w.session.heartbeat_timeout) for w in workers] == [
             (1.0, 4.0),
             (1.0, 4.0),
@@ -114,23 +120,12 @@ def test_sessions_get_slower_heartbeats_when_many_connections_are_held(tmp_path:
         wait_until(lambda: fac.stats().connected_workers == 3)
         workers[0].disconnect()
         wait_until(lambda: fac.stats().connected_workers == 2)
-    finally:
-        for worker in workers:
-            worker.disconnect()
-        fac.stop()
 
 
 def test_a_zero_heartbeat_rate_keeps_the_interval_fixed(tmp_path: Path) -> None:
     fac = make_facilitator(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=4.0, heartbeat_rate=0.0)
-    workers = [TestWorker(fac.url, w, KEYS[w]) for w in ("w1", "w2", "w3")]
-    try:
-        for worker in workers:
-            worker.connect(timeout=5.0)
+    with three_workers(fac) as workers:
         assert {(w.session.heartbeat_interval, w.session.heartbeat_timeout) for w in workers} == {(1.0, 4.0)}
-    finally:
-        for worker in workers:
-            worker.disconnect()
-        fac.stop()
 
 
 def test_stop_is_bounded_with_idle_unauthenticated_connections(tmp_path: Path) -> None:
