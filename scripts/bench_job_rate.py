@@ -49,8 +49,8 @@ from jobrelay.testing.celery_cluster import (
 
 KIND = "steps"
 WORKERS = ("w1", "w2", "w3", "w4")
-SLOTS = 8  # handlers at once per worker: their durable updates share commits
-PREFETCH = 56  # credit 64 per worker: a credit round trip never empties the pipeline
+SLOTS = 32  # handlers at once per worker: their durable updates share commits
+PREFETCH = 32  # credit 64 per worker: a credit round trip never empties the pipeline
 PROGRESS = [round(s / STEPS, 4) for s in range(1, STEPS + 1)]
 EXPECTED = ["accepted", *["running"] * (1 + STEPS), "completed"]  # running: started, then 3 updates
 

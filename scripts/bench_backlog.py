@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""A large backlog end to end: replay after reconnect, the worker's memory, and stop() with it.
+
+One run, the worker in a child process (so its RSS is its own), the facilitator in this one,
+durability "full" on both ends, loopback:
+1. a worker starts with its facilitator down (RSS "empty"), publishes N worker events (~200 B
+   each, ``publish_many`` in chunks) and stops with all N unsent: how long ``Worker.stop()`` took;
+2. the bare storage layer reads the same rows (``Outbox.pending()``): the replay baseline;
+3. a worker starts again on that database (RSS "with the backlog", idle), the facilitator starts
+   on the port it dials, and the time until the facilitator has accepted every message is the
+   end-to-end replay rate; the worker's RSS is sampled through the replay (peak);
+4. raw websocket-client one-way throughput of the same frames into a server that stores nothing
+   (bench_e2e's ceiling), a second baseline.
+Targets (issue 16): replay ≥ 100,000 msg/s end to end, RSS growth < 50 MB.
+
+Usage: nice -n 19 scripts/bench_backlog.py [--messages N] [--quick] [--no-raw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from bench_common import child, proc_kb, table, wait_until
+from bench_e2e import raw_ceiling
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from loguru import logger
+
+from jobrelay.actors import WorkerConfig, start_worker
+from jobrelay.facilitator import FacilitatorConfig, start_facilitator
+from jobrelay.protocol.auth import public_key_hex
+from jobrelay.protocol.codec import worker_codec
+from jobrelay.protocol.messages import Data, WorkerEvent
+from jobrelay.storage import Outbox, open_database
+
+PAD = "x" * 72  # a ~200 B frame, about a job status update with some detail
+CHUNK = 10_000  # publish_many batch: one mailbox message and one commit each
+
+
+def body(i: int) -> WorkerEvent:
+    return WorkerEvent(event="bench", at=time.time(), detail=f"message {i:08d} {PAD}")
+
+
+def serve_worker(port: str, key_file: str, facilitator_key: str, db: str, publish: str) -> None:
+    """Child mode: a worker dialling ``port`` (where nothing listens yet). Prints its pid and then
+    its last seq; if ``publish`` > 0, publishes that many events on the next line on stdin (prints
+    the seconds it took); on the next line (or EOF), stops the worker and prints how long stop()
+    took."""
+    n = int(publish)
+    config = WorkerConfig(
+        url=f"ws://127.0.0.1:{port}",
+        worker_id="bench",
+        key_file=key_file,
+        facilitator_key=facilitator_key,
+        db_path=db,
+        max_outbox_rows=max(n, 1) + 1000,
+        max_outbox_bytes=1 << 34,
+        backoff_base=0.01,
+        backoff_cap=0.05,  # redial within 50 ms of the facilitator's start
+        breaker_failure_threshold=1_000_000,
+        local_mode_after=3600.0,
+    )
+    worker = start_worker(config)
+    print(os.getpid(), flush=True)
+    print(worker.outbox.out_marks().get(timeout=30)[2], flush=True)
+    if n:
+        sys.stdin.readline()  # the parent has read our RSS before the backlog
+        t0 = time.perf_counter()
+        futures = [
+            worker.outbox.publish_many([body(i) for i in range(start, min(n, start + CHUNK))])
+            for start in range(0, n, CHUNK)
+        ]
+        for future in futures:
+            future.get(timeout=600)
+        print(time.perf_counter() - t0, flush=True)
+    sys.stdin.readline()
+    t0 = time.perf_counter()
+    worker.stop()
+    print(time.perf_counter() - t0, flush=True)
+
+
+FRAME = worker_codec().encode(Data(seq=1_000_000, body=body(999_999)))
+
+
+class Worker(NamedTuple):
+    proc: subprocess.Popen[str]
+    last_seq: int
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> float:
+        """Seconds Worker.stop() took in the child."""
+        self.send("stop")
+        seconds = float(self.line())
+        self.proc.wait(30)
+        return seconds
+
+
+def start_child(tmp: Path, port: int, fac_public: str, publish: int) -> Worker:
+    proc, _ = child(
+        __file__,
+        "--serve-worker",
+        str(port),
+        str(tmp / "worker.key"),
+        fac_public,
+        str(tmp / "worker.db"),
+        str(publish),
+        stdin=True,
+    )
+    try:
+        assert proc.stdout is not None
+        return Worker(proc, int(proc.stdout.readline()))
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
+def settled_rss(pid: int) -> int:
+    """VmRSS in kB once it stopped moving (start-up threads and imports done)."""
+    last = -1
+    for _ in range(50):
+        now = proc_kb(pid, "VmRSS")
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.1)  # sampling a process we do not control: nothing to wait on instead
+    return last
+
+
+def storage_replay(db: Path) -> float:
+    """Rows/s of the bare storage layer reading the same backlog once, in this process."""
+    with open_database(db, check=False) as opened:
+        box = Outbox(opened, "out")
+        t0 = time.perf_counter()
+        n = sum(1 for _ in box.pending())
+        return n / (time.perf_counter() - t0)
+
+
+class Result(NamedTuple):
+    publish_s: float
+    stop_s: float
+    storage: float
+    replay_s: float
+    replayed: int
+    rss_empty: int
+    rss_backlog: int
+    rss_peak: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure(n: int, tmp: Path) -> Result:
+    key = Ed25519PrivateKey.generate()
+    (tmp / "worker.key").write_text(key.private_bytes_raw().hex())
+    (tmp / "worker.key").chmod(0o600)
+    fac_key = Ed25519PrivateKey.generate()
+    port = free_port()
+    first = start_child(tmp, port, public_key_hex(fac_key.public_key()), n)
+    try:
+        rss_empty = settled_rss(first.proc.pid)
+        first.send("publish")
+        publish_s = float(first.line())
+        stop_s = first.stop()
+    finally:
+        first.proc.kill()
+        first.proc.wait(10)
+    storage = storage_replay(tmp / "worker.db")
+    second = start_child(tmp, port, public_key_hex(fac_key.public_key()), 0)
+    peak = 0
+    try:
+        rss_backlog = settled_rss(second.proc.pid)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, proc_kb(second.proc.pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        config = FacilitatorConfig(
+            db_path=str(tmp / "fac.db"),
+            key=fac_key.private_bytes_raw().hex(),
+            port=port,
+            authorized_keys={"bench": public_key_hex(key)},
+        )
+        sampler.start()
+        t0 = time.perf_counter()
+        with start_facilitator(config) as fac:
+            wait_until(lambda: fac.stats().data_accepted >= second.last_seq, 3600, "the replay", every=0.005)
+            replay_s = time.perf_counter() - t0
+            done.set()
+            sampler.join(5)
+            replayed = fac.stats().data_accepted
+            second.stop()
+    finally:
+        done.set()
+        second.proc.kill()
+        second.proc.wait(10)
+    return Result(publish_s, stop_s, storage, replay_s, replayed, rss_empty, rss_backlog, peak)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20,000 messages")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw websocket baseline")
+    parser.add_argument("--serve-worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logger.remove()
+    logger.enable("jobrelay")
+    logger.add(sys.stderr, level="WARNING")
+    if args.serve_worker:
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")  # not a line per refused dial while the facilitator is down
+        serve_worker(*args.serve_worker)
+        return 0
+    n = 20_000 if args.quick else args.messages
+    with tempfile.TemporaryDirectory(prefix="jobrelay-bench-backlog-") as tmp:
+        result = measure(n, Path(tmp))
+    raw = None if args.no_raw else raw_ceiling(n, FRAME)
+    print_table(n, result, raw)
+    return 0
+
+
+def print_table(n: int, r: Result, raw: float | None) -> None:
+    rate = n / r.replay_s
+    mb = 1024  # kB per MB (of /proc's kB)
+    rows = [
+        (
+            "replay after reconnect, end to end",
+            f"{rate:,.0f} msg/s",
+            f"{r.storage:,.0f} rows/s (pending())",
+            f"{rate / r.storage:.2f}",
+            "≥ 100,000 msg/s",
+        ),
+    ]
+    if raw is not None:
+        rows.append(("", "", f"{raw:,.0f} msg/s (raw ws, no storage)", f"{rate / raw:.2f}", ""))
+    rows += [
+        ("worker RSS, empty outbox", f"{r.rss_empty / mb:,.1f} MB", "", "", ""),
+        ("worker RSS, backlog unsent (idle)", f"{r.rss_backlog / mb:,.1f} MB", "", "", ""),
+        ("worker RSS, peak during replay", f"{r.rss_peak / mb:,.1f} MB", "", "", ""),
+        ("RSS growth, peak − empty", f"{(r.rss_peak - r.rss_empty) / mb:,.1f} MB", "", "", "< 50 MB"),
+        ("Worker.stop() with the backlog unsent", f"{r.stop_s:.2f} s", "", "", "≤ stop_timeout (5 s)"),
+        ("publish_many, durable (building the backlog)", f"{n / r.publish_s:,.0f} msg/s", "", "", ""),
+    ]
+    print(
+        f"\njobrelay backlog benchmark: {n:,} worker events ({len(FRAME)} B frames), "
+        "durability full both ends, worker in its own process, loopback"
+    )
+    table(("measure", "jobrelay", "baseline", "ratio", "target"), rows)
+    print(f"(facilitator accepted {r.replayed:,} data messages)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
