@@ -49,7 +49,9 @@ def body(i: int) -> WorkerEvent:
     return WorkerEvent(event="bench", at=time.time(), detail=f"message {i:08d} {PAD}")
 
 
-def serve_worker(port: str, key_file: str, facilitator_key: str, db: str, publish: str) -> None:
+def serve_worker(
+    port: str, key_file: str, facilitator_key: str, db: str, publish: str, durability: str, batch: str
+) -> None:
     """Child mode: a worker dialling ``port`` (where nothing listens yet). Prints its pid and then
     its last seq; if ``publish`` > 0, publishes that many events on the next line on stdin (prints
     the seconds it took); on the next line (or EOF), stops the worker and prints how long stop()
@@ -67,6 +69,8 @@ def serve_worker(port: str, key_file: str, facilitator_key: str, db: str, publis
         backoff_cap=0.05,  # redial within 50 ms of the facilitator's start
         breaker_failure_threshold=1_000_000,
         local_mode_after=3600.0,
+        durability=durability,  # type: ignore[arg-type]
+        max_batch=int(batch),
     )
     worker = start_worker(config)
     print(os.getpid(), flush=True)
@@ -111,7 +115,7 @@ class Worker(NamedTuple):
         return seconds
 
 
-def start_child(tmp: Path, port: int, fac_public: str, publish: int) -> Worker:
+def start_child(tmp: Path, port: int, fac_public: str, publish: int, durability: str, batch: int) -> Worker:
     proc, _ = child(
         __file__,
         "--serve-worker",
@@ -120,6 +124,8 @@ def start_child(tmp: Path, port: int, fac_public: str, publish: int) -> Worker:
         fac_public,
         str(tmp / "worker.db"),
         str(publish),
+        durability,
+        str(batch),
         stdin=True,
     )
     try:
@@ -158,6 +164,7 @@ class Result(NamedTuple):
     storage: float
     replay_s: float
     replayed: int
+    commits: int  # the facilitator's store commits during the replay
     rss_empty: int
     rss_backlog: int
     rss_peak: int
@@ -169,13 +176,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure(n: int, tmp: Path) -> Result:
+def measure(n: int, tmp: Path, durability: str, window: int, batch: int) -> Result:
     key = Ed25519PrivateKey.generate()
     (tmp / "worker.key").write_text(key.private_bytes_raw().hex())
     (tmp / "worker.key").chmod(0o600)
     fac_key = Ed25519PrivateKey.generate()
     port = free_port()
-    first = start_child(tmp, port, public_key_hex(fac_key.public_key()), n)
+    first = start_child(tmp, port, public_key_hex(fac_key.public_key()), n, durability, batch)
     try:
         rss_empty = settled_rss(first.proc.pid)
         first.send("publish")
@@ -185,7 +192,7 @@ def measure(n: int, tmp: Path) -> Result:
         first.proc.kill()
         first.proc.wait(10)
     storage = storage_replay(tmp / "worker.db")
-    second = start_child(tmp, port, public_key_hex(fac_key.public_key()), 0)
+    second = start_child(tmp, port, public_key_hex(fac_key.public_key()), 0, durability, batch)
     peak = 0
     try:
         rss_backlog = settled_rss(second.proc.pid)
@@ -201,6 +208,9 @@ def measure(n: int, tmp: Path) -> Result:
             db_path=str(tmp / "fac.db"),
             key=fac_key.private_bytes_raw().hex(),
             port=port,
+            durability=durability,  # type: ignore[arg-type]
+            max_inflight=window,
+            max_batch=batch,
             authorized_keys={"bench": public_key_hex(key)},
         )
         sampler.start()
@@ -210,13 +220,14 @@ def measure(n: int, tmp: Path) -> Result:
             replay_s = time.perf_counter() - t0
             done.set()
             sampler.join(5)
-            replayed = fac.stats().data_accepted
+            stats = fac.stats()
+            replayed, commits = stats.data_accepted, stats.store_commits
             second.stop()
     finally:
         done.set()
         second.proc.kill()
         second.proc.wait(10)
-    return Result(publish_s, stop_s, storage, replay_s, replayed, rss_empty, rss_backlog, peak)
+    return Result(publish_s, stop_s, storage, replay_s, replayed, commits, rss_empty, rss_backlog, peak)
 
 
 def main() -> int:
@@ -226,7 +237,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 20,000 messages")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw websocket baseline")
-    parser.add_argument("--serve-worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--durability", choices=("full", "normal"), default="full", help="both ends")
+    parser.add_argument(
+        "--window", type=int, default=1000, help="the facilitator's max_inflight (default 1,000)"
+    )
+    parser.add_argument("--batch", type=int, default=500, help="max_batch, both ends (default 500)")
+    parser.add_argument("--serve-worker", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logger.remove()
     logger.enable("jobrelay")
@@ -238,13 +254,13 @@ def main() -> int:
         return 0
     n = 20_000 if args.quick else args.messages
     with tempfile.TemporaryDirectory(prefix="jobrelay-bench-backlog-") as tmp:
-        result = measure(n, Path(tmp))
+        result = measure(n, Path(tmp), args.durability, args.window, args.batch)
     raw = None if args.no_raw else raw_ceiling(n, FRAME)
-    print_table(n, result, raw)
+    print_table(n, result, raw, args.durability)
     return 0
 
 
-def print_table(n: int, r: Result, raw: float | None) -> None:
+def print_table(n: int, r: Result, raw: float | None, durability: str) -> None:
     rate = n / r.replay_s
     mb = 1024  # kB per MB (of /proc's kB)
     rows = [
@@ -268,10 +284,10 @@ def print_table(n: int, r: Result, raw: float | None) -> None:
     ]
     print(
         f"\njobrelay backlog benchmark: {n:,} worker events ({len(FRAME)} B frames), "
-        "durability full both ends, worker in its own process, loopback"
+        f"durability {durability} both ends, worker in its own process, loopback"
     )
     table(("measure", "jobrelay", "baseline", "ratio", "target"), rows)
-    print(f"(facilitator accepted {r.replayed:,} data messages)")
+    print(f"(facilitator: {r.replayed:,} data messages accepted in {r.commits:,} store commits)")
 
 
 if __name__ == "__main__":
