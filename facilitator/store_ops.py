@@ -56,13 +56,6 @@ ENCODER: Final = msgspec.json.Encoder()
 FACILITATOR_BODY: Final = msgspec.json.Decoder(FacilitatorBody)
 JOB_REQUEST: Final = msgspec.json.Decoder(JobRequest)
 MACHINE_SPECS: Final = msgspec.json.Decoder(MachineSpecs)
-_TAGS: Final[dict[type, str]] = {
-    JobStatusUpdate: "job_status",
-    MachineSpecs: "machine_specs",
-    WorkerEvent: "worker_event",
-    JobRequest: "job_request",
-    JobCancel: "job_cancel",
-}
 
 
 class Refusal(NamedTuple):
@@ -236,8 +229,8 @@ def accept_batch(
     if s.inbox.state(worker_id)[0] != epoch:
         logger.warning("facilitator: dropping a late batch of worker={} from old epoch {}", worker_id, epoch)
         return AcceptOutcome(upto=0, accepted=0, duplicates=0, refused=[], gap=True)
-    rows = [(seq, _TAGS[type(body)], ENCODER.encode(body)) for seq, body in items]
-    results = s.inbox.accept_many(worker_id, rows)
+    # Applied below in this same transaction: only the hwm needs to move (no inbox rows).
+    results = s.inbox.advance(worker_id, [seq for seq, _ in items])
     upto = duplicates = 0
     gap = False
     accepted: list[WorkerBody] = []
@@ -269,8 +262,6 @@ def accept_batch(
     events = [(b.event, b.detail, b.at) for b in accepted if isinstance(b, WorkerEvent)]
     if events:
         routing.record_worker_events(s.db, worker_id, events)
-    if accepted:
-        s.inbox.mark_consumed(worker_id, upto)  # applied in this same transaction
     return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries, released)
 
 

@@ -43,12 +43,14 @@ APP = "jobrelay.testing.celery_tasks"
 STEPS = 3
 
 
-def plain_round(jobs: int, tag: str) -> float:
-    """Seconds for ``jobs`` plain Celery jobs, submit to the last result."""
+def plain_round(jobs: int, tag: str, queue: str | None = None) -> float:
+    """Seconds for ``jobs`` plain Celery jobs, submit to the last result (sent to ``queue``,
+    default Celery's own)."""
     from jobrelay.testing.celery_tasks import plain_steps
 
+    route = {} if queue is None else {"queue": queue}
     started = time.perf_counter()
-    results = [plain_steps.apply_async(({"steps": STEPS},)) for _ in range(jobs)]
+    results = [plain_steps.apply_async(({"steps": STEPS},), **route) for _ in range(jobs)]
     for result in results:
         assert result.get(timeout=120) == f"{STEPS} steps", tag
     return time.perf_counter() - started

@@ -17,7 +17,6 @@ import argparse
 import os
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from typing import NamedTuple
 
 import pykka
 import websocket
+from bench_common import child, table
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from websockets.sync.server import ServerConnection, serve
@@ -69,27 +69,12 @@ def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
     threading.Event().wait()
 
 
-def child(*args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = ""
-    try:
-        line = proc.stdout.readline()
-    finally:
-        if not line.strip().isdigit():  # Ctrl-C included: the child must not outlive us
-            proc.kill()
-            proc.wait(10)
-    if not line.strip().isdigit():
-        raise RuntimeError(f"child {args[0]} did not start")
-    return proc, int(line)
-
-
 def raw_ceiling(n: int, frame: bytes | None = None) -> float:
     """websocket-client → websockets server in another process, one-way, no storage: `frame`
     (default: the Data frame the worker would send) n times, then one round trip to be sure the
     server has read them all."""
     frame = frame if frame is not None else worker_codec().encode(Data(seq=1, body=body(0)))
-    proc, port = child("--serve-sink")
+    proc, port = child(__file__, "--serve-sink")
     try:
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}")
         t0 = time.perf_counter()
@@ -181,7 +166,9 @@ def jobrelay_worker(tmp: Path, max_rows: int) -> Iterator[Worker]:
     fac_key = Ed25519PrivateKey.generate()  # the facilitator's own, which the worker pins
     (tmp / "fac.key").write_text(fac_key.private_bytes_raw().hex())
     (tmp / "fac.key").chmod(0o600)  # the facilitator refuses a private key others can read
-    fac, port = child("--serve-facilitator", str(tmp / "fac.db"), public_key_hex(key), str(tmp / "fac.key"))
+    fac, port = child(
+        __file__, "--serve-facilitator", str(tmp / "fac.db"), public_key_hex(key), str(tmp / "fac.key")
+    )
     config = WorkerConfig(
         url=f"ws://127.0.0.1:{port}",
         worker_id="bench",
@@ -247,12 +234,7 @@ def print_table(n: int, raw: float, result: Result) -> None:
         f"jobrelay end-to-end benchmark: {n:,} messages, durability full on both ends, "
         "facilitator and raw sink in their own processes, loopback"
     )
-    header = ("measure", "jobrelay", "raw ws (no storage)", "ratio", "target")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    table(("measure", "jobrelay", "raw ws (no storage)", "ratio", "target"), rows)
     snap = result.snapshot
     print(
         f"(worker counters: sent={snap.counter('data_sent')}, acked={snap.counter('acked')}, "

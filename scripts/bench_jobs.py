@@ -21,12 +21,12 @@ import functools
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import pykka
 import websocket
+from bench_common import wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from websockets.sync.server import ServerConnection, serve
@@ -39,14 +39,6 @@ from jobrelay.protocol.messages import JobRequest
 KEYS = {w: Ed25519PrivateKey.generate() for w in ("w1", "w2")}
 FACILITATOR_KEY = Ed25519PrivateKey.generate()
 TERMINAL = ("completed", "failed", "rejected", "cancelled")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 def facilitator(tmp: Path, durability: str) -> Facilitator:

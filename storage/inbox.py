@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import enum
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
@@ -186,39 +187,68 @@ class Inbox:
             ValueError: A seq < 1 (nothing changed).
             StorageError: The write failed; nothing changed.
         """
-        if any(seq < 1 for seq, _, _ in items):
-            raise ValueError("seqs must be >= 1")
         if not items:
             return []
         now = self._clock()
-        results: list[AcceptResult] = []
         with self._db.transaction(f"accept into inbox {stream!r}") as conn:
-            row = self._row(stream)
-            if row is None:
-                conn.execute(
-                    "INSERT INTO inbox_streams (stream, epoch, generation, hwm, updated_at) "
-                    "VALUES (?, '', 1, 0, ?)",
-                    (stream, now),
-                )
-                row = ("", 1, 0)
-            epoch, generation, hwm = row
-            rows: list[tuple[str, int, int, str, str, bytes, float]] = []
-            for seq, kind, payload in items:
-                if seq <= hwm:
-                    results.append(AcceptResult.DUPLICATE)
-                elif seq == hwm + 1:
-                    rows.append((stream, generation, seq, epoch, kind, payload, now))
-                    hwm = seq
-                    results.append(AcceptResult.ACCEPTED)
-                else:
-                    results.append(AcceptResult.GAP)
+            epoch, generation, results = self._advance(conn, stream, [seq for seq, _, _ in items], now)
+            rows = [
+                (stream, generation, seq, epoch, kind, payload, now)
+                for (seq, kind, payload), result in zip(items, results, strict=True)
+                if result is AcceptResult.ACCEPTED
+            ]
             if rows:
                 conn.executemany(_INSERT, rows)
-                conn.execute(
-                    "UPDATE inbox_streams SET hwm = ?, updated_at = ? WHERE stream = ?",
-                    (hwm, now, stream),
-                )
         return results
+
+    def advance(self, stream: str, seqs: Sequence[int]) -> list[AcceptResult]:
+        """accept_many() for a receiver that applies what it accepts in the caller's transaction
+        (see Database.transaction): the hwm moves as accept_many() would move it, and no row is
+        stored, since one that is consumed in the same commit would only be written to be deleted.
+
+        Returns:
+            One AcceptResult per seq.
+
+        Raises:
+            ValueError: A seq < 1 (nothing changed).
+            StorageError: The write failed; nothing changed.
+        """
+        if not seqs:
+            return []
+        with self._db.transaction(f"advance inbox {stream!r}") as conn:
+            return self._advance(conn, stream, seqs, self._clock())[2]
+
+    def _advance(
+        self, conn: sqlite3.Connection, stream: str, seqs: Sequence[int], now: float
+    ) -> tuple[str, int, list[AcceptResult]]:
+        """Judge ``seqs`` against the running hwm and store the new hwm: ``(epoch, generation,
+        results)``. A stream never started with start_epoch() is created with epoch ``""``."""
+        if any(seq < 1 for seq in seqs):
+            raise ValueError("seqs must be >= 1")
+        row = self._row(stream)
+        if row is None:
+            conn.execute(
+                "INSERT INTO inbox_streams (stream, epoch, generation, hwm, updated_at) "
+                "VALUES (?, '', 1, 0, ?)",
+                (stream, now),
+            )
+            row = ("", 1, 0)
+        epoch, generation, hwm = row
+        results: list[AcceptResult] = []
+        start = hwm
+        for seq in seqs:
+            if seq <= hwm:
+                results.append(AcceptResult.DUPLICATE)
+            elif seq == hwm + 1:
+                hwm = seq
+                results.append(AcceptResult.ACCEPTED)
+            else:
+                results.append(AcceptResult.GAP)
+        if hwm > start:
+            conn.execute(
+                "UPDATE inbox_streams SET hwm = ?, updated_at = ? WHERE stream = ?", (hwm, now, stream)
+            )
+        return epoch, generation, results
 
     def unconsumed(self, stream: str | None = None, limit: int | None = None) -> list[InboxRow]:
         """Accepted messages not yet marked consumed: what a restarted application must process.

@@ -133,3 +133,36 @@ def test_a_late_batch_from_an_old_epoch_is_not_stored(store: FacilitatorStore) -
     assert late.gap and late.upto == 0 and late.accepted == 0
     fresh = run(store.accept, "w1", "new-epoch", [(1, WorkerEvent(event="fresh", at=0.0))])
     assert (fresh.upto, fresh.accepted, fresh.duplicates) == (1, 1, 0)
+
+
+def test_an_accepted_batch_is_applied_and_deduplicated_without_inbox_rows(tmp_path: Path) -> None:
+    """The facilitator applies what it accepts in the same commit: it keeps only the hwm (no
+    inbox row is written to be deleted), which still drops a replay, also after a reopen."""
+    from jobrelay.protocol.messages import WorkerEvent
+    from jobrelay.storage import Inbox, open_database
+
+    def batch(seqs: range) -> list[tuple[int, WorkerEvent]]:
+        return [(seq, WorkerEvent(event=f"e{seq}", at=float(seq))) for seq in seqs]
+
+    path = str(tmp_path / "f.db")
+    store = FacilitatorStore(path, "normal")
+    store.start()
+    try:
+        run(store.open_stream, "w1", "epoch", 0, True)
+        first = run(store.accept, "w1", "epoch", batch(range(1, 4)))
+        assert (first.upto, first.accepted, first.duplicates) == (3, 3, 0)
+    finally:
+        store.stop()
+    store = FacilitatorStore(path, "normal")
+    store.start()
+    try:
+        again = run(store.accept, "w1", "epoch", batch(range(2, 6)))  # a replay overlapping 2..3
+        assert (again.upto, again.accepted, again.duplicates) == (5, 2, 2)
+    finally:
+        store.stop()
+    with open_database(path) as db:
+        inbox = Inbox(db)
+        assert inbox.state("w1") == ("epoch", 5)
+        assert inbox.unconsumed("w1") == []
+        events = db.query("SELECT event FROM facilitator_worker_events WHERE worker_id = 'w1' ORDER BY id")
+    assert [e for (e,) in events] == ["e1", "e2", "e3", "e4", "e5"]

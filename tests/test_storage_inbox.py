@@ -80,6 +80,24 @@ class InboxMachine(RuleBasedStateMachine):
             expected.append(self._model_accept(stream, seq, "job_request", payload))
         assert self.inbox.accept_many(stream, batch) == expected
 
+    @rule(stream=streams, data=st.data(), n=st.integers(0, 6))
+    def advance(self, stream: str, data: st.DataObject, n: int) -> None:
+        # A receiver that applies what it accepts in the same commit: the hwm moves as in
+        # accept_many, and nothing is left to consume.
+        seqs, expected = [], []
+        for _ in range(n):
+            seq = self._seq(data, stream)
+            seqs.append(seq)
+            m = self.model.setdefault(stream, ModelStream())
+            if seq <= m.hwm:
+                expected.append(AcceptResult.DUPLICATE)
+            elif seq > m.hwm + 1:
+                expected.append(AcceptResult.GAP)
+            else:
+                m.hwm = seq
+                expected.append(AcceptResult.ACCEPTED)
+        assert self.inbox.advance(stream, seqs) == expected
+
     @rule(stream=streams, fresh=st.booleans(), hwm=st.integers(0, 3))
     def start_epoch(self, stream: str, fresh: bool, hwm: int) -> None:
         # Epochs are random ids: a fresh one never repeats an earlier one.
@@ -159,6 +177,9 @@ def test_limit_and_argument_checks(inbox: Inbox) -> None:
     assert [r.seq for r in inbox.unconsumed(limit=2)] == [1, 2]
     with pytest.raises(ValueError, match=">= 1"):
         inbox.accept("s", 0, "k", b"")
+    with pytest.raises(ValueError, match=">= 1"):
+        inbox.advance("s", [6, 0])
+    assert inbox.hwm("s") == 5  # nothing of the refused batch moved it
     with pytest.raises(ValueError, match="empty"):
         inbox.start_epoch("s", "")
     with pytest.raises(ValueError, match=">= 0"):

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +121,11 @@ def start_celery_worker(
     app: str,
     concurrency: int = 2,
     pythonpath: Path | None = None,
+    options: Sequence[str] = (),
 ) -> CeleryWorker:
     """A `celery -A app worker` (prefork, ``concurrency`` children) in a process group of its
-    own; ``app`` reads its Redis URL from $JOBRELAY_CELERY_REDIS."""
+    own; ``app`` reads its Redis URL from $JOBRELAY_CELERY_REDIS. ``options`` go to `celery
+    worker` as they are (e.g. ``("-Q", "one", "--prefetch-multiplier", "4")``)."""
     env = {**os.environ, REDIS_ENV: redis_url}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH")) if p)
@@ -142,6 +144,7 @@ def start_celery_worker(
             "--loglevel=WARNING",
             "--without-mingle",
             "--without-gossip",
+            *options,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
