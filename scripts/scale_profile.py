@@ -33,7 +33,10 @@ def profiled(procs: Processes, pid: int, out: Path | None, name: str) -> Iterato
         return
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.txt"
-    cmd = [spy, "record", "--pid", str(pid), "--rate", str(_RATE), "--format", "raw", "--gil", "--output", str(path)]
+    # --nonblocking: by default py-spy stops the process for every sample, which slows it down
+    # more than the phase being measured can bear; --gil: what holds the GIL (work, not waits).
+    cmd = [spy, "record", "--pid", str(pid), "--rate", str(_RATE), "--nonblocking", "--gil"]
+    cmd += ["--format", "raw", "--output", str(path)]
     proc = procs.start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
