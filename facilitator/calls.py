@@ -61,6 +61,7 @@ class FacilitatorCalls:
         loop: asyncio.AbstractEventLoop,
         store: FacilitatorStore,
         *,
+        heartbeat_interval: float = 0.0,
         threads: int = 8,
     ) -> None:
         self._loop = loop
@@ -68,9 +69,11 @@ class FacilitatorCalls:
         self._pool = ElasticExecutor(threads, "jobrelay-fcall")
         self._open: dict[str, WorkerConnection] = {}
         self._last_seen: dict[str, float] = {}
+        self._intervals: dict[str, float] = {}  # the heartbeat interval of each worker's last session
+        self._default_interval = heartbeat_interval
         self._pending: dict[str, tuple[concurrent.futures.Future[Any], WorkerConnection, MethodSpec]] = {}
         self.served = MethodRegistry("facilitator")
-        self.leases = LeaseTable(self._seen)
+        self.leases = LeaseTable(self._seen, grace=self._interval)
         self._register_builtins()
 
     # ------------------------------------------------------------------ public (any thread)
@@ -114,7 +117,8 @@ class FacilitatorCalls:
     def closed(self, conn: WorkerConnection) -> None:
         if self._open.get(conn.worker_id) is conn:
             del self._open[conn.worker_id]
-            self._last_seen[conn.worker_id] = conn.last_contact + conn.session.heartbeat_interval
+            self._last_seen[conn.worker_id] = conn.last_contact
+            self._intervals[conn.worker_id] = conn.session.heartbeat_interval
         for call_id, (future, owner, spec) in list(self._pending.items()):
             if owner is conn:
                 del self._pending[call_id]
@@ -183,13 +187,20 @@ class FacilitatorCalls:
 
     def _seen(self, worker_id: str) -> float | None:
         """Now while the worker's session is open (the session ends on heartbeat loss), else the
-        last frame of its last session; plus that session's heartbeat interval: the worker counts
-        from the last frame it got from us, at most one interval after our last frame from it,
-        so it never holds a lease longer than we do. Its leases expire ``ttl`` after that."""
+        last frame of its last session (also while the closed session waits to be accounted for):
+        its leases expire ``ttl`` plus ``_interval`` after that."""
         conn = self._open.get(worker_id)
-        if conn is not None and conn.session.is_open:
-            return time.time() + conn.session.heartbeat_interval
+        if conn is not None:
+            return time.time() if conn.session.is_open else conn.last_contact
         return self._last_seen.get(worker_id)
+
+    def _interval(self, worker_id: str) -> float:
+        """The heartbeat interval of the worker's current or last session (sessions get longer
+        ones when many workers are connected: FacilitatorConfig.heartbeat_rate)."""
+        conn = self._open.get(worker_id)
+        if conn is not None:
+            return conn.session.heartbeat_interval
+        return self._intervals.get(worker_id, self._default_interval)
 
     def _register_builtins(self) -> None:
         leases, store = self.leases, self._store

@@ -21,6 +21,8 @@ from jobrelay.protocol.session import SessionConfig
 
 __all__ = ["AUTHORIZED_KEYS_LIMIT", "FacilitatorConfig", "load_facilitator_config"]
 
+_LONGEST_HEARTBEAT = 60.0  # seconds: heartbeat_rate never stretches an interval beyond this
+
 AUTHORIZED_KEYS_LIMIT = 64 << 20
 KEY_FILE_LIMIT = 4096  # the facilitator's own key file (64 hex characters and a newline)
 """The largest authorized-keys file read (about 500,000 workers' lines)."""
@@ -41,9 +43,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         heartbeat_rate: Most heartbeats per second the facilitator sends (and so asks for) across
             all its workers. With more connections than ``heartbeat_rate × heartbeat_interval``,
             a new session's ``welcome`` gets a longer interval, ``connections / heartbeat_rate``,
-            and a timeout longer by the same factor (rounded up to quarters): the keep-alive
-            cost stops growing with the fleet (MQTT 5's Server Keep Alive does the same). 0:
-            every session gets ``heartbeat_interval``.
+            and a timeout longer by the same factor (rounded up to quarters, the interval never
+            beyond 60 s): the keep-alive cost stops growing with the fleet (MQTT 5's Server
+            Keep Alive does the same). A session keeps the values it opened with. 0: every
+            session gets ``heartbeat_interval``.
         max_clock_skew: Largest difference between a worker's auth timestamp and our clock.
         max_workers: Connections held at once (authenticated or not); one more is refused
             with close code 1013 (try again later). Also capped by the open-file limit.
@@ -222,8 +225,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         connections, then in proportion, rounded up to a quarter (few distinct configs)."""
         if not self.heartbeat_rate:
             return 1.0
-        scale = connections / (self.heartbeat_rate * self.heartbeat_interval)
-        return max(1.0, math.ceil(scale * 4) / 4)
+        scale = math.ceil(connections / (self.heartbeat_rate * self.heartbeat_interval) * 4) / 4
+        # Never beyond _LONGEST_HEARTBEAT: a dead worker must not go unnoticed for many minutes,
+        # whatever the budget (a tiny heartbeat_rate would otherwise ask for hours).
+        return max(1.0, min(scale, _LONGEST_HEARTBEAT / self.heartbeat_interval))
 
     def session_config(self, scale: float = 1.0) -> SessionConfig:
         """The per-connection protocol limits derived from this config; heartbeats ``scale``

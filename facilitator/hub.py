@@ -77,7 +77,7 @@ class ConnectionHub:
         self.chatter = Chatter(loop)
         self.retries = RetryTimers(store, loop, self.request_dispatch)
         # Request–response calls, both directions, and resource leases.
-        self.calls = FacilitatorCalls(loop, store)
+        self.calls = FacilitatorCalls(loop, store, heartbeat_interval=config.heartbeat_interval)
         self.max_workers = config.max_workers  # lowered at start to what the open-file limit allows
         self.stopping = False
         self._lock = threading.Lock()

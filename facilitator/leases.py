@@ -34,16 +34,18 @@ class LeaseTable:
     """Leases of the resources defined with ``define``.
 
     Args:
-        last_seen: when a frame last came from a worker (None: never / unknown); the
-            facilitator adds that worker's heartbeat interval (FacilitatorCalls._seen).
-        grace: seconds added to every expiry.
+        last_seen: when a frame last came from a worker (None: never / unknown).
+        grace: seconds added to every expiry, or a function of the holder giving them: the
+            facilitator gives the heartbeat interval of the holder's session, so that a worker,
+            which counts from the last frame it got from us (at most one interval after our last
+            frame from it), never holds a lease longer than we do.
     """
 
     def __init__(
         self,
         last_seen: Callable[[str], float | None],
         clock: Callable[[], float] = time.time,
-        grace: float = 0.0,
+        grace: float | Callable[[str], float] = 0.0,
     ) -> None:
         self._last_seen = last_seen
         self._grace = grace
@@ -131,7 +133,8 @@ class LeaseTable:
 
     def _expiry(self, held: _Held) -> float:
         seen = self._last_seen(held.worker) or 0.0
-        return max(held.renewed_at, seen) + held.lease.ttl + self._grace
+        grace = self._grace(held.worker) if callable(self._grace) else self._grace
+        return max(held.renewed_at, seen) + held.lease.ttl + grace
 
     def _expire(self, now: float) -> None:
         for lease_id, held in list(self._held.items()):

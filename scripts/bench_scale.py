@@ -243,7 +243,7 @@ def run_load(
     n = row.n
     with profiled(procs, pid, args.profile, f"{n}-jobs"):
         run_jobs(row, api, children, n, args.jobs, args.job_timeout)
-    phases.end("jobs")
+        phases.end("jobs")  # before the profiler's own stop, which is not the phase's
     for i in range(args.storms):
         with profiled(procs, pid, args.profile, f"{n}-storm{i + 1}"):
             run_storm(row, api, children, phases, n, args.connect_timeout)

@@ -33,11 +33,17 @@ def profiled(procs: Processes, pid: int, out: Path | None, name: str) -> Iterato
         return
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.txt"
+    path.unlink(missing_ok=True)  # a profile left by an earlier run is not this one's
     # --nonblocking: by default py-spy stops the process for every sample, which slows it down
     # more than the phase being measured can bear; --gil: what holds the GIL (work, not waits).
     cmd = [spy, "record", "--pid", str(pid), "--rate", str(_RATE), "--nonblocking", "--gil"]
     cmd += ["--format", "raw", "--output", str(path)]
-    proc = procs.start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc = procs.start(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        print(f"profile {name}: py-spy did not start ({exc}); this phase runs unprofiled", flush=True)
+        yield
+        return
     try:
         yield
     finally:

@@ -107,3 +107,35 @@ def test_calls_submitted_from_many_threads_all_run_once() -> None:
         _wait_until(lambda: pool.threads == 0)
     finally:
         pool.shutdown()
+
+
+def test_shutdown_with_wait_returns_once_every_call_taken_has_run() -> None:
+    pool = ElasticExecutor(2, "elastic-wait")
+    gate = threading.Event()
+    futures = [pool.submit(gate.wait, 5) for _ in range(4)]
+    releaser = threading.Timer(0.2, gate.set)
+    releaser.start()
+    try:
+        pool.shutdown(wait=True)
+        assert all(f.done() for f in futures) and pool.threads == 0
+    finally:
+        releaser.cancel()
+        gate.set()
+
+
+def test_a_thread_that_cannot_start_fails_its_call_instead_of_stranding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = ElasticExecutor(2, "elastic-nothread")
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    future = pool.submit(lambda: 1)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        future.result(1)
+    assert pool.threads == 0
+    monkeypatch.undo()
+    assert pool.submit(lambda: 2).result(5) == 2  # threads can be had again: calls run
+    pool.shutdown()

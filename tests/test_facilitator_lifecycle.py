@@ -184,6 +184,16 @@ def test_bad_config_names_the_field(values: dict[str, object], field: str) -> No
         load_facilitator_config({"db_path": "f.db", **values})
 
 
+def test_heartbeat_scale_follows_the_budget_and_stops_at_a_minute() -> None:
+    config = load_facilitator_config({"db_path": "f.db", "heartbeat_interval": 5.0})  # rate 1,000/s
+    scales = [config.heartbeat_scale(n) for n in (1, 5_000, 5_001, 10_000, 20_000)]
+    assert scales == [1.0, 1.0, 1.25, 2.0, 4.0]
+    tiny = load_facilitator_config({"db_path": "f.db", "heartbeat_interval": 5.0, "heartbeat_rate": 0.001})
+    assert tiny.heartbeat_scale(20_000) == 12.0  # 60 s, not 2e7 s
+    fixed = load_facilitator_config({"db_path": "f.db", "heartbeat_rate": 0})
+    assert fixed.heartbeat_scale(20_000) == 1.0
+
+
 def test_bad_config_in_code_and_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"FacilitatorConfig\.port: must be 0\.\.65535, got 70000"):
         FacilitatorConfig(key=FACILITATOR_KEY_HEX, db_path="f.db", port=70000)

@@ -60,6 +60,54 @@ def test_lease_table_capacity_renewal_and_expiry() -> None:
     assert table.release("w2", b.lease_id) and not table.release("w2", b.lease_id)
 
 
+def test_each_holder_gets_the_grace_of_its_own_session() -> None:
+    # A worker with a 10 s heartbeat counts from a frame up to 10 s later than one with 5 s.
+    now = [100.0]
+    intervals = {"w1": 5.0, "w2": 10.0}
+    table = LeaseTable(lambda _: None, clock=lambda: now[0], grace=intervals.__getitem__)
+    table.define("gpu", 2)
+    table.acquire("w1", "gpu", 1, ttl=10.0)
+    table.acquire("w2", "gpu", 1, ttl=10.0)
+    assert [(w, lease.expires_at) for w, lease in table.leases()] == [("w1", 115.0), ("w2", 120.0)]
+    now[0] = 116.0
+    assert [w for w, _ in table.leases()] == ["w2"]
+
+
+class _Session:
+    def __init__(self, is_open: bool, heartbeat_interval: float) -> None:
+        self.is_open, self.heartbeat_interval = is_open, heartbeat_interval
+
+
+class _Conn:
+    def __init__(self, worker_id: str, session: _Session, last_contact: float) -> None:
+        self.worker_id, self.session, self.last_contact = worker_id, session, last_contact
+
+
+def test_a_closed_session_not_yet_accounted_for_still_counts_its_last_frame() -> None:
+    # Between a session closing and the connection reporting it (its Closed event waits behind a
+    # store call), the lease must run from the last frame plus that session's interval, not from
+    # its last renewal alone.
+    import asyncio
+
+    from jobrelay.facilitator.calls import FacilitatorCalls
+
+    loop = asyncio.new_event_loop()
+    calls = FacilitatorCalls(loop, None, heartbeat_interval=5.0)  # type: ignore[arg-type]
+    try:
+        session = _Session(is_open=True, heartbeat_interval=10.0)
+        conn = _Conn("w1", session, last_contact=1_000.0)
+        calls.opened(conn)  # type: ignore[arg-type]
+        assert calls._interval("w1") == 10.0 and calls._seen("w1") is not None
+        session.is_open = False  # closed; calls.closed(conn) has not run yet
+        assert (calls._seen("w1"), calls._interval("w1")) == (1_000.0, 10.0)
+        calls.closed(conn)  # type: ignore[arg-type]
+        assert (calls._seen("w1"), calls._interval("w1")) == (1_000.0, 10.0)
+        assert calls._interval("w2") == 5.0  # never connected: the configured interval
+    finally:
+        calls.close()
+        loop.close()
+
+
 @pytest.fixture
 def quick_fac(tmp_path: Path) -> Iterator[Facilitator]:
     """Heartbeats every 0.5 s: a lease outlives its holder's last frame by ttl + 0.5 s there."""

@@ -54,7 +54,16 @@ class ElasticExecutor(concurrent.futures.Executor):
             elif self._idle:
                 self._cond.notify()
         if start:
-            threading.Thread(target=self._run, name=self._name, daemon=True).start()
+            try:
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
+            except RuntimeError as exc:  # no thread to be had: the call fails, nothing is stranded
+                with self._cond:
+                    self._threads -= 1
+                    stranded = self._idle < len(self._queue) and self._threads == 0
+                    if stranded:
+                        self._queue.remove(next(i for i in self._queue if i[0] is future))
+                if stranded:
+                    future.set_exception(exc)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -66,6 +75,9 @@ class ElasticExecutor(concurrent.futures.Executor):
             self._cond.notify_all()  # lingering threads leave now
         for future, _, _ in dropped:
             future.cancel()
+        if wait:  # as ThreadPoolExecutor: until every call taken has run
+            with self._cond:
+                self._cond.wait_for(lambda: self._threads == 0)
 
     def _next(self) -> _Item | None:
         """The next item, waiting up to ``linger`` for one; None: this thread leaves."""
@@ -76,6 +88,7 @@ class ElasticExecutor(concurrent.futures.Executor):
                 self._idle -= 1
             if not self._queue:
                 self._threads -= 1
+                self._cond.notify_all()  # a shutdown(wait=True) may be waiting for the last one
                 return None
             return self._queue.popleft()
 
