@@ -51,14 +51,12 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scale_keys import make_facilitator_key, make_keys
 from scale_procs import Api, Children, FacilitatorProcess, Processes, proc_stats, tcp_counters
 from scale_profile import profiled
 from scale_report import Row, Storm, derive, merge, notes, percentile, table, take_gaps
 from simchild import Report, raise_nofile
 from simworkers import BENCH_KIND
-
-from jobrelay.protocol.auth import public_key_hex
 
 SUBMITTERS = 16  # concurrent POST /jobs (and GET /jobs/{id}) clients
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]  # workers' source addresses: ephemeral ports x8
@@ -74,19 +72,6 @@ def cpu_split(k: int) -> tuple[set[int] | None, set[int] | None]:
     if k <= 0 or len(cpus) <= k:
         return None, None
     return set(cpus[:k]), set(cpus[k:])
-
-
-def make_keys(n: int, folder: Path) -> tuple[Path, list[str]]:
-    """n worker keys: a private file for the children, the authorized-keys lines for the facilitator."""
-    private, public = [], []
-    for i in range(n):
-        key = Ed25519PrivateKey.generate()
-        private.append(f"w{i:05d} {key.private_bytes_raw().hex()}\n")
-        public.append(f"w{i:05d} {public_key_hex(key)}\n")
-    path = folder / "worker_keys"
-    path.touch(mode=0o600)
-    path.write_text("".join(private))
-    return path, public
 
 
 def in_parallel(api: Api, work: Callable[[str], str], items: list[str], timeout: float) -> list[str]:
@@ -247,15 +232,6 @@ def run_load(
     for i in range(args.storms):
         with profiled(procs, pid, args.profile, f"{n}-storm{i + 1}"):
             run_storm(row, api, children, phases, n, args.connect_timeout)
-
-
-def make_facilitator_key(folder: Path) -> str:
-    """The facilitator's own key in ``folder``/facilitator.key; returns the public key workers pin."""
-    key = Ed25519PrivateKey.generate()
-    path = folder / "facilitator.key"
-    path.write_text(key.private_bytes_raw().hex() + "\n")
-    path.chmod(0o600)  # the facilitator refuses a private key others may read
-    return public_key_hex(key)
 
 
 def run_one(
