@@ -16,10 +16,12 @@ def run_loop(loop: asyncio.AbstractEventLoop, *, grace: float = 1.0) -> None:
     try:
         loop.run_forever()
     finally:
-        tasks = asyncio.all_tasks(loop)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
+        # Again until none is left: a timer firing while the first ones end may start a task,
+        # which closing the loop would drop unstarted ("coroutine ... was never awaited").
+        deadline = loop.time() + grace
+        while (tasks := asyncio.all_tasks(loop)) and loop.time() < deadline:
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time())))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
