@@ -1,10 +1,10 @@
 # Connection actor: owns the transport and the protocol session of the current connection, and
 # drives the session through the shared SessionDriver (protocol/driver.py).
-# Invariants: the session is touched only in this actor's thread; connecting and reading happen
-# in a per-attempt I/O thread that only `tell`s this actor, and writing in a per-connection writer
-# thread, so the mailbox never waits on the network; messages from an older attempt or session
-# are dropped by their attempt/session id. Connection retry (backoff) lives here; message retry
-# does not exist: replay is the Outbox's, from the session's resume point.
+# Invariants: the session is touched only in this actor's thread; connecting, reading and writing
+# happen in the threads of the current attempt (dialer.py), which only `tell` this actor, so the
+# mailbox never waits on the network; messages from an older attempt or session are dropped by
+# their attempt/session id. Connection retry (backoff) is decided here; message retry does not
+# exist: replay is the Outbox's, from the session's resume point.
 from __future__ import annotations
 
 import random
@@ -49,21 +49,20 @@ from jobrelay.actors.connection_log import (
     auth_refused,
     log_closed,
     log_new_epoch,
+    log_state,
 )
-from jobrelay.actors.io_thread import read_connection
+from jobrelay.actors.dialer import Dialer
 from jobrelay.actors.local_mode import LocalModeStatus
-from jobrelay.actors.one_shot import OneShot
 from jobrelay.actors.session_services import SessionServices, new_session
-from jobrelay.actors.websocket_transport import WebSocketTransport
 from jobrelay.common.calls import MethodRegistry
 from jobrelay.common.logs import Repeats
-from jobrelay.common.transport import BackgroundSender, Transport
+from jobrelay.common.transport import Transport
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.breaker import BreakerState, Transition
 from jobrelay.protocol.close_codes import GOING_AWAY, NORMAL, close_code_for
 from jobrelay.protocol.driver import SessionDriver
 from jobrelay.protocol.errors import ErrorCode
-from jobrelay.protocol.session import OutFrame, WorkerSession
+from jobrelay.protocol.session import WorkerSession
 from jobrelay.protocol.streams import StreamMarks
 
 __all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "HANDOVER_WINDOWS", "ConnectionActor"]
@@ -71,7 +70,6 @@ __all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "HANDOVER_WINDOWS", "ConnectionAc
 # The Outbox hands over up to this many windows of data: the session sends the surplus the moment
 # an ack opens the window, instead of waiting behind the publishes queued in the Outbox's mailbox.
 HANDOVER_WINDOWS = 4
-_TRANSIENT = (ConnectionState.CONNECTING, ConnectionState.AUTHENTICATING)
 
 
 class ConnectionActor(pykka.ThreadingActor):
@@ -112,30 +110,22 @@ class ConnectionActor(pykka.ThreadingActor):
         self._key = load_key(config)
         self._log = logger.bind(worker_id=config.worker_id)
         self._repeats = Repeats()  # per-frame lines of this session beyond the first: counted
-        self._marks = marks
         self._outbox = outbox
         self._router = router
         self._metrics = metrics
         self._subscribers = list(subscribers)
-        self._factory = transport_factory or (
-            lambda: WebSocketTransport(config.ca_file, config.max_frame_bytes)
-        )
+        self._dialer = Dialer(config, marks, transport_factory)
         self._clock = clock
         self._rand = rand
         self._kinds = None if kinds is None else tuple(kinds)
         self._kind_credit = dict(kind_credit or {})
         self._state = ConnectionState.DISCONNECTED
-        self._attempt = 0  # the id of the current attempt (its I/O messages carry it)
-        self._tries = 0  # connection attempts since the last session opened, for the log
         self._pacer = ConnectPacer.for_config(config, self._log, self._breaker_changed, clock())
         self._opened = False  # the current attempt opened a session (else its end is a failure)
         self._services = SessionServices(config, self._log, metrics, clock(), served)
-        self._transport: Transport | None = None
-        self._writer: BackgroundSender | None = None
         # Hot-path counters are kept here and reported on each beat: no tell per frame.
         self._counts: Counter[str] = Counter()
         self._driver: SessionDriver[WorkerSession] | None = None
-        self._timer = OneShot("jobrelay-reconnect")
         self._connected = threading.Event()
         self._last_contact = 0.0
         self._draining = False
@@ -201,19 +191,19 @@ class ConnectionActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         driver = self._driver
         match message:
-            case IoReceived(attempt=a, data=data) if a == self._attempt and driver is not None:
+            case IoReceived(attempt=a, data=data) if a == self._dialer.attempt and driver is not None:
                 self._last_contact = self._clock()
                 driver.receive(data, self._last_contact, binary=not isinstance(data, str))
-            case IoTooLarge(attempt=a, detail=detail) if a == self._attempt and driver is not None:
+            case IoTooLarge(attempt=a, detail=detail) if a == self._dialer.attempt and driver is not None:
                 driver.close(ErrorCode.FRAME_TOO_LARGE, detail)
-            case IoConnected(attempt=a, marks=marks) if a == self._attempt:
+            case IoConnected(attempt=a, marks=marks) if a == self._dialer.attempt:
                 self._on_connected(marks)
-            case IoFailed(attempt=a, error=error) if a == self._attempt:
+            case IoFailed(attempt=a, error=error) if a == self._dialer.attempt:
                 # Numbered 1, 2, 3 since the last session (the attempt id moves on at backoffs too).
-                url, tries = self.config.url, self._tries
+                url, tries = self.config.url, self._dialer.tries
                 self._log.warning("connection attempt {} to {} failed: {}", tries, url, error)
                 self._backoff(error, cause_logged=True, failed_attempt=True)
-            case IoClosed(attempt=a, detail=detail) if a == self._attempt:
+            case IoClosed(attempt=a, detail=detail) if a == self._dialer.attempt:
                 if driver is not None:
                     driver.lost(detail)
                 else:
@@ -242,7 +232,7 @@ class ConnectionActor(pykka.ThreadingActor):
                 driver.pump()
             case DropSession(session_id=sid, reason=reason) if self._is_current(sid, opened=False):
                 self.drop(reason)
-            case Reconnect(attempt=a) if a == self._attempt and driver is None:
+            case Reconnect(attempt=a) if a == self._dialer.attempt and driver is None:
                 self._connect()
             case IoReceived() | IoConnected() | IoFailed() | IoClosed() | Reconnect():
                 pass  # from an attempt that was already given up
@@ -310,45 +300,16 @@ class ConnectionActor(pykka.ThreadingActor):
             self._set_state(
                 ConnectionState.BACKOFF, f"circuit breaker open, next probe in {wait:.2f}s", quiet=True
             )
-            self._timer.arm(wait, self.actor_ref, Reconnect(self._attempt))
+            self._dialer.retry_in(wait, self.actor_ref)
             return
-        self._attempt += 1
-        self._tries += 1
-        attempt = self._attempt
         self._opened = False
         self._set_state(ConnectionState.CONNECTING)
-        transport = self._factory()
-        self._transport = transport
-        thread = threading.Thread(
-            target=read_connection,
-            args=(
-                self.actor_ref,
-                attempt,
-                transport,
-                self.config.url,
-                self.config.connect_timeout,
-                self._marks,
-            ),
-            name=f"jobrelay-io-{attempt}",
-            daemon=True,
-        )
-        thread.start()
+        self._dialer.dial(self.actor_ref)
 
     def _on_connected(self, marks: StreamMarks) -> None:
-        assert self._transport is not None
-        attempt, ref = self._attempt, self.actor_ref
-        writer = BackgroundSender(
-            self._transport,
-            lambda detail: send(ref, IoClosed(attempt, f"send failed: {detail}")),
-            name=f"jobrelay-writer-{attempt}",
-        )
-        self._writer = writer
+        write = self._dialer.writer(self.actor_ref)
         self._set_state(ConnectionState.AUTHENTICATING)
         session = new_session(self.config, self._key, marks, self._clock(), self._kinds, self._kind_credit)
-
-        def write(frame: OutFrame) -> None:
-            writer.put(frame.data, frame.binary)
-
         self._driver = SessionDriver(session, write, self)
         self._driver.draining = self._draining
         self._driver.pump()
@@ -370,7 +331,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._pacer.opened(self._clock())
         self._services.opened(session, self._clock())
         self._opened = True
-        self._tries = 0
+        self._dialer.tries = 0
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
         limit = session.sender.handover_limit(HANDOVER_WINDOWS)
@@ -405,7 +366,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._connected.clear()
         # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
         # now) must not count as a second failure.
-        self._attempt += 1
+        self._dialer.abandon()
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
@@ -417,32 +378,23 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         send(self._metrics, Count("reconnects"))
         self._set_state(ConnectionState.BACKOFF, f"retry in {delay:.2f}s: {why}", quiet=cause_logged)
-        self._timer.arm(delay, self.actor_ref, Reconnect(self._attempt))
+        self._dialer.retry_in(delay, self.actor_ref)
 
     def _give_up(self, why: str, detail: str) -> None:
-        self._attempt += 1  # what the closing reader still reports is for an attempt given up
+        self._dialer.abandon()  # what the closing reader still reports is for an attempt given up
         self._shutdown(detail, NORMAL)
         self._gave_up = why
         self._set_state(ConnectionState.CLOSED, detail)
 
     def _shutdown(self, reason: str, code: int) -> None:
-        self._timer.cancel()
+        self._dialer.hang_up(reason, code)
         self._services.drop_held()
-        transport, self._transport = self._transport, None
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.finish(code, reason)  # after the frames already queued (e.g. an error frame)
-        elif transport is not None:
-            transport.close(code, reason)
 
     def _set_state(self, state: ConnectionState, detail: str = "", quiet: bool = False) -> None:
         if state is self._state and state is not ConnectionState.BACKOFF:
             return
         self._state = state
-        # Connecting and authenticating pass in milliseconds, and a backoff after a logged close
-        # repeats its cause: a worker a facilitator keeps dropping logs two lines per session.
-        level = "DEBUG" if quiet or state in _TRANSIENT else "INFO"
-        self._log.bind(state=state.value).log(level, "connection {}{}", state.value, detail and f": {detail}")
+        log_state(self._log, state, detail, quiet)
         message = StateChanged(state, self._clock(), detail)
         for ref in self._subscribers:
             send(ref, message)

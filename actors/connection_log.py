@@ -1,21 +1,24 @@
 # The lines the worker's Connection logs about its sessions: why one closed (an ERROR only when
 # authentication failed on a side's configuration, with what to check), and a facilitator stream
-# that starts anew. Plain functions over the actor's bound logger.
+# that starts anew, a change of state. Plain functions over the actor's bound logger.
 from __future__ import annotations
 
 from typing import Any, Final
 
+from jobrelay.actors.actor_messages import ConnectionState
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES
 from jobrelay.protocol.errors import ErrorCode
 
-__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "auth_refused", "log_closed", "log_new_epoch"]
+__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "auth_refused", "log_closed", "log_new_epoch", "log_state"]
 
 GAVE_UP_ATTEMPTS: Final = "max_attempts"  # max_attempts connection attempts failed in a row
 GAVE_UP_AUTH: Final = "auth_refused"  # an identity was refused (see auth_refused)
 
 # What the worker closes with when the facilitator is not the one it pins.
 _NOT_OUR_FACILITATOR: Final = frozenset({ErrorCode.WRONG_KEY, ErrorCode.BAD_SIGNATURE})
+# States passed in milliseconds: their lines are DEBUG.
+_TRANSIENT: Final = (ConnectionState.CONNECTING, ConnectionState.AUTHENTICATING)
 # Refusals that trying again cannot change (a replayed nonce is a fluke: the next try has a new one).
 _REFUSED_US: Final = AUTH_CODES - {ErrorCode.REPLAYED_NONCE}
 
@@ -60,3 +63,11 @@ def log_new_epoch(bound: Any, event: ev.PeerStreamStarted) -> None:
         event.previous_epoch,
         event.after,
     )
+
+
+def log_state(log: Any, state: ConnectionState, detail: str, quiet: bool) -> None:
+    """The line of a state change: INFO, but DEBUG for the transient states and when ``quiet``
+    (a backoff after a logged close repeats its cause: a worker a facilitator keeps dropping logs
+    two lines per session, not four)."""
+    level = "DEBUG" if quiet or state in _TRANSIENT else "INFO"
+    log.bind(state=state.value).log(level, "connection {}{}", state.value, detail and f": {detail}")
