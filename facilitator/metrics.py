@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from jobrelay.common.gc_policy import gc_clock
+
 if TYPE_CHECKING:
     from jobrelay.facilitator.server import Facilitator
 
@@ -102,3 +104,25 @@ def facilitator_metrics(facilitator: Facilitator) -> Iterator[Metric]:
     )
     dropped.add_metric([], facilitator.hub.events.dropped)
     yield dropped
+    yield from _gc_metrics()
+
+
+def _gc_metrics() -> Iterator[Metric]:
+    """Time in Python's garbage collector, when ``jobrelay facilitator`` measures it (gc_policy)."""
+    clock = gc_clock()
+    if clock is None:
+        return
+    seconds = CounterMetricFamily(
+        "jobrelay_facilitator_gc_seconds",
+        "Seconds this process spent in Python's cyclic garbage collector, by generation",
+        labels=["generation"],
+    )
+    for generation, value in enumerate(clock.seconds):
+        seconds.add_metric([str(generation)], value)
+    yield seconds
+    longest = GaugeMetricFamily(
+        "jobrelay_facilitator_gc_longest_pause_seconds",
+        "The longest single garbage collection since start (the event loop stands still meanwhile)",
+    )
+    longest.add_metric([], clock.longest)
+    yield longest

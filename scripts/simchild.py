@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from simworkers import SimWorker, Tally
 
 from jobrelay.actors.config import WorkerConfig
+from jobrelay.common.gc_policy import tune_for_many_connections
 
 __all__ = ["ChildMessage", "Command", "Failure", "Jobs", "Ready", "Report", "Status", "raise_nofile"]
 
@@ -248,6 +249,7 @@ def main() -> int:
         lines = f.read().splitlines()[args.first : args.first + args.count]
     keys = [(parts[0], parts[1]) for parts in (line.split() for line in lines)]
     child = Child(args.child, args.url, keys, args.sources.split(","), args.facilitator_key)
+    tune_for_many_connections()  # thousands of connections per process, like the facilitator
     try:
         asyncio.run(child.serve())
     except Exception as exc:

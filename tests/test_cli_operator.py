@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -199,3 +200,18 @@ def test_submit_to_a_facilitator_that_is_down_says_it_is_retrying(tmp_path: Path
     lines = done.stderr.splitlines()
     assert len(lines) == 2 and "retrying" in lines[0]
     assert lines[1].startswith(f"jobrelay: error: cannot reach the facilitator at {url}")
+
+
+def test_the_facilitator_process_reports_its_garbage_collections_in_metrics(running: Running) -> None:
+    # `jobrelay facilitator` sets the collector for many connections (gc_policy) and measures it:
+    # an operator sees on /metrics when collections stop the loop, and for how long.
+    with urllib.request.urlopen(running.http + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    seconds = {
+        line.split('generation="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("jobrelay_facilitator_gc_seconds_total{")
+    }
+    assert sorted(seconds) == ["0", "1", "2"]
+    assert all(value >= 0 for value in seconds.values())
+    assert "# HELP jobrelay_facilitator_gc_longest_pause_seconds" in text

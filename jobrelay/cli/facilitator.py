@@ -14,6 +14,7 @@ from jobrelay.cli.errors import EXIT_OK
 from jobrelay.cli.service import ServiceLoop, check_ready_file, start_http, write_ready_file
 from jobrelay.cli.settings import FACILITATOR, LOG, Resolved, add_flags, build_config, config_error, resolve
 from jobrelay.cli.worker import check_db_path, print_config
+from jobrelay.common.gc_policy import tune_for_many_connections
 from jobrelay.common.http import HealthServer
 from jobrelay.common.http_access import AccessPolicy, is_loopback, load_api_tokens
 from jobrelay.facilitator import Facilitator, FacilitatorConfig, FacilitatorHealth, start_facilitator
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise config_error(resolved, exc) from None
     logs.configure(log.values["level"], json=log.values["json"])
+    tune_for_many_connections()  # this process is the facilitator: see gc_policy.py
     fac = _start(config, resolved)
     http: HealthServer | None = None
     try:
