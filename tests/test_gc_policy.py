@@ -53,7 +53,9 @@ def test_a_tuned_process_still_collects_garbage_cycles_by_itself() -> None:
         print(len(freed), clock.collections[0] >= 1)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=50
+    )
     assert done.returncode == 0, done.stderr
     thresholds, collected = done.stdout.splitlines()
     assert thresholds == f"{THRESHOLDS} True"
