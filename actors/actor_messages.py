@@ -58,6 +58,7 @@ class IoConnected(_Msg, frozen=True):
 class IoFailed(_Msg, frozen=True):
     attempt: int
     error: str
+    retry_after: float | None = None  # the facilitator said when to come back (503 Retry-After)
 
 
 class IoReceived(_Msg, frozen=True):

@@ -17,6 +17,7 @@ import msgspec
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.breaker import BreakerState, CircuitBreaker, Transition
+from jobrelay.protocol.come_back import come_back_delay
 
 __all__ = ["BreakerStatus", "ConnectPacer"]
 
@@ -70,18 +71,25 @@ class ConnectPacer:
             return 0.0
         return max(0.0, self.breaker.retry_at(now) - now) or self.breaker.config.recovery_timeout
 
-    def retry_delay(self, now: float, rand: float, *, failed_attempt: bool) -> float | None:
+    def retry_delay(
+        self, now: float, rand: float, *, failed_attempt: bool, hint: float | None = None
+    ) -> float | None:
         """Seconds before the next attempt after a failure or a closed session (None: give up).
 
         Args:
             rand: uniform in [0, 1), for the jitter.
             failed_attempt: the attempt never opened a session (the breaker counts it); a session
                 that opened and later closed is not a failed attempt.
+            hint: the facilitator was busy and said when to come back (its Retry-After, seconds):
+                that, spread over the following second, replaces the backoff's delay (the
+                attempt still counts towards ``max_attempts``).
         """
         if failed_attempt:
             self.breaker.record_failure(now)
             self._publish()
         delay = self.backoff.next_delay(rand)  # counts the failure (and gives up after max_attempts)
+        if delay is not None and hint is not None:
+            delay = come_back_delay(hint, rand)
         if delay is None or self.breaker.state(now) is not BreakerState.OPEN:
             return delay
         # Open: the probe waits out the breaker, then full jitter over one recovery timeout.

@@ -47,6 +47,7 @@ from jobrelay.actors.connection_log import (
     GAVE_UP_ATTEMPTS,
     GAVE_UP_AUTH,
     auth_refused,
+    log_attempt_failed,
     log_closed,
     log_new_epoch,
     log_state,
@@ -77,8 +78,7 @@ class ConnectionActor(pykka.ThreadingActor):
 
     Args:
         config: the worker configuration (checked).
-        marks: called from the I/O thread before each connection attempt to read the durable
-            stream marks (outbox and inbox state).
+        marks: read by the I/O thread before each attempt: the durable stream marks.
         outbox / router / metrics: actor refs this actor `tell`s.
         subscribers: refs that get a StateChanged message on every state change.
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
@@ -198,11 +198,9 @@ class ConnectionActor(pykka.ThreadingActor):
                 driver.close(ErrorCode.FRAME_TOO_LARGE, detail)
             case IoConnected(attempt=a, marks=marks) if a == self._dialer.attempt:
                 self._on_connected(marks)
-            case IoFailed(attempt=a, error=error) if a == self._dialer.attempt:
-                # Numbered 1, 2, 3 since the last session (the attempt id moves on at backoffs too).
-                url, tries = self.config.url, self._dialer.tries
-                self._log.warning("connection attempt {} to {} failed: {}", tries, url, error)
-                self._backoff(error, cause_logged=True, failed_attempt=True)
+            case IoFailed(attempt=a, error=error, retry_after=hint) if a == self._dialer.attempt:
+                log_attempt_failed(self._log, self._dialer.tries, self.config.url, error, hint)
+                self._backoff(error, cause_logged=True, failed_attempt=hint is None, hint=hint)
             case IoClosed(attempt=a, detail=detail) if a == self._dialer.attempt:
                 if driver is not None:
                     driver.lost(detail)
@@ -362,7 +360,9 @@ class ConnectionActor(pykka.ThreadingActor):
         if step.after is BreakerState.OPEN:
             self._services.local.check(step.at, breaker_open=True)
 
-    def _backoff(self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False) -> None:
+    def _backoff(
+        self, why: str, *, cause_logged: bool = False, failed_attempt: bool = False, hint: float | None = None
+    ) -> None:
         self._connected.clear()
         # A new attempt number: the old reader's IoClosed (it sees the socket we are closing
         # now) must not count as a second failure.
@@ -370,7 +370,7 @@ class ConnectionActor(pykka.ThreadingActor):
         self._shutdown(why, NORMAL)
         if self._stopping:
             return
-        delay = self._pacer.retry_delay(self._clock(), self._rand(), failed_attempt=failed_attempt)
+        delay = self._pacer.retry_delay(self._clock(), self._rand(), failed_attempt=failed_attempt, hint=hint)
         if delay is None:
             failures = self._pacer.backoff.failures
             self._log.error("giving up after {} failed connection attempts", failures)

@@ -10,7 +10,15 @@ from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES
 from jobrelay.protocol.errors import ErrorCode
 
-__all__ = ["GAVE_UP_ATTEMPTS", "GAVE_UP_AUTH", "auth_refused", "log_closed", "log_new_epoch", "log_state"]
+__all__ = [
+    "GAVE_UP_ATTEMPTS",
+    "GAVE_UP_AUTH",
+    "auth_refused",
+    "log_attempt_failed",
+    "log_closed",
+    "log_new_epoch",
+    "log_state",
+]
 
 GAVE_UP_ATTEMPTS: Final = "max_attempts"  # max_attempts connection attempts failed in a row
 GAVE_UP_AUTH: Final = "auth_refused"  # an identity was refused (see auth_refused)
@@ -71,3 +79,15 @@ def log_state(log: Any, state: ConnectionState, detail: str, quiet: bool) -> Non
     two lines per session, not four)."""
     level = "DEBUG" if quiet or state in _TRANSIENT else "INFO"
     log.bind(state=state.value).log(level, "connection {}{}", state.value, detail and f": {detail}")
+
+
+def log_attempt_failed(log: Any, tries: int, url: str, error: str, retry_after: float | None) -> None:
+    """A connection attempt failed (numbered 1, 2, 3 since the last session). A busy facilitator
+    (503 with a Retry-After) is up and said when to come back: routine in a storm, so INFO."""
+    log.log(
+        "WARNING" if retry_after is None else "INFO",
+        "connection attempt {} to {} failed: {}",
+        tries,
+        url,
+        error,
+    )

@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 
 from jobrelay.actors.actor_messages import IoClosed, IoConnected, IoFailed, IoReceived, IoTooLarge, send
-from jobrelay.common.transport import FrameTooLarge, Transport, TransportError
+from jobrelay.common.transport import FrameTooLarge, ServerBusy, Transport, TransportError
 from jobrelay.protocol.close_codes import GOING_AWAY
 from jobrelay.protocol.streams import StreamMarks
 
@@ -28,6 +28,9 @@ def read_connection(
     try:
         stream_marks = marks()
         transport.connect(url, timeout)
+    except ServerBusy as exc:
+        send(ref, IoFailed(attempt, str(exc), exc.retry_after))
+        return
     except Exception as exc:
         send(ref, IoFailed(attempt, str(exc)))
         return

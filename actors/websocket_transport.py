@@ -13,7 +13,8 @@ from collections.abc import Callable
 import websocket
 from websocket._abnf import frame_buffer
 
-from jobrelay.common.transport import FrameTooLarge, TransportClosed, TransportError
+from jobrelay.common.transport import FrameTooLarge, ServerBusy, TransportClosed, TransportError
+from jobrelay.protocol.come_back import parse_retry_after
 
 __all__ = ["WebSocketTransport"]
 
@@ -64,6 +65,13 @@ class WebSocketTransport:
             # An HTTP answer instead of a WebSocket upgrade: say so in one line, not the dump of
             # headers and body websocket-client puts in its message.
             status = f"{exc.status_code} {exc.status_message or ''}".strip()
+            retry_after = parse_retry_after((exc.resp_headers or {}).get("retry-after"))
+            if exc.status_code == 503 and retry_after is not None:
+                raise ServerBusy(
+                    f"{url} is busy admitting other workers (HTTP 503): asked to come back in "
+                    f"{retry_after:g}s",
+                    retry_after,
+                ) from exc
             raise TransportError(
                 f"cannot connect to {url}: it answered HTTP {status}, not a WebSocket upgrade "
                 "(is this the facilitator's HTTP port instead of its worker port, --port?)"

@@ -40,6 +40,7 @@ from jobrelay.facilitator.store_ops import Assignment
 from jobrelay.facilitator.views import Live
 from jobrelay.protocol.auth import NonceRegistry
 from jobrelay.protocol.close_codes import GOING_AWAY, TRY_AGAIN_LATER
+from jobrelay.protocol.come_back import ComeBackSchedule
 from jobrelay.protocol.messages import FacilitatorBody, JobRequest
 from jobrelay.protocol.session import SessionConfig, SessionState
 
@@ -94,6 +95,7 @@ class ConnectionHub:
             config.max_unauthenticated_per_address,
             self.counters.add,
         )
+        self.come_back = ComeBackSchedule()  # Retry-After for refusals over max_unauthenticated
         self._accept_failed_at = -_ACCEPT_TROUBLE
         self._accept_error = ""
         self._dispatch_handle: asyncio.TimerHandle | None = None

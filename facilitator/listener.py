@@ -38,7 +38,7 @@ async def listen(config: FacilitatorConfig, hub: ConnectionHub) -> Server:
             close_timeout=CLOSE_TIMEOUT,
             ssl=config.tls_context(),
             backlog=config.listen_backlog,
-            create_connection=gated_connection(hub.gate),
+            create_connection=gated_connection(hub.gate, hub.come_back),
         )
     except OSError as exc:
         raise ConfigError(

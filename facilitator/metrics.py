@@ -36,7 +36,7 @@ COUNTER_HELP: Final = {
     "jobs_no_worker": "Jobs failed no_worker: still queued at their start deadline",
     "refused_capacity": "Connections refused at max_workers (close code 1013)",
     "refused_connections": "Connections reset over the open-socket limit",
-    "refused_unauthenticated": "Connections reset over max_unauthenticated",
+    "refused_unauthenticated": "Connections refused over max_unauthenticated (503 with a Retry-After)",
     "refused_per_address": "Connections reset over max_unauthenticated_per_address",
     "accept_errors": "Failed accept() calls on the workers' port (e.g. out of file descriptors)",
     "handshakes_abandoned": "Handshakes given up while waiting for a slot (the worker had gone)",

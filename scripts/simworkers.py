@@ -7,7 +7,8 @@ reconnects, not the process. It acknowledges received data at once, answers each
 with `accepted`, `running`, `completed` status updates (sequenced, replayed after a reconnect from
 the facilitator's acknowledgement, like a real worker), heartbeats on one loop timer per
 connection, and reconnects with full-jitter backoff (`ReconnectPolicy` with the real worker's
-defaults) whenever a connection ends, until its process stops. The process (simchild.py) reads
+defaults; after a 503 with a Retry-After, that many seconds plus up to one, like a real worker)
+whenever a connection ends, until its process stops. The process (simchild.py) reads
 what the workers did from their shared `Tally`.
 
 Invariants: every await on the network is bounded (connecting by `connect_timeout`, the protocol
@@ -36,6 +37,7 @@ from jobrelay.actors.config import WorkerConfig
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.close_codes import close_code_for
+from jobrelay.protocol.come_back import come_back_delay, parse_retry_after
 from jobrelay.protocol.errors import ErrorCode
 from jobrelay.protocol.messages import JobCancel, JobRequest, JobStatus, JobStatusUpdate
 from jobrelay.protocol.session import OutFrame, SessionState, WorkerSession
@@ -119,6 +121,7 @@ class SimWorker:
         self.completions: deque[tuple[int, str, float]] = deque()  # (seq of `completed`, job, received)
         self.last_frame = 0.0
         self.max_gap = 0.0
+        self.retry_after: float | None = None  # the facilitator's Retry-After on its last refusal
 
     async def run(self, delay: float = 0.0) -> None:
         """After ``delay``: connect, serve, back off, until the process stops (or the task is
@@ -133,7 +136,10 @@ class SimWorker:
                 self.tally.error(f"{self.worker_id}: {type(exc).__name__}: {exc}")
             if reason:
                 self.tally.attempt_failures[reason] += 1
-            backoff = self.policy.next_delay(random.random())  # None only with max_attempts
+            rand = random.random()
+            backoff = self.policy.next_delay(rand)  # None only with max_attempts
+            if self.retry_after is not None:  # busy: come back when told, as a real worker does
+                backoff, self.retry_after = come_back_delay(self.retry_after, rand), None
             await asyncio.sleep(backoff if backoff is not None else self.policy.cap)
 
     async def _connection(self) -> str:
@@ -157,6 +163,7 @@ class SimWorker:
         except ConnectionRefusedError:
             return "refused"
         except InvalidStatus as exc:
+            self.retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
             return f"http_{exc.response.status_code}"
         except (InvalidHandshake, ConnectionError, EOFError):
             return "handshake_dropped"

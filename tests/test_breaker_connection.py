@@ -21,6 +21,7 @@ from jobrelay.actors.worker import Worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.protocol.backoff import ReconnectPolicy
 from jobrelay.protocol.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
+from jobrelay.protocol.come_back import MOST_RETRY_AFTER
 from jobrelay.testing.proxy import TcpProxy
 from tests.facilitator_client import KEYS, wait_until
 from tests.protocol_harness import FACILITATOR_PUBLIC
@@ -138,3 +139,15 @@ def test_refused_connects_open_the_breaker_and_recovery_closes_it(fac: Facilitat
     assert min(gaps) >= recovery - 0.1, gaps
     assert max(gaps) <= 2 * recovery + 0.5, gaps
     assert returned_after <= 2 * recovery + 0.5
+
+
+def test_a_busy_facilitator_is_come_back_to_when_it_says_and_does_not_trip_the_breaker() -> None:
+    # A 503 with a Retry-After: the hint (plus up to a second of spread) replaces the doubling
+    # backoff, and however many there are, the breaker stays closed (the facilitator is up).
+    p, seen = pacer(threshold=2, cap=30.0)
+    delays = [p.retry_delay(float(i), 0.25, failed_attempt=False, hint=7.0) for i in range(10)]
+    assert delays == [7.25] * 10
+    assert p.status(10.0).state == "closed" and not seen
+    assert p.backoff.failures == 10  # still counted towards max_attempts
+    huge = p.retry_delay(11.0, 0.0, failed_attempt=False, hint=1e9)
+    assert huge == MOST_RETRY_AFTER  # a peer cannot park a worker for longer

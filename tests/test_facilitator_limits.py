@@ -297,14 +297,16 @@ def test_handshake_slots_go_to_the_newest_waiter_first() -> None:
 
 
 def _was_reset(sock: socket.socket, wait: float = 0.3) -> bool:
-    """True when the facilitator reset or closed ``sock``; False while it holds it open."""
+    """True when the facilitator refused ``sock`` (reset or closed it, or answered 503 busy);
+    False while it holds it open."""
     sock.settimeout(wait)
     try:
-        return sock.recv(1) == b""
+        data = sock.recv(64)
     except (ConnectionResetError, BrokenPipeError):
         return True
     except TimeoutError:
         return False
+    return data == b"" or data.startswith(b"HTTP/1.1 503 ")
 
 
 def _raw(port: int, source: str) -> socket.socket:
@@ -419,3 +421,74 @@ def test_a_failing_accept_is_survived_and_reported_by_healthz(tmp_path: Path) ->
     assert result["answer"] == "HTTP/1.1 101"
     assert result["after"] == [True, ""]
     assert done.stderr.count("cannot accept connections") == 1, done.stderr  # once a minute
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the facilitator writes to ``sock`` until it closes it (bounded)."""
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_a_storm_over_max_unauthenticated_is_told_when_to_come_back(tmp_path: Path) -> None:
+    # Over max_unauthenticated (too many handshakes at once, a reconnect storm) a connection gets
+    # "503" with a Retry-After from the come-back schedule, written before its request is read;
+    # over the per-address limit (one anonymous source) it is still only reset.
+    fac = make_facilitator(tmp_path, max_unauthenticated=1, handshake_timeout=30.0)
+    holder = _raw(fac.port, "127.0.0.2")
+    refused: list[socket.socket] = []
+    try:
+        wait_until(lambda: fac.hub.gate.unauthenticated == 1)
+        for _ in range(3):
+            sock = _raw(fac.port, "127.0.0.3")
+            refused.append(sock)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+            answer = _answer(sock)  # the facilitator closes after the answer: no reset eats it
+            head, _, _ = answer.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            assert lines[0] == "HTTP/1.1 503 Service Unavailable", answer
+            retry_after = [line.split(": ")[1] for line in lines if line.startswith("Retry-After: ")]
+            assert len(retry_after) == 1 and 1 <= int(retry_after[0]) <= 120
+        assert fac.stats().refused_unauthenticated == 3
+        assert fac.hub.gate.open == 1  # the refused ones hold nothing once they closed
+    finally:
+        for sock in [holder, *refused]:
+            sock.close()
+        fac.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_told_to_come_back_does_so_and_connects(tmp_path: Path) -> None:
+    # The real worker (websocket-client) reads the 503's Retry-After, logs it at INFO (routine in
+    # a storm), keeps its breaker closed, and connects on its return once there is room.
+    from jobrelay.actors import WorkerConfig, start_worker
+    from tests.protocol_harness import FACILITATOR_PUBLIC
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{level} {message}")
+    fac = make_facilitator(tmp_path, max_unauthenticated=1, handshake_timeout=30.0)
+    holder = _raw(fac.port, "127.0.0.2")
+    config = WorkerConfig(
+        url=fac.url,
+        worker_id="w1",
+        key=KEYS["w1"].private_bytes_raw().hex(),
+        facilitator_key=FACILITATOR_PUBLIC,
+        db_path=str(tmp_path / "w1.db"),
+        durability="normal",
+        breaker_failure_threshold=1,  # a reset would open it at once; a busy answer must not
+    )
+    try:
+        wait_until(lambda: fac.hub.gate.unauthenticated == 1)
+        with start_worker(config, {}) as worker:
+            wait_until(lambda: any("busy admitting other workers" in line for line in lines), timeout=10)
+            holder.close()  # room again
+            worker.wait_connected(10)
+            assert worker.connection.breaker().get(timeout=5).state == "closed"
+        busy = [line for line in lines if "busy admitting other workers" in line]
+        assert busy[0].startswith("INFO ") and "come back in 1s" in busy[0], busy
+    finally:
+        holder.close()
+        fac.stop()
+        logger.remove(sink)

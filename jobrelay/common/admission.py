@@ -68,6 +68,7 @@ class ConnectionGate:
         self.unauthenticated = 0
         self._by_address: dict[str, int] = {}
         self._log = RefusalLog()
+        self.last_refusal = ""  # the reason of the latest refusal (for how it is answered)
 
     def admit(self, address: str) -> bool:
         """Take a new connection from ``address`` (counted as unauthenticated), or refuse it."""
@@ -108,6 +109,7 @@ class ConnectionGate:
             self.authenticated(address)  # drop it from the unauthenticated counts
 
     def _refuse(self, address: str, reason: str, detail: str) -> bool:
+        self.last_refusal = reason
         self.count(f"refused_{reason}")
         if self._log.should_log(address, reason):
             logger.warning(

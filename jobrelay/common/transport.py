@@ -10,7 +10,14 @@ from typing import Protocol
 
 from jobrelay.protocol.errors import JobrelayError
 
-__all__ = ["BackgroundSender", "FrameTooLarge", "Transport", "TransportClosed", "TransportError"]
+__all__ = [
+    "BackgroundSender",
+    "FrameTooLarge",
+    "ServerBusy",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+]
 
 
 class TransportError(JobrelayError):
@@ -19,6 +26,15 @@ class TransportError(JobrelayError):
 
 class TransportClosed(TransportError):
     """The connection is gone (closed by either side or broken)."""
+
+
+class ServerBusy(TransportError):
+    """The server answered "503 Service Unavailable" with a Retry-After: it is up, but taking
+    other connections first (a reconnect storm); come back in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class FrameTooLarge(TransportError):
