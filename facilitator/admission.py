@@ -6,7 +6,8 @@
 # "503 Service Unavailable" with a Retry-After from the ComeBackSchedule, written before the
 # request is read; its request is read and dropped (closing with unread data would reset the
 # connection and could destroy the answer in flight) until the worker closes, or BUSY_LINGER.
-# Other refusals (the socket cap, per address: anonymous floods) are reset.
+# At most max_unauthenticated such answers are pending at once (the gate's may_answer): beyond,
+# and for the other refusals (the socket cap, per address: anonymous floods), a reset.
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ from jobrelay.protocol.come_back import ComeBackSchedule
 
 __all__ = ["BUSY_LINGER", "GatedConnection", "busy_response", "gated_connection"]
 
-BUSY_LINGER: Final = 2.0
+BUSY_LINGER: Final = 1.0
 """Seconds a refused connection's 503 waits for the worker to read it and close, then reset."""
 
 
@@ -52,7 +53,7 @@ class GatedConnection(FrameConnection):
             # What connection_lost needs, without the handshake task ServerConnection starts.
             Connection.connection_made(self, transport)
             tcp = cast(asyncio.Transport, transport)
-            if self.gate.last_refusal != "unauthenticated":
+            if self.gate.last_refusal != "unauthenticated" or not self.gate.may_answer():
                 tcp.abort()
                 return
             tcp.write(busy_response(self.come_back.hint(time.monotonic())))
@@ -81,6 +82,7 @@ class GatedConnection(FrameConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._busy is not None:
             self._busy.cancel()
+            self.gate.answered()
         if self.admitted:
             self.admitted = False
             self.gate.closed(self.address, self.authenticated)

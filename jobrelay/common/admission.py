@@ -69,6 +69,7 @@ class ConnectionGate:
         self._by_address: dict[str, int] = {}
         self._log = RefusalLog()
         self.last_refusal = ""  # the reason of the latest refusal (for how it is answered)
+        self.answering = 0  # refused sockets held while a short answer drains (may_answer)
 
     def admit(self, address: str) -> bool:
         """Take a new connection from ``address`` (counted as unauthenticated), or refuse it."""
@@ -91,6 +92,19 @@ class ConnectionGate:
         self.unauthenticated += 1
         self._by_address[address] = from_address + 1
         return True
+
+    def may_answer(self) -> bool:
+        """Room to hold one more refused socket while its short answer (a 503) drains: at most
+        ``max_unauthenticated`` at once, so a flood gets resets, never a descriptor per attempt.
+        Pair a True with ``answered()``."""
+        if self.answering >= self.max_unauthenticated:
+            return False
+        self.answering += 1
+        return True
+
+    def answered(self) -> None:
+        """A socket taken by ``may_answer`` is closed."""
+        self.answering -= 1
 
     def authenticated(self, address: str) -> None:
         """A connection from ``address`` proved its worker key: it no longer counts as
