@@ -31,7 +31,7 @@ from jobrelay.facilitator.connection import WorkerConnection
 from jobrelay.facilitator.counters import Counters
 from jobrelay.facilitator.deadlines import StartDeadlines
 from jobrelay.facilitator.events import EventBus
-from jobrelay.facilitator.pacing import Chatter, NewestFirst
+from jobrelay.facilitator.pacing import Chatter, NewestFirst, RecentPeak
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.ready import ReadyWorkers
 from jobrelay.facilitator.retry_timers import RetryTimers
@@ -87,6 +87,7 @@ class ConnectionHub:
         self._all: set[WorkerConnection] = set()  # every connection, authenticating ones too
         self.open_sessions = 0  # changed on the loop thread only (WorkerConnection opened/closed)
         self._handshakes = NewestFirst(config.max_handshakes)
+        self._fleet = RecentPeak()  # heartbeats budgeted for the recent peak, not a storm's trough
         self._refusals = RefusalLog()
         # Sized to the open-file limit at start (descriptors.fit_to_descriptors).
         self.gate = ConnectionGate(
@@ -337,8 +338,8 @@ class ConnectionHub:
 
     def new_session_config(self) -> SessionConfig:
         """The limits for a session starting now: heartbeats slower when many connections are
-        held (``FacilitatorConfig.heartbeat_rate``)."""
-        scale = self.config.heartbeat_scale(len(self._all) + 1)  # this one counts
+        held, or were within the last minutes (``FacilitatorConfig.heartbeat_rate``)."""
+        scale = self.config.heartbeat_scale(self._fleet.observe(len(self._all) + 1))  # this one counts
         config = self._session_configs.get(scale)
         if config is None:
             config = self._session_configs[scale] = self.config.session_config(scale)

@@ -1,14 +1,16 @@
-# Pacing on the facilitator's loop: handshake slots handed out newest waiter first, and
-# per-connection log lines summarised in a storm (and per source for peers without a key).
+# Pacing on the facilitator's loop: handshake slots handed out newest waiter first, the fleet
+# size heartbeats are budgeted for, and per-connection log lines summarised in a storm (and per
+# source for peers without a key).
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Final
 
 from loguru import logger
 
-__all__ = ["Chatter", "NewestFirst"]
+__all__ = ["Chatter", "NewestFirst", "RecentPeak"]
 
 _LOG_EVERY: Final = 60.0  # the window of Chatter's per-source line budget
 
@@ -47,6 +49,29 @@ class NewestFirst:
                 waiter.set_result(None)
                 return
         self.free += 1
+
+
+class RecentPeak:
+    """The most connections held within the last ``memory`` seconds: the fleet a new session's
+    heartbeat interval is budgeted for (``heartbeat_rate``). A session keeps its interval until it
+    reconnects, so after a mass cut (a reconnect storm, a network blip) sizing each returning
+    session by the count at its own welcome would give the first thousands the short interval of
+    a small fleet for as long as they stay, and the load would exceed the budget once all are
+    back. A fleet that really shrank is budgeted for its new size after ``memory``. ``clock`` is
+    injected for tests."""
+
+    def __init__(self, memory: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.memory = memory
+        self._clock = clock
+        self._peak = 0
+        self._at = 0.0
+
+    def observe(self, count: int) -> int:
+        """Note ``count`` connections held now; the fleet size to budget for."""
+        now = self._clock()
+        if count >= self._peak or now - self._at > self.memory:
+            self._peak, self._at = count, now
+        return self._peak
 
 
 class Chatter:

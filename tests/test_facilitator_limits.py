@@ -19,6 +19,7 @@ import websocket
 from loguru import logger
 
 from jobrelay.facilitator import Facilitator
+from jobrelay.facilitator.pacing import RecentPeak
 from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,6 +121,21 @@ def test_sessions_get_slower_heartbeats_when_many_connections_are_held(tmp_path:
         wait_until(lambda: fac.stats().connected_workers == 3)
         workers[0].disconnect()
         wait_until(lambda: fac.stats().connected_workers == 2)
+        # Coming back after a cut, a worker is budgeted for the fleet of minutes ago (3), not
+        # for the two still connected: a storm's first returners do not keep a short interval.
+        workers[0].connect()
+        assert (workers[0].session.heartbeat_interval, workers[0].session.heartbeat_timeout) == (1.5, 6.0)
+
+
+def test_the_fleet_size_is_the_recent_peak_and_forgets_it_after_its_memory() -> None:
+    now = [0.0]
+    peak = RecentPeak(memory=600.0, clock=lambda: now[0])
+    assert [peak.observe(n) for n in (1, 5, 10, 3)] == [1, 5, 10, 10]
+    now[0] = 599.0
+    assert peak.observe(2) == 10
+    now[0] = 601.0
+    assert peak.observe(2) == 2  # the fleet really shrank
+    assert peak.observe(4) == 4
 
 
 def test_a_zero_heartbeat_rate_keeps_the_interval_fixed(tmp_path: Path) -> None:
