@@ -367,7 +367,11 @@ class WorkerConnection:
         if session.is_open and stuck > session.heartbeat_timeout:
             self.driver.close(ErrorCode.HEARTBEAT_TIMEOUT, f"worker not reading: a send waited {stuck:.1f}s")
         else:
-            self.driver.tick(time.time())  # deadlines, and a heartbeat when one is due
+            now, target = time.time(), self.hub.new_session_config(starting=0)
+            if session.is_open and target.heartbeat_interval > session.heartbeat_interval:
+                # The fleet grew since this session's welcome: keep to its budget (§6.1).
+                session.lengthen_heartbeat(now, target.heartbeat_interval, target.heartbeat_timeout)
+            self.driver.tick(now)  # deadlines, and a heartbeat when one is due
         if not self._closed():  # closed: _on_closed closes the socket, which ends run()'s wait
             self._arm_timer()
 

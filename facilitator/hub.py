@@ -336,10 +336,11 @@ class ConnectionHub:
         with self._lock:
             return {w: Live(c.is_open, c.draining, c.last_contact) for w, c in self._conns.items()}
 
-    def new_session_config(self) -> SessionConfig:
-        """The limits for a session starting now: heartbeats slower when many connections are
+    def new_session_config(self, starting: int = 1) -> SessionConfig:
+        """The limits for a session starting now (``starting=1``: it counts; 0: the values a
+        session already open should keep to now): heartbeats slower when many connections are
         held, or were within the last minutes (``FacilitatorConfig.heartbeat_rate``)."""
-        scale = self.config.heartbeat_scale(self._fleet.observe(len(self._all) + 1))  # this one counts
+        scale = self.config.heartbeat_scale(self._fleet.observe(len(self._all) + starting))
         config = self._session_configs.get(scale)
         if config is None:
             config = self._session_configs[scale] = self.config.session_config(scale)

@@ -260,11 +260,16 @@ class Ack(_Message, tag="ack", frozen=True):
     upto: Mark
 
 
-class Heartbeat(_Message, tag="heartbeat", frozen=True):
-    """Liveness, both directions. ``draining`` tells the facilitator to send no new jobs."""
+class Heartbeat(_Message, tag="heartbeat", frozen=True, omit_defaults=True):
+    """Liveness, both directions. ``draining`` tells the facilitator to send no new jobs. From
+    the facilitator, ``heartbeat_interval_ms`` and ``heartbeat_timeout_ms`` (both or neither)
+    lengthen the session's values of its welcome from this heartbeat on (PROTOCOL §6.1).
+    Fields at their default are not sent."""
 
     at: Timestamp
     draining: bool = False
+    heartbeat_interval_ms: Millis | None = None
+    heartbeat_timeout_ms: Millis | None = None
 
 
 class Error(_Message, tag="error", frozen=True):

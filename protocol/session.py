@@ -315,6 +315,21 @@ class _Session(Generic[In]):
         self._send(Heartbeat(at=now, draining=draining))
         self.last_sent = now
 
+    def lengthen_heartbeat(self, now: float, interval: float, timeout: float) -> None:
+        """Facilitator: both sides keep to a longer ``interval`` and ``timeout`` from now on, sent
+        at once in a heartbeat (before our next one could be later than the peer's old timeout).
+        Values not longer than the current ones are ignored: a session never gets shorter ones."""
+        if not (self.heartbeat_interval < interval < timeout and timeout > self.heartbeat_timeout):
+            return
+        self._require_open("lengthen heartbeats")
+        self.heartbeat_interval, self.heartbeat_timeout = interval, timeout
+        ms = (int(interval * 1000), int(timeout * 1000))
+        self._send(Heartbeat(at=now, heartbeat_interval_ms=ms[0], heartbeat_timeout_ms=ms[1]))
+        self.last_sent = now
+
+    def _heartbeat_values(self, frame: Heartbeat) -> None:
+        """A received heartbeat's interval and timeout (only a worker adopts them)."""
+
     def send_request(self, request: Request, now: float) -> None:
         self._require_open("send a request")
         self._requests[request.id] = now + request.timeout_ms / 1000.0
@@ -361,6 +376,8 @@ class _Session(Generic[In]):
                     self._send_queued()
             case Heartbeat():
                 self.peer_draining = frame.draining
+                if frame.heartbeat_interval_ms is not None:
+                    self._heartbeat_values(frame)
                 self._events.append(HeartbeatReceived(at=frame.at, draining=frame.draining))
             case Request():
                 self._events.append(RequestReceived(request=frame))
@@ -554,6 +571,14 @@ class WorkerSession(_Session[FacilitatorFrame]):
                 in_hwm=self.marks.in_hwm,
             )
         )
+
+    def _heartbeat_values(self, frame: Heartbeat) -> None:
+        # Longer values only, interval below timeout (PROTOCOL §6.1); anything else is ignored.
+        interval, timeout = frame.heartbeat_interval_ms, frame.heartbeat_timeout_ms
+        if interval is None or timeout is None or not interval < timeout:
+            return
+        if interval / 1000.0 > self.heartbeat_interval and timeout / 1000.0 > self.heartbeat_timeout:
+            self.heartbeat_interval, self.heartbeat_timeout = interval / 1000.0, timeout / 1000.0
 
     def _on_welcome(self, frame: Welcome) -> None:
         marks = self.marks

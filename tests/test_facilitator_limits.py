@@ -118,6 +118,13 @@ def test_sessions_get_slower_heartbeats_when_many_connections_are_held(tmp_path:
         ]
         ours = fac.hub._conns["w3"]
         assert (ours.session.heartbeat_interval, ours.session.heartbeat_timeout) == (1.5, 6.0)
+        # The first two keep to the budget too: at its next heartbeat the facilitator lengthens
+        # their sessions to the values of the fleet now (PROTOCOL §6.1), on both ends.
+        first = workers[0]
+        first.wait_for(lambda: first.session is not None and first.session.heartbeat_interval == 1.5)
+        assert first.session is not None and first.session.heartbeat_timeout == 6.0
+        theirs = fac.hub._conns["w1"]
+        assert (theirs.session.heartbeat_interval, theirs.session.heartbeat_timeout) == (1.5, 6.0)
         wait_until(lambda: fac.stats().connected_workers == 3)
         workers[0].disconnect()
         wait_until(lambda: fac.stats().connected_workers == 2)

@@ -311,3 +311,42 @@ def test_received_frames_are_counted(burst: bool) -> None:
     link.deliver(link.worker, burst=burst)
     assert link.facilitator.driver.frames_in == 2 + 4  # hello, auth, then the data
     assert link.facilitator.driver.frames_out == 2 + (1 if burst else 4)  # challenge, welcome, acks
+
+
+def test_the_facilitator_lengthens_a_sessions_heartbeats_and_the_worker_keeps_to_them() -> None:
+    # PROTOCOL §6.1: a heartbeat from the facilitator carrying longer values moves both ends to
+    # them at once; shorter or inconsistent values are ignored; plain heartbeats carry no values.
+    link = Link(SessionConfig(heartbeat_interval=1.0, heartbeat_timeout=4.0)).open()
+    fac, worker = link.facilitator.driver.session, link.worker.driver.session
+    fac.lengthen_heartbeat(T0 + 0.5, 2.0, 8.0)
+    link.facilitator.driver.flush()
+    assert link.facilitator.log == [
+        (
+            "frame",
+            {
+                "type": "heartbeat",
+                "at": T0 + 0.5,
+                "heartbeat_interval_ms": 2000,
+                "heartbeat_timeout_ms": 8000,
+            },
+        )
+    ]
+    assert (fac.heartbeat_interval, fac.heartbeat_timeout) == (2.0, 8.0)
+    link.run()
+    assert (worker.heartbeat_interval, worker.heartbeat_timeout) == (2.0, 8.0)
+    link.worker.driver.tick(T0 + 1.5)  # the old interval would have been due
+    assert link.worker.frame_types() == []
+    link.worker.driver.tick(T0 + 2.0)
+    frames = [f for kind, f in link.worker.log if kind == "frame"]
+    assert frames == [{"type": "heartbeat", "at": T0 + 2.0}]  # no values, no defaults
+    fac.lengthen_heartbeat(T0 + 3.0, 1.5, 6.0)  # shorter: not sent, not applied
+    fac.lengthen_heartbeat(T0 + 3.0, 9.0, 8.5)  # interval not below the timeout
+    link.facilitator.driver.flush()
+    assert link.facilitator.frame_types() == ["heartbeat"]
+    for interval, timeout in ((1500, 6000), (9000, 8500), (3000, None)):  # a peer's bad values
+        frame = {"type": "heartbeat", "at": T0, "heartbeat_interval_ms": interval}
+        if timeout is not None:
+            frame["heartbeat_timeout_ms"] = timeout
+        link.worker.driver.receive(msgspec.json.encode(frame).decode(), T0 + 3.0)
+        assert (worker.heartbeat_interval, worker.heartbeat_timeout) == (2.0, 8.0)
+    assert worker.is_open
