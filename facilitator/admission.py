@@ -5,7 +5,8 @@
 # A refusal over max_unauthenticated (a reconnect storm: too many handshakes at once) is answered
 # "503 Service Unavailable" with a Retry-After from the ComeBackSchedule, written before the
 # request is read; its request is read and dropped (closing with unread data would reset the
-# connection and could destroy the answer in flight) until the worker closes, or BUSY_LINGER.
+# connection and could destroy the answer in flight) and the socket closed once the request's
+# headers ended, or the worker closed, or after BUSY_LINGER (a reset).
 # At most max_unauthenticated such answers are pending at once (the gate's may_answer): beyond,
 # and for the other refusals (the socket cap, per address: anonymous floods), a reset.
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jobrelay.protocol.come_back import ComeBackSchedule
 __all__ = ["BUSY_LINGER", "GatedConnection", "busy_response", "gated_connection"]
 
 BUSY_LINGER: Final = 1.0
-"""Seconds a refused connection's 503 waits for the worker to read it and close, then reset."""
+"""Seconds a refused connection's 503 waits for the end of the worker's request, then reset."""
+_MOST_REFUSED_REQUEST: Final = 16_384  # bytes of a refused request read before giving up on it
 
 
 def busy_response(retry_after: int) -> bytes:
@@ -45,6 +47,8 @@ class GatedConnection(FrameConnection):
     admitted = False
     authenticated = False
     _busy: asyncio.TimerHandle | None = None  # refused with a 503: the reset if it lingers
+    _refused_tail = b""  # the last bytes a refused connection sent (its headers' end may straddle)
+    _refused_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -65,7 +69,15 @@ class GatedConnection(FrameConnection):
     def data_received(self, data: bytes) -> None:
         if self._busy is None:
             super().data_received(data)
-        # else: the refused request, read only so that closing does not reset the answer
+            return
+        # The refused request, read only so that closing does not reset the answer: once its
+        # headers ended, close (the 503 goes first, then FIN); a huge one is not waited for.
+        seen, self._refused_bytes = self._refused_tail + data, self._refused_bytes + len(data)
+        if b"\r\n\r\n" in seen:
+            self.transport.close()
+        elif self._refused_bytes > _MOST_REFUSED_REQUEST:
+            self.transport.abort()
+        self._refused_tail = seen[-3:]
 
     def eof_received(self) -> None:
         if self._busy is not None:
