@@ -7,8 +7,8 @@
 # request is read; its request is read and dropped (closing with unread data would reset the
 # connection and could destroy the answer in flight) and the socket closed once the request's
 # headers ended, or the worker closed, or after BUSY_LINGER (a reset).
-# At most max_unauthenticated such answers are pending at once (the gate's may_answer): beyond,
-# and for the other refusals (the socket cap, per address: anonymous floods), a reset.
+# Such sockets count against the gate's socket cap (may_answer): beyond it, and for the other
+# refusals (the socket cap, per address: anonymous floods), a reset.
 from __future__ import annotations
 
 import asyncio

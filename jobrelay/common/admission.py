@@ -1,8 +1,9 @@
 # Which connections a server takes, decided the moment the TCP connection is accepted, before any
 # HTTP or WebSocket work is spent on it (the facilitator's workers' port and every HTTP server).
 # Invariants:
-# - At most ``max_connections`` sockets are held (authenticated or not), a number below what the
-#   open-file limit allows: the listener never runs out of descriptors.
+# - At most ``max_connections`` sockets are held (authenticated or not, and refused ones whose
+#   short answer drains), a number below what the open-file limit allows: the listener never
+#   runs out of descriptors.
 # - At most ``max_unauthenticated`` of them have not yet proved a worker key, and at most
 #   ``per_address`` of those come from one remote address: one anonymous client cannot take the
 #   room legitimate workers need, and a reconnect storm is admitted at the pace handshakes are
@@ -73,7 +74,7 @@ class ConnectionGate:
 
     def admit(self, address: str) -> bool:
         """Take a new connection from ``address`` (counted as unauthenticated), or refuse it."""
-        if self.open >= self.max_connections:
+        if self.open + self.answering >= self.max_connections:
             return self._refuse(address, "connections", f"{self.open} open, the most this process holds")
         if self.unauthenticated >= self.max_unauthenticated:
             return self._refuse(
@@ -94,10 +95,11 @@ class ConnectionGate:
         return True
 
     def may_answer(self) -> bool:
-        """Room to hold one more refused socket while its short answer (a 503) drains: at most
-        ``max_unauthenticated`` at once, so a flood gets resets, never a descriptor per attempt.
-        Pair a True with ``answered()``."""
-        if self.answering >= self.max_unauthenticated:
+        """Room to hold one more refused socket while its short answer (a 503) drains: such
+        sockets count against ``max_connections`` like admitted ones, so a flood that never reads
+        gets resets once the sockets held reach it, never more descriptors than that. Pair a True
+        with ``answered()``."""
+        if self.open + self.answering >= self.max_connections:
             return False
         self.answering += 1
         return True
