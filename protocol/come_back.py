@@ -11,7 +11,10 @@
 # - ``rate`` is 1.25 × the admissions per second measured over the last ``window`` seconds, never
 #   below ``floor``: workers are asked back a little faster than they are taken, so a facilitator
 #   that could take more finds out, and one that takes fewer refuses the surplus again (each
-#   refusal gets a later slot).
+#   refusal gets a later slot). The floor is optimistic (500/s, about what one core finishes)
+#   because the two errors differ: asking back too early costs a worker one more refusal, too
+#   late leaves the facilitator idle while workers wait (measured with a floor of 100/s: a
+#   10,000-worker storm spread over 100 s, twice what the facilitator needed).
 # - Hints are whole seconds (Retry-After's unit), at least 1 and at most ``cap``; the worker
 #   spreads its return over the following second.
 from __future__ import annotations
@@ -25,7 +28,7 @@ __all__ = ["MOST_RETRY_AFTER", "ComeBackSchedule", "come_back_delay", "parse_ret
 class ComeBackSchedule:
     """Hands each refused connection a time to come back (see the module invariants)."""
 
-    def __init__(self, *, floor: float = 100.0, cap: float = 120.0, window: float = 5.0) -> None:
+    def __init__(self, *, floor: float = 500.0, cap: float = 120.0, window: float = 5.0) -> None:
         if floor <= 0 or cap < 1 or window <= 0:
             raise ValueError("ComeBackSchedule: floor and window must be > 0, cap ≥ 1")
         self.floor = floor
