@@ -323,8 +323,8 @@ class _Session(Generic[In]):
             return
         self._require_open("lengthen heartbeats")
         self.heartbeat_interval, self.heartbeat_timeout = interval, timeout
-        ms = (int(interval * 1000), int(timeout * 1000))
-        self._send(Heartbeat(at=now, heartbeat_interval_ms=ms[0], heartbeat_timeout_ms=ms[1]))
+        ms_interval, ms_timeout = int(interval * 1000), int(timeout * 1000)
+        self._send(Heartbeat(at=now, heartbeat_interval_ms=ms_interval, heartbeat_timeout_ms=ms_timeout))
         self.last_sent = now
 
     def _heartbeat_values(self, frame: Heartbeat) -> None:

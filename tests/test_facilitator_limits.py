@@ -18,9 +18,10 @@ import pytest
 import websocket
 from loguru import logger
 
+from jobrelay.actors import start_worker
 from jobrelay.facilitator import Facilitator
 from jobrelay.facilitator.pacing import RecentPeak
-from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until
+from tests.facilitator_client import KEYS, TestWorker, make_facilitator, wait_until, worker_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -491,22 +492,12 @@ def test_a_storm_over_max_unauthenticated_is_told_when_to_come_back(tmp_path: Pa
 def test_a_worker_told_to_come_back_does_so_and_connects(tmp_path: Path) -> None:
     # The real worker (websocket-client) reads the 503's Retry-After, logs it at INFO (routine in
     # a storm), keeps its breaker closed, and connects on its return once there is room.
-    from jobrelay.actors import WorkerConfig, start_worker
-    from tests.protocol_harness import FACILITATOR_PUBLIC
-
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{level} {message}")
     fac = make_facilitator(tmp_path, max_unauthenticated=1, handshake_timeout=30.0)
     holder = _raw(fac.port, "127.0.0.2")
-    config = WorkerConfig(
-        url=fac.url,
-        worker_id="w1",
-        key=KEYS["w1"].private_bytes_raw().hex(),
-        facilitator_key=FACILITATOR_PUBLIC,
-        db_path=str(tmp_path / "w1.db"),
-        durability="normal",
-        breaker_failure_threshold=1,  # a reset would open it at once; a busy answer must not
-    )
+    # A reset would open the breaker at once (threshold 1); a busy answer must not.
+    config = worker_config(fac, tmp_path, "w1", durability="normal", breaker_failure_threshold=1)
     try:
         wait_until(lambda: fac.hub.gate.unauthenticated == 1)
         with start_worker(config, {}) as worker:
