@@ -45,7 +45,7 @@ class ConnectionState(enum.StrEnum):
     CLOSED = "closed"
 
 
-class _Msg(msgspec.Struct, frozen=True):
+class _Msg(msgspec.Struct, frozen=True, gc=False):
     pass
 
 

@@ -93,7 +93,7 @@ TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
 )
 
 
-class _Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+class _Message(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, gc=False):
     """Base of every frame and data body."""
 
 

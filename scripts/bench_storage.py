@@ -188,13 +188,13 @@ class Bench:
                 return n
 
             ours = timed(jr)
-        conn = sqlite3.connect(path)
+        bare_path = self.fresh("bare")
+        build_bare_backlog(bare_path, count)
+        conn = sqlite3.connect(bare_path)
 
         def bare() -> int:
             n = 0
-            for _ in conn.execute(
-                "SELECT seq, kind, payload, created_at FROM outbox WHERE stream_id = 1 ORDER BY seq"
-            ):
+            for _ in conn.execute("SELECT seq, kind, payload, created_at FROM outbox ORDER BY seq"):
                 n += 1
             return n
 
@@ -203,12 +203,13 @@ class Bench:
         return ours, limit
 
     def rss(self, count: int) -> tuple[float, float, float, float]:
-        path = self.fresh("jr-1m")
+        path, bare_path = self.fresh("jr-1m"), self.fresh("bare-1m")
         build_backlog(path, count)
+        build_bare_backlog(bare_path, count)
         out = []
-        for mode in ("jobrelay", "bare"):
+        for mode, file in (("jobrelay", path), ("bare", bare_path)):
             proc = subprocess.run(
-                [sys.executable, __file__, "--rss-child", mode, str(path), str(count)],
+                [sys.executable, __file__, "--rss-child", mode, str(file), str(count)],
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -234,6 +235,17 @@ def build_backlog(path: Path, count: int) -> None:
             left -= n
 
 
+def build_bare_backlog(path: Path, count: int) -> None:
+    """The same backlog as bare sqlite3 would keep it: one row per message."""
+    conn = bare_connect(path, "NORMAL")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO outbox VALUES (?, ?, ?, ?)", ((s, KIND, PAYLOAD, 0.0) for s in range(1, count + 1))
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
 def vm(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -249,9 +261,7 @@ def rss_child(mode: str, path: str, count: int) -> None:
         rows = box.pending()
     else:
         conn = sqlite3.connect(path)
-        rows = conn.execute(  # type: ignore[assignment]
-            "SELECT seq, kind, payload, created_at FROM outbox WHERE stream_id = 1 ORDER BY seq"
-        )
+        rows = conn.execute("SELECT seq, kind, payload, created_at FROM outbox ORDER BY seq")  # type: ignore[assignment]
     before = vm("VmHWM")
     start = time.perf_counter()
     n = 0

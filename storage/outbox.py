@@ -1,10 +1,14 @@
 # The durable outgoing stream: append → seq, cumulative ack, streamed replay, bounds.
+# Messages are stored in segments (storage/segments.py): one row per append of up to
+# MAX_MESSAGES messages, so a burst is one insert and an ack a few deletes.
 # Invariants (per stream name within one database file):
 # - Seqs start at 1, are assigned contiguously in append order and never reused: ``last_seq``
 #   lives in outbox_streams and survives deleting every row and restarting the process.
-# - Stored rows are exactly the unacknowledged ones: seqs last_acked+1 … last_seq, contiguous.
-# - depth_rows/depth_bytes in outbox_streams equal the count and payload bytes of stored rows,
-#   and never exceed max_rows/max_bytes through append (OutboxFull instead; nothing stored).
+# - Stored messages are the unacknowledged ones, seqs last_acked+1 … last_seq, contiguous, plus
+#   the acknowledged head of the first segment (kept until all of it is acknowledged; never read:
+#   every read starts after last_acked).
+# - depth_rows/depth_bytes in outbox_streams equal the count and payload bytes of unacknowledged
+#   messages, and never exceed max_rows/max_bytes through append (OutboxFull instead; nothing stored).
 # - Every public call is one transaction: it happens completely or not at all.
 # - ``epoch`` is created with the stream and changes only through restart_epoch().
 from __future__ import annotations
@@ -17,13 +21,17 @@ from typing import Final, NamedTuple
 
 from jobrelay.storage.database import Database
 from jobrelay.storage.errors import AckOutOfRange, OutboxFull, StorageError
+from jobrelay.storage.segments import CorruptSegment, OutboxRow, pack, payload_bytes, unpack
 
 __all__ = ["Outbox", "OutboxRow", "OutboxStats", "outbox_streams"]
 
-_CHUNK: Final = 1000  # rows fetched per query while streaming pending()
+_CHUNK: Final = 1000  # messages read per step while streaming pending()
 _RECLAIM_EVERY_BYTES: Final = 8 << 20  # check for free pages after this many deleted bytes
 
-_INSERT: Final = "INSERT INTO outbox (stream_id, seq, kind, payload, created_at) VALUES (?,?,?,?,?)"
+_INSERT: Final = (
+    "INSERT INTO outbox_segments (stream_id, last_seq, first_seq, kinds, sizes, payloads, created_at)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
 _STREAM: Final = (
     "SELECT id, epoch, last_seq, last_acked, depth_rows, depth_bytes FROM outbox_streams WHERE stream = ?"
 )
@@ -31,18 +39,15 @@ _RESERVE: Final = (
     "UPDATE outbox_streams SET last_seq = last_seq + ?, depth_rows = depth_rows + ?, "
     "depth_bytes = depth_bytes + ? WHERE id = ? RETURNING last_seq, depth_rows, depth_bytes"
 )
-_PENDING: Final = (
-    "SELECT seq, kind, payload, created_at FROM outbox WHERE stream_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+# The segment holding seq ? + 1 (segments are contiguous: the first one ending after it).
+_HOLDING: Final = (
+    "SELECT first_seq, last_seq, sizes FROM outbox_segments WHERE stream_id = ? AND last_seq > ? "
+    "ORDER BY last_seq LIMIT 1"
 )
-
-
-class OutboxRow(NamedTuple):
-    """One unacknowledged message."""
-
-    seq: int
-    kind: str
-    payload: bytes
-    created_at: float
+_SEGMENTS: Final = (
+    "SELECT first_seq, last_seq, kinds, sizes, payloads, created_at FROM outbox_segments "
+    "WHERE stream_id = ? AND last_seq > ? AND last_seq <= ? ORDER BY last_seq"
+)
 
 
 class OutboxStats(NamedTuple):
@@ -74,7 +79,7 @@ class Outbox:
     same file through its own read-only Database.
 
     Attributes:
-        chunk_rows: Rows fetched per query by pending() (memory per chunk).
+        chunk_rows: Messages read per step by pending() (memory per step).
     """
 
     chunk_rows: int = _CHUNK
@@ -220,14 +225,11 @@ class Outbox:
                     adding_bytes=nbytes,
                 )
             first = last_seq - n + 1
-            if n == 1:
-                kind, payload = items[0]
-                conn.execute(_INSERT, (self._id, first, kind, payload, now))
-            else:
-                conn.executemany(
-                    _INSERT,
-                    [(self._id, seq, k, p, now) for seq, (k, p) in enumerate(items, first)],
-                )
+            seq = first
+            for packed in pack(items):
+                end = seq + packed.messages - 1
+                conn.execute(_INSERT, (self._id, end, seq, packed.kinds, packed.sizes, packed.payloads, now))
+                seq = end + 1
         return list(range(first, first + n))
 
     def ack(self, upto: int) -> int:
@@ -254,14 +256,9 @@ class Outbox:
                 raise AckOutOfRange(self.stream, upto, last_seq, path=self._db.path)
             if upto <= last_acked:
                 return 0
-            # Summed in SQL, then deleted: a RETURNING row per deleted message cost as much again
-            # as the delete itself (scripts/bench_backlog.py).
-            count, nbytes = conn.execute(
-                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox "
-                "WHERE stream_id = ? AND seq <= ?",
-                (sid, upto),
-            ).fetchone()
-            conn.execute("DELETE FROM outbox WHERE stream_id = ? AND seq <= ?", (sid, upto))
+            count = upto - last_acked  # stored seqs are contiguous
+            nbytes = self._bytes_between(sid, last_acked, upto)
+            conn.execute("DELETE FROM outbox_segments WHERE stream_id = ? AND last_seq <= ?", (sid, upto))
             conn.execute(
                 "UPDATE outbox_streams SET last_acked = ?, depth_rows = depth_rows - ?, "
                 "depth_bytes = depth_bytes - ? WHERE id = ?",
@@ -273,14 +270,33 @@ class Outbox:
             # Best effort: the ack is committed; a failed vacuum is retried after the next 8 MB.
             with contextlib.suppress(StorageError):
                 self._db.reclaim_space()
-        return int(count)
+        return count
+
+    def _bytes_between(self, sid: int, lo: int, hi: int) -> int:
+        """Payload bytes of the stored messages with ``lo < seq <= hi`` (inside a transaction)."""
+        conn = self._conn
+        # Whole segments ending in the range, summed in SQL…
+        (total,) = conn.execute(
+            "SELECT coalesce(sum(length(payloads)), 0) FROM outbox_segments "
+            "WHERE stream_id = ? AND last_seq > ? AND last_seq <= ?",
+            (sid, lo, hi),
+        ).fetchone()
+        # …less the head of the first one when it starts at or before lo…
+        head = conn.execute(_HOLDING, (sid, lo)).fetchone()
+        if head is not None and head[0] <= lo and head[1] <= hi:
+            total -= payload_bytes(head[0], head[2], head[0] - 1, lo)
+        # …plus the part up to hi of a segment that goes on past it.
+        tail = conn.execute(_HOLDING, (sid, hi)).fetchone()
+        if tail is not None and tail[0] <= hi:
+            total += payload_bytes(tail[0], tail[2], lo, hi)
+        return int(total)
 
     def pending(self, after: int = 0, limit: int | None = None) -> Iterator[OutboxRow]:
-        """Stream the unacknowledged rows with seq > max(after, last_acked), in seq order.
+        """Stream the unacknowledged messages with seq > max(after, last_acked), in seq order.
 
-        Rows are fetched in chunks of ``chunk_rows`` (1000) with no transaction held between
-        chunks, so memory stays flat however deep the backlog; rows acknowledged while iterating may still be
-        yielded from the current chunk.
+        They are read about ``chunk_rows`` (1000) at a time, whole segments, with no transaction
+        held between reads, so memory stays flat however deep the backlog; messages acknowledged
+        while iterating may still be yielded from the current read.
 
         Args:
             after: Skip seqs up to and including this one (e.g. already in flight).
@@ -297,17 +313,23 @@ class Outbox:
             cursor = max(after, self._state()[3])
         remaining = limit if limit is not None else -1
         while remaining != 0:
-            size = self.chunk_rows
-            chunk = size if remaining < 0 else min(size, remaining)
+            want = self.chunk_rows if remaining < 0 else min(self.chunk_rows, remaining)
             with self._db.guard(action):
-                rows = self._conn.execute(_PENDING, (self._id, cursor, chunk)).fetchall()
-            for row in rows:
-                yield OutboxRow._make(row)
-            if len(rows) < chunk:
+                # The segments holding cursor+1 … cursor+want: two lookups on the primary key.
+                upto = self._conn.execute(_HOLDING, (self._id, cursor + want - 1)).fetchone()
+                end = upto[1] if upto is not None else cursor + want
+                segments = self._conn.execute(_SEGMENTS, (self._id, cursor, end)).fetchall()
+            start = cursor
+            for segment in segments:
+                for row in self._unpack(segment, cursor):
+                    yield row
+                    cursor = row.seq
+                    if remaining > 0:
+                        remaining -= 1
+                        if remaining == 0:
+                            return
+            if cursor == start:  # nothing after the cursor: the stream's end
                 return
-            cursor = rows[-1][0]
-            if remaining > 0:
-                remaining -= len(rows)
 
     def stats(self) -> OutboxStats:
         """Depth, age and position of the stream.
@@ -318,7 +340,7 @@ class Outbox:
         with self._db.guard(f"read stats of outbox {self.stream!r}"):
             sid, epoch, last_seq, last_acked, depth_rows, depth_bytes = self._state()
             oldest = self._conn.execute(
-                "SELECT created_at FROM outbox WHERE stream_id = ? ORDER BY seq LIMIT 1", (sid,)
+                "SELECT created_at FROM outbox_segments WHERE stream_id = ? ORDER BY last_seq LIMIT 1", (sid,)
             ).fetchone()
         age = max(0.0, self._clock() - oldest[0]) if oldest else None
         return OutboxStats(self.stream, epoch, depth_rows, depth_bytes, age, last_seq, last_acked)
@@ -338,14 +360,49 @@ class Outbox:
         epoch = secrets.token_hex(8)
         with self._db.transaction(f"restart epoch of outbox {self.stream!r}") as conn:
             sid, _, last_seq, last_acked, _, _ = self._state()
+            self._drop_acked_head(sid, last_acked)
             # Two steps through negative seqs so no intermediate row collides with another.
-            conn.execute("UPDATE outbox SET seq = -seq WHERE stream_id = ?", (sid,))
-            conn.execute("UPDATE outbox SET seq = -seq - ? WHERE stream_id = ?", (last_acked, sid))
+            conn.execute(
+                "UPDATE outbox_segments SET first_seq = -first_seq, last_seq = -last_seq WHERE stream_id = ?",
+                (sid,),
+            )
+            conn.execute(
+                "UPDATE outbox_segments SET first_seq = -first_seq - ?, last_seq = -last_seq - ? "
+                "WHERE stream_id = ?",
+                (last_acked, last_acked, sid),
+            )
             conn.execute(
                 "UPDATE outbox_streams SET epoch = ?, last_seq = ?, last_acked = 0 WHERE id = ?",
                 (epoch, last_seq - last_acked, sid),
             )
         return epoch
+
+    def _unpack(self, segment: tuple[int, int, str, bytes, bytes, float], after: int) -> list[OutboxRow]:
+        try:
+            return list(unpack(*segment, after=after))
+        except CorruptSegment as exc:
+            raise StorageError(
+                f"{self._db.path}: outbox {self.stream!r}: {exc}; restore the file from a backup",
+                path=self._db.path,
+            ) from None
+
+    def _drop_acked_head(self, sid: int, last_acked: int) -> None:
+        """Rewrite the first segment without its acknowledged messages (inside a transaction)."""
+        head = self._conn.execute(_HOLDING, (sid, last_acked)).fetchone()
+        if head is None or head[0] > last_acked:
+            return
+        segment = self._conn.execute(
+            "SELECT first_seq, last_seq, kinds, sizes, payloads, created_at FROM outbox_segments "
+            "WHERE stream_id = ? AND last_seq = ?",
+            (sid, head[1]),
+        ).fetchone()
+        kept = [(r.kind, r.payload) for r in self._unpack(segment, last_acked)]
+        (packed,) = pack(kept)  # fewer messages than the segment held: one segment again
+        self._conn.execute(
+            "UPDATE outbox_segments SET first_seq = ?, kinds = ?, sizes = ?, payloads = ? "
+            "WHERE stream_id = ? AND last_seq = ?",
+            (last_acked + 1, packed.kinds, packed.sizes, packed.payloads, sid, head[1]),
+        )
 
 
 def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStats]:
@@ -361,7 +418,7 @@ def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStat
     now = time.time() if now is None else now
     rows = db.query(
         "SELECT s.stream, s.epoch, s.depth_rows, s.depth_bytes, "
-        "(SELECT created_at FROM outbox o WHERE o.stream_id = s.id ORDER BY seq LIMIT 1), "
+        "(SELECT created_at FROM outbox_segments o WHERE o.stream_id = s.id ORDER BY last_seq LIMIT 1), "
         "s.last_seq, s.last_acked FROM outbox_streams s ORDER BY s.stream",
         (),
         "list outbox streams",

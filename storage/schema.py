@@ -22,6 +22,9 @@
 # Tables (v5, the worker's local mode; see storage/local_state.py):
 #   worker_local_state(id PK = 1, active, since, last_contact, activations, updated_at)
 # Tables (v6, counters that outlive the process; see storage/totals.py): totals(name PK, value)
+# v7: the outbox stored in segments (storage/segments.py), one row per append of up to 1,000
+#   messages; table outbox replaced by outbox_segments(stream_id -> outbox_streams, last_seq,
+#   first_seq, kinds, sizes, payloads, created_at)  PK (stream_id, last_seq). Rows are copied over.
 from __future__ import annotations
 
 import time
@@ -29,6 +32,8 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import sqlite_utils
+
+from jobrelay.storage.segments import MAX_MESSAGES, pack
 
 __all__ = [
     "APPLICATION_ID",
@@ -195,6 +200,48 @@ def _v6_totals(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
 
 
+def _v7_outbox_segments(db: sqlite_utils.Database) -> None:
+    # Not WITHOUT ROWID: a segment is large (up to MAX_BYTES), and such tables suit small rows.
+    db.execute(
+        """CREATE TABLE outbox_segments (
+            stream_id INTEGER NOT NULL REFERENCES outbox_streams(id),
+            last_seq INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            kinds TEXT NOT NULL,
+            sizes BLOB NOT NULL,
+            payloads BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (stream_id, last_seq)
+        )"""
+    )
+    conn = db.conn
+    rows = conn.execute(
+        "SELECT stream_id, seq, kind, payload, created_at FROM outbox ORDER BY stream_id, seq"
+    )
+    while chunk := rows.fetchmany(MAX_MESSAGES):
+        by_stream: dict[int, list[tuple[int, str, bytes, float]]] = {}
+        for stream_id, seq, kind, payload, created_at in chunk:
+            by_stream.setdefault(stream_id, []).append((seq, kind, payload, created_at))
+        for stream_id, items in by_stream.items():
+            first = items[0][0]  # a stream's stored seqs are contiguous (Outbox's invariant)
+            for packed in pack([(kind, payload) for _, kind, payload, _ in items]):
+                conn.execute(
+                    "INSERT INTO outbox_segments VALUES (?,?,?,?,?,?,?)",
+                    (
+                        stream_id,
+                        first + packed.messages - 1,
+                        first,
+                        packed.kinds,
+                        packed.sizes,
+                        packed.payloads,
+                        items[first - items[0][0]][3],
+                    ),
+                )
+                first += packed.messages
+    rows.close()
+    db.execute("DROP TABLE outbox")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
@@ -202,6 +249,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "job dispatches to external backends", _v4_dispatches),
     Migration(5, "worker local mode state", _v5_local_state),
     Migration(6, "totals that outlive the process", _v6_totals),
+    Migration(7, "outbox stored in segments", _v7_outbox_segments),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -80,7 +80,8 @@ def test_a_failed_group_commit_forgets_what_its_operations_did(store: Facilitato
         # A foreign-key violation checked only at COMMIT: the whole group rolls back.
         s.db.conn.execute("PRAGMA defer_foreign_keys = ON")
         s.db.conn.execute(
-            "INSERT INTO outbox (stream_id, seq, kind, payload, created_at) VALUES (999999, 1, 'x', x'00', 0)"
+            "INSERT INTO outbox_segments (stream_id, last_seq, first_seq, kinds, sizes, payloads, created_at)"
+            " VALUES (999999, 1, 1, 'x', x'01000000', x'00', 0)"
         )
 
     def opens_w9(s: Any) -> None:

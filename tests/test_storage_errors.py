@@ -18,6 +18,7 @@ import pytest
 from jobrelay.storage import (
     SCHEMA_VERSION,
     AcceptResult,
+    Database,
     Inbox,
     JobLedger,
     Outbox,
@@ -300,14 +301,14 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
         m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])  # what an older jobrelay wrote
         with open_database(path) as db:
             assert db.schema_version == 1
-            assert Outbox(db).append("k", b"kept") == 1
+            _v1_outbox_rows(db, "out", [("k", b"kept")])
             db.conn.execute(  # a job row as v1 wrote it (no pinned column)
                 "INSERT INTO jobs (job_id, kind, payload, peer, detail, attempts, created_at, updated_at) "
                 "VALUES ('j1', 'k', x'7b7d', 'w1', '', 1, 0, 0)"
             )
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 6
+        assert db.schema_version == SCHEMA_VERSION == 7
         assert {
             "facilitator_workers",
             "facilitator_worker_events",
@@ -318,3 +319,49 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
         assert [r.payload for r in Outbox(db).pending()] == [b"kept"]
         # v3: an old job is pinned to nobody (the facilitator chose its worker), and keeps its owner
         assert db.query("SELECT peer, pinned FROM jobs WHERE job_id = 'j1'", (), "read") == [("w1", "")]
+
+
+def _v1_outbox_rows(db: Database, stream: str, items: list[tuple[str, bytes]], acked: int = 0) -> None:
+    """An outbox stream as versions 1-6 stored it: one row per message, seqs acked+1…"""
+    n = len(items)
+    with db.transaction() as conn:
+        (sid,) = conn.execute(
+            "INSERT INTO outbox_streams (stream, epoch, last_seq, last_acked, depth_rows, depth_bytes,"
+            " created_at) VALUES (?, 'e0', ?, ?, ?, ?, 0) RETURNING id",
+            (stream, acked + n, acked, n, sum(len(p) for _, p in items)),
+        ).fetchone()
+        conn.executemany(
+            "INSERT INTO outbox (stream_id, seq, kind, payload, created_at) VALUES (?,?,?,?,?)",
+            [(sid, acked + i, k, p, 100.0 + i) for i, (k, p) in enumerate(items, 1)],
+        )
+
+
+def test_a_v6_outbox_moves_into_segments_with_every_message_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobrelay.storage import schema
+
+    path = tmp_path / "old.db"
+    many = [("job_status" if i % 3 else "worker_event", b"%d" % i * (1 + i % 7)) for i in range(2500)]
+    big = [("k", b"x" * 700_000), ("k", b"y" * 700_000), ("k", b"z")]  # over a segment's MAX_BYTES
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:6])
+        with open_database(path) as db:
+            _v1_outbox_rows(db, "a", many, acked=40)
+            _v1_outbox_rows(db, "b", big)
+            _v1_outbox_rows(db, "empty", [], acked=9)
+    with open_database(path) as db:
+        assert db.schema_version == 7 and "outbox" not in db.su.table_names()
+        a, b, empty = Outbox(db, "a"), Outbox(db, "b"), Outbox(db, "empty")
+        assert [(r.seq, r.kind, r.payload) for r in a.pending()] == [
+            (41 + i, k, p) for i, (k, p) in enumerate(many)
+        ]
+        assert [r.payload for r in b.pending()] == [p for _, p in big]
+        assert (a.stats().depth_rows, a.stats().depth_bytes) == (2500, sum(len(p) for _, p in many))
+        assert a.stats().oldest_unacked_age is not None
+        assert empty.append("k", b"next") == 10 and a.append("k", b"next") == 2541
+        assert a.ack(1040) == 1000
+        assert (a.stats().depth_rows, a.stats().depth_bytes) == (
+            1501,
+            sum(len(p) for _, p in many[1000:]) + 4,
+        )
