@@ -365,3 +365,23 @@ def test_a_v6_outbox_moves_into_segments_with_every_message_in_order(
             1501,
             sum(len(p) for _, p in many[1000:]) + 4,
         )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "UPDATE outbox_segments SET sizes = substr(sizes, 1, 6)",  # not whole uint32s
+        "UPDATE outbox_segments SET payloads = substr(payloads, 2)",  # sizes no longer add up
+        "UPDATE outbox_segments SET kinds = 'a' || char(10) || 'b'",  # 2 kinds for 3 messages
+        "UPDATE outbox_segments SET first_seq = first_seq - 1",  # 4 seqs for 3 messages
+    ],
+)
+def test_a_corrupt_outbox_segment_is_a_storage_error_naming_the_file(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "w.db"
+    with open_database(path) as db:
+        Outbox(db).append_many([("k", b"one"), ("k", b"two"), ("k", b"three")])
+        with db.transaction() as conn:
+            conn.execute(damage)
+        with pytest.raises(StorageError, match=r"corrupt; restore the file from a backup") as info:
+            list(Outbox(db).pending())
+        assert info.value.path == str(path)
