@@ -119,10 +119,19 @@ class OutboxActor(pykka.ThreadingActor):
                 message.backlog.taken()
             if self.actor_inbox.empty() or len(self._batch) >= _COMMIT_ROWS:
                 self._commit()
-            elif self._batch and not self._flush_pending:
-                # More messages are queued: commit after them, together (group commit).
-                self._flush_pending = True
-                self.actor_ref.tell(_Flush())
+            else:
+                self._flush_later()
+            return
+        if isinstance(message, PeerAcked) and not self._publisher.waiting:
+            # An ack writes nothing now (the delete rides on the next commit), so it does not
+            # cut the group commit short: at a steady trickle the acks interleave with the
+            # publishes, and a commit per ack made each publish wait for a queue of fsyncs.
+            if message.session_id == self._publisher.session:
+                self._publisher.acked(message.upto, message.limit)
+                if self._batch:
+                    self._flush_later()  # hands over after that commit
+                else:
+                    self._hand_over()
             return
         self._commit()
         publisher = self._publisher
@@ -148,6 +157,12 @@ class OutboxActor(pykka.ThreadingActor):
                 pass  # of a session that ended
             case _:
                 logger.error("Outbox got an unknown message {!r}", message)
+
+    def _flush_later(self) -> None:
+        """More messages are queued: commit after them, together (group commit)."""
+        if self._batch and not self._flush_pending:
+            self._flush_pending = True
+            self.actor_ref.tell(_Flush())
 
     def _accept(self, publish: Publish) -> None:
         if self._publisher.waiting:

@@ -5,8 +5,9 @@
 # - Seqs start at 1, are assigned contiguously in append order and never reused: ``last_seq``
 #   lives in outbox_streams and survives deleting every row and restarting the process.
 # - Stored messages are the unacknowledged ones, seqs last_acked+1 … last_seq, contiguous, plus
-#   the acknowledged head of the first segment (kept until all of it is acknowledged; never read:
-#   every read starts after last_acked).
+#   acknowledged ones not deleted yet: the head of a segment not acknowledged whole, and what
+#   ack(delete=False) left for delete_acked(). They are never read: every read starts after
+#   last_acked, and the depth counters leave them out.
 # - depth_rows/depth_bytes in outbox_streams equal the count and payload bytes of unacknowledged
 #   messages, and never exceed max_rows/max_bytes through append (OutboxFull instead; nothing stored).
 # - Every public call is one transaction: it happens completely or not at all.
@@ -17,36 +18,26 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 from jobrelay.storage.database import Database
 from jobrelay.storage.errors import AckOutOfRange, OutboxFull, StorageError
-from jobrelay.storage.segments import CorruptSegment, OutboxRow, pack, payload_bytes, unpack
+from jobrelay.storage.segment_table import SegmentTable
+from jobrelay.storage.segments import CorruptSegment, OutboxRow
 
 __all__ = ["Outbox", "OutboxRow", "OutboxStats", "outbox_streams"]
+
+T = TypeVar("T")
 
 _CHUNK: Final = 1000  # messages read per step while streaming pending()
 _RECLAIM_EVERY_BYTES: Final = 8 << 20  # check for free pages after this many deleted bytes
 
-_INSERT: Final = (
-    "INSERT INTO outbox_segments (stream_id, last_seq, first_seq, kinds, sizes, payloads, created_at)"
-    " VALUES (?,?,?,?,?,?,?)"
-)
 _STREAM: Final = (
     "SELECT id, epoch, last_seq, last_acked, depth_rows, depth_bytes FROM outbox_streams WHERE stream = ?"
 )
 _RESERVE: Final = (
     "UPDATE outbox_streams SET last_seq = last_seq + ?, depth_rows = depth_rows + ?, "
     "depth_bytes = depth_bytes + ? WHERE id = ? RETURNING last_seq, depth_rows, depth_bytes"
-)
-# The segment holding seq ? + 1 (segments are contiguous: the first one ending after it).
-_HOLDING: Final = (
-    "SELECT first_seq, last_seq, sizes FROM outbox_segments WHERE stream_id = ? AND last_seq > ? "
-    "ORDER BY last_seq LIMIT 1"
-)
-_SEGMENTS: Final = (
-    "SELECT first_seq, last_seq, kinds, sizes, payloads, created_at FROM outbox_segments "
-    "WHERE stream_id = ? AND last_seq > ? AND last_seq <= ? ORDER BY last_seq"
 )
 
 
@@ -225,23 +216,21 @@ class Outbox:
                     adding_bytes=nbytes,
                 )
             first = last_seq - n + 1
-            seq = first
-            for packed in pack(items):
-                end = seq + packed.messages - 1
-                conn.execute(_INSERT, (self._id, end, seq, packed.kinds, packed.sizes, packed.payloads, now))
-                seq = end + 1
+            SegmentTable(conn, self._id).insert(first, items, now)
         return list(range(first, first + n))
 
-    def ack(self, upto: int) -> int:
-        """Record that the peer durably holds every seq ≤ ``upto``; delete those rows.
+    def ack(self, upto: int, *, delete: bool = True) -> int:
+        """Record that the peer durably holds every seq ≤ ``upto``; delete those messages.
 
         Cumulative and idempotent: ``upto ≤ last_acked`` changes nothing.
 
         Args:
             upto: The peer's cumulative acknowledgement.
+            delete: False: only move the mark and the depth now (one page written); the
+                acknowledged segments stay, unread, until delete_acked() or a later ack.
 
         Returns:
-            The number of rows deleted.
+            The number of messages acknowledged.
 
         Raises:
             AckOutOfRange: ``upto`` is beyond the last assigned seq (nothing changed).
@@ -257,39 +246,38 @@ class Outbox:
             if upto <= last_acked:
                 return 0
             count = upto - last_acked  # stored seqs are contiguous
-            nbytes = self._bytes_between(sid, last_acked, upto)
-            conn.execute("DELETE FROM outbox_segments WHERE stream_id = ? AND last_seq <= ?", (sid, upto))
+            segments = SegmentTable(conn, sid)
+            nbytes = segments.bytes_between(last_acked, upto)
+            if delete:
+                segments.delete_through(upto)
             conn.execute(
                 "UPDATE outbox_streams SET last_acked = ?, depth_rows = depth_rows - ?, "
                 "depth_bytes = depth_bytes - ? WHERE id = ?",
                 (upto, count, nbytes, sid),
             )
         self._deleted_bytes += nbytes
-        if self._deleted_bytes >= _RECLAIM_EVERY_BYTES:
-            self._deleted_bytes = 0
-            # Best effort: the ack is committed; a failed vacuum is retried after the next 8 MB.
-            with contextlib.suppress(StorageError):
-                self._db.reclaim_space()
+        if delete:
+            self._reclaim()
         return count
 
-    def _bytes_between(self, sid: int, lo: int, hi: int) -> int:
-        """Payload bytes of the stored messages with ``lo < seq <= hi`` (inside a transaction)."""
-        conn = self._conn
-        # Whole segments ending in the range, summed in SQL…
-        (total,) = conn.execute(
-            "SELECT coalesce(sum(length(payloads)), 0) FROM outbox_segments "
-            "WHERE stream_id = ? AND last_seq > ? AND last_seq <= ?",
-            (sid, lo, hi),
-        ).fetchone()
-        # …less the head of the first one when it starts at or before lo…
-        head = conn.execute(_HOLDING, (sid, lo)).fetchone()
-        if head is not None and head[0] <= lo and head[1] <= hi:
-            total -= payload_bytes(head[0], head[2], head[0] - 1, lo)
-        # …plus the part up to hi of a segment that goes on past it.
-        tail = conn.execute(_HOLDING, (sid, hi)).fetchone()
-        if tail is not None and tail[0] <= hi:
-            total += payload_bytes(tail[0], tail[2], lo, hi)
-        return int(total)
+    def delete_acked(self) -> int:
+        """Delete the segments acknowledged whole that ``ack(delete=False)`` left; how many.
+
+        Raises:
+            StorageError: The write failed; nothing changed.
+        """
+        with self._db.transaction(f"delete acknowledged rows of outbox {self.stream!r}") as conn:
+            deleted = SegmentTable(conn, self._id).delete_through(self._state()[3])
+        if deleted:
+            self._reclaim()
+        return deleted
+
+    def _reclaim(self) -> None:
+        if self._deleted_bytes >= _RECLAIM_EVERY_BYTES:
+            self._deleted_bytes = 0
+            # Best effort: the delete is committed; a failed vacuum is retried after the next 8 MB.
+            with contextlib.suppress(StorageError):
+                self._db.reclaim_space()
 
     def pending(self, after: int = 0, limit: int | None = None) -> Iterator[OutboxRow]:
         """Stream the unacknowledged messages with seq > max(after, last_acked), in seq order.
@@ -315,21 +303,13 @@ class Outbox:
         while remaining != 0:
             want = self.chunk_rows if remaining < 0 else min(self.chunk_rows, remaining)
             with self._db.guard(action):
-                # The segments holding cursor+1 … cursor+want: two lookups on the primary key.
-                upto = self._conn.execute(_HOLDING, (self._id, cursor + want - 1)).fetchone()
-                end = upto[1] if upto is not None else cursor + want
-                segments = self._conn.execute(_SEGMENTS, (self._id, cursor, end)).fetchall()
-            start = cursor
-            for segment in segments:
-                for row in self._unpack(segment, cursor):
-                    yield row
-                    cursor = row.seq
-                    if remaining > 0:
-                        remaining -= 1
-                        if remaining == 0:
-                            return
-            if cursor == start:  # nothing after the cursor: the stream's end
+                rows = self._read(SegmentTable(self._conn, self._id), cursor, want)
+            if not rows:
                 return
+            yield from rows if remaining < 0 else rows[:remaining]
+            cursor = rows[-1].seq
+            if remaining > 0:
+                remaining = max(0, remaining - len(rows))
 
     def stats(self) -> OutboxStats:
         """Depth, age and position of the stream.
@@ -339,10 +319,8 @@ class Outbox:
         """
         with self._db.guard(f"read stats of outbox {self.stream!r}"):
             sid, epoch, last_seq, last_acked, depth_rows, depth_bytes = self._state()
-            oldest = self._conn.execute(
-                "SELECT created_at FROM outbox_segments WHERE stream_id = ? ORDER BY last_seq LIMIT 1", (sid,)
-            ).fetchone()
-        age = max(0.0, self._clock() - oldest[0]) if oldest else None
+            oldest = SegmentTable(self._conn, sid).oldest_created_at(last_acked)
+        age = None if oldest is None else max(0.0, self._clock() - oldest)
         return OutboxStats(self.stream, epoch, depth_rows, depth_bytes, age, last_seq, last_acked)
 
     def restart_epoch(self) -> str:
@@ -360,49 +338,25 @@ class Outbox:
         epoch = secrets.token_hex(8)
         with self._db.transaction(f"restart epoch of outbox {self.stream!r}") as conn:
             sid, _, last_seq, last_acked, _, _ = self._state()
-            self._drop_acked_head(sid, last_acked)
-            # Two steps through negative seqs so no intermediate row collides with another.
-            conn.execute(
-                "UPDATE outbox_segments SET first_seq = -first_seq, last_seq = -last_seq WHERE stream_id = ?",
-                (sid,),
-            )
-            conn.execute(
-                "UPDATE outbox_segments SET first_seq = -first_seq - ?, last_seq = -last_seq - ? "
-                "WHERE stream_id = ?",
-                (last_acked, last_acked, sid),
-            )
+            self._read_guard(lambda: SegmentTable(conn, sid).renumber(last_acked))
             conn.execute(
                 "UPDATE outbox_streams SET epoch = ?, last_seq = ?, last_acked = 0 WHERE id = ?",
                 (epoch, last_seq - last_acked, sid),
             )
         return epoch
 
-    def _unpack(self, segment: tuple[int, int, str, bytes, bytes, float], after: int) -> list[OutboxRow]:
+    def _read(self, segments: SegmentTable, after: int, want: int) -> list[OutboxRow]:
+        return self._read_guard(lambda: segments.read(after, want))
+
+    def _read_guard(self, read: Callable[[], T]) -> T:
+        """A corrupt segment is a StorageError naming the file."""
         try:
-            return list(unpack(*segment, after=after))
+            return read()
         except CorruptSegment as exc:
             raise StorageError(
                 f"{self._db.path}: outbox {self.stream!r}: {exc}; restore the file from a backup",
                 path=self._db.path,
             ) from None
-
-    def _drop_acked_head(self, sid: int, last_acked: int) -> None:
-        """Rewrite the first segment without its acknowledged messages (inside a transaction)."""
-        head = self._conn.execute(_HOLDING, (sid, last_acked)).fetchone()
-        if head is None or head[0] > last_acked:
-            return
-        segment = self._conn.execute(
-            "SELECT first_seq, last_seq, kinds, sizes, payloads, created_at FROM outbox_segments "
-            "WHERE stream_id = ? AND last_seq = ?",
-            (sid, head[1]),
-        ).fetchone()
-        kept = [(r.kind, r.payload) for r in self._unpack(segment, last_acked)]
-        (packed,) = pack(kept)  # fewer messages than the segment held: one segment again
-        self._conn.execute(
-            "UPDATE outbox_segments SET first_seq = ?, kinds = ?, sizes = ?, payloads = ? "
-            "WHERE stream_id = ? AND last_seq = ?",
-            (last_acked + 1, packed.kinds, packed.sizes, packed.payloads, sid, head[1]),
-        )
 
 
 def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStats]:
@@ -418,7 +372,8 @@ def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStat
     now = time.time() if now is None else now
     rows = db.query(
         "SELECT s.stream, s.epoch, s.depth_rows, s.depth_bytes, "
-        "(SELECT created_at FROM outbox_segments o WHERE o.stream_id = s.id ORDER BY last_seq LIMIT 1), "
+        "(SELECT created_at FROM outbox_segments o WHERE o.stream_id = s.id AND o.last_seq > s.last_acked "
+        "ORDER BY o.last_seq LIMIT 1), "
         "s.last_seq, s.last_acked FROM outbox_streams s ORDER BY s.stream",
         (),
         "list outbox streams",

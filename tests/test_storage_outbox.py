@@ -96,15 +96,19 @@ class OutboxMachine(RuleBasedStateMachine):
             with pytest.raises(OutboxFull):
                 self.box.append_many(batch)
 
-    @rule(data=st.data())
-    def ack_valid(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), delete=st.booleans())
+    def ack_valid(self, data: st.DataObject, delete: bool) -> None:
         upto = data.draw(st.integers(0, self.last_seq), label="upto")
         expected = 0
         if upto > self.last_acked:
             expected = sum(1 for r in self.rows if r[0] <= upto)
             self.rows = [r for r in self.rows if r[0] > upto]
             self.last_acked = upto
-        assert self.box.ack(upto) == expected
+        assert self.box.ack(upto, delete=delete) == expected
+
+    @rule()
+    def delete_acked(self) -> None:
+        self.box.delete_acked()
 
     @rule(beyond=st.integers(1, 5))
     def ack_invalid(self, beyond: int) -> None:
