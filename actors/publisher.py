@@ -384,10 +384,12 @@ class Publisher:
         self._report(Gauge("outbox_depth", stats.depth_rows))
         self._report(Gauge("outbox_bytes", stats.depth_bytes))
         self._report(Gauge("in_flight", self.in_flight()))
-        if self._undeleted and not self._busy:
-            self._store().delete_acked()
-            self._undeleted = 0
-        if not self._busy:
+        # Tidying waits for an idle stream: nothing published since the last beat and
+        # everything acknowledged (a replay or a drain is not slowed by it).
+        if not self._busy and self._acked >= self._last_seq:
+            if self._undeleted:
+                self._store().delete_acked()
+                self._undeleted = 0
             with contextlib.suppress(StorageError):
                 self._store_db().reclaim_space()
         self._busy = False

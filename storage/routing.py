@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
+import msgspec
+
 from jobrelay.protocol.messages import TERMINAL_STATUSES, JobStatus
 from jobrelay.storage.database import Database
+from jobrelay.storage.errors import StorageError
 
 __all__ = [
     "JobOwner",
@@ -43,6 +46,12 @@ _UNFINISHED: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}))"
 # its credit (that attempt is over; see facilitator/retries.py).
 _HOLDS_CREDIT: Final = f"(status IS NULL OR status NOT IN ({_TERMINAL_SQL}, '{JobStatus.RETRYING.value}'))"
 _CHUNK: Final = 500  # ids per IN (...) query
+_NEWEST_BATCH: Final = (
+    "SELECT last_n FROM facilitator_worker_event_batches WHERE worker_id = ? ORDER BY last_n DESC LIMIT 1"
+)
+# A worker's events, packed per batch: [[event, detail, at], ...]
+_EVENTS_ENCODER: Final = msgspec.msgpack.Encoder()
+_EVENTS_DECODER: Final = msgspec.msgpack.Decoder(list[tuple[str, str, float]])
 
 
 class QueuedJob(NamedTuple):
@@ -201,27 +210,34 @@ def record_specs(db: Database, worker_id: str, specs: bytes, at: float) -> None:
 def record_worker_events(
     db: Database, worker_id: str, events: Sequence[tuple[str, str, float]], keep: int = 1000
 ) -> None:
-    """Append ``(event, detail, at)`` items; keep only the newest ``keep`` per worker.
+    """Append ``(event, detail, at)`` items; keep at least the newest ``keep`` per worker.
+
+    One row per call (the events packed together): a row and an index entry per event, and a
+    delete per event once ``keep`` is reached, took half the facilitator's store thread at a
+    steady stream of events (scripts/bench_peers.py).
 
     Raises:
         StorageError: The write failed.
     """
     if not events:
         return
+    events = events[-keep:]  # older ones would go at once
     with db.transaction(f"record events of {worker_id!r}") as conn:
         _upsert_worker(db, worker_id)
-        conn.executemany(
-            "INSERT INTO facilitator_worker_events (worker_id, event, detail, at) VALUES (?,?,?,?)",
-            [(worker_id, e, d, at) for e, d, at in events],
+        row = conn.execute(_NEWEST_BATCH, (worker_id,)).fetchone()
+        newest = (row[0] if row else 0) + len(events)
+        conn.execute(
+            "INSERT INTO facilitator_worker_event_batches (worker_id, last_n, count, events) "
+            "VALUES (?,?,?,?)",
+            (worker_id, newest, len(events), _EVENTS_ENCODER.encode(list(events))),
         )
         conn.execute(
             "UPDATE facilitator_workers SET last_event = ? WHERE worker_id = ?", (events[-1][0], worker_id)
         )
+        # Whole batches older than the newest ``keep`` events go; one that straddles stays.
         conn.execute(
-            "DELETE FROM facilitator_worker_events WHERE worker_id = ? AND id <= "
-            "(SELECT id FROM facilitator_worker_events WHERE worker_id = ? ORDER BY id DESC "
-            "LIMIT 1 OFFSET ?)",
-            (worker_id, worker_id, keep),
+            "DELETE FROM facilitator_worker_event_batches WHERE worker_id = ? AND last_n <= ?",
+            (worker_id, newest - keep),
         )
 
 
@@ -255,12 +271,22 @@ def worker_events(db: Database, worker_id: str, limit: int = 100) -> list[tuple[
     """The newest ``limit`` events of a worker as ``(event, detail, at)``, oldest first.
 
     Raises:
-        StorageError: The read failed.
+        StorageError: The read failed (a batch that does not decode counts as a failed read).
     """
-    rows = db.query(
-        "SELECT event, detail, at FROM facilitator_worker_events WHERE worker_id = ? "
-        "ORDER BY id DESC LIMIT ?",
-        (worker_id, limit),
-        f"read events of {worker_id!r}",
-    )
-    return [(r[0], r[1], r[2]) for r in reversed(rows)]
+    action = f"read events of {worker_id!r}"
+    found: list[tuple[str, str, float]] = []
+    with db.guard(action):
+        batches = db.conn.execute(
+            "SELECT events FROM facilitator_worker_event_batches WHERE worker_id = ? ORDER BY last_n DESC",
+            (worker_id,),
+        )
+        for (blob,) in batches:
+            try:
+                found[:0] = _EVENTS_DECODER.decode(blob)
+            except msgspec.DecodeError as exc:
+                raise StorageError(
+                    f"{db.path}: {action}: a stored batch is corrupt: {exc}", path=db.path
+                ) from None
+            if len(found) >= limit:
+                break
+    return found[-limit:] if limit > 0 else []

@@ -25,12 +25,16 @@
 # v7: the outbox stored in segments (storage/segments.py), one row per append of up to 1,000
 #   messages; table outbox replaced by outbox_segments(stream_id -> outbox_streams, last_seq,
 #   first_seq, kinds, sizes, payloads, created_at)  PK (stream_id, last_seq). Rows are copied over.
+# v8: a worker's events stored per batch: facilitator_worker_events replaced by
+#   facilitator_worker_event_batches(worker_id, last_n, count, events)  PK (worker_id, last_n);
+#   last_n numbers the worker's events; events is a msgpack array of [event, detail, at].
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+import msgspec
 import sqlite_utils
 
 from jobrelay.storage.segments import MAX_MESSAGES, pack
@@ -242,6 +246,30 @@ def _v7_outbox_segments(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE outbox")
 
 
+def _v8_worker_event_batches(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE facilitator_worker_event_batches (
+            worker_id TEXT NOT NULL,
+            last_n INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            events BLOB NOT NULL,
+            PRIMARY KEY (worker_id, last_n)
+        )"""
+    )
+    conn = db.conn
+    workers = [w for (w,) in conn.execute("SELECT DISTINCT worker_id FROM facilitator_worker_events")]
+    for worker_id in workers:
+        events = conn.execute(
+            "SELECT event, detail, at FROM facilitator_worker_events WHERE worker_id = ? ORDER BY id",
+            (worker_id,),
+        ).fetchall()
+        conn.execute(
+            "INSERT INTO facilitator_worker_event_batches VALUES (?,?,?,?)",
+            (worker_id, len(events), len(events), msgspec.msgpack.encode([list(e) for e in events])),
+        )
+    db.execute("DROP TABLE facilitator_worker_events")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
@@ -250,6 +278,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "worker local mode state", _v5_local_state),
     Migration(6, "totals that outlive the process", _v6_totals),
     Migration(7, "outbox stored in segments", _v7_outbox_segments),
+    Migration(8, "worker events stored per batch", _v8_worker_event_batches),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

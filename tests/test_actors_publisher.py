@@ -406,3 +406,27 @@ def test_a_dispatch_and_a_relayed_position_commit_with_their_statuses_or_not_at_
     found = h.publisher.dispatch("j1")
     assert found is not None and found.position == "5-0"
     assert h.committed_statuses("j1") == ["running", "running"]
+
+
+def stored_segments(h: Harness) -> int:
+    with open_database(h.path, readonly=True) as db:
+        return int(db.query("SELECT count(*) FROM outbox_segments")[0][0])
+
+
+def test_acknowledged_rows_are_deleted_once_the_stream_is_idle(h: Harness) -> None:
+    """The ack mark is committed at once; the rows wait for an idle beat (nothing published since
+    the last one, everything acknowledged), so a busy stream's commits write no deletes."""
+    pub = h.publisher
+    for i in range(3):
+        pub.write([publish(event(f"{i}"))])  # three commits: three segments
+    assert pub.opened("s1", 0, limit=10)
+    pub.fill()
+    pub.acked(2, limit=12)
+    pub.persist_ack()
+    assert h.committed_seqs() == [3] and stored_segments(h) == 3  # acked, not deleted yet
+    pub.beat(h.clock())  # published since the last beat: busy
+    assert stored_segments(h) == 3
+    pub.acked(3, limit=13)
+    pub.beat(h.clock())  # idle and all acknowledged: deleted
+    assert stored_segments(h) == 0 and h.committed_seqs() == []
+    assert pub.stats().depth_rows == 0 and pub.stats().last_acked == 3

@@ -14,6 +14,7 @@ import pytest
 from jobrelay.facilitator.placement import Candidates
 from jobrelay.facilitator.store import FacilitatorStore
 from jobrelay.protocol.messages import JobRequest
+from jobrelay.storage import routing
 from jobrelay.storage.errors import StorageError
 from tests.facilitator_client import wait_until
 
@@ -165,5 +166,5 @@ def test_an_accepted_batch_is_applied_and_deduplicated_without_inbox_rows(tmp_pa
         inbox = Inbox(db)
         assert inbox.state("w1") == ("epoch", 5)
         assert inbox.unconsumed("w1") == []
-        events = db.query("SELECT event FROM facilitator_worker_events WHERE worker_id = 'w1' ORDER BY id")
-    assert [e for (e,) in events] == ["e1", "e2", "e3", "e4", "e5"]
+        events = routing.worker_events(db, "w1")
+    assert [e for e, _, _ in events] == ["e1", "e2", "e3", "e4", "e5"]
