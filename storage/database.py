@@ -9,10 +9,17 @@
 #   (``Database.transaction``), so each public store call is one atomic commit.
 # - A connection belongs to the thread that opened it; other threads/processes open their own
 #   (``readonly=True`` for inspection).
+# - The connections of one process to one file take turns at writing through a Python lock
+#   (``_writer_lock``) before SQLite's own: SQLite's busy handler sleeps 1, 2, 5, 10... ms
+#   between tries, so a thread that found another's write in progress lost milliseconds after it
+#   ended (the JobRouter waited up to 60 ms behind the Outbox). One process writes a file
+#   (storage/lock.py), so the Python lock orders every writer; SQLite's stays for the rest.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +43,16 @@ _MAX_RECLAIM_STEP: Final = 256  # pages per reclaim_space() call: about 1 MB, a 
 _BUSY, _LOCKED, _READONLY, _IOERR, CORRUPT, _FULL, _CANTOPEN, NOTADB, _PERM = (
     5, 6, 8, 10, 11, 13, 14, 26, 3,
 )  # fmt: skip
+
+
+_WRITER_LOCKS: dict[str, threading.Lock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.Lock())
 
 
 def translate_error(exc: BaseException, action: str, path: str | Path | None) -> StorageError:
@@ -103,13 +120,37 @@ class Database:
         readonly: True when opened for inspection only.
     """
 
-    def __init__(self, su: sqlite_utils.Database, path: Path, durability: Durability, readonly: bool) -> None:
+    def __init__(
+        self,
+        su: sqlite_utils.Database,
+        path: Path,
+        durability: Durability,
+        readonly: bool,
+        busy_timeout: float = 5.0,
+    ) -> None:
         self.su = su
         self.conn: sqlite3.Connection = su.conn
         self.path = path
         self.durability: Durability = durability
         self.readonly = readonly
+        self.busy_timeout = busy_timeout
         self._closed = False
+        self._writing = _writer_lock(path)
+
+    @contextlib.contextmanager
+    def _write_turn(self, action: str) -> Iterator[None]:
+        """Hold this process's turn at writing the file (see the module comment)."""
+        if not self._writing.acquire(timeout=self.busy_timeout):
+            raise StorageError(
+                f"{action} failed on {self.path}: another connection of this process held the "
+                f"write lock longer than the busy timeout ({self.busy_timeout:g}s): let one "
+                "connection finish its transaction before another writes, or raise busy_timeout",
+                path=self.path,
+            )
+        try:
+            yield
+        finally:
+            self._writing.release()
 
     def __repr__(self) -> str:
         mode = "ro" if self.readonly else self.durability
@@ -194,16 +235,17 @@ class Database:
             with self.guard(action):
                 conn.execute("RELEASE jobrelay_nested")
             return
-        with self.guard(action):
-            conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            _rollback(conn)
-            if isinstance(exc, sqlite3.Error | OSError):
-                raise translate_error(exc, action, self.path) from exc
-            raise
+        with self._write_turn(action):
+            with self.guard(action):
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise translate_error(exc, action, self.path) from exc
+                raise
 
     def query(self, sql: str, params: tuple[Any, ...] = (), action: str = "read") -> list[Any]:
         """Run a read-only statement and return all rows (storage/ internal helper).
@@ -247,7 +289,8 @@ class Database:
             # drain is given back over several calls (SQLite reuses free pages until then).
             pages = min(free - _KEEP_FREE_PAGES, _MAX_RECLAIM_STEP)
             # executescript steps the pragma to completion (execute() frees one page).
-            self.conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+            with self._write_turn("reclaim free space"):
+                self.conn.executescript(f"PRAGMA incremental_vacuum({pages});")
             return free - _KEEP_FREE_PAGES - pages
 
     def file_sizes(self) -> tuple[int, int]:

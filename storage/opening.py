@@ -138,7 +138,7 @@ def open_database(
         raise translate_error(exc, "open", path) from exc
     try:
         su = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-        db = Database(su, path, durability, readonly)
+        db = Database(su, path, durability, readonly, busy_timeout)
         _prepare(db, existed=existed, check=check)
     except BaseException as exc:
         conn.close()
