@@ -9,7 +9,8 @@ with at most 1,000 unacknowledged, timed from the first publish to the last ackn
 - nats-py JetStream publish_async with its PubAck, file storage → nats-server;
 - pika publisher confirms, persistent messages in a durable queue → rabbitmq-server;
 - raw websocket-client frames into a `websockets` server that stores nothing and acks nothing:
-  the ceiling (scripts/bench_e2e.py's raw_ceiling).
+  the ceiling (scripts/bench_e2e.py's raw_ceiling; frames masked in C, as jobrelay's worker
+  masks them).
 Rounds are interleaved (each round runs every peer once), so all see the same machine; the table
 gives medians with min–max and ratios. The brokers are Debian's packages (installed with apt-get
 when missing, as are the Python clients from the `bench` extra, unless --no-install), each on

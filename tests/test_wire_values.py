@@ -188,3 +188,18 @@ def test_a_refused_welcome_is_answered_in_the_negotiated_codec() -> None:
     w.receive_data(msgspec.json.encode(m.Welcome(session_id="s", ack=9, out_epoch="f")).decode(), 1.0, False)
     (error,) = w.data_to_send()
     assert error.binary and msgspec.msgpack.decode(error.data)["code"] == "ack_out_of_range"
+
+
+def test_the_worker_masks_its_frames_exactly_as_websocket_client_would() -> None:
+    """The worker's frames are masked by websockets' C apply_mask instead of websocket-client's
+    Python loop: the bytes on the wire must not change, for any length header size."""
+    import websocket
+
+    from jobrelay.actors.websocket_transport import MaskedFrame
+
+    for size in (0, 1, 125, 126, 65535, 65536, 100_003):
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        for opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            ours, theirs = MaskedFrame(data, opcode), websocket.ABNF.create_frame(data, opcode)
+            ours.get_mask_key = theirs.get_mask_key = lambda n: b"\x9a\x01\xf3\x5c"
+            assert ours.format() == theirs.format()
