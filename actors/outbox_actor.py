@@ -25,6 +25,7 @@ from jobrelay.actors.actor_messages import (
     send,
 )
 from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.latch_future import LatchFuture
 from jobrelay.actors.publish_batch import PublishBatch, PublishGroup
 from jobrelay.actors.publisher import Publisher
 from jobrelay.protocol.errors import JobrelayError
@@ -207,7 +208,11 @@ class PublishBacklog:
         """Count one more queued publish; False when none fits within ``timeout``. ``always``
         admits at once (a job's terminal status: it must never fail, and running jobs bound it)."""
         with self._changed:
-            if not always and not self._changed.wait_for(lambda: self._queued < self.limit, self.timeout):
+            if (
+                not always
+                and self._queued >= self.limit
+                and not self._changed.wait_for(lambda: self._queued < self.limit, self.timeout)
+            ):
                 return False
             self._queued += 1
             return True
@@ -247,7 +252,7 @@ class OutboxHandle:
         OutboxBehind when the Outbox has not taken ``backlog.limit`` earlier publishes within
         it, TerminalStatusError for a second terminal status of a job, or StorageError.
         """
-        future: pykka.ThreadingFuture[int] = pykka.ThreadingFuture()
+        future: LatchFuture[int] = LatchFuture()
         terminal = isinstance(body, JobStatusUpdate) and body.status.terminal
         if not self._backlog.admit(always=terminal):
             backlog = self._backlog

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import pykka
 
+from jobrelay.actors.latch_future import LatchFuture
 from jobrelay.protocol.errors import JobrelayError
 
 __all__ = ["PublishBatch", "PublishGroup", "PublishManyError"]
@@ -39,7 +39,7 @@ class PublishGroup:
     """The futures of one batch: ``parts[i]`` stands for message ``i``'s own future."""
 
     def __init__(self, size: int) -> None:
-        self.future: pykka.ThreadingFuture[list[int]] = pykka.ThreadingFuture()
+        self.future: LatchFuture[list[int]] = LatchFuture()
         self._seqs: dict[int, int] = {}
         self._errors: dict[int, BaseException] = {}
         self._size = size
