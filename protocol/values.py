@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MIN_INT", "free_form_fields", "value_problem"]
+__all__ = ["MAX_DEPTH", "MAX_INT", "MIN_INT", "free_form_fields", "int_fields", "value_problem"]
 
 MAX_DEPTH: Final = 32
 """Containers (arrays, objects) nested within one free-form value, at most. Far below every
@@ -75,6 +75,38 @@ def free_form_fields(struct_type: type[msgspec.Struct]) -> tuple[str, ...]:
         if field.type is Any or field.type == dict[str, Any]:
             names.append(field.name)
     return tuple(names)
+
+
+# msgspec.inspect types whose values msgpack encodes whenever JSON does (ints aside: msgpack
+# stops at 64 bits, JSON does not). Free-form fields (Any, dict[str, Any]) are value_problem's.
+_PLAIN_TYPES: Final = (
+    msgspec.inspect.FloatType,
+    msgspec.inspect.StrType,
+    msgspec.inspect.BoolType,
+    msgspec.inspect.NoneType,
+    msgspec.inspect.EnumType,
+    msgspec.inspect.LiteralType,
+    msgspec.inspect.AnyType,
+    msgspec.inspect.DictType,
+)
+
+
+def int_fields(struct_type: type[msgspec.Struct]) -> tuple[str, ...] | None:
+    """The typed int fields of a flat message type, which a msgpack encoder refuses beyond 64
+    bits; None when it has fields of other kinds (nested structs, lists...), whose values only
+    a trial encode can vouch for."""
+    names = []
+    info = msgspec.inspect.type_info(struct_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        kind = field.type
+        kinds = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+        for one in kinds:
+            if isinstance(one, msgspec.inspect.IntType):
+                names.append(field.name)
+            elif not isinstance(one, _PLAIN_TYPES):
+                return None
+    return tuple(dict.fromkeys(names))
 
 
 def _path(root: str, parts: tuple[str | int, ...]) -> str:

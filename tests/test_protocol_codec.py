@@ -182,3 +182,52 @@ def test_encode_failures_are_typed() -> None:
     with pytest.raises(LocalProtocolError) as info:
         facilitator_codec("msgpack").encode(frame)
     assert info.value.code is ErrorCode.INVALID_FIELD
+
+
+def _verdict(body: Any, limit: int, json_size: int | None) -> ErrorCode | None:
+    from jobrelay.protocol.codec import check_sendable
+
+    try:
+        check_sendable(body, max_frame_bytes=limit, formats=("json", "msgpack"), json_body_size=json_size)
+    except ProtocolError as exc:
+        return exc.code
+    return None
+
+
+floats_heavy = st.builds(  # msgpack's worst case: a float is 9 bytes, "0.0," in JSON 4
+    m.MachineSpecs, specs=st.fixed_dictionaries({"v": st.lists(st.just(0.0), max_size=300)}), at=s.times
+)
+big_attempts = st.builds(
+    m.JobStatusUpdate,
+    job_id=s.ids,
+    status=st.sampled_from(m.JobStatus),
+    at=s.times,
+    attempt=st.integers(min_value=1, max_value=2**70),
+)
+
+
+@given(
+    body=st.one_of(s.worker_bodies, floats_heavy, big_attempts),
+    limit=st.integers(min_value=64, max_value=8_000),
+)
+def test_the_msgpack_shortcut_never_changes_check_sendables_verdict(body: Any, limit: int) -> None:
+    """With the JSON size given, check_sendable skips the msgpack trial encode when msgpack surely
+    fits (at most 3 bytes per JSON byte, ints within 64 bits): its verdict must be the one the
+    trial encode gives, for any body and limit."""
+    json_size = len(msgspec.json.encode(body))
+    assert _verdict(body, limit, json_size) == _verdict(body, limit, None)
+
+
+def test_a_typed_integer_beyond_64_bits_is_still_refused_for_msgpack() -> None:
+    body = m.JobStatusUpdate(job_id="j", status=m.JobStatus.RUNNING, at=0.0, attempt=2**64)
+    size = len(msgspec.json.encode(body))
+    assert _verdict(body, 1 << 20, size) is ErrorCode.INVALID_FIELD
+
+
+def test_a_body_larger_as_msgpack_than_as_json_is_measured_not_assumed() -> None:
+    body = m.MachineSpecs(specs={"v": [0.0] * 300}, at=0.0)  # 4 JSON bytes a float, 9 msgpack
+    json_size = len(msgspec.json.encode(body))
+    packed = len(msgspec.msgpack.encode(m.Data(seq=m.MAX_SEQ, body=body)))
+    for limit in range(json_size + 64, packed + 64, 97):
+        expected = ErrorCode.FRAME_TOO_LARGE if limit < packed else None
+        assert _verdict(body, limit, json_size) == _verdict(body, limit, None) == expected
