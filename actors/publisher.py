@@ -156,6 +156,7 @@ class Publisher:
             for i, p in enumerate(batch)
             if isinstance(p.body, JobStatusUpdate) and i not in refused
         ]
+        persisted = self._persisted_ack, self._undeleted  # what a rollback takes back
         try:
             with db.transaction("publish"):
                 self.persist_ack()  # rides along: no fsync of its own
@@ -171,10 +172,14 @@ class Publisher:
                     if publish.mark is not None:
                         Dispatches(db).advance(*publish.mark)
         except OutboxFull:
+            self._persisted_ack, self._undeleted = persisted
+            with contextlib.suppress(StorageError):
+                self.persist_ack()  # on its own: the room it frees is what the retry needs
             self._blocked.extend((self._deadline(p), p) for p in batch)
             self._report(Count("outbox_full"))
             return False
         except Exception as exc:
+            self._persisted_ack, self._undeleted = persisted
             for publish in batch:
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)

@@ -31,8 +31,9 @@ class MaskedFrame(websocket.ABNF):
     0.8 ms per 100 KB frame, about an eighth of the worker's CPU in a backlog replay
     (scripts/bench_backlog.py); the C function takes 6 µs. The bytes on the wire are the same."""
 
-    def __init__(self, data: bytes, opcode: int) -> None:
-        super().__init__(1, 0, 0, 0, opcode, 1, data)
+    def __init__(self, data: bytes | str, opcode: int) -> None:
+        # Encoded first: the header counts bytes (websocket-client's create_frame does the same).
+        super().__init__(1, 0, 0, 0, opcode, 1, data.encode("utf-8") if isinstance(data, str) else data)
 
     def _get_masked(self, mask_key: str | bytes) -> bytes:
         key = mask_key.encode("latin-1") if isinstance(mask_key, str) else mask_key

@@ -78,7 +78,9 @@ def free_form_fields(struct_type: type[msgspec.Struct]) -> tuple[str, ...]:
 
 
 # msgspec.inspect types whose values msgpack encodes whenever JSON does (ints aside: msgpack
-# stops at 64 bits, JSON does not). Free-form fields (Any, dict[str, Any]) are value_problem's.
+# stops at 64 bits, JSON does not). Free-form fields (exactly Any or dict[str, Any]) are
+# value_problem's, which refuses integers beyond 64 bits in them; any other container needs a
+# trial encode.
 _PLAIN_TYPES: Final = (
     msgspec.inspect.FloatType,
     msgspec.inspect.StrType,
@@ -86,8 +88,6 @@ _PLAIN_TYPES: Final = (
     msgspec.inspect.NoneType,
     msgspec.inspect.EnumType,
     msgspec.inspect.LiteralType,
-    msgspec.inspect.AnyType,
-    msgspec.inspect.DictType,
 )
 
 
@@ -96,9 +96,12 @@ def int_fields(struct_type: type[msgspec.Struct]) -> tuple[str, ...] | None:
     bits; None when it has fields of other kinds (nested structs, lists...), whose values only
     a trial encode can vouch for."""
     names = []
+    free = set(free_form_fields(struct_type))
     info = msgspec.inspect.type_info(struct_type)
     assert isinstance(info, msgspec.inspect.StructType)
     for field in info.fields:
+        if field.name in free:
+            continue
         kind = field.type
         kinds = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
         for one in kinds:

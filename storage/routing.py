@@ -217,8 +217,11 @@ def record_worker_events(
     steady stream of events (scripts/bench_peers.py).
 
     Raises:
+        ValueError: ``keep`` is below 1.
         StorageError: The write failed.
     """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, not {keep}")
     if not events:
         return
     events = events[-keep:]  # older ones would go at once

@@ -37,6 +37,7 @@ from typing import Final, NamedTuple
 import msgspec
 import sqlite_utils
 
+from jobrelay.storage.errors import StorageError
 from jobrelay.storage.segments import MAX_MESSAGES, pack
 
 __all__ = [
@@ -227,7 +228,13 @@ def _v7_outbox_segments(db: sqlite_utils.Database) -> None:
         for stream_id, seq, kind, payload, created_at in chunk:
             by_stream.setdefault(stream_id, []).append((seq, kind, payload, created_at))
         for stream_id, items in by_stream.items():
-            first = items[0][0]  # a stream's stored seqs are contiguous (Outbox's invariant)
+            first = items[0][0]
+            for offset, item in enumerate(items):  # contiguous (the Outbox's invariant), or refused
+                if item[0] != first + offset:
+                    raise StorageError(
+                        f"outbox stream {stream_id}: seq {item[0]} follows seq {first + offset - 1}; "
+                        "the file was altered outside jobrelay: restore it from a backup"
+                    )
             for packed in pack([(kind, payload) for _, kind, payload, _ in items]):
                 conn.execute(
                     "INSERT INTO outbox_segments VALUES (?,?,?,?,?,?,?)",

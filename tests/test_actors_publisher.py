@@ -430,3 +430,20 @@ def test_acknowledged_rows_are_deleted_once_the_stream_is_idle(h: Harness) -> No
     pub.beat(h.clock())  # idle and all acknowledged: deleted
     assert stored_segments(h) == 0 and h.committed_seqs() == []
     assert pub.stats().depth_rows == 0 and pub.stats().last_acked == 3
+
+
+def test_an_ack_committed_with_a_refused_batch_is_not_lost_with_it(tmp_path: Path) -> None:
+    """Found in review: the ack rides in the publish transaction; when the batch does not fit, the
+    rollback took the ack back while the Publisher counted it stored, so the room it freed was
+    never freed and the waiting publishes failed at their deadline."""
+    h = Harness(tmp_path, max_outbox_rows=4)
+    pub = h.publisher
+    pub.write([publish(event(str(i))) for i in range(4)])
+    assert pub.opened("s1", 0, limit=10)
+    pub.fill()
+    pub.acked(2, limit=12)  # nothing waits for room yet: the ack rides on the next commit
+    waiting = [publish(event(f"late{i}")) for i in range(3)]
+    assert not pub.write(waiting)  # 4 stored + 3 > 4: refused, the 3 wait in order
+    assert pub.stats().last_acked == 2  # the ack is committed all the same
+    pub.beat(h.clock())  # room for 2 of them now: stored, in order
+    assert [result(p) for p in waiting[:2]] == [5, 6] and is_pending(waiting[2])

@@ -231,3 +231,15 @@ def test_a_body_larger_as_msgpack_than_as_json_is_measured_not_assumed() -> None
     for limit in range(json_size + 64, packed + 64, 97):
         expected = ErrorCode.FRAME_TOO_LARGE if limit < packed else None
         assert _verdict(body, limit, json_size) == _verdict(body, limit, None) == expected
+
+
+def test_a_typed_container_of_ints_gets_the_trial_encode() -> None:
+    """Found in review: only exactly Any / dict[str, Any] fields are walked by check_values; a
+    dict[str, int] field must not skip the msgpack trial, which refuses 2**70."""
+
+    class Counts(msgspec.Struct, tag="counts"):
+        counts: dict[str, int]
+
+    body = Counts(counts={"a": 2**70})
+    size = len(msgspec.json.encode(body))
+    assert _verdict(body, 1 << 20, size) is ErrorCode.INVALID_FIELD

@@ -385,3 +385,21 @@ def test_a_corrupt_outbox_segment_is_a_storage_error_naming_the_file(tmp_path: P
         with pytest.raises(StorageError, match=r"corrupt; restore the file from a backup") as info:
             list(Outbox(db).pending())
         assert info.value.path == str(path)
+
+
+def test_a_v6_outbox_with_a_gap_in_its_seqs_is_refused_and_left_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobrelay.storage import schema
+
+    path = tmp_path / "old.db"
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:6])
+        with open_database(path) as db:
+            _v1_outbox_rows(db, "a", [("k", b"1"), ("k", b"2"), ("k", b"3")])
+            with db.transaction() as conn:
+                conn.execute("DELETE FROM outbox WHERE seq = 2")  # altered outside jobrelay
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="seq 3 follows seq 1"):
+        open_database(path)
+    assert path.read_bytes() == before

@@ -63,3 +63,8 @@ def test_a_v7_file_keeps_its_worker_events(tmp_path: Path, monkeypatch: pytest.M
         assert routing.worker_events(db, "w2") == events(7, 9)
         routing.record_worker_events(db, "w1", events(5, 6))
         assert routing.worker_events(db, "w1") == events(0, 6)
+
+
+def test_keep_must_keep_something(tmp_path: Path) -> None:
+    with open_database(tmp_path / "f.db") as db, pytest.raises(ValueError, match="keep"):
+        routing.record_worker_events(db, "w1", events(0, 3), keep=0)

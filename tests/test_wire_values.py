@@ -203,3 +203,13 @@ def test_the_worker_masks_its_frames_exactly_as_websocket_client_would() -> None
             ours, theirs = MaskedFrame(data, opcode), websocket.ABNF.create_frame(data, opcode)
             ours.get_mask_key = theirs.get_mask_key = lambda n: b"\x9a\x01\xf3\x5c"
             assert ours.format() == theirs.format()
+
+
+def test_a_text_frame_given_as_str_is_counted_in_bytes() -> None:
+    import websocket
+
+    from jobrelay.actors.websocket_transport import MaskedFrame
+
+    ours, theirs = MaskedFrame("héllo", 1), websocket.ABNF.create_frame("héllo", 1)
+    ours.get_mask_key = theirs.get_mask_key = lambda n: b"\x01\x02\x03\x04"
+    assert ours.format() == theirs.format()
