@@ -1,7 +1,8 @@
 # The worker's outgoing stream as a plain class (the Outbox actor drives it from its thread):
 # group commits of publishes together with their job-ledger records, publishes waiting in order
-# for room, the recent rows kept decoded for sending, and the hand-over of stored data to the
-# session up to the limit the session's send window sets (protocol.streams.Sender).
+# for room (actors/room_wait.py), the recent rows kept decoded for sending (actors/recent_rows.py),
+# and the hand-over of stored data to the session up to the limit the session's send window sets
+# (protocol.streams.Sender).
 # Invariants: a publish future resolves only after its row is committed (durable before
 # acknowledged to the caller); publishes are stored in the order they were made, also when some
 # wait for room; nothing is handed over twice within a session, and after a new session handing
@@ -9,9 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,8 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, Gauge, Observe, Publish
 from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.recent_rows import RecentRows
+from jobrelay.actors.room_wait import WaitingForRoom
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
@@ -78,15 +79,15 @@ class Publisher:
         self._db: Database | None = None
         self._outbox: Outbox | None = None
         self._ledger: JobLedger | None = None
-        self._blocked: list[tuple[float, Publish]] = []
-        self._cache: OrderedDict[int, tuple[WorkerBody, float]] = OrderedDict()
+        self._blocked = WaitingForRoom(config.publish_timeout, clock)
+        self._cache = RecentRows()
         self._busy = False  # something was published since the last beat
         self.session: str | None = None
         self._handed = 0  # highest seq handed to the session
         self._limit = 0  # highest seq the session's window lets us hand over
         self._acked = 0
         self._persisted_ack = 0
-        self._undeleted = 0  # acknowledged messages whose rows are not deleted yet
+        self._deleted_through = 0  # acknowledged rows up to here are deleted too
         self._last_seq = 0
 
     # ------------------------------------------------------------ lifecycle (the actor's thread)
@@ -98,14 +99,13 @@ class Publisher:
             self._db, "out", max_rows=self.config.max_outbox_rows, max_bytes=self.config.max_outbox_bytes
         )
         self._ledger = JobLedger(self._db)
-        self._acked = self._persisted_ack = self._outbox.last_acked
+        self._acked = self._persisted_ack = self._deleted_through = self._outbox.last_acked
         self._outbox.delete_acked()  # what a stop before the bulk delete left
         self._last_seq = self._outbox.last_seq
 
     def close(self) -> None:
         """Fail what still waits for room and close the database."""
-        blocked, self._blocked = self._blocked, []
-        self.fail([p for _, p in blocked])
+        self.fail([p for _, p in self._blocked.take()])
         if self._db is not None:
             self._db.close()
 
@@ -142,7 +142,7 @@ class Publisher:
 
     def wait(self, publish: Publish) -> None:
         """Queue ``publish`` behind those waiting for room (keeps their order)."""
-        self._blocked.append((self._deadline(publish), publish))
+        self._blocked.add([publish])
 
     def write(self, batch: list[Publish]) -> bool:
         """Commit ``batch`` in one transaction and resolve its futures; False when it must wait
@@ -156,7 +156,7 @@ class Publisher:
             for i, p in enumerate(batch)
             if isinstance(p.body, JobStatusUpdate) and i not in refused
         ]
-        persisted = self._persisted_ack, self._undeleted  # what a rollback takes back
+        persisted = self._persisted_ack, self._deleted_through  # what a rollback takes back
         try:
             with db.transaction("publish"):
                 self.persist_ack()  # rides along: no fsync of its own
@@ -172,14 +172,14 @@ class Publisher:
                     if publish.mark is not None:
                         Dispatches(db).advance(*publish.mark)
         except OutboxFull:
-            self._persisted_ack, self._undeleted = persisted
+            self._persisted_ack, self._deleted_through = persisted
             with contextlib.suppress(StorageError):
                 self.persist_ack()  # on its own: the room it frees is what the retry needs
-            self._blocked.extend((self._deadline(p), p) for p in batch)
+            self._blocked.add(batch)
             self._report(Count("outbox_full"))
             return False
         except Exception as exc:
-            self._persisted_ack, self._undeleted = persisted
+            self._persisted_ack, self._deleted_through = persisted
             for publish in batch:
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)
@@ -216,18 +216,10 @@ class Publisher:
                 continue
             seq = next(seqs)
             if len(self._cache) < cache_limit:
-                self._cache[seq] = (publish.body, now)
+                self._cache.keep(seq, publish.body, now)
             publish.future.set(seq)
         self._report(Count("published", len(batch) - len(refused)))
         self._busy = True
-
-    def _deadline(self, publish: Publish) -> float:
-        """When a publish waiting for room fails. A job's terminal status never does: the
-        job must end exactly once, so it waits for the facilitator to free room."""
-        body = publish.body
-        if isinstance(body, JobStatusUpdate) and body.status.terminal:
-            return math.inf
-        return self._clock() + self.config.publish_timeout
 
     def retry_blocked(self) -> None:
         """Store the longest front part of the waiting publishes that fits now, in order."""
@@ -237,18 +229,18 @@ class Publisher:
         rows_free = self.config.max_outbox_rows - stats.depth_rows
         bytes_free = self.config.max_outbox_bytes - stats.depth_bytes
         fits = 0
-        for _, publish in self._blocked:
+        for publish in self._blocked.publishes():
             size = len(encode_body(publish.body)[1])
             if fits >= rows_free or size > bytes_free:
                 break
             fits, bytes_free = fits + 1, bytes_free - size
         if not fits:
             return
-        ready, waiting = self._blocked[:fits], self._blocked[fits:]
-        self._blocked = []
-        if not self.write([p for _, p in ready]):
-            self._blocked = ready  # the ledger or a concurrent change said otherwise: keep order
-        self._blocked.extend(waiting)
+        ready, waiting = self._blocked.take(fits), self._blocked.take()
+        if self.write([p for _, p in ready]):
+            self._blocked.restore([], waiting)
+        else:  # the ledger or a concurrent change said otherwise: all back, in order
+            self._blocked.restore(ready, waiting)
 
     def fail(self, publishes: list[Publish]) -> None:
         """Fail publishes that found no room before their deadline (or before the stop)."""
@@ -278,12 +270,8 @@ class Publisher:
         if self._handed >= upto:
             return []
         items: Items = []
-        seq = self._handed + 1
-        if seq in self._cache:
-            while seq <= upto and seq in self._cache:
-                items.append((seq, self._cache[seq][0]))
-                seq += 1
-        else:
+        items = self._cache.run(self._handed + 1, upto)
+        if not items:
             # Sent as stored (msgspec.Raw: no decode and re-encode per message on replay).
             for row in self._store().pending(after=self._handed, limit=upto - self._handed):
                 items.append((row.seq, msgspec.Raw(row.payload)))
@@ -305,8 +293,8 @@ class Publisher:
             )
             return False
         if resume_after > self._persisted_ack:
-            self._store().ack(resume_after)
-            self._persisted_ack = resume_after
+            self._store().ack(resume_after)  # deletes through it, earlier leftovers included
+            self._persisted_ack = self._deleted_through = resume_after
         replay = self._last_seq - resume_after
         self.session, self._limit = session_id, limit
         self._handed = self._acked = resume_after
@@ -322,9 +310,9 @@ class Publisher:
 
     def acked(self, upto: int, limit: int) -> None:
         """The facilitator holds our stream up to ``upto``; the window now reaches ``limit``."""
-        # The window opens at once; deleting the acked rows waits for the next commit or beat.
-        # Losing that delete in a crash only re-sends rows the facilitator already holds (and
-        # drops as duplicates), so it needs no fsync of its own.
+        # The window opens at once; the mark is stored with the next commit or beat, and the
+        # rows are deleted in bulk later (persist_ack). Losing the mark in a crash only re-sends
+        # rows the facilitator already holds (and drops as duplicates): no fsync of its own.
         self._report(Count("acked", upto - self._acked))
         self._acked = upto
         self._limit = max(self._limit, limit)
@@ -340,6 +328,7 @@ class Publisher:
         new = outbox.restart_epoch()
         self._cache.clear()  # cached seqs belong to the old numbering
         self.session, self._handed, self._acked, self._persisted_ack = None, 0, 0, 0
+        self._deleted_through = 0  # the renumbering deleted every acknowledged row
         self._last_seq = outbox.last_seq
         logger.warning(
             "outbox starts a new stream: epoch {} -> {} ({}); {} unacknowledged messages will be sent again",
@@ -357,22 +346,16 @@ class Publisher:
         # file than the publishes themselves and cost each commit a longer fsync.
         outbox = self._outbox
         if outbox is not None and self._acked > self._persisted_ack:
-            self._undeleted += self._acked - self._persisted_ack
-            outbox.ack(self._acked, delete=self._undeleted >= _DELETE_EVERY)
-            if self._undeleted >= _DELETE_EVERY:
-                self._undeleted = 0
+            delete = self._acked - self._deleted_through >= _DELETE_EVERY
+            outbox.ack(self._acked, delete=delete)
             self._persisted_ack = self._acked
+            if delete:
+                self._deleted_through = self._acked
 
     def _drop_cached(self, upto: int) -> None:
-        now = self._clock()
-        cache = self._cache
-        while cache:
-            seq, (_, at) = next(iter(cache.items()))
-            if seq > upto:
-                break
-            del cache[seq]
-            if seq == upto:  # one sample per ack keeps the histogram cheap
-                self._report(Observe("ack_latency", now - at))
+        committed_at = self._cache.drop_through(upto)
+        if committed_at is not None:
+            self._report(Observe("ack_latency", self._clock() - committed_at))
 
     # ------------------------------------------------------------ beats
 
@@ -381,10 +364,7 @@ class Publisher:
         give a drained backlog's pages back (a bounded step per beat)."""
         self.persist_ack()
         self.retry_blocked()
-        expired = [p for deadline, p in self._blocked if deadline <= now]
-        if expired:
-            self._blocked = [(d, p) for d, p in self._blocked if d > now]
-            self.fail(expired)
+        self.fail(self._blocked.expire(now))
         stats = self._store().stats()
         self._report(Gauge("outbox_depth", stats.depth_rows))
         self._report(Gauge("outbox_bytes", stats.depth_bytes))
@@ -392,9 +372,9 @@ class Publisher:
         # Tidying waits for an idle stream: nothing published since the last beat and
         # everything acknowledged (a replay or a drain is not slowed by it).
         if not self._busy and self._acked >= self._last_seq:
-            if self._undeleted:
+            if self._deleted_through < self._persisted_ack:
                 self._store().delete_acked()
-                self._undeleted = 0
+                self._deleted_through = self._persisted_ack
             with contextlib.suppress(StorageError):
                 self._store_db().reclaim_space()
         self._busy = False
