@@ -46,7 +46,7 @@ class LinkConfig(msgspec.Struct, kw_only=True, frozen=True):
     db_path: str
     durability: Literal["full", "normal"] = "full"
     max_frame_bytes: int = 1 << 20
-    max_batch: int = 500
+    max_batch: int = 1_000
     handshake_timeout: float = 10.0
     formats: tuple[Literal["json", "msgpack"], ...] = ("json", "msgpack")
     stop_timeout: float = 5.0

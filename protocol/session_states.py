@@ -74,9 +74,9 @@ ACCEPTS: Final[dict[SessionState, tuple[type, ...]]] = {
 class SessionConfig:
     """Limits and timers of one session; a facilitator's values are sent to the worker in welcome."""
 
-    max_inflight: int = 1_000
+    max_inflight: int = 2_000
     max_frame_bytes: int = 1_048_576
-    max_batch: int = 500
+    max_batch: int = 1_000
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     handshake_timeout: float = 10.0

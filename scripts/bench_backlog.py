@@ -9,10 +9,11 @@ durability "full" on both ends, loopback:
 3. a worker starts again on that database (RSS "with the backlog", idle), the facilitator starts
    on the port it dials, and the time until the facilitator has accepted every message is the
    end-to-end replay rate; the worker's RSS is sampled through the replay (peak);
-4. raw websocket-client one-way throughput of the same messages, 500 a frame as the replay sends
+4. raw websocket-client one-way throughput of the same messages, 1,000 a frame as the replay sends
    them, into a server that stores nothing (bench_e2e's ceiling): a second baseline.
-Each replay runs on a copy of the same backlog: once with the default link settings and once with
-a larger window and batch (the facilitator's ``max_inflight``, ``max_batch`` both ends).
+Each replay runs on a copy of the same backlog: with the default link settings, with the smaller
+defaults of earlier versions, and with a larger window and batch (the facilitator's
+``max_inflight``, ``max_batch`` both ends).
 Targets (issue 16): replay ≥ 100,000 msg/s end to end, RSS growth < 50 MB.
 
 Usage: nice -n 19 scripts/bench_backlog.py [--messages N] [--quick] [--no-raw]
@@ -95,7 +96,7 @@ def serve_worker(
 
 
 FRAME = worker_codec().encode(Data(seq=1_000_000, body=body(999_999)))
-RAW_BATCH = 500  # the raw baseline sends the replay's frames: 500 messages each (the default batch)
+RAW_BATCH = 1_000  # the raw baseline sends the replay's frames: 1,000 messages each (the default batch)
 RAW_FRAME = worker_codec().encode(
     DataBatch(items=[Data(seq=seq, body=body(seq)) for seq in range(1_000_000, 1_000_000 + RAW_BATCH)])
 )
@@ -253,7 +254,16 @@ class Replay(NamedTuple):
     rss_peak: int  # kB, during the replay
 
 
-SETTINGS = (("defaults (window 1,000, batch 500)", 1000, 500), ("window 10,000, batch 2,000", 10_000, 2000))
+_DEFAULTS = FacilitatorConfig(db_path="unused.db")  # the worker's max_batch default is the same
+SETTINGS = (
+    (
+        f"defaults (window {_DEFAULTS.max_inflight:,}, batch {_DEFAULTS.max_batch:,})",
+        _DEFAULTS.max_inflight,
+        _DEFAULTS.max_batch,
+    ),
+    ("window 1,000, batch 500 (the defaults before)", 1000, 500),
+    ("window 10,000, batch 2,000", 10_000, 2000),
+)
 
 
 def main() -> int:

@@ -61,10 +61,17 @@ def serve_sink() -> None:
         server.serve_forever()
 
 
+# The session window (the facilitator's max_inflight): 1,000 in flight, what bench_peers gives
+# every peer (the facilitator's default is larger).
+WINDOW = 1_000
+
+
 def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
     """Child mode: a reference facilitator (durability full) for the worker under test."""
     fac = start_facilitator(
-        FacilitatorConfig(db_path=db, authorized_keys={"bench": worker_key}, key_file=key_file)
+        FacilitatorConfig(
+            db_path=db, authorized_keys={"bench": worker_key}, key_file=key_file, max_inflight=WINDOW
+        )
     )
     print(fac.port, flush=True)
     threading.Event().wait()
