@@ -1,6 +1,7 @@
 """scripts/bench_backlog.py --quick builds a backlog with the facilitator down, replays all of it
 end to end under each link setting (the defaults, the earlier defaults, a large window),
-measures the worker's memory and stop(), and leaves nothing running. The numbers themselves depend on the machine: only their presence is checked."""
+measures the worker's memory and stop(), and leaves nothing running. The numbers themselves
+depend on the machine: only their presence is checked."""
 
 from __future__ import annotations
 
