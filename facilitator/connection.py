@@ -34,7 +34,7 @@ from jobrelay.facilitator.admission import GatedConnection
 from jobrelay.facilitator.connection_log import log_closed, log_opened
 from jobrelay.facilitator.frame_writer import FrameWriter
 from jobrelay.facilitator.fresh_rows import FreshRows
-from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist, restart_own_stream
+from jobrelay.facilitator.stream_io import fill, note_peer_stream, persist, read_ahead, restart_own_stream
 from jobrelay.facilitator.ws_connection import FrameConnection, recv_message
 from jobrelay.protocol import events as ev
 from jobrelay.protocol.close_codes import AUTH_CODES, GOING_AWAY, close_code_for
@@ -189,8 +189,14 @@ class WorkerConnection:
             self._finished = True
             self.done.set()
 
+    def take_frame(self, message: bytes | str, binary: bool | None) -> None:
+        """Hand a frame received now to the session (which may queue data and events)."""
+        self.last_contact = time.time()
+        self.hub.counters.add("frames_in")
+        self.driver.receive(message, self.last_contact, binary)
+
     async def _serve(self) -> None:
-        counters, ws = self.hub.counters, self.ws
+        ws = self.ws
         try:
             while True:
                 message, binary = await recv_message(ws)
@@ -204,10 +210,8 @@ class WorkerConnection:
                         self.hub.counters.add("handshakes_abandoned")
                         self.release_handshake()
                         return
-                now = time.time()
-                self.last_contact = now
-                counters.add("frames_in")
-                self.driver.receive(message, now, binary)
+                self.take_frame(message, binary)
+                await read_ahead(self, ws)
                 await self._act()
                 if self.session.state is SessionState.CLOSED:
                     return

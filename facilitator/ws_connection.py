@@ -13,7 +13,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import Event, State
 
-__all__ = ["FrameConnection", "recv_message"]
+__all__ = ["FrameConnection", "message_waiting", "recv_message"]
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class FrameConnection(ServerConnection):
@@ -25,6 +27,7 @@ class FrameConnection(ServerConnection):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._binary: deque[bool] = deque()
+        self._whole = 0  # messages received in full and not yet taken by recv_message()
         protocol = self.protocol
         fail = protocol.fail
 
@@ -39,14 +42,22 @@ class FrameConnection(ServerConnection):
         protocol.fail = fail_after_error_frame  # type: ignore[method-assign]
 
     def process_event(self, event: Event) -> None:
-        if isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
-            self._binary.append(event.opcode is Opcode.BINARY)
+        if isinstance(event, Frame) and event.opcode in _DATA:
+            if event.opcode is not Opcode.CONT:
+                self._binary.append(event.opcode is Opcode.BINARY)
+            if event.fin:
+                self._whole += 1
         super().process_event(event)
+
+    def message_waiting(self) -> bool:
+        """A whole message is buffered: ``recv_message()`` returns it without waiting for the peer."""
+        return self._whole > 0
 
     async def recv_message(self) -> tuple[bytes | str, bool]:
         """The next message and whether it was binary; a text message as ``str`` decoded with
         ``surrogateescape`` (invalid UTF-8 is the codec's to refuse, with an error frame)."""
         data = await self.recv(decode=False)
+        self._whole -= 1
         binary = self._binary.popleft()
         return (data if binary else data.decode("utf-8", "surrogateescape")), binary
 
@@ -57,3 +68,8 @@ async def recv_message(ws: ServerConnection) -> tuple[bytes | str, bool | None]:
     if isinstance(ws, FrameConnection):
         return await ws.recv_message()
     return await ws.recv(decode=False), None
+
+
+def message_waiting(ws: ServerConnection) -> bool:
+    """``recv_message(ws)`` would return at once (never True for a stock connection)."""
+    return isinstance(ws, FrameConnection) and ws.message_waiting()
