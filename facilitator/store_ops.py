@@ -77,6 +77,8 @@ class AcceptOutcome(NamedTuple):
         gap: The store saw a seq gap (its mark disagrees with the session's): close the session.
         retries: Jobs whose next attempt the hub releases after its delay.
         released: Jobs the worker handed back, queued again here (route them: request a dispatch).
+        recorded: The status updates recorded, in order, as recorded (a retried failure as its
+            ``retrying``): what subscribers are told.
     """
 
     upto: int
@@ -86,6 +88,7 @@ class AcceptOutcome(NamedTuple):
     gap: bool
     retries: Sequence[Retry] = ()
     released: int = 0
+    recorded: Sequence[JobStatusUpdate] = ()
 
 
 class Assignment(NamedTuple):
@@ -247,12 +250,13 @@ def accept_batch(
     refused: list[Refusal] = []
     retries: list[Retry] = []
     released = 0
+    recorded: list[JobStatusUpdate] = []
     statuses = [b for b in accepted if isinstance(b, JobStatusUpdate)]
     if statuses:
         decided = decide_retries(s, worker_id, statuses)
         retries = decided.retries
         refused = [Refusal(job_id, None, "retrying: the facilitator's status") for job_id in decided.refused]
-        refused += _record_statuses(s, worker_id, decided.updates)
+        refused += _record_statuses(s, worker_id, decided.updates, recorded)
         handed_back = [u for u in decided.updates if u.status is JobStatus.RELEASED]
         if handed_back:
             released = len(release_jobs(s, worker_id, handed_back))
@@ -262,10 +266,14 @@ def accept_batch(
     events = [(b.event, b.detail, b.at) for b in accepted if isinstance(b, WorkerEvent)]
     if events:
         routing.record_worker_events(s.db, worker_id, events)
-    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries, released)
+    return AcceptOutcome(upto, len(accepted), duplicates, refused, gap, retries, released, recorded)
 
 
-def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpdate]) -> list[Refusal]:
+def _record_statuses(
+    s: StoreState, worker_id: str, statuses: list[JobStatusUpdate], recorded: list[JobStatusUpdate]
+) -> list[Refusal]:
+    """Record ``statuses`` of the jobs that are ``worker_id``'s (appended to ``recorded``, in
+    order); the refusals of the others."""
     owners = routing.job_owners(s.db, [u.job_id for u in statuses])
     refused: list[Refusal] = []
     mine: list[JobStatusUpdate] = []
@@ -284,6 +292,7 @@ def _record_statuses(s: StoreState, worker_id: str, statuses: list[JobStatusUpda
     )
     for update, result in zip(mine, results, strict=True):
         if result is StatusResult.RECORDED:
+            recorded.append(update)
             if update.status.terminal:
                 s.add_outstanding(worker_id, -1, owners[update.job_id].kind)
         else:

@@ -20,9 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["fill", "note_peer_stream", "persist", "read_ahead", "restart_own_stream"]
 
-# Most data messages one persist takes from frames already received. The receive window bounds
-# them too; this keeps one store operation of a very large window modest.
+# Bounds of one read-ahead: data messages joined into one store operation, and the frames and
+# bytes taken in one go. A buffered frame is taken without yielding to the loop, so these also
+# bound how long one connection holds the loop (and the window bounds the messages as well).
 _JOIN_MOST: Final = 10_000
+_AHEAD_FRAMES: Final = 64
+_AHEAD_BYTES: Final = 4 << 20
 
 
 async def read_ahead(conn: WorkerConnection, ws: ServerConnection) -> None:
@@ -32,13 +35,20 @@ async def read_ahead(conn: WorkerConnection, ws: ServerConnection) -> None:
     One commit per frame capped a connection at about one frame per fsync: four workers each
     sending their status updates a few to a frame queued frames in their sockets, and a job's
     terminal status took 0.7 s to be committed (its credit with it). Stops at anything but data
-    (events keep their order), at ``_JOIN_MOST`` messages, or when the next read would wait.
+    (events keep their order), at the bounds above, or when the next read would wait.
     """
     todo = conn._todo
+    messages = sum(len(item) for item in todo if isinstance(item, list))
+    frames = size = 0
     while todo and isinstance(todo[-1], list) and message_waiting(ws) and conn.session.is_open:
-        if sum(len(item) for item in todo if isinstance(item, list)) >= _JOIN_MOST:
+        if messages >= _JOIN_MOST or frames >= _AHEAD_FRAMES or size >= _AHEAD_BYTES:
             return
-        conn.take_frame(*await recv_message(ws))
+        queued = len(todo)
+        message, binary = await recv_message(ws)
+        frames, size = frames + 1, size + len(message)
+        conn.take_frame(message, binary)
+        if len(todo) > queued and isinstance(todo[-1], list):
+            messages += len(todo[-1])
 
 
 async def restart_own_stream(conn: WorkerConnection, event: ev.RestartOwnStream) -> None:
@@ -103,8 +113,8 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
             )
         if refusal.code is not None and conn.session.is_open:
             conn.session.send_warning(refusal.code, f"job {refusal.job_id}: {refusal.detail}")
-    if outcome.accepted:
-        _publish_statuses(conn, batch, outcome)
+    if outcome.recorded:
+        _publish_statuses(conn, outcome)
     if outcome.retries:
         conn.hub.retries.schedule(outcome.retries)
     if outcome.released:
@@ -117,26 +127,21 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
         conn.session.acknowledge(min(outcome.upto, conn.session.receiver.seen))
 
 
-def _publish_statuses(conn: WorkerConnection, batch: list[tuple[int, Any]], outcome: AcceptOutcome) -> None:
-    """Publish the status updates this batch recorded: the accepted rows are the last
-    ``accepted`` seqs up to ``upto`` (duplicates come first); refused ones were not recorded, and
-    a failure the facilitator retries is recorded as ``retrying``."""
+def _publish_statuses(conn: WorkerConnection, outcome: AcceptOutcome) -> None:
+    """Publish the status updates this batch recorded, as recorded (a failure the facilitator
+    retries as ``retrying``). Matched by update, not by job id: one batch often holds several
+    updates of a job (frames read ahead are one batch), and one refused or retried update must
+    not relabel or hide its job's others."""
     events = conn.hub.events
     if not events.subscribers:
         return
-    refused = {r.job_id for r in outcome.refused}
-    retrying = {r.job_id for r in outcome.retries}
-    first = outcome.upto - outcome.accepted
-    for seq, body in batch:
-        if not isinstance(body, JobStatusUpdate) or not first < seq <= outcome.upto:
+    for update in outcome.recorded:
+        if update.status is JobStatus.RELEASED:
+            events.publish("job.released", job_id=update.job_id, worker=conn.worker_id)
             continue
-        if body.job_id in retrying:
-            events.job_status(body.job_id, conn.worker_id, "retrying", body.detail, None, body.attempt)
-        elif body.job_id not in refused and body.status is not JobStatus.RELEASED:
-            status = body.status.value
-            events.job_status(body.job_id, conn.worker_id, status, body.detail, body.progress, body.attempt)
-        elif body.status is JobStatus.RELEASED and body.job_id not in refused:
-            events.publish("job.released", job_id=body.job_id, worker=conn.worker_id)
+        progress = None if update.status is JobStatus.RETRYING else update.progress
+        status = update.status.value
+        events.job_status(update.job_id, conn.worker_id, status, update.detail, progress, update.attempt)
 
 
 async def fill(conn: WorkerConnection) -> None:

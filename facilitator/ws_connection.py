@@ -2,7 +2,9 @@
 # binary) of each message, which ``recv(decode=False)`` drops. The codec needs it: a text frame
 # on a msgpack session, or a binary one on a JSON session, is malformed_frame (PROTOCOL §2).
 # A message over max_size gets the session's `error` frame (frame_too_large) before websockets'
-# close 1009. Invariant: one entry per data message, appended as its first frame arrives and taken by the
+# close 1009. It also counts the messages received whole and not yet taken, so a reader can
+# take what is buffered without waiting for the peer (the facilitator's read-ahead).
+# Invariant: one entry per data message, appended as its first frame arrives and taken by the
 # ``recv`` that returns that message, so the two queues stay in step.
 from __future__ import annotations
 
@@ -56,7 +58,13 @@ class FrameConnection(ServerConnection):
     async def recv_message(self) -> tuple[bytes | str, bool]:
         """The next message and whether it was binary; a text message as ``str`` decoded with
         ``surrogateescape`` (invalid UTF-8 is the codec's to refuse, with an error frame)."""
-        data = await self.recv(decode=False)
+        try:
+            data = await self.recv(decode=False)
+        except BaseException:
+            # A message counted whole that recv() refused (too many fragments): the connection
+            # is failing; nothing counted may make a reader expect a message without waiting.
+            self._whole = 0
+            raise
         self._whole -= 1
         binary = self._binary.popleft()
         return (data if binary else data.decode("utf-8", "surrogateescape")), binary
