@@ -332,7 +332,9 @@ class _Session(Generic[In]):
     def _encode_data(self, items: Sequence[tuple[int, Any]]) -> list[OutFrame]:
         limit = self.config.max_frame_bytes
         frames: list[OutFrame] = []
-        step = self.config.max_batch
+        # At most half the window a frame: two frames in flight, so the peer commits one while
+        # the next arrives (a frame as large as the window was stop-and-wait).
+        step = min(self.config.max_batch, max(1, self.sender.window // 2))
         for start in range(0, len(items), step):
             frames.extend(self._encode_chunk(items[start : start + step], limit))
         return frames

@@ -356,6 +356,17 @@ def test_backlog_goes_out_in_batches_within_frame_limit() -> None:
     assert not pair.worker.store.out
 
 
+def test_a_frame_carries_at_most_half_the_window() -> None:
+    # max_batch as large as the window would leave one frame in flight (stop-and-wait): the
+    # peer could not commit one frame while the next arrives.
+    pair = open_pair(max_inflight=1000, max_batch=1000)
+    pair.publish(pair.worker, [m.WorkerEvent(event="e", at=float(i)) for i in range(1000)])
+    sizes = [len(msgspec.json.decode(f.data)["items"]) for f in pair.w2f]
+    assert sizes == [500, 500]
+    pair.pump()
+    assert len(pair.facilitator.store.delivered) == 1000
+
+
 def test_single_message_over_frame_limit_is_a_local_error() -> None:
     pair = open_pair(max_frame_bytes=1024)
     w = pair.worker.session
