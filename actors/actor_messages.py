@@ -87,6 +87,7 @@ class SessionOpened(_Msg, frozen=True):
     resume_after: int
     limit: int
     connection: Any  # pykka.ActorRef of the Connection that opened the session
+    as_stored: bool = False  # JSON frames: hand bodies over as their stored bytes (msgspec.Raw)
 
 
 class SessionClosed(_Msg, frozen=True):

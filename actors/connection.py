@@ -332,8 +332,8 @@ class ConnectionActor(pykka.ThreadingActor):
         self._dialer.tries = 0
         self._log = logger.bind(worker_id=self.config.worker_id, session=event.session_id)
         self._repeats = Repeats()
-        limit = session.sender.handover_limit(HANDOVER_WINDOWS)
-        send(self._outbox, SessionOpened(session.session_id, event.resume_after, limit, self.actor_ref))
+        limit, raw = session.sender.handover_limit(HANDOVER_WINDOWS), session.sends_json
+        send(self._outbox, SessionOpened(session.session_id, event.resume_after, limit, self.actor_ref, raw))
         send(self._router, event)  # the JobRouter hands back queued jobs only if the facilitator takes them
         self._connected.set()
         self._set_state(ConnectionState.CONNECTED, f"session {event.session_id}")

@@ -141,7 +141,7 @@ class OutboxActor(pykka.ThreadingActor):
                 self._flush_pending = False
             case SessionOpened(session_id=sid, resume_after=after, limit=limit, connection=connection):
                 self._connection = connection
-                if publisher.opened(sid, after, limit):
+                if publisher.opened(sid, after, limit, as_stored=message.as_stored):
                     self._hand_over()
                 else:
                     send(connection, DropSession(sid, f"cannot resume after seq {after}: acked before"))

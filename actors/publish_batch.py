@@ -11,10 +11,12 @@ from typing import Any
 
 import msgspec
 
+from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.latch_future import LatchFuture
-from jobrelay.protocol.errors import JobrelayError
+from jobrelay.protocol.codec import check_sendable
+from jobrelay.protocol.errors import JobrelayError, LocalProtocolError
 
-__all__ = ["PublishBatch", "PublishGroup", "PublishManyError"]
+__all__ = ["PublishBatch", "PublishGroup", "PublishManyError", "unsendable"]
 
 
 class PublishManyError(JobrelayError):
@@ -89,3 +91,22 @@ class PublishBatch(msgspec.Struct, frozen=True):
 
     items: Sequence[Any]  # Publish, each with a _Part as its future
     backlog: Any = None  # the handle's PublishBacklog, told when the Outbox takes the message
+
+
+def unsendable(
+    publishes: Sequence[Any], encoded: Sequence[tuple[str, bytes]], config: WorkerConfig
+) -> dict[int, Exception]:
+    """index → why that publish can never be sent (a body too large for a frame, or one a
+    negotiable format cannot carry); checked before it is stored."""
+    refused: dict[int, Exception] = {}
+    for i, (publish, (_, payload)) in enumerate(zip(publishes, encoded, strict=True)):
+        try:
+            check_sendable(
+                publish.body,
+                max_frame_bytes=config.max_frame_bytes,
+                formats=config.formats,
+                json_body_size=len(payload),
+            )
+        except LocalProtocolError as exc:
+            refused[i] = exc
+    return refused

@@ -19,10 +19,9 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, Gauge, Observe, Publish
 from jobrelay.actors.config import WorkerConfig
+from jobrelay.actors.publish_batch import unsendable
 from jobrelay.actors.recent_rows import RecentRows
 from jobrelay.actors.room_wait import WaitingForRoom
-from jobrelay.protocol.codec import check_sendable
-from jobrelay.protocol.errors import LocalProtocolError
 from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
 from jobrelay.storage import (
     Database,
@@ -85,6 +84,7 @@ class Publisher:
         self.session: str | None = None
         self._handed = 0  # highest seq handed to the session
         self._limit = 0  # highest seq the session's window lets us hand over
+        self._as_stored = False  # the session sends JSON: fresh rows go over as their stored bytes
         self._acked = 0
         self._persisted_ack = 0
         self._deleted_through = 0  # acknowledged rows up to here are deleted too
@@ -150,7 +150,7 @@ class Publisher:
         outbox, ledger, db = self._store(), self._ledger, self._db
         assert ledger is not None and db is not None
         encoded = [encode_body(p.body) for p in batch]
-        refused = self._unsendable(batch, encoded)
+        refused = unsendable(batch, encoded, self.config)
         updates = [
             (i, StatusUpdate(p.body.job_id, p.body.status.value, p.body.detail, p.body.progress, p.body.at))
             for i, p in enumerate(batch)
@@ -184,24 +184,16 @@ class Publisher:
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)
             return True
-        self._resolve(batch, refused, assigned)
+        self._resolve(batch, refused, assigned, encoded)
         return True
 
-    def _unsendable(self, batch: list[Publish], encoded: list[tuple[str, bytes]]) -> dict[int, Exception]:
-        refused: dict[int, Exception] = {}
-        for i, (publish, (_, payload)) in enumerate(zip(batch, encoded, strict=True)):
-            try:
-                check_sendable(
-                    publish.body,
-                    max_frame_bytes=self.config.max_frame_bytes,
-                    formats=self.config.formats,
-                    json_body_size=len(payload),
-                )
-            except LocalProtocolError as exc:
-                refused[i] = exc
-        return refused
-
-    def _resolve(self, batch: list[Publish], refused: dict[int, Exception], assigned: list[int]) -> None:
+    def _resolve(
+        self,
+        batch: list[Publish],
+        refused: dict[int, Exception],
+        assigned: list[int],
+        encoded: list[tuple[str, bytes]],
+    ) -> None:
         if assigned:
             self._last_seq = assigned[-1]
         now = self._clock()
@@ -216,7 +208,7 @@ class Publisher:
                 continue
             seq = next(seqs)
             if len(self._cache) < cache_limit:
-                self._cache.keep(seq, publish.body, now)
+                self._cache.keep(seq, publish.body, encoded[i][1], now)
             publish.future.set(seq)
         self._report(Count("published", len(batch) - len(refused)))
         self._busy = True
@@ -270,7 +262,7 @@ class Publisher:
         if self._handed >= upto:
             return []
         items: Items = []
-        items = self._cache.run(self._handed + 1, upto)
+        items = self._cache.run(self._handed + 1, upto, as_stored=self._as_stored)
         if not items:
             # Sent as stored (msgspec.Raw: no decode and re-encode per message on replay).
             for row in self._store().pending(after=self._handed, limit=upto - self._handed):
@@ -279,9 +271,11 @@ class Publisher:
             self._handed = items[-1][0]
         return items
 
-    def opened(self, session_id: str, resume_after: int, limit: int) -> bool:
-        """A session opened: hand over from ``resume_after`` on, up to ``limit``. False (and no
-        session) when rows after ``resume_after`` were already deleted: the session must go."""
+    def opened(self, session_id: str, resume_after: int, limit: int, *, as_stored: bool = False) -> bool:
+        """A session opened: hand over from ``resume_after`` on, up to ``limit``; ``as_stored``:
+        fresh rows as their stored JSON bytes too (the session sends JSON), so a message is
+        encoded once end to end. False (and no session) when rows after ``resume_after`` were
+        already deleted: the session must go."""
         if resume_after < self._persisted_ack:
             # An earlier session acknowledged (and we deleted) rows up to _persisted_ack after
             # this session's auth read its marks, and this facilitator resumes below them (it
@@ -296,7 +290,7 @@ class Publisher:
             self._store().ack(resume_after)  # deletes through it, earlier leftovers included
             self._persisted_ack = self._deleted_through = resume_after
         replay = self._last_seq - resume_after
-        self.session, self._limit = session_id, limit
+        self.session, self._limit, self._as_stored = session_id, limit, as_stored
         self._handed = self._acked = resume_after
         self._drop_cached(resume_after)
         if replay:

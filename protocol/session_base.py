@@ -137,6 +137,11 @@ class _Session(Generic[In]):
     def is_open(self) -> bool:
         return self.state is SessionState.OPEN
 
+    @property
+    def sends_json(self) -> bool:
+        """Data goes out as JSON text: a body stored as JSON bytes is sent as it is."""
+        return self._send_codec.fmt == "json"
+
     def silent_for(self, now: float) -> float:
         return now - self.last_received
 

@@ -237,6 +237,27 @@ def test_a_full_outbox_blocks_publishes_in_order(tmp_path: Path) -> None:
     pub.close()
 
 
+def test_a_json_session_gets_fresh_rows_as_stored_bytes_others_as_bodies(tmp_path: Path) -> None:
+    # Encoded once end to end: a JSON frame embeds the bytes the outbox stored; a msgpack
+    # session gets the body itself (it would otherwise decode the JSON to encode it again).
+    h = Harness(tmp_path)
+    pub = h.publisher
+    bodies = [event("one"), event("two")]
+    pub.write([publish(b) for b in bodies])
+    pub.opened("s1", 0, limit=10, as_stored=True)
+    handed = pub.fill()
+    assert seqs(handed) == [1, 2] and all(isinstance(b, msgspec.Raw) for _, b in handed)
+    with open_database(h.path, readonly=True) as db:
+        stored = {row.seq: row.payload for row in StoredOutbox(db, "out").pending()}
+    assert [bytes(b) for _, b in handed] == [stored[1], stored[2]]
+    assert [decode_body(bytes(b)) for _, b in handed] == bodies
+    pub.closed("s1")
+    pub.opened("s2", 2, limit=10)  # a msgpack session: a fresh row as its body
+    pub.write([publish(event("three"))])
+    assert pub.fill() == [(3, event("three"))]
+    pub.close()
+
+
 def test_waiting_publishes_expire_but_a_terminal_status_never_does(tmp_path: Path) -> None:
     h = Harness(tmp_path, max_outbox_rows=1, publish_timeout=5.0)
     h.add_job("j1")

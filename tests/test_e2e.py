@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import pykka
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -122,6 +123,38 @@ def test_thousand_jobs_every_update_once_in_order(tmp_path: Path) -> None:
             assert check_histories(fac, ids, steps) == {"completed": 1000, "worker_restarted": 0}
             snap = worker.snapshot()
             assert snap.counter("jobs_completed") == 1000
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("formats", [("json",), ("msgpack",)])
+def test_either_format_carries_fresh_and_stored_messages(tmp_path: Path, formats: tuple[str, ...]) -> None:
+    # A JSON session sends fresh messages as the bytes the outbox stored, a msgpack one encodes
+    # their bodies; a replay sends stored rows in both. Each arrives once, in order.
+    config = WorkerConfig(
+        facilitator_key=FACILITATOR_PUBLIC,
+        url="ws://127.0.0.1:9",  # nothing there yet: the first events are stored, not sent
+        worker_id="w1",
+        key=KEY_HEX,
+        db_path=str(tmp_path / "w.db"),
+        formats=formats,  # type: ignore[arg-type]
+    )
+    with start_worker(config, {"steps": steps_handler}) as worker:
+        stored = worker.outbox.publish_many([WorkerEvent(event="stored", at=float(i)) for i in range(50)])
+        stored.get(timeout=10)
+    with start_fac(tmp_path / "fac.db") as fac:
+        config = msgspec.structs.replace(config, url=fac.url)
+        with start_worker(config, {"steps": steps_handler}) as worker:
+            worker.wait_connected(10)
+            ids = fac.submit_many([("steps", {"steps": 2}, f"job-{i}") for i in range(100)])
+            worker.outbox.publish_many([WorkerEvent(event="fresh", at=float(i)) for i in range(50)])
+            wait_until(lambda: all_done(fac, ids), 40, "100 jobs")
+            assert check_histories(fac, ids, dict.fromkeys(ids, 2)) == {
+                "completed": 100,
+                "worker_restarted": 0,
+            }
+            wait_until(lambda: fac.stats().data_accepted >= 50 + 50 + 100 * 5, 10, "every message")
+            view = next(v for v in fac.workers() if v.worker_id == "w1")
+            assert view.in_hwm == fac.stats().data_accepted and fac.stats().duplicates_dropped == 0
 
 
 def spawn_worker(url: str, db: Path) -> subprocess.Popen[str]:
