@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from jobrelay.actors.actor_messages import Publish
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.latch_future import LatchFuture
 from jobrelay.protocol.codec import check_sendable
@@ -94,7 +95,7 @@ class PublishBatch(msgspec.Struct, frozen=True):
 
 
 def unsendable(
-    publishes: Sequence[Any], encoded: Sequence[tuple[str, bytes]], config: WorkerConfig
+    publishes: Sequence[Publish], encoded: Sequence[tuple[str, bytes]], config: WorkerConfig
 ) -> dict[int, Exception]:
     """index → why that publish can never be sent (a body too large for a frame, or one a
     negotiable format cannot carry); checked before it is stored."""
