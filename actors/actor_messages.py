@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import pykka
@@ -191,7 +191,13 @@ class Observe(_Msg, frozen=True):
     value: float
 
 
-def send(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+class Tellable(Protocol):
+    """What takes a message with ``tell``: an actor's ref, or the MetricsSink that counts in place."""
+
+    def tell(self, message: Any) -> None: ...
+
+
+def send(ref: Tellable | None, message: Any) -> bool:
     """``tell`` that tolerates a stopped target (actors stop in sequence; late messages to an
     already stopped actor are expected then, and everything they carry is durable or
     recomputed on restart). Returns False when the target is gone."""

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pykka
 
-from jobrelay.actors.actor_messages import Count, send
+from jobrelay.actors.actor_messages import Count, Tellable, send
 from jobrelay.actors.call_gate import CallGate
 from jobrelay.actors.calls import StartCall
 from jobrelay.actors.config import WorkerConfig
@@ -29,7 +29,7 @@ class Caller:
 
     Args:
         connection: the Connection actor's ref.
-        metrics: the Metrics actor's ref.
+        metrics: where reports go (the MetricsSink).
         served: the methods the worker answers (the Connection's call server uses the same object).
     """
 
@@ -38,7 +38,7 @@ class Caller:
         config: WorkerConfig,
         *,
         connection: pykka.ActorRef[Any],
-        metrics: pykka.ActorRef[Any],
+        metrics: Tellable,
         served: MethodRegistry,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -37,6 +37,7 @@ from jobrelay.actors.actor_messages import (
     SessionClosed,
     SessionOpened,
     StateChanged,
+    Tellable,
     send,
 )
 from jobrelay.actors.call_server import SendResponse
@@ -79,8 +80,8 @@ class ConnectionActor(pykka.ThreadingActor):
     Args:
         config: the worker configuration (checked).
         marks: read by the I/O thread before each attempt: the durable stream marks.
-        outbox / router / metrics: actor refs this actor `tell`s.
-        subscribers: refs that get a StateChanged message on every state change.
+        outbox / router: actor refs this actor `tell`s; metrics: where reports go (the MetricsSink).
+        subscribers: what gets a StateChanged message on every state change.
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
         kinds: the job kinds this worker runs, announced in every hello (None: any kind), with
             credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.
@@ -96,8 +97,8 @@ class ConnectionActor(pykka.ThreadingActor):
         marks: Callable[[], StreamMarks],
         outbox: pykka.ActorRef[Any],
         router: pykka.ActorRef[Any],
-        metrics: pykka.ActorRef[Any],
-        subscribers: Sequence[pykka.ActorRef[Any]] = (),
+        metrics: Tellable,
+        subscribers: Sequence[Tellable] = (),
         transport_factory: Callable[[], Transport] | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import pykka
 from loguru import logger
 
-from jobrelay.actors.actor_messages import Count, Gauge, JobDone, Observe, send
+from jobrelay.actors.actor_messages import Count, Gauge, JobDone, Observe, Tellable, send
 from jobrelay.actors.job_limits import TIME_LIMIT, Limits, TimeLimitExceeded, limits_for, run_limited
 from jobrelay.protocol.messages import JobRequest, JobStatus, JobStatusUpdate
 
@@ -104,7 +104,7 @@ class JobContext:
         outbox: OutboxHandle,
         clock: Callable[[], float],
         processes: ProcessJournal | None = None,
-        metrics: pykka.ActorRef[Any] | None = None,
+        metrics: Tellable | None = None,
         resumed: bool = False,
     ) -> None:
         self.job = job
@@ -272,17 +272,13 @@ def resumable(handler: H) -> H:
     return handler
 
 
-def run_handler(
-    handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
-) -> None:
+def run_handler(handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: Tellable) -> None:
     """Run one job to its terminal status (in the job's own thread)."""
     with logger.contextualize(job_id=ctx.job.job_id):
         _run(handler, ctx, router, metrics)
 
 
-def _run(
-    handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: pykka.ActorRef[Any]
-) -> None:
+def _run(handler: Handler, ctx: JobContext, router: pykka.ActorRef[Any], metrics: Tellable) -> None:
     job = ctx.job
     # A handler with its own time limits (they reach its backend) is not watched here.
     limits = Limits() if getattr(handler, "own_time_limits", False) else limits_for(job, handler)

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from jobrelay.actors.actor_messages import Gauge, send
+from jobrelay.actors.actor_messages import Gauge, Tellable, send
 from jobrelay.storage import LocalState, LocalStateStore, StorageError, open_database
 from jobrelay.storage.database import Database, Durability
 
@@ -38,11 +38,11 @@ class LocalMode:
     Args:
         after: seconds without a session before the worker enters local mode.
         log: a loguru logger bound to the worker.
-        metrics: the Metrics actor ref (gauges ``local_mode_active``, ``local_mode_activations``,
+        metrics: where reports go (gauges ``local_mode_active``, ``local_mode_activations``,
             ``last_facilitator_contact``).
     """
 
-    def __init__(self, after: float, log: Any, metrics: Any) -> None:
+    def __init__(self, after: float, log: Any, metrics: Tellable) -> None:
         self.after = after
         self._log = log
         self._metrics = metrics

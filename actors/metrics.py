@@ -1,6 +1,8 @@
-# Metrics actor: counters, gauges and histograms reported by the other actors with `tell`, and the
-# catalogue of what each one means (the HELP texts of /metrics).
-# Invariants: reporting never blocks the reporter; snapshot() is a consistent copy; a histogram
+# Metrics: counters, gauges and histograms the other actors report (`tell` a MetricsSink, which
+# counts them in place in the MetricsBook), the actor that keeps totals, and the catalogue of what
+# each one means (the HELP texts of /metrics).
+# Invariants: reporting never waits for more than the book's short lock; snapshot() is a
+# consistent copy; a histogram
 # counts observations into fixed buckets (what Prometheus aggregates across workers; quantiles of
 # one process could not be), so its memory does not grow with the observations; the counters of
 # KEPT are also added to the database's totals (storage/totals.py) at most every _FLUSH_EVERY
@@ -9,6 +11,8 @@
 from __future__ import annotations
 
 import bisect
+import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -30,8 +34,11 @@ __all__ = [
     "KEPT",
     "Histogram",
     "MetricsActor",
+    "MetricsBook",
     "MetricsProxy",
+    "MetricsSink",
     "MetricsSnapshot",
+    "SaveTotals",
 ]
 
 _FLUSH_EVERY = 1.0  # seconds between writes of the kept totals
@@ -111,22 +118,115 @@ class MetricsSnapshot(msgspec.Struct, frozen=True):
         return self.counters.get(name, 0)
 
 
-class MetricsActor(pykka.ThreadingActor):
-    def __init__(
-        self, config: WorkerConfig | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        super().__init__()
-        self._config = config  # its database keeps the totals (None: kept in memory only)
-        self._db: Database | None = None
-        self._unsaved: dict[str, int] = {}
+class SaveTotals(msgspec.Struct, frozen=True):
+    """To the Metrics actor: the kept counters moved and were not saved for _FLUSH_EVERY."""
+
+
+class MetricsBook:
+    """Every metric of one worker, updated in place by the thread that reports it.
+
+    A report is a lock and a few dict updates in the reporter's own thread. It used to be a
+    message to the Metrics actor, about six per published message (published, sent, acked,
+    ack latency, frames): each woke that actor's thread, and on two cores those wake-ups took
+    the GIL from the Outbox between the statements of its commits.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
         self._clock = clock
-        self._saved_at = clock()
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, float] = {}
         self._bins: dict[str, list[int]] = {}  # per bucket (not cumulative), then +Inf
         self._totals: dict[str, tuple[int, float, float]] = {}
         self._state = "disconnected"
         self._breaker = "closed"
+        self._unsaved: dict[str, int] = {}
+        self._saved_at = clock()
+        self._save_asked = False
+
+    def record(self, message: Any) -> bool:
+        """Apply one report; True (once until take_unsaved) when the kept counters are due to be
+        saved."""
+        with self._lock:
+            match message:
+                case Count(name=name, n=n):
+                    self._counters[name] = self._counters.get(name, 0) + n
+                    if name in KEPT:
+                        self._unsaved[name] = self._unsaved.get(name, 0) + n
+                        if not self._save_asked and self._clock() - self._saved_at >= _FLUSH_EVERY:
+                            self._save_asked = True
+                            return True
+                case Gauge(name=name, value=value):
+                    self._gauges[name] = value
+                case Observe(name=name, value=value):
+                    bounds = BUCKETS.get(name, _DEFAULT_BUCKETS)
+                    bins = self._bins.setdefault(name, [0] * (len(bounds) + 1))
+                    bins[bisect.bisect_left(bounds, value)] += 1  # le: a value equal to a bound is in it
+                    count, total, peak = self._totals.get(name, (0, 0.0, 0.0))
+                    self._totals[name] = (count + 1, total + value, max(peak, value))
+                case StateChanged(state=state):
+                    self._state = state.value
+                    self._bump(f"state_{state.value}")
+                case BreakerChanged(before=before, after=after):
+                    self._breaker = after
+                    self._bump(f"breaker_to_{after}")
+                    if before == "closed" and after == "open":
+                        self._bump("breaker_trips")
+                case _:
+                    logger.error("Metrics got an unknown message {!r}", message)
+        return False
+
+    def _bump(self, name: str) -> None:
+        self._counters[name] = self._counters.get(name, 0) + 1
+
+    def take_unsaved(self) -> dict[str, int]:
+        """The kept counters' growth since the last call (for the database's totals)."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+            self._saved_at, self._save_asked = self._clock(), False
+        return unsaved
+
+    def snapshot(self) -> MetricsSnapshot:
+        with self._lock:
+            histograms = {}
+            for name, bins in self._bins.items():
+                count, total, peak = self._totals[name]
+                cumulative = list(itertools.accumulate(bins[:-1]))
+                bounds = BUCKETS.get(name, _DEFAULT_BUCKETS)
+                histograms[name] = Histogram(count, total, peak, tuple(bounds), tuple(cumulative))
+            return MetricsSnapshot(
+                at=time.time(),
+                state=self._state,
+                counters=dict(self._counters),
+                gauges=dict(self._gauges),
+                histograms=histograms,
+                breaker=self._breaker,
+            )
+
+
+class MetricsSink:
+    """What the other actors report to (``tell``, as to an actor): the book, in place; the
+    Metrics actor only hears when the kept totals are due to be saved (its thread owns the
+    database connection)."""
+
+    def __init__(self, book: MetricsBook, actor: pykka.ActorRef[Any]) -> None:
+        self._book = book
+        self._actor = actor
+
+    def tell(self, message: Any) -> None:
+        if self._book.record(message):
+            self._actor.tell(SaveTotals())  # ActorDeadError after the stop: send() takes it
+
+
+class MetricsActor(pykka.ThreadingActor):
+    """Saves the kept counters into the database's totals; answers snapshot(). Reports told to
+    it directly (not through a MetricsSink) are applied to the book as well."""
+
+    def __init__(self, book: MetricsBook, config: WorkerConfig | None = None) -> None:
+        super().__init__()
+        self._book = book
+        self._config = config  # its database keeps the totals (None: kept in memory only)
+        self._db: Database | None = None
 
     def on_start(self) -> None:
         if self._config is not None:  # (opened here: a SQLite connection belongs to its thread)
@@ -138,8 +238,7 @@ class MetricsActor(pykka.ThreadingActor):
             self._db.close()
 
     def _save(self) -> None:
-        unsaved, self._unsaved = self._unsaved, {}
-        self._saved_at = self._clock()
+        unsaved = self._book.take_unsaved()
         if self._db is not None and unsaved:
             try:
                 add_totals(self._db, unsaved)
@@ -149,53 +248,11 @@ class MetricsActor(pykka.ThreadingActor):
                 )
 
     def on_receive(self, message: Any) -> None:
-        match message:
-            case Count(name=name, n=n):
-                self._counters[name] = self._counters.get(name, 0) + n
-                if name in KEPT:
-                    self._unsaved[name] = self._unsaved.get(name, 0) + n
-                    if self._clock() - self._saved_at >= _FLUSH_EVERY:
-                        self._save()
-            case Gauge(name=name, value=value):
-                self._gauges[name] = value
-            case Observe(name=name, value=value):
-                bounds = BUCKETS.get(name, _DEFAULT_BUCKETS)
-                bins = self._bins.setdefault(name, [0] * (len(bounds) + 1))
-                bins[bisect.bisect_left(bounds, value)] += 1  # le: a value equal to a bound is in it
-                count, total, peak = self._totals.get(name, (0, 0.0, 0.0))
-                self._totals[name] = (count + 1, total + value, max(peak, value))
-            case StateChanged(state=state):
-                self._state = state.value
-                self._counters[f"state_{state.value}"] = self._counters.get(f"state_{state.value}", 0) + 1
-            case BreakerChanged(before=before, after=after):
-                self._breaker = after
-                self._bump(f"breaker_to_{after}")
-                if before == "closed" and after == "open":
-                    self._bump("breaker_trips")
-            case _:
-                logger.error("Metrics got an unknown message {!r}", message)
-
-    def _bump(self, name: str) -> None:
-        self._counters[name] = self._counters.get(name, 0) + 1
+        if isinstance(message, SaveTotals) or self._book.record(message):
+            self._save()
 
     def snapshot(self) -> MetricsSnapshot:
-        histograms = {}
-        for name, bins in self._bins.items():
-            count, total, peak = self._totals[name]
-            cumulative, running = [], 0
-            for n in bins[:-1]:
-                running += n
-                cumulative.append(running)
-            bounds = BUCKETS.get(name, _DEFAULT_BUCKETS)
-            histograms[name] = Histogram(count, total, peak, tuple(bounds), tuple(cumulative))
-        return MetricsSnapshot(
-            at=time.time(),
-            state=self._state,
-            counters=dict(self._counters),
-            gauges=dict(self._gauges),
-            histograms=histograms,
-            breaker=self._breaker,
-        )
+        return self._book.snapshot()
 
 
 class MetricsProxy(ActorMemberMixin, pykka.ActorProxy[MetricsActor]):

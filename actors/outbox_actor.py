@@ -22,6 +22,7 @@ from jobrelay.actors.actor_messages import (
     SendData,
     SessionClosed,
     SessionOpened,
+    Tellable,
     send,
 )
 from jobrelay.actors.config import WorkerConfig
@@ -52,7 +53,7 @@ class OutboxActor(pykka.ThreadingActor):
         self,
         config: WorkerConfig,
         *,
-        metrics: pykka.ActorRef[Any],
+        metrics: Tellable,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
@@ -175,7 +176,10 @@ class OutboxActor(pykka.ThreadingActor):
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        self._publisher.write(batch)
+        if not self._publisher.write(batch):
+            # Full: perhaps only until the ack mark that failure stored is counted (the mark
+            # waits for a beat otherwise): store the front that fits now.
+            self._publisher.retry_blocked()
         self._hand_over()
 
     def _hand_over(self) -> None:

@@ -21,7 +21,16 @@ import msgspec
 import pykka
 from loguru import logger
 
-from jobrelay.actors.actor_messages import Count, DropSession, Gauge, Incoming, JobDone, Persisted, send
+from jobrelay.actors.actor_messages import (
+    Count,
+    DropSession,
+    Gauge,
+    Incoming,
+    JobDone,
+    Persisted,
+    Tellable,
+    send,
+)
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_handler
 from jobrelay.actors.outbox_actor import OutboxHandle
@@ -48,7 +57,7 @@ class JobRouter(pykka.ThreadingActor):
         handlers: dict[str, Handler],
         *,
         outbox: OutboxHandle,
-        metrics: pykka.ActorRef[Any],
+        metrics: Tellable,
         clock: Callable[[], float],
     ) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ from typing import Any
 import pykka
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobrelay.actors.actor_messages import Count, Gauge, ReleaseData, send
+from jobrelay.actors.actor_messages import Count, Gauge, ReleaseData, Tellable, send
 from jobrelay.actors.call_server import CallServer, worker_methods
 from jobrelay.actors.calls import CallTable, StartCall
 from jobrelay.actors.config import WorkerConfig
@@ -62,7 +62,7 @@ class SessionServices:
         self,
         config: WorkerConfig,
         log: Any,
-        metrics: pykka.ActorRef[Any],
+        metrics: Tellable,
         now: float,
         served: MethodRegistry | None = None,
     ) -> None:

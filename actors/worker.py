@@ -24,7 +24,14 @@ from jobrelay.actors.errors import NotConnected
 from jobrelay.actors.handlers import Handler
 from jobrelay.actors.heartbeat import HeartbeatActor, HeartbeatProxy, heartbeat_proxy
 from jobrelay.actors.leases import LeaseKeeper
-from jobrelay.actors.metrics import MetricsActor, MetricsProxy, MetricsSnapshot, metrics_proxy
+from jobrelay.actors.metrics import (
+    MetricsActor,
+    MetricsBook,
+    MetricsProxy,
+    MetricsSink,
+    MetricsSnapshot,
+    metrics_proxy,
+)
 from jobrelay.actors.outbox_actor import OutboxActor, OutboxHandle, PublishBacklog
 from jobrelay.actors.router import JobRouter
 from jobrelay.actors.router_proxy import JobRouterProxy
@@ -262,14 +269,16 @@ def start_worker(
             threading.Thread(target=worker.stop, name="jobrelay-crash-stop", daemon=True).start()
 
     try:
-        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start(config)
+        book = MetricsBook()
+        metrics_ref = _Supervised.wrap(MetricsActor, crashed).start(book, config)
         refs.append(metrics_ref)
-        outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics_ref, clock=clock)
+        metrics = MetricsSink(book, metrics_ref)  # what the others report to: counted in place
+        outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics, clock=clock)
         refs.append(outbox_ref)
         backlog = PublishBacklog(limit=_PUBLISH_BACKLOG, timeout=config.publish_timeout)
         outbox = OutboxHandle(outbox_ref, backlog)
         router_ref = _Supervised.wrap(JobRouter, crashed).start(
-            config, dict(handlers or {}), outbox=outbox, metrics=metrics_ref, clock=clock
+            config, dict(handlers or {}), outbox=outbox, metrics=metrics, clock=clock
         )
         refs.append(router_ref)
         router = JobRouterProxy(router_ref)
@@ -289,8 +298,8 @@ def start_worker(
             marks=marks,
             outbox=outbox_ref,
             router=router_ref,
-            metrics=metrics_ref,
-            subscribers=[metrics_ref],
+            metrics=metrics,
+            subscribers=[metrics],
             transport_factory=transport_factory,
             kinds=sorted(handlers or {}),
             kind_credit=kind_credit(config, handlers or {}),
@@ -317,7 +326,7 @@ def start_worker(
         connection=connection,
         heartbeat=heartbeat_proxy(heartbeat_ref),
         refs=refs,
-        caller=Caller(config, connection=connection_ref, metrics=metrics_ref, served=served, clock=clock),
+        caller=Caller(config, connection=connection_ref, metrics=metrics, served=served, clock=clock),
         lock=lock,
     )
     kinds = ", ".join(sorted(handlers or {})) or "none"
