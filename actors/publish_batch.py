@@ -1,6 +1,7 @@
 # One future for many publishes (OutboxHandle.publish_many): the Outbox takes the batch as one
 # mailbox message and commits it together; each message still gets its own seq and its own
 # checks (a refused one fails alone), and the caller's future resolves once every one is settled.
+# Also how a publish is stored (encode_body) and why one is refused (unsendable, refusal).
 # Invariants: the group future resolves exactly once, after the last part; only the Outbox's
 # thread settles parts (no lock needed); a part settled twice is a bug and raises.
 from __future__ import annotations
@@ -16,8 +17,21 @@ from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.latch_future import LatchFuture
 from jobrelay.protocol.codec import check_sendable
 from jobrelay.protocol.errors import JobrelayError, LocalProtocolError
+from jobrelay.protocol.messages import WorkerBody
+from jobrelay.storage import Database, StatusResult, StatusUpdate, TerminalStatusError, UnknownJobError
 
-__all__ = ["PublishBatch", "PublishGroup", "PublishManyError", "unsendable"]
+__all__ = [
+    "PublishBatch",
+    "PublishGroup",
+    "PublishManyError",
+    "decode_body",
+    "encode_body",
+    "refusal",
+    "unsendable",
+]
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(WorkerBody)
 
 
 class PublishManyError(JobrelayError):
@@ -111,3 +125,22 @@ def unsendable(
         except LocalProtocolError as exc:
             refused[i] = exc
     return refused
+
+
+def encode_body(body: WorkerBody) -> tuple[str, bytes]:
+    """``(kind, payload)`` as stored: the body's tag and its JSON encoding."""
+    return type(body).__struct_config__.tag, _ENCODER.encode(body)  # type: ignore[return-value]
+
+
+def decode_body(payload: bytes) -> WorkerBody:
+    body: WorkerBody = _DECODER.decode(payload)
+    return body
+
+
+def refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:
+    """Why the ledger refused a job status update, as the error its publish fails with."""
+    if result is StatusResult.UNKNOWN_JOB:
+        return UnknownJobError(update.job_id, path=db.path)
+    if result is StatusResult.ALREADY_TERMINAL:
+        return TerminalStatusError(update.job_id, "terminal", update.status, path=db.path)
+    return ValueError(f"invalid status update {update!r}")

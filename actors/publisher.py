@@ -19,10 +19,10 @@ from loguru import logger
 
 from jobrelay.actors.actor_messages import Count, Gauge, Observe, Publish
 from jobrelay.actors.config import WorkerConfig
-from jobrelay.actors.publish_batch import unsendable
+from jobrelay.actors.publish_batch import decode_body, encode_body, refusal, unsendable
 from jobrelay.actors.recent_rows import RecentRows
 from jobrelay.actors.room_wait import WaitingForRoom
-from jobrelay.protocol.messages import JobStatusUpdate, WorkerBody
+from jobrelay.protocol.messages import JobStatusUpdate
 from jobrelay.storage import (
     Database,
     Dispatch,
@@ -34,34 +34,19 @@ from jobrelay.storage import (
     StatusResult,
     StatusUpdate,
     StorageError,
-    TerminalStatusError,
-    UnknownJobError,
     open_database,
 )
 
 __all__ = ["Publisher", "decode_body", "encode_body"]
 
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder(WorkerBody)
-
 Items = list[tuple[int, Any]]
 
 # Acknowledged messages whose rows may wait for a bulk delete while the stream is busy.
 _DELETE_EVERY = 20_000
-# Acknowledged messages whose mark may wait for a beat (every 0.25 s) before a publish commit
-# carries it. The mark costs a commit five more statements; a crash that loses it only sends
-# again what the facilitator already holds (and drops as duplicates).
+# Acknowledged messages whose mark may wait before a publish commit carries it (a beat, every
+# 0.25 s, asks the next one to). The mark costs a commit five more statements; a crash that
+# loses it only sends again what the facilitator already holds (and drops as duplicates).
 _PERSIST_ACK_EVERY = 1_000
-
-
-def encode_body(body: WorkerBody) -> tuple[str, bytes]:
-    """``(kind, payload)`` as stored: the body's tag and its JSON encoding."""
-    return type(body).__struct_config__.tag, _ENCODER.encode(body)  # type: ignore[return-value]
-
-
-def decode_body(payload: bytes) -> WorkerBody:
-    body: WorkerBody = _DECODER.decode(payload)
-    return body
 
 
 class Publisher:
@@ -85,6 +70,8 @@ class Publisher:
         self._blocked = WaitingForRoom(config.publish_timeout, clock)
         self._cache = RecentRows()
         self._busy = False  # something was published since the last beat
+        self._ack_due = False  # a beat asked the next publish commit to carry the ack mark
+        self._beats = 0
         self.session: str | None = None
         self._handed = 0  # highest seq handed to the session
         self._limit = 0  # highest seq the session's window lets us hand over
@@ -171,6 +158,7 @@ class Publisher:
             return False
         except Exception as exc:
             self._persisted_ack, self._deleted_through = persisted
+            self._ack_due = self._ack_due or self._acked > self._persisted_ack
             for publish in batch:
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)
@@ -191,7 +179,9 @@ class Publisher:
         assert ledger is not None and db is not None
         rows = [item for i, item in enumerate(encoded) if i not in refused]
         records = any(p.dispatch is not None or p.mark is not None for p in batch)
-        if not updates and not records and self._acked - self._persisted_ack < _PERSIST_ACK_EVERY:
+        unstored = self._acked - self._persisted_ack
+        carry_ack = unstored >= _PERSIST_ACK_EVERY or (unstored > 0 and self._ack_due)
+        if not updates and not records and not carry_ack:
             # The common commit (events, specs): append_many is then the whole transaction,
             # four statements. Each statement gives up the GIL and waits to take it back behind
             # the connection's threads, so the statements a commit saves shorten it under load.
@@ -202,7 +192,7 @@ class Publisher:
                 results = ledger.record_statuses([u for _, u in updates])
                 for (i, update), result in zip(updates, results, strict=True):
                     if result is not StatusResult.RECORDED:
-                        refused[i] = _refusal(update, result, db)
+                        refused[i] = refusal(update, result, db)
                 rows = [item for i, item in enumerate(encoded) if i not in refused]
             assigned = outbox.append_many(rows)
             for publish in batch:  # an external backend's records commit with their statuses
@@ -368,6 +358,7 @@ class Publisher:
             delete = self._acked - self._deleted_through >= _DELETE_EVERY
             outbox.ack(self._acked, delete=delete)
             self._persisted_ack = self._acked
+            self._ack_due = False
             if delete:
                 self._deleted_through = self._acked
 
@@ -381,13 +372,18 @@ class Publisher:
     def beat(self, now: float) -> None:
         """Persist the ack, expire publishes that waited too long, report gauges, and when idle
         give a drained backlog's pages back (a bounded step per beat)."""
-        self.persist_ack()
+        if self._busy:
+            self._ack_due = True  # the next publish commit carries it: no fsync of its own
+        else:
+            self.persist_ack()
         self.retry_blocked()
         self.fail(self._blocked.expire(now))
-        stats = self._store().stats()
-        self._report(Gauge("outbox_depth", stats.depth_rows))
-        self._report(Gauge("outbox_bytes", stats.depth_bytes))
+        self._report(Gauge("outbox_depth", self._last_seq - self._acked))  # seqs are contiguous
         self._report(Gauge("in_flight", self.in_flight()))
+        self._beats += 1
+        if not self._busy or self._beats % 4 == 0:  # a read between commits: once a second when busy
+            # Counts the bytes of rows acknowledged since the stored mark, until a commit stores it.
+            self._report(Gauge("outbox_bytes", self._store().stats().depth_bytes))
         # Tidying waits for an idle stream: nothing published since the last beat and
         # everything acknowledged (a replay or a drain is not slowed by it).
         if not self._busy and self._acked >= self._last_seq:
@@ -405,11 +401,3 @@ class Publisher:
     def _store(self) -> Outbox:
         assert self._outbox is not None, "Publisher not opened"
         return self._outbox
-
-
-def _refusal(update: StatusUpdate, result: StatusResult, db: Database) -> Exception:
-    if result is StatusResult.UNKNOWN_JOB:
-        return UnknownJobError(update.job_id, path=db.path)
-    if result is StatusResult.ALREADY_TERMINAL:
-        return TerminalStatusError(update.job_id, "terminal", update.status, path=db.path)
-    return ValueError(f"invalid status update {update!r}")

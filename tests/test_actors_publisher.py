@@ -393,17 +393,36 @@ def test_restart_epoch_renumbers_what_the_peer_has_not_acknowledged(h: Harness) 
     assert result(later) == 4
 
 
-def test_beat_persists_the_ack_and_reports_gauges(h: Harness) -> None:
+def test_the_ack_mark_rides_on_a_publish_commit_or_is_stored_by_an_idle_beat(h: Harness) -> None:
     pub = h.publisher
     pub.write([publish(event(str(i))) for i in range(3)])
     pub.opened("s1", 0, limit=10)
     pub.fill()
     pub.acked(2, limit=12)
-    assert h.committed_seqs() == [1, 2, 3]  # the delete waits for the next commit or beat
-    pub.beat(h.clock.now)
-    assert h.committed_seqs() == [3]
+    assert h.committed_seqs() == [1, 2, 3]  # the mark waits: no commit of its own per ack
+    pub.beat(h.clock.now)  # published since the last beat: the next publish commit carries it
+    assert h.committed_seqs() == [1, 2, 3]
     gauges = {r.name: r.value for r in h.reports if isinstance(r, Gauge)}
-    assert gauges["outbox_depth"] == 1 and gauges["in_flight"] == 1
+    assert gauges["outbox_depth"] == 1 and gauges["in_flight"] == 1  # counted from memory
+    pub.write([publish(event("3"))])
+    assert h.committed_seqs() == [3, 4]
+    pub.fill()
+    pub.acked(3, limit=13)
+    pub.beat(h.clock.now)  # busy since the last beat: asks the next commit
+    assert h.committed_seqs() == [3, 4]
+    pub.beat(h.clock.now)  # nothing published since: stored on its own
+    assert h.committed_seqs() == [4]
+    assert pub.stats().depth_rows == 1
+
+
+def test_stats_count_what_is_acknowledged_before_the_mark_is_stored(h: Harness) -> None:
+    pub = h.publisher
+    pub.write([publish(event(str(i))) for i in range(3)])
+    pub.opened("s1", 0, limit=10)
+    pub.fill()
+    pub.acked(3, limit=13)
+    assert pub.stats().depth_rows == 0
+    assert h.committed_seqs() == []
 
 
 # ---------------------------------------------------------------- an external backend's records
