@@ -176,10 +176,7 @@ class OutboxActor(pykka.ThreadingActor):
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        if not self._publisher.write(batch):
-            # Full: perhaps only until the ack mark that failure stored is counted (the mark
-            # waits for a beat otherwise): store the front that fits now.
-            self._publisher.retry_blocked()
+        self._publisher.write(batch)
         self._hand_over()
 
     def _hand_over(self) -> None:

@@ -110,6 +110,7 @@ class Publisher:
 
     def out_marks(self) -> tuple[str, int, int]:
         """``(epoch, last_acked, last_seq)`` of the outgoing stream."""
+        self.persist_ack()  # what a session resumes from is the mark as stored
         outbox = self._store()
         return outbox.epoch, outbox.last_acked, outbox.last_seq
 
@@ -154,8 +155,11 @@ class Publisher:
             with contextlib.suppress(StorageError):
                 self.persist_ack()  # on its own: the room it frees is what the retry needs
             self._blocked.add(batch)
-            self._report(Count("outbox_full"))
-            return False
+            if self._persisted_ack > persisted[0]:
+                self.retry_blocked()  # full only until the stored mark counted the acks
+            if self._blocked:
+                self._report(Count("outbox_full"))
+            return not self._blocked
         except Exception as exc:
             self._persisted_ack, self._deleted_through = persisted
             self._ack_due = self._ack_due or self._acked > self._persisted_ack
@@ -177,15 +181,12 @@ class Publisher:
         (refusals by the ledger are added to ``refused``); their seqs."""
         outbox, ledger, db = self._store(), self._ledger, self._db
         assert ledger is not None and db is not None
-        rows = [item for i, item in enumerate(encoded) if i not in refused]
-        records = any(p.dispatch is not None or p.mark is not None for p in batch)
         unstored = self._acked - self._persisted_ack
         carry_ack = unstored >= _PERSIST_ACK_EVERY or (unstored > 0 and self._ack_due)
-        if not updates and not records and not carry_ack:
-            # The common commit (events, specs): append_many is then the whole transaction,
-            # four statements. Each statement gives up the GIL and waits to take it back behind
-            # the connection's threads, so the statements a commit saves shorten it under load.
-            return outbox.append_many(rows)
+        if not updates and not carry_ack and all(p.dispatch is None and p.mark is None for p in batch):
+            # The common commit (events, specs) is append_many alone: four statements. Each gives
+            # up the GIL and waits to take it back behind the connection's threads.
+            return outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
         with db.transaction("publish"):
             self.persist_ack()  # rides along: no fsync of its own
             if updates:
@@ -193,8 +194,7 @@ class Publisher:
                 for (i, update), result in zip(updates, results, strict=True):
                     if result is not StatusResult.RECORDED:
                         refused[i] = refusal(update, result, db)
-                rows = [item for i, item in enumerate(encoded) if i not in refused]
-            assigned = outbox.append_many(rows)
+            assigned = outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
             for publish in batch:  # an external backend's records commit with their statuses
                 if publish.dispatch is not None:
                     Dispatches(db).record(*publish.dispatch)
@@ -349,10 +349,8 @@ class Publisher:
         self._report(Count("epoch_restarts"))
 
     def persist_ack(self) -> None:
-        # The only writer of this stream tracks its marks itself instead of reading them back.
-        # The mark moves with the next commit; the acknowledged rows are deleted in bulk (at a
-        # beat, or every _DELETE_EVERY messages): a delete per commit dirtied more pages of the
-        # file than the publishes themselves and cost each commit a longer fsync.
+        # The only writer of this stream tracks its marks itself. Acknowledged rows are deleted
+        # in bulk (idle beats, every _DELETE_EVERY): a delete per commit dirtied more pages.
         outbox = self._outbox
         if outbox is not None and self._acked > self._persisted_ack:
             delete = self._acked - self._deleted_through >= _DELETE_EVERY

@@ -487,3 +487,21 @@ def test_an_ack_committed_with_a_refused_batch_is_not_lost_with_it(tmp_path: Pat
     assert pub.stats().last_acked == 2  # the ack is committed all the same
     pub.beat(h.clock())  # room for 2 of them now: stored, in order
     assert [result(p) for p in waiting[:2]] == [5, 6] and is_pending(waiting[2])
+
+
+def test_a_full_outbox_counts_acknowledgements_whose_mark_was_not_stored_yet(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_outbox_rows=3)
+    try:
+        pub = h.publisher
+        assert pub.write([publish(event(str(i))) for i in range(3)])
+        pub.opened("s1", 0, limit=10)
+        pub.fill()
+        pub.acked(3, limit=13)  # the mark waits for a commit or a beat
+        late = publish(event("3"))
+        assert pub.write([late])  # stored at once: no wait for a beat to store the mark
+        assert late.future.get(timeout=1) == 4
+        assert not pub.waiting
+        assert h.committed_seqs() == [4]
+        assert not [r for r in h.reports if isinstance(r, Count) and r.name == "outbox_full"]
+    finally:
+        h.publisher.close()
