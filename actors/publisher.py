@@ -379,7 +379,7 @@ class Publisher:
         self._report(Gauge("outbox_depth", self._last_seq - self._acked))  # seqs are contiguous
         self._report(Gauge("in_flight", self.in_flight()))
         self._beats += 1
-        if not self._busy or self._beats % 4 == 0:  # a read between commits: once a second when busy
+        if not self._busy or self._beats % 4 == 1:  # a read between commits: once a second when busy
             # Counts the bytes of rows acknowledged since the stored mark, until a commit stores it.
             self._report(Gauge("outbox_bytes", self._store().stats().depth_bytes))
         # Tidying waits for an idle stream: nothing published since the last beat and
