@@ -232,7 +232,7 @@ class Publisher:
         """Store the longest front part of the waiting publishes that fits now, in order."""
         if not self._blocked:
             return
-        stats = self._store().stats()
+        stats = self.stats()  # the mark stored first: a write below never finds it moving
         rows_free = self.config.max_outbox_rows - stats.depth_rows
         bytes_free = self.config.max_outbox_bytes - stats.depth_bytes
         fits = 0

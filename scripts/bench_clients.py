@@ -41,7 +41,7 @@ def jobrelay(tmp: Path, n: int, size: int) -> float:
     acknowledged back."""
     assert bench_e2e.WINDOW == WINDOW  # the window every other peer gets
     body = jobrelay_body(size)
-    with jobrelay_worker(tmp, 2 * n) as worker:
+    with jobrelay_worker(tmp, 2 * n) as (worker, _):
         start = acked_count(worker)
         t0 = time.perf_counter()
         futures = [worker.outbox.publish_many([body] * min(WINDOW, n - i)) for i in range(0, n, WINDOW)]

@@ -1,16 +1,19 @@
 # Helpers the benchmarks share: polling with a deadline, a child process that reports its port
 # (or any number) on its first line, a child's memory from /proc, medians with their spread,
-# and the one table format they print.
+# the CPU a process used and what the machine's CPUs did meanwhile (steal included), and the one
+# table format they print.
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["child", "proc_kb", "spread", "table", "wait_until"]
+__all__ = ["CpuSample", "child", "cpu_sample", "cpu_use", "proc_kb", "spread", "table", "wait_until"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.001) -> None:
@@ -50,6 +53,44 @@ def child(script: str, *args: str, stdin: bool = False) -> tuple[subprocess.Pope
     if not line.strip().isdigit():
         raise RuntimeError(f"child {' '.join(args[:1])} did not start")
     return proc, int(line)
+
+
+class CpuSample(NamedTuple):
+    """CPU counters at one instant: the machine's (/proc/stat, all CPUs, in ticks) and each
+    process's user + system seconds."""
+
+    machine: tuple[int, ...]  # user nice system idle iowait irq softirq steal
+    processes: dict[int, float]
+
+
+class CpuUse(NamedTuple):
+    """What happened between two samples: seconds of CPU per process; the share of the
+    machine's CPU time that was busy, and the share the hypervisor gave to others (steal)."""
+
+    seconds: dict[int, float]
+    busy: float
+    stolen: float
+
+
+def cpu_sample(pids: Sequence[int]) -> CpuSample:
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    processes = {}
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        processes[pid] = (int(stat[11]) + int(stat[12])) / ticks
+    return CpuSample(tuple(int(f) for f in fields), processes)
+
+
+def cpu_use(before: CpuSample, after: CpuSample) -> CpuUse:
+    delta = [b - a for a, b in zip(before.machine, after.machine, strict=True)]
+    total = sum(delta) or 1
+    idle = delta[3] + delta[4]
+    return CpuUse(
+        {pid: after.processes[pid] - before.processes[pid] for pid in before.processes},
+        (total - idle - delta[7]) / total,
+        delta[7] / total,
+    )
 
 
 def proc_kb(pid: int, field: str) -> int:

@@ -7,7 +7,10 @@ Prints one table from one run:
   ceiling; its frames are masked in C as the worker's are), with the ratio;
 - publish latency (publish() call → future resolved, i.e. durable) p50/p99 at a fixed 1,000 msg/s,
   beside the floor the disk sets in the same run: one write of 12 KiB (what a small commit adds
-  to the WAL) and its fdatasync, 1,000 a second, p50/p99 (a publish waits for at least one).
+  to the WAL) and its fdatasync, 1,000 a second, p50/p99 (a publish waits for at least one);
+- the CPU each process used per message in that latency run, and how busy the machine's CPUs
+  were meanwhile, with the share the hypervisor gave to other machines (steal): at 1,000 msg/s
+  the two processes use over a core of two, and the latency's tail follows the steal.
 Targets (issue 5): ≥ 20,000 msg/s, ratio ≥ 0.3, p99 < 10 ms; issue 16: p99 < 5 ms.
 
 Usage: scripts/bench_e2e.py [--messages N] [--quick]
@@ -29,7 +32,7 @@ from typing import NamedTuple
 
 import pykka
 import websocket
-from bench_common import child, table
+from bench_common import CpuUse, child, cpu_sample, cpu_use, table
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 from websockets.sync.server import ServerConnection, serve
@@ -193,12 +196,14 @@ class Result(NamedTuple):
     latencies: list[float]  # sorted, seconds
     floor: list[float]  # fdatasync alone at the same pace, sorted, seconds
     snapshot: MetricsSnapshot
+    cpu: CpuUse  # the machine during the latency run
+    per_message: list[float]  # CPU seconds per message in the latency run: worker, facilitator
 
 
 @contextmanager
-def jobrelay_worker(tmp: Path, max_rows: int) -> Iterator[Worker]:
-    """A connected worker in this process, its facilitator in a child process, durability full
-    on both; the facilitator is killed on the way out."""
+def jobrelay_worker(tmp: Path, max_rows: int) -> Iterator[tuple[Worker, int]]:
+    """A connected worker in this process and the PID of its facilitator, in a child process;
+    durability full on both; the facilitator is killed on the way out."""
     key = Ed25519PrivateKey.generate()
     fac_key = Ed25519PrivateKey.generate()  # the facilitator's own, which the worker pins
     (tmp / "fac.key").write_text(fac_key.private_bytes_raw().hex())
@@ -217,7 +222,7 @@ def jobrelay_worker(tmp: Path, max_rows: int) -> Iterator[Worker]:
     try:
         with start_worker(config) as worker:
             worker.wait_connected(10)
-            yield worker
+            yield worker, fac.pid
     finally:
         fac.kill()
         fac.wait(10)
@@ -233,21 +238,25 @@ def wait_drained(worker: Worker, timeout: float) -> None:
 
 
 def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
-    with jobrelay_worker(tmp, 10 * n) as worker:
+    with jobrelay_worker(tmp, 10 * n) as (worker, fac_pid):
         # Latency first, in steady state: right after a large burst both processes are
         # still checkpointing big WAL files with fsyncs on this one shared disk, which
         # says more about sharing a disk than about publish latency. The machine's dirty
         # pages (earlier runs, the raw phase) are flushed first for the same reason.
         os.sync()
         floor = fsync_floor(tmp, 1000, 1.0)
+        before = cpu_sample([os.getpid(), fac_pid])
         latencies = sorted(paced_latency(worker, 1000, latency_seconds))
+        cpu = cpu_use(before, cpu_sample([os.getpid(), fac_pid]))
+        per_message = [cpu.seconds[pid] / len(latencies) for pid in (os.getpid(), fac_pid)]
         t0 = time.perf_counter()
         futures = [worker.outbox.publish(body(i)) for i in range(n)]
         for f in futures:
             f.get(timeout=300)
         durable = time.perf_counter() - t0
         wait_drained(worker, 300)
-        return Result(time.perf_counter() - t0, durable, latencies, floor, worker.snapshot())
+        e2e = time.perf_counter() - t0
+        return Result(e2e, durable, latencies, floor, worker.snapshot(), cpu, per_message)
 
 
 def percentile(sorted_seconds: list[float], q: float) -> float:
@@ -278,6 +287,20 @@ def print_table(n: int, raw: float, result: Result) -> None:
             "< 10 ms; < 5 ms (issue 16)",
         ),
         ("publish latency max at 1,000 msg/s", f"{samples[-1] * 1000:.2f} ms", "", "", ""),
+        (
+            "CPU per message at 1,000 msg/s: worker / facilitator",
+            f"{result.per_message[0] * 1e6:,.0f} µs / {result.per_message[1] * 1e6:,.0f} µs",
+            "",
+            "",
+            "",
+        ),
+        (
+            f"the machine's {os.cpu_count()} CPUs meanwhile: busy / stolen by the hypervisor",
+            f"{result.cpu.busy:.0%} / {result.cpu.stolen:.0%}",
+            "",
+            "",
+            "",
+        ),
     ]
     print(
         f"jobrelay end-to-end benchmark: {n:,} messages, durability full on both ends, "
