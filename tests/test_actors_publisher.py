@@ -393,12 +393,18 @@ def test_restart_epoch_renumbers_what_the_peer_has_not_acknowledged(h: Harness) 
     assert result(later) == 4
 
 
-def test_the_ack_mark_rides_on_a_publish_commit_or_is_stored_by_an_idle_beat(h: Harness) -> None:
+def three_handed_over_then_acked(h: Harness, upto: int) -> Publisher:
+    """Seqs 1–3 stored and handed to session s1, which acknowledged up to ``upto``."""
     pub = h.publisher
-    pub.write([publish(event(str(i))) for i in range(3)])
+    assert pub.write([publish(event(str(i))) for i in range(3)])
     pub.opened("s1", 0, limit=10)
     pub.fill()
-    pub.acked(2, limit=12)
+    pub.acked(upto, limit=10 + upto)
+    return pub
+
+
+def test_the_ack_mark_rides_on_a_publish_commit_or_is_stored_by_an_idle_beat(h: Harness) -> None:
+    pub = three_handed_over_then_acked(h, 2)
     assert h.committed_seqs() == [1, 2, 3]  # the mark waits: no commit of its own per ack
     pub.beat(h.clock.now)  # published since the last beat: the next publish commit carries it
     assert h.committed_seqs() == [1, 2, 3]
@@ -416,11 +422,7 @@ def test_the_ack_mark_rides_on_a_publish_commit_or_is_stored_by_an_idle_beat(h: 
 
 
 def test_stats_count_what_is_acknowledged_before_the_mark_is_stored(h: Harness) -> None:
-    pub = h.publisher
-    pub.write([publish(event(str(i))) for i in range(3)])
-    pub.opened("s1", 0, limit=10)
-    pub.fill()
-    pub.acked(3, limit=13)
+    pub = three_handed_over_then_acked(h, 3)
     assert pub.stats().depth_rows == 0
     assert h.committed_seqs() == []
 
@@ -492,11 +494,7 @@ def test_an_ack_committed_with_a_refused_batch_is_not_lost_with_it(tmp_path: Pat
 def test_a_full_outbox_counts_acknowledgements_whose_mark_was_not_stored_yet(tmp_path: Path) -> None:
     h = Harness(tmp_path, max_outbox_rows=3)
     try:
-        pub = h.publisher
-        assert pub.write([publish(event(str(i))) for i in range(3)])
-        pub.opened("s1", 0, limit=10)
-        pub.fill()
-        pub.acked(3, limit=13)  # the mark waits for a commit or a beat
+        pub = three_handed_over_then_acked(h, 3)  # the mark waits for a commit or a beat
         late = publish(event("3"))
         assert pub.write([late])  # stored at once: no wait for a beat to store the mark
         assert late.future.get(timeout=1) == 4
