@@ -80,8 +80,7 @@ class ConnectionActor(pykka.ThreadingActor):
     Args:
         config: the worker configuration (checked).
         marks: read by the I/O thread before each attempt: the durable stream marks.
-        outbox / router: actor refs this actor `tell`s; metrics: where reports go (the MetricsSink).
-        subscribers: what gets a StateChanged message on every state change.
+        outbox / router: actor refs; metrics: takes Count/Gauge; subscribers: take StateChanged.
         transport_factory: makes a Transport per attempt (tests pass an in-memory one).
         kinds: the job kinds this worker runs, announced in every hello (None: any kind), with
             credit for ``max_concurrent_jobs + prefetch`` unfinished jobs.

@@ -319,9 +319,8 @@ class Publisher:
 
     def acked(self, upto: int, limit: int) -> None:
         """The facilitator holds our stream up to ``upto``; the window now reaches ``limit``."""
-        # The window opens at once; the mark is stored at the next beat (or with a commit), and the
-        # rows are deleted in bulk later (persist_ack). Losing the mark in a crash only re-sends
-        # rows the facilitator already holds (and drops as duplicates): no fsync of its own.
+        # The window opens at once; the mark is stored later without an fsync of its own (see
+        # _PERSIST_ACK_EVERY): losing it in a crash only sends again what the facilitator holds.
         self._report(Count("acked", upto - self._acked))
         self._acked = upto
         self._limit = max(self._limit, limit)

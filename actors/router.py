@@ -1,7 +1,6 @@
 # JobRouter actor: owns the inbox (what the facilitator sent) and routes job requests to
 # handlers. A received batch is accepted into the inbox, its job requests recorded in the ledger
-# and the batch marked consumed in ONE transaction; each payload is encoded once, stored once
-# (in the ledger) and the decoded request is handed to its handler.
+# and the batch marked consumed in ONE transaction; each payload is stored once (in the ledger).
 # Invariants: data is committed before the Connection is told to ack it;
 # a job id is started at most once (ledger dedup); at most `max_concurrent_jobs` handlers run;
 # every job gets exactly one terminal status (the Outbox's ledger check refuses a second one);
@@ -15,22 +14,13 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pykka
 from loguru import logger
 
-from jobrelay.actors.actor_messages import (
-    Count,
-    DropSession,
-    Gauge,
-    Incoming,
-    JobDone,
-    Persisted,
-    Tellable,
-    send,
-)
+from jobrelay.actors.actor_messages import Count, DropSession, Gauge, Incoming, JobDone, Persisted, send
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.handlers import Handler, JobContext, publish_status, run_handler
 from jobrelay.actors.outbox_actor import OutboxHandle
@@ -39,6 +29,9 @@ from jobrelay.common.logs import Repeats
 from jobrelay.protocol.events import Opened, PeerStreamAdvanced, PeerStreamStarted
 from jobrelay.protocol.messages import FacilitatorBody, JobCancel, JobRequest, JobStatus
 from jobrelay.storage import AcceptResult, Database, Inbox, JobLedger, open_database
+
+if TYPE_CHECKING:
+    from jobrelay.actors.actor_messages import Tellable
 
 __all__ = ["STREAM", "JobRouter"]
 
