@@ -147,11 +147,11 @@ class Publisher:
             for i, p in enumerate(batch)
             if isinstance(p.body, JobStatusUpdate) and i not in refused
         ]
-        persisted = self._persisted_ack, self._deleted_through  # what a rollback takes back
+        persisted = self._persisted_ack, self._deleted_through, self._ack_due  # what a rollback takes back
         try:
             assigned = self._store_batch(batch, encoded, refused, updates)
         except OutboxFull:
-            self._persisted_ack, self._deleted_through = persisted
+            self._persisted_ack, self._deleted_through, self._ack_due = persisted
             with contextlib.suppress(StorageError):
                 self.persist_ack()  # on its own: the room it frees is what the retry needs
             self._blocked.add(batch)
@@ -161,8 +161,7 @@ class Publisher:
                 self._report(Count("outbox_full"))
             return not self._blocked
         except Exception as exc:
-            self._persisted_ack, self._deleted_through = persisted
-            self._ack_due = self._ack_due or self._acked > self._persisted_ack
+            self._persisted_ack, self._deleted_through, self._ack_due = persisted
             for publish in batch:
                 publish.future.set_exception(exc_info=(type(exc), exc, exc.__traceback__))
             logger.error("publish of {} messages failed: {}", len(batch), exc)

@@ -13,7 +13,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["CpuSample", "child", "cpu_sample", "cpu_use", "proc_kb", "spread", "table", "wait_until"]
+__all__ = [
+    "CpuSample",
+    "CpuUse",
+    "child",
+    "cpu_sample",
+    "cpu_use",
+    "proc_kb",
+    "spread",
+    "table",
+    "wait_until",
+]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.001) -> None:
