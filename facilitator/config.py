@@ -67,6 +67,10 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
         key: That key itself, as hex (set exactly one of ``key`` and ``key_file``). Neither is
             generated: ``start_facilitator`` refuses to start without one (a new key on each
             start would make every worker's pin fail).
+        ack_delay: Seconds an ack may wait after the previous one so that it covers the commits
+            made meanwhile (0: an ack per commit). At a trickle of one message a frame, a worker
+            otherwise reads an ack frame per message. An ack never waits while a quarter of the
+            window is unacknowledged, nor past the session's end. Below ``heartbeat_interval``.
 
     The settings shared with the worker (``db_path``, ``durability``, ``max_frame_bytes``,
     ``max_batch``, ``handshake_timeout`` (close 4003 when missed), ``formats``,
@@ -92,6 +96,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     tls_key_file: str | None = None
     key_file: str | None = None
     key: str = ""
+    ack_delay: float = 0.004
 
     def __post_init__(self) -> None:
         self.check()
@@ -120,6 +125,9 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
                 "max_inflight", f"must be ≤ {MAX_INFLIGHT} (what a worker accepts)", self.max_inflight
             )
         self.check_durations("heartbeat_interval", "max_clock_skew")
+        delay, most = self.ack_delay, self.heartbeat_interval
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < most:
+            raise self.error("ack_delay", f"must be ≥ 0 and < heartbeat_interval ({most})", delay)
         if self.schedule_to_start_timeout is not None:
             self.check_durations("schedule_to_start_timeout")
         rate = self.heartbeat_rate
@@ -243,6 +251,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
             max_clock_skew=self.max_clock_skew,
             formats=self.formats,
             takes_releases=True,  # store_ops.release_jobs queues them again
+            ack_delay=self.ack_delay,
         )
 
 

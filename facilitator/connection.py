@@ -90,6 +90,7 @@ class WorkerConnection:
         self._loop = asyncio.get_running_loop()
         self._todo: deque[ev.Event | list[tuple[int, Any]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.ack_timer: asyncio.TimerHandle | None = None  # a held ack's (stream_io.acknowledge)
         self._close_request: tuple[int, str] | None = None
         self.fill_wanted = False
         self.filling = False

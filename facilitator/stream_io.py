@@ -5,6 +5,7 @@
 # connection (``conn.filling``), so no seq goes out twice.
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from websockets.asyncio.server import ServerConnection
@@ -124,7 +125,23 @@ async def persist(conn: WorkerConnection, batch: list[tuple[int, Any]]) -> None:
     if outcome.gap:
         conn.session.close(ErrorCode.SEQ_GAP, "stored stream position disagrees with the session")
     elif outcome.upto and conn.session.is_open:
-        conn.session.acknowledge(min(outcome.upto, conn.session.receiver.seen))
+        acknowledge(conn, min(outcome.upto, conn.session.receiver.seen))
+
+
+def acknowledge(conn: WorkerConnection, upto: int) -> None:
+    """Acknowledge ``upto``, or hold the ack for ``ack_delay`` to cover the commits after it
+    (``SessionConfig.ack_delay``); a loop timer sends a held one when it is due."""
+    session = conn.session
+    session.acknowledge(upto, time.time())
+    due = session.ack_due_at
+    if due is not None and conn.ack_timer is None:
+        conn.ack_timer = conn.hub.loop.call_later(max(0.0, due - time.time()), _send_held_ack, conn)
+
+
+def _send_held_ack(conn: WorkerConnection) -> None:
+    conn.ack_timer = None
+    conn.session.send_held_ack(time.time())
+    conn.driver.pump()
 
 
 def _publish_statuses(conn: WorkerConnection, outcome: AcceptOutcome) -> None:

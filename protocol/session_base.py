@@ -74,6 +74,8 @@ class _Session(Generic[In]):
         self._events: list[Event] = []
         self._out: list[OutFrame] = []
         self._requests: dict[str, float] = {}
+        self._ack_sent_at = -math.inf
+        self.ack_due_at: float | None = None  # when a held ack goes out (``tick``)
 
     # ------------------------------------------------------------ owner API: inputs
 
@@ -105,6 +107,8 @@ class _Session(Generic[In]):
         """Check deadlines: handshake timeout, peer silence, request timeouts."""
         if self.state is SessionState.CLOSED:
             return
+        if self.ack_due_at is not None and now >= self.ack_due_at:
+            self.send_held_ack(now)
         if self.state is not SessionState.OPEN:
             if now - self.started_at > self.config.handshake_timeout:
                 self._fail(
@@ -161,6 +165,7 @@ class _Session(Generic[In]):
             self.last_sent + self.heartbeat_interval,
             self.last_received + self.heartbeat_timeout,
             min(self._requests.values(), default=math.inf),
+            math.inf if self.ack_due_at is None else self.ack_due_at,
         )
 
     def send_data(self, items: Sequence[tuple[int, Any]]) -> None:
@@ -209,11 +214,36 @@ class _Session(Generic[In]):
         """Storage has assigned seqs up to ``last_seq`` (lets acks be checked against it)."""
         self.sender.note_appended(last_seq)
 
-    def acknowledge(self, upto: int) -> None:
-        """Everything of the peer's stream up to ``upto`` is durable: send a cumulative ack."""
+    def acknowledge(self, upto: int, now: float | None = None) -> None:
+        """Everything of the peer's stream up to ``upto`` is durable: send a cumulative ack.
+
+        With ``config.ack_delay`` and ``now`` given, an ack less than ``ack_delay`` after the
+        last one waits until then (``ack_due_at``; ``tick`` sends it), covering what later
+        calls add: like TCP's delayed ack. It goes at once when a quarter of the window would
+        wait, so the peer never stalls on it, and before the session closes."""
         self._require_open("acknowledge")
-        if self.receiver.acknowledge(upto):
-            self._send(Ack(upto=upto))
+        if not self.receiver.acknowledge(upto):
+            return
+        delay = self.config.ack_delay
+        if (
+            now is None
+            or now - self._ack_sent_at >= delay
+            or upto - self.receiver.sent >= max(1, self.receiver.window // 4)
+        ):
+            self._send_ack(now)
+        elif self.ack_due_at is None:
+            self.ack_due_at = self._ack_sent_at + delay
+
+    def send_held_ack(self, now: float) -> None:
+        """Send the ack ``acknowledge`` held, if any, now (its timer fired before ``tick``)."""
+        if self.ack_due_at is not None and self.is_open:
+            self._send_ack(now)
+
+    def _send_ack(self, now: float | None) -> None:
+        self.ack_due_at = None
+        if now is not None:
+            self._ack_sent_at = now
+        self._send(Ack(upto=self.receiver.ack_sent()))
 
     def send_heartbeat(self, now: float, draining: bool = False) -> None:
         self._require_open("send a heartbeat")
@@ -253,6 +283,8 @@ class _Session(Generic[In]):
         """End the session; with a ``code``, the peer is told why in an error frame first."""
         if self.state is SessionState.CLOSED:
             return
+        if self.ack_due_at is not None and self.is_open:
+            self._send_ack(None)  # durable here: the peer need not send it again
         if code is not None:
             self._send(Error(code=code.value, detail=detail))
         self._closed(code, detail, by_peer=False)

@@ -85,6 +85,10 @@ class SessionConfig:
     # A facilitator's welcome says it takes back released jobs only if its owner queues them
     # again (the reference facilitator does); otherwise a draining worker keeps them.
     takes_releases: bool = False
+    # Seconds an ack may wait for more commits to cover (0: every ack goes out at once). A
+    # trickle of one message a frame otherwise costs the peer a frame to read and an Outbox
+    # wake-up per message, on the cores its publishes need.
+    ack_delay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_inflight", "max_frame_bytes", "max_batch"):
@@ -94,6 +98,8 @@ class SessionConfig:
             raise ValueError("SessionConfig needs 0 < heartbeat_interval < heartbeat_timeout")
         if not self.formats or any(f not in FORMATS for f in self.formats):
             raise ValueError(f"SessionConfig.formats must be a non-empty subset of {FORMATS}")
+        if not 0 <= self.ack_delay < self.heartbeat_interval:
+            raise ValueError("SessionConfig needs 0 <= ack_delay < heartbeat_interval")
 
 
 class OutFrame(NamedTuple):

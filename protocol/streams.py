@@ -148,11 +148,12 @@ class Sender:
 class Receiver:
     """The peer's stream within one session."""
 
-    __slots__ = ("acked", "seen", "window")
+    __slots__ = ("acked", "seen", "sent", "window")
 
     def __init__(self, hwm: int, window: int) -> None:
         self.seen = hwm  # highest seq handed to the application in this session
-        self.acked = hwm  # highest seq we told the peer is durable
+        self.acked = hwm  # highest seq the application made durable (an ack may still wait)
+        self.sent = hwm  # highest seq we told the peer is durable
         self.window = window
 
     def classify(self, seq: int) -> bool:
@@ -165,16 +166,17 @@ class Receiver:
             return False
         if seq != self.seen + 1:
             raise RemoteProtocolError(ErrorCode.SEQ_GAP, f"expected seq {self.seen + 1}, got {seq}")
-        if seq - self.acked > self.window:
+        if seq - self.sent > self.window:  # counted from what the peer was told
             raise RemoteProtocolError(
                 ErrorCode.WINDOW_EXCEEDED,
-                f"seq {seq} is beyond the window of {self.window} after {self.acked}",
+                f"seq {seq} is beyond the window of {self.window} after {self.sent}",
             )
         self.seen = seq
         return True
 
     def acknowledge(self, upto: int) -> bool:
-        """The application made everything ≤ ``upto`` durable; True when an ack should be sent.
+        """The application made everything ≤ ``upto`` durable; True when that is news (an ack is
+        due: the session sends it now or holds it, see ``ack_sent``).
 
         Raises:
             LocalProtocolError: ``upto`` was never received.
@@ -187,3 +189,8 @@ class Receiver:
             return False
         self.acked = upto
         return True
+
+    def ack_sent(self) -> int:
+        """An ack of everything made durable is going out now; its ``upto``."""
+        self.sent = self.acked
+        return self.sent

@@ -193,7 +193,7 @@ class Pair:
             store.delivered.append(body)
         side.unpersisted.clear()
         if session is not None and session.is_open:
-            session.acknowledge(store.in_hwm)
+            session.acknowledge(store.in_hwm, self.now)
             self.collect()
 
     def send_pending(self, side: Side) -> None:

@@ -32,7 +32,10 @@ class ProtocolModel(RuleBasedStateMachine):
         super().__init__()
         self.counter = 0
         self.pair = Pair(
-            SessionConfig(max_inflight=4, max_batch=3, heartbeat_interval=1.0, heartbeat_timeout=10.0),
+            # Acks may wait (ack_delay): a held ack lost with a connection is data sent again.
+            SessionConfig(
+                max_inflight=4, max_batch=3, heartbeat_interval=1.0, heartbeat_timeout=10.0, ack_delay=0.25
+            ),
             persist_immediately=False,
         )
 
@@ -144,6 +147,8 @@ class ProtocolModel(RuleBasedStateMachine):
             pair.persist(side)
         pair.pump()
         for _ in range(20):
+            pair.tick(0.25)  # held acks go out
+            pair.pump()
             if not pair.worker.store.out and not pair.facilitator.store.out:
                 break
             pair.connect()

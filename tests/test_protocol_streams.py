@@ -170,6 +170,9 @@ def test_receiver_refuses_data_beyond_the_window_after_its_ack() -> None:
         receiver.classify(3)
     assert info.value.code is ErrorCode.WINDOW_EXCEEDED
     assert receiver.acknowledge(2) is True
+    with pytest.raises(RemoteProtocolError):
+        receiver.classify(3)  # durable, but the peer was not told yet: its window has not moved
+    assert receiver.ack_sent() == 2
     assert receiver.classify(3) is True
 
 

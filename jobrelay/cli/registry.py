@@ -179,6 +179,8 @@ FACILITATOR: tuple[Setting, ...] = (
        "(0: fixed)"),
     _f("handshake_timeout", float, 10.0, "--handshake-timeout", "seconds a worker has to authenticate"),
     _f("max_clock_skew", float, 120.0, "--max-clock-skew", "largest accepted auth timestamp skew, seconds"),
+    _f("ack_delay", float, 0.004, "--ack-delay",
+       "seconds an ack may wait to cover later commits too (0: an ack per commit)"),
     _f("formats", STRS, FORMATS, "--formats", "codecs offered, preferred first (comma-separated)"),
     _f("max_workers", int, 20_000, "--max-workers", "connections held at once; more are refused (1013)"),
     _f("max_handshakes", int, 256, "--max-handshakes", "connections authenticating at once; others wait"),
