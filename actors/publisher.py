@@ -183,7 +183,7 @@ class Publisher:
         unstored = self._acked - self._persisted_ack
         carry_ack = unstored >= _PERSIST_ACK_EVERY or (unstored > 0 and self._ack_due)
         if not updates and not carry_ack and all(p.dispatch is None and p.mark is None for p in batch):
-            # The common commit (events, specs) is append_many alone: four statements. Each gives
+            # The common commit (events, specs) is append_many alone: one statement. Each gives
             # up the GIL and waits to take it back behind the connection's threads.
             return outbox.append_many([item for i, item in enumerate(encoded) if i not in refused])
         with db.transaction("publish"):

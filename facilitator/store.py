@@ -38,10 +38,10 @@ from jobrelay.storage import routing
 from jobrelay.storage.database import Durability
 from jobrelay.storage.errors import StorageError
 from jobrelay.storage.inbox import Inbox
+from jobrelay.storage.inspect import outbox_streams
 from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
 from jobrelay.storage.lock import lock_database
 from jobrelay.storage.opening import open_database
-from jobrelay.storage.outbox import outbox_streams
 
 __all__ = ["FacilitatorStore"]
 

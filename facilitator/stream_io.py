@@ -133,7 +133,7 @@ def acknowledge(conn: WorkerConnection, upto: int) -> None:
     (``SessionConfig.ack_delay``); a loop timer sends a held one when it is due."""
     session = conn.session
     session.acknowledge(upto, time.time())
-    due = session.ack_due_at
+    due = session.receiver.due_at
     if due is not None and conn.ack_timer is None:
         conn.ack_timer = conn.hub.loop.call_later(max(0.0, due - time.time()), _send_held_ack, conn)
 

@@ -27,6 +27,7 @@ from jobrelay.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
     Challenge,
+    Heartbeat,
     Hello,
     Welcome,
     WorkerFrame,
@@ -191,6 +192,18 @@ class FacilitatorSession(_Session[WorkerFrame]):
                 new_out_stream=new_out,
             )
         )
+
+    def lengthen_heartbeat(self, now: float, interval: float, timeout: float) -> None:
+        """Both sides keep to a longer ``interval`` and ``timeout`` from now on, sent at once in
+        a heartbeat (before our next one could be later than the worker's old timeout). Values
+        not longer than the current ones are ignored: a session never gets shorter ones."""
+        if not (self.heartbeat_interval < interval < timeout and timeout > self.heartbeat_timeout):
+            return
+        self._require_open("lengthen heartbeats")
+        self.heartbeat_interval, self.heartbeat_timeout = interval, timeout
+        ms_interval, ms_timeout = int(interval * 1000), int(timeout * 1000)
+        self._send(Heartbeat(at=now, heartbeat_interval_ms=ms_interval, heartbeat_timeout_ms=ms_timeout))
+        self.last_sent = now
 
     def reject(self, code: ErrorCode, detail: str) -> None:
         """Refuse a verified worker (for example: already connected elsewhere)."""

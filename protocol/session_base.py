@@ -74,8 +74,6 @@ class _Session(Generic[In]):
         self._events: list[Event] = []
         self._out: list[OutFrame] = []
         self._requests: dict[str, float] = {}
-        self._ack_sent_at = -math.inf
-        self.ack_due_at: float | None = None  # when a held ack goes out (``tick``)
 
     # ------------------------------------------------------------ owner API: inputs
 
@@ -107,7 +105,7 @@ class _Session(Generic[In]):
         """Check deadlines: handshake timeout, peer silence, request timeouts."""
         if self.state is SessionState.CLOSED:
             return
-        if self.ack_due_at is not None and now >= self.ack_due_at:
+        if (due := self.receiver.due_at) is not None and now >= due:
             self.send_held_ack(now)
         if self.state is not SessionState.OPEN:
             if now - self.started_at > self.config.handshake_timeout:
@@ -165,7 +163,7 @@ class _Session(Generic[In]):
             self.last_sent + self.heartbeat_interval,
             self.last_received + self.heartbeat_timeout,
             min(self._requests.values(), default=math.inf),
-            math.inf if self.ack_due_at is None else self.ack_due_at,
+            math.inf if self.receiver.due_at is None else self.receiver.due_at,  # a held ack
         )
 
     def send_data(self, items: Sequence[tuple[int, Any]]) -> None:
@@ -215,51 +213,21 @@ class _Session(Generic[In]):
         self.sender.note_appended(last_seq)
 
     def acknowledge(self, upto: int, now: float | None = None) -> None:
-        """Everything of the peer's stream up to ``upto`` is durable: send a cumulative ack.
-
-        With ``config.ack_delay`` and ``now`` given, an ack less than ``ack_delay`` after the
-        last one waits until then (``ack_due_at``; ``tick`` sends it), covering what later
-        calls add: like TCP's delayed ack. It goes at once when a quarter of the window would
-        wait, so the peer never stalls on it, and before the session closes."""
+        """Everything of the peer's stream up to ``upto`` is durable: send a cumulative ack, or
+        with ``config.ack_delay`` and ``now``, hold it until ``receiver.due_at`` (``tick``) to
+        cover later calls too, like TCP's delayed ack (``Receiver.ack_now`` says when)."""
         self._require_open("acknowledge")
-        if not self.receiver.acknowledge(upto):
-            return
-        delay = self.config.ack_delay
-        if (
-            now is None
-            or now - self._ack_sent_at >= delay
-            or upto - self.receiver.sent >= max(1, self.receiver.window // 4)
-        ):
-            self._send_ack(now)
-        elif self.ack_due_at is None:
-            self.ack_due_at = self._ack_sent_at + delay
+        if self.receiver.acknowledge(upto) and self.receiver.ack_now(now, self.config.ack_delay):
+            self._send(Ack(upto=self.receiver.ack_sent(now)))
 
-    def send_held_ack(self, now: float) -> None:
-        """Send the ack ``acknowledge`` held, if any, now (its timer fired before ``tick``)."""
-        if self.ack_due_at is not None and self.is_open:
-            self._send_ack(now)
-
-    def _send_ack(self, now: float | None) -> None:
-        self.ack_due_at = None
-        if now is not None:
-            self._ack_sent_at = now
-        self._send(Ack(upto=self.receiver.ack_sent()))
+    def send_held_ack(self, now: float | None) -> None:
+        """Send the ack ``acknowledge`` held, if any, now (its timer fired; or the session ends)."""
+        if self.receiver.due_at is not None and self.is_open:
+            self._send(Ack(upto=self.receiver.ack_sent(now)))
 
     def send_heartbeat(self, now: float, draining: bool = False) -> None:
         self._require_open("send a heartbeat")
         self._send(Heartbeat(at=now, draining=draining))
-        self.last_sent = now
-
-    def lengthen_heartbeat(self, now: float, interval: float, timeout: float) -> None:
-        """Facilitator: both sides keep to a longer ``interval`` and ``timeout`` from now on, sent
-        at once in a heartbeat (before our next one could be later than the peer's old timeout).
-        Values not longer than the current ones are ignored: a session never gets shorter ones."""
-        if not (self.heartbeat_interval < interval < timeout and timeout > self.heartbeat_timeout):
-            return
-        self._require_open("lengthen heartbeats")
-        self.heartbeat_interval, self.heartbeat_timeout = interval, timeout
-        ms_interval, ms_timeout = int(interval * 1000), int(timeout * 1000)
-        self._send(Heartbeat(at=now, heartbeat_interval_ms=ms_interval, heartbeat_timeout_ms=ms_timeout))
         self.last_sent = now
 
     def _heartbeat_values(self, frame: Heartbeat) -> None:
@@ -283,8 +251,7 @@ class _Session(Generic[In]):
         """End the session; with a ``code``, the peer is told why in an error frame first."""
         if self.state is SessionState.CLOSED:
             return
-        if self.ack_due_at is not None and self.is_open:
-            self._send_ack(None)  # durable here: the peer need not send it again
+        self.send_held_ack(None)  # durable here: the peer need not send it again
         if code is not None:
             self._send(Error(code=code.value, detail=detail))
         self._closed(code, detail, by_peer=False)

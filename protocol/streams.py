@@ -7,6 +7,7 @@
 # session and never acknowledges a seq the application has not made durable.
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,12 +149,14 @@ class Sender:
 class Receiver:
     """The peer's stream within one session."""
 
-    __slots__ = ("acked", "seen", "sent", "window")
+    __slots__ = ("acked", "due_at", "seen", "sent", "sent_at", "window")
 
     def __init__(self, hwm: int, window: int) -> None:
         self.seen = hwm  # highest seq handed to the application in this session
         self.acked = hwm  # highest seq the application made durable (an ack may still wait)
         self.sent = hwm  # highest seq we told the peer is durable
+        self.sent_at = -math.inf  # when (None: an owner that keeps no clock)
+        self.due_at: float | None = None  # when a held ack goes out
         self.window = window
 
     def classify(self, seq: int) -> bool:
@@ -190,7 +193,20 @@ class Receiver:
         self.acked = upto
         return True
 
-    def ack_sent(self) -> int:
-        """An ack of everything made durable is going out now; its ``upto``."""
+    def ack_now(self, now: float | None, delay: float) -> bool:
+        """After ``acknowledge`` said news: whether the ack goes now. Not within ``delay`` of
+        the last one (it waits until ``due_at``), unless a quarter of the window would wait:
+        the peer must not stall on an ack held back."""
+        if now is None or now - self.sent_at >= delay or self.acked - self.sent >= max(1, self.window // 4):
+            return True
+        if self.due_at is None:
+            self.due_at = self.sent_at + delay
+        return False
+
+    def ack_sent(self, now: float | None = None) -> int:
+        """An ack of everything made durable goes out (at ``now``); its ``upto``."""
+        self.due_at = None
+        if now is not None:
+            self.sent_at = now
         self.sent = self.acked
         return self.sent

@@ -20,12 +20,18 @@ if TYPE_CHECKING:
         UnknownJobError,
     )
     from jobrelay.storage.inbox import AcceptResult, Inbox, InboxRow, InboxState
-    from jobrelay.storage.inspect import DatabaseSummary, JobRecordView, inspect_database, inspect_job
+    from jobrelay.storage.inspect import (
+        DatabaseSummary,
+        JobRecordView,
+        inspect_database,
+        inspect_job,
+        outbox_streams,
+    )
     from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry, StatusResult, StatusUpdate
     from jobrelay.storage.local_state import LocalState, LocalStateStore
     from jobrelay.storage.lock import DatabaseInUse, DatabaseLock, lock_database
     from jobrelay.storage.opening import open_database
-    from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats, outbox_streams
+    from jobrelay.storage.outbox import Outbox, OutboxRow, OutboxStats
     from jobrelay.storage.schema import SCHEMA_VERSION
 
 __all__ = [
@@ -97,6 +103,6 @@ _EXPORTS = {
     "inspect_job": "jobrelay.storage.inspect",
     "lock_database": "jobrelay.storage.lock",
     "open_database": "jobrelay.storage.opening",
-    "outbox_streams": "jobrelay.storage.outbox",
+    "outbox_streams": "jobrelay.storage.inspect",
 }
 lazy_exports(globals(), _EXPORTS)

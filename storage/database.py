@@ -247,6 +247,21 @@ class Database:
                     raise translate_error(exc, action, self.path) from exc
                 raise
 
+    @contextlib.contextmanager
+    def statement(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A write of exactly one statement, committed by itself (autocommit): one round of the
+        GIL instead of the four of ``BEGIN`` … ``COMMIT`` around it. Only outside a transaction.
+
+        Raises:
+            StorageError: The write failed (nothing was written), or a transaction is open.
+        """
+        conn = self.conn
+        if self._closed or conn.in_transaction:
+            state = "closed" if self._closed else "inside a transaction"
+            raise StorageError(f"{action}: a single statement cannot run {state}", path=self.path)
+        with self._write_turn(action), self.guard(action):
+            yield conn
+
     def query(self, sql: str, params: tuple[Any, ...] = (), action: str = "read") -> list[Any]:
         """Run a read-only statement and return all rows (storage/ internal helper).
 

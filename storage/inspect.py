@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from jobrelay.storage.database import Database
 from jobrelay.storage.inbox import Inbox, InboxState
 from jobrelay.storage.ledger import JobLedger, JobRecord, StatusEntry
 from jobrelay.storage.opening import open_database
-from jobrelay.storage.outbox import OutboxStats, outbox_streams
+from jobrelay.storage.outbox import OutboxStats
 from jobrelay.storage.totals import read_totals
 
-__all__ = ["DatabaseSummary", "JobRecordView", "inspect_database", "inspect_job"]
+__all__ = ["DatabaseSummary", "JobRecordView", "inspect_database", "inspect_job", "outbox_streams"]
 
 
 class DatabaseSummary(NamedTuple):
@@ -104,3 +105,28 @@ def inspect_job(path: str | Path, job_id: str) -> JobRecordView | None:
         finally:
             with db.guard("end read snapshot"):
                 db.conn.execute("COMMIT")
+
+
+def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStats]:
+    """Stats of every outbox stream in the file (works on a read-only Database).
+
+    Args:
+        db: An open Database.
+        now: The current time for ages (default: time.time()).
+
+    Raises:
+        StorageError: A read failed.
+    """
+    now = time.time() if now is None else now
+    rows = db.query(
+        "SELECT s.stream, s.epoch, s.depth_rows, s.depth_bytes, "
+        "(SELECT created_at FROM outbox_segments o WHERE o.stream_id = s.id AND o.last_seq > s.last_acked "
+        "ORDER BY o.last_seq LIMIT 1), "
+        "s.last_seq, s.last_acked FROM outbox_streams s ORDER BY s.stream",
+        (),
+        "list outbox streams",
+    )
+    return [
+        OutboxStats(r[0], r[1], r[2], r[3], None if r[4] is None else max(0.0, now - r[4]), r[5], r[6])
+        for r in rows
+    ]

@@ -11,6 +11,9 @@
 # - depth_rows/depth_bytes in outbox_streams equal the count and payload bytes of unacknowledged
 #   messages, and never exceed max_rows/max_bytes through append (OutboxFull instead; nothing stored).
 # - Every public call is one transaction: it happens completely or not at all.
+# - Inserting a segment moves last_seq and the depth (the schema's triggers, v9), and is refused
+#   unless it starts right after last_seq. ``_tail`` (last_seq and depth as committed) lets an
+#   append outside a transaction be that one insert; anything else that writes drops it.
 # - ``epoch`` is created with the stream and changes only through restart_epoch().
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ from typing import Final, NamedTuple, TypeVar
 from jobrelay.storage.database import Database
 from jobrelay.storage.errors import AckOutOfRange, OutboxFull, StorageError
 from jobrelay.storage.segment_table import SegmentTable
-from jobrelay.storage.segments import CorruptSegment, OutboxRow
+from jobrelay.storage.segments import CorruptSegment, OutboxRow, pack
 
-__all__ = ["Outbox", "OutboxRow", "OutboxStats", "outbox_streams"]
+__all__ = ["Outbox", "OutboxRow", "OutboxStats"]
 
 T = TypeVar("T")
 
@@ -35,10 +38,7 @@ _RECLAIM_EVERY_BYTES: Final = 8 << 20  # check for free pages after this many de
 _STREAM: Final = (
     "SELECT id, epoch, last_seq, last_acked, depth_rows, depth_bytes FROM outbox_streams WHERE stream = ?"
 )
-_RESERVE: Final = (
-    "UPDATE outbox_streams SET last_seq = last_seq + ?, depth_rows = depth_rows + ?, "
-    "depth_bytes = depth_bytes + ? WHERE id = ? RETURNING last_seq, depth_rows, depth_bytes"
-)
+_OUT_OF_SEQUENCE: Final = "outbox segment out of sequence"  # the v9 trigger's message
 
 
 class OutboxStats(NamedTuple):
@@ -122,6 +122,7 @@ class Outbox:
                 )
             rows = db.query(_STREAM, (stream,), f"open outbox {stream!r}")
         self._id: int = rows[0][0]
+        self._tail: tuple[int, int, int] | None = None  # committed (last_seq, depth_rows, depth_bytes)
 
     def __repr__(self) -> str:
         return f"<Outbox {self.stream!r} of {self._db.path}>"
@@ -197,27 +198,48 @@ class Outbox:
         if n == 0:
             return []
         nbytes = sum(len(p) for _, p in items)
-        now = self._clock()
+        segments, now = list(pack(items)), self._clock()
+        outermost = not self._db.closed and not self._conn.in_transaction
+        if len(segments) == 1 and outermost:
+            # The common append (one segment, not inside the caller's transaction): one insert,
+            # committed by itself; the triggers move the seq and depth. Each statement of a
+            # transaction gives up the GIL and waits to take it back behind the other threads.
+            tail = self._tail or self._committed_tail()
+            last_seq, depth_rows, depth_bytes = tail
+            if depth_rows + n <= self.max_rows and depth_bytes + nbytes <= self.max_bytes:
+                self._tail = None
+                try:
+                    with self._db.statement(self._action_append) as conn:
+                        SegmentTable(conn, self._id).insert(last_seq + 1, segments, now)
+                except StorageError as exc:
+                    if _OUT_OF_SEQUENCE not in str(exc):
+                        raise
+                    # Another writer moved the stream: the transaction below reads it afresh.
+                else:
+                    self._tail = (last_seq + n, depth_rows + n, depth_bytes + nbytes)
+                    return list(range(last_seq + 1, last_seq + n + 1))
+        self._tail = None
         with self._db.transaction(self._action_append) as conn:
-            # Reserve the seqs and grow the depth in one statement; undone by the rollback
-            # if the bounds are exceeded.
-            row = conn.execute(_RESERVE, (n, n, nbytes, self._id)).fetchone()
-            if row is None:
-                self._state()  # raises: the stream row is gone
-            last_seq, depth_rows, depth_bytes = row
-            if depth_rows > self.max_rows or depth_bytes > self.max_bytes:
+            _, _, last_seq, _, depth_rows, depth_bytes = self._state()
+            if depth_rows + n > self.max_rows or depth_bytes + nbytes > self.max_bytes:
                 raise OutboxFull(
                     self.stream,
-                    depth_rows=depth_rows - n,
-                    depth_bytes=depth_bytes - nbytes,
+                    depth_rows=depth_rows,
+                    depth_bytes=depth_bytes,
                     max_rows=self.max_rows,
                     max_bytes=self.max_bytes,
                     adding_rows=n,
                     adding_bytes=nbytes,
                 )
-            first = last_seq - n + 1
-            SegmentTable(conn, self._id).insert(first, items, now)
-        return list(range(first, first + n))
+            SegmentTable(conn, self._id).insert(last_seq + 1, segments, now)
+        if outermost:  # committed: a caller's transaction may still roll this back
+            self._tail = (last_seq + n, depth_rows + n, depth_bytes + nbytes)
+        return list(range(last_seq + 1, last_seq + n + 1))
+
+    def _committed_tail(self) -> tuple[int, int, int]:
+        with self._db.guard(f"read outbox {self.stream!r}"):
+            _, _, last_seq, _, depth_rows, depth_bytes = self._state()
+        return last_seq, depth_rows, depth_bytes
 
     def ack(self, upto: int, *, delete: bool = True) -> int:
         """Record that the peer durably holds every seq ≤ ``upto``; delete those messages.
@@ -239,6 +261,7 @@ class Outbox:
         """
         if upto < 0:
             raise ValueError(f"ack must be >= 0, not {upto}")
+        self._tail = None  # the depth moves, and a caller's transaction may roll that back
         with self._db.transaction(f"ack outbox {self.stream!r}") as conn:
             sid, _, last_seq, last_acked, _, _ = self._state()
             if upto > last_seq:
@@ -336,6 +359,7 @@ class Outbox:
             StorageError: The write failed; nothing changed.
         """
         epoch = secrets.token_hex(8)
+        self._tail = None
         with self._db.transaction(f"restart epoch of outbox {self.stream!r}") as conn:
             sid, _, last_seq, last_acked, _, _ = self._state()
             self._read_guard(lambda: SegmentTable(conn, sid).renumber(last_acked))
@@ -357,28 +381,3 @@ class Outbox:
                 f"{self._db.path}: outbox {self.stream!r}: {exc}; restore the file from a backup",
                 path=self._db.path,
             ) from None
-
-
-def outbox_streams(db: Database, *, now: float | None = None) -> list[OutboxStats]:
-    """Stats of every outbox stream in the file (works on a read-only Database).
-
-    Args:
-        db: An open Database.
-        now: The current time for ages (default: time.time()).
-
-    Raises:
-        StorageError: A read failed.
-    """
-    now = time.time() if now is None else now
-    rows = db.query(
-        "SELECT s.stream, s.epoch, s.depth_rows, s.depth_bytes, "
-        "(SELECT created_at FROM outbox_segments o WHERE o.stream_id = s.id AND o.last_seq > s.last_acked "
-        "ORDER BY o.last_seq LIMIT 1), "
-        "s.last_seq, s.last_acked FROM outbox_streams s ORDER BY s.stream",
-        (),
-        "list outbox streams",
-    )
-    return [
-        OutboxStats(r[0], r[1], r[2], r[3], None if r[4] is None else max(0.0, now - r[4]), r[5], r[6])
-        for r in rows
-    ]

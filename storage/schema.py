@@ -28,6 +28,9 @@
 # v8: a worker's events stored per batch: facilitator_worker_events replaced by
 #   facilitator_worker_event_batches(worker_id, last_n, count, events)  PK (worker_id, last_n);
 #   last_n numbers the worker's events; events is a msgpack array of [event, detail, at].
+# v9: triggers on outbox_segments: an insert must start right after its stream's last_seq
+#   (outbox_segments_in_order) and moves last_seq, depth_rows and depth_bytes
+#   (outbox_segments_count), so an append outside a transaction is one statement.
 from __future__ import annotations
 
 import time
@@ -277,6 +280,23 @@ def _v8_worker_event_batches(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE facilitator_worker_events")
 
 
+def _v9_outbox_append_triggers(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TRIGGER outbox_segments_in_order BEFORE INSERT ON outbox_segments
+        WHEN NEW.first_seq != (SELECT last_seq + 1 FROM outbox_streams WHERE id = NEW.stream_id)
+        BEGIN SELECT RAISE(ABORT, 'jobrelay: outbox segment out of sequence'); END"""
+    )
+    db.execute(
+        """CREATE TRIGGER outbox_segments_count AFTER INSERT ON outbox_segments
+        BEGIN
+            UPDATE outbox_streams SET last_seq = NEW.last_seq,
+                depth_rows = depth_rows + NEW.last_seq - NEW.first_seq + 1,
+                depth_bytes = depth_bytes + length(NEW.payloads)
+            WHERE id = NEW.stream_id;
+        END"""
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "initial", _v1_initial),
     Migration(2, "facilitator routing tables", _v2_facilitator),
@@ -286,6 +306,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(6, "totals that outlive the process", _v6_totals),
     Migration(7, "outbox stored in segments", _v7_outbox_segments),
     Migration(8, "worker events stored per batch", _v8_worker_event_batches),
+    Migration(9, "outbox appends counted by triggers", _v9_outbox_append_triggers),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Final
 
-from jobrelay.storage.segments import OutboxRow, pack, payload_bytes, unpack
+from jobrelay.storage.segments import OutboxRow, Packed, pack, payload_bytes, unpack
 
 __all__ = ["SegmentTable"]
 
@@ -37,9 +37,11 @@ class SegmentTable:
         self._conn = conn
         self._sid = sid
 
-    def insert(self, first: int, items: Sequence[tuple[str, bytes]], now: float) -> None:
+    def insert(self, first: int, segments: Sequence[Packed], now: float) -> None:
+        """Store ``segments`` (``pack``'s) from seq ``first`` on; the schema's triggers check
+        that ``first`` follows the stream's last seq and move the stream's seq and depth."""
         seq = first
-        for packed in pack(items):
+        for packed in segments:
             end = seq + packed.messages - 1
             self._conn.execute(
                 _INSERT, (self._sid, end, seq, packed.kinds, packed.sizes, packed.payloads, now)

@@ -56,13 +56,13 @@ def test_an_ack_soon_after_the_last_waits_and_covers_the_later_commits() -> None
     deliver_one(pair, 2)
     deliver_one(pair, 3)
     assert acks_on_the_wire(pair) == []  # held: the last ack went 0 s ago
-    assert session.ack_due_at == pytest.approx(pair.now + 0.01)
+    assert session.receiver.due_at == pytest.approx(pair.now + 0.01)
     assert session.next_deadline() == pytest.approx(pair.now + 0.01)
     pair.tick(0.005)
     assert acks_on_the_wire(pair) == []
     pair.tick(0.005)
     assert acks_on_the_wire(pair) == [3]  # one ack, cumulative
-    assert session.ack_due_at is None
+    assert session.receiver.due_at is None
     pair.pump()
     assert not pair.worker.store.out  # the worker deleted all three
 

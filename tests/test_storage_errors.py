@@ -308,7 +308,7 @@ def test_a_v1_file_migrates_forward_keeping_its_data(tmp_path: Path, monkeypatch
             )
             assert "facilitator_workers" not in db.su.table_names()
     with open_database(path) as db:
-        assert db.schema_version == SCHEMA_VERSION == 8
+        assert db.schema_version == SCHEMA_VERSION == 9
         assert {
             "facilitator_workers",
             "facilitator_worker_event_batches",
@@ -351,7 +351,7 @@ def test_a_v6_outbox_moves_into_segments_with_every_message_in_order(
             _v1_outbox_rows(db, "b", big)
             _v1_outbox_rows(db, "empty", [], acked=9)
     with open_database(path) as db:
-        assert db.schema_version == 8 and "outbox" not in db.su.table_names()
+        assert db.schema_version == 9 and "outbox" not in db.su.table_names()
         a, b, empty = Outbox(db, "a"), Outbox(db, "b"), Outbox(db, "empty")
         assert [(r.seq, r.kind, r.payload) for r in a.pending()] == [
             (41 + i, k, p) for i, (k, p) in enumerate(many)

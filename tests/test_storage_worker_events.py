@@ -58,7 +58,7 @@ def test_a_v7_file_keeps_its_worker_events(tmp_path: Path, monkeypatch: pytest.M
                 [("w1", *e) for e in events(0, 5)] + [("w2", *e) for e in events(7, 9)],
             )
     with open_database(path) as db:
-        assert db.schema_version == 8
+        assert db.schema_version == 9
         assert routing.worker_events(db, "w1") == events(0, 5)
         assert routing.worker_events(db, "w2") == events(7, 9)
         routing.record_worker_events(db, "w1", events(5, 6))
