@@ -113,8 +113,11 @@ class OutboxActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Publish | PublishBatch):
             if isinstance(message, PublishBatch):
-                for item in message.items:
-                    self._accept(item)  # into one batch: committed together below
+                if self._publisher.waiting:
+                    for item in message.items:
+                        self._publisher.wait(item)  # behind those waiting for room: order holds
+                else:
+                    self._batch.extend(message.items)  # into one batch: committed together below
             else:
                 self._accept(message)
             if message.backlog is not None:

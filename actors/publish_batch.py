@@ -57,28 +57,31 @@ class PublishGroup:
 
     def __init__(self, size: int) -> None:
         self.future: LatchFuture[list[int]] = LatchFuture()
-        self._seqs: dict[int, int] = {}
+        # Per message: a slot and a countdown (this runs once per message on the Outbox thread).
+        self._seqs: list[int | None] = [None] * size
         self._errors: dict[int, BaseException] = {}
-        self._size = size
+        self._left = size
         self.parts = [_Part(self, i) for i in range(size)]
         if size == 0:
             self.future.set([])
 
     def settled(self, index: int, seq: int | None, error: BaseException | None) -> None:
-        if index in self._seqs or index in self._errors:
+        if self._seqs[index] is not None or index in self._errors:
             raise RuntimeError(f"message #{index} of a publish_many batch settled twice")
         if error is not None:
             self._errors[index] = error
         else:
             assert seq is not None
             self._seqs[index] = seq
-        if len(self._seqs) + len(self._errors) < self._size:
+        self._left -= 1
+        if self._left:
             return
         if self._errors:
-            exc = PublishManyError(self._errors, self._seqs)
+            seqs = {i: seq for i, seq in enumerate(self._seqs) if seq is not None}
+            exc = PublishManyError(self._errors, seqs)
             self.future.set_exception(exc_info=(PublishManyError, exc, None))
         else:
-            self.future.set([self._seqs[i] for i in range(self._size)])
+            self.future.set(self._seqs)
 
 
 class _Part:

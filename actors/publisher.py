@@ -213,16 +213,16 @@ class Publisher:
         now = self._clock()
         # Only what is about to be handed over is kept decoded in memory; the rest is read back.
         cache_limit = 2 * (self._limit - self._acked) if self.session else 0
-        seqs = iter(assigned)
+        seqs, cache = iter(assigned), self._cache
         for i, publish in enumerate(batch):
-            if i in refused:
+            if refused and i in refused:
                 refusal = refused[i]
                 logger.warning("refused to publish: {}", refusal)
                 publish.future.set_exception(exc_info=(type(refusal), refusal, None))
                 continue
             seq = next(seqs)
-            if len(self._cache) < cache_limit:
-                self._cache.keep(seq, publish.body, encoded[i][1], now)
+            if cache_limit and len(cache) < cache_limit:
+                cache.keep(seq, publish.body, encoded[i][1], now)
             publish.future.set(seq)
         self._report(Count("published", len(batch) - len(refused)))
         self._busy = True
