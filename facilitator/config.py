@@ -81,7 +81,7 @@ class FacilitatorConfig(LinkConfig, kw_only=True, frozen=True, forbid_unknown_fi
     port: int = 0
     authorized_keys: dict[str, str] = msgspec.field(default_factory=dict)
     authorized_keys_file: str | None = None
-    max_inflight: int = 2_000
+    max_inflight: int = 4_000
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     heartbeat_rate: float = 1000.0

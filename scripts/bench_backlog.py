@@ -261,7 +261,7 @@ SETTINGS = (
         _DEFAULTS.max_inflight,
         _DEFAULTS.max_batch,
     ),
-    ("window 1,000, batch 500 (the defaults before)", 1000, 500),
+    ("window 2,000, batch 1,000 (the defaults before)", 2000, 1000),
     ("window 10,000, batch 2,000", 10_000, 2000),
 )
 

@@ -169,7 +169,7 @@ FACILITATOR: tuple[Setting, ...] = (
     _f("tls_key_file", str, None, "--tls-key", "PEM private key of that certificate", path=True),
     _f("durability", str, "full", "--durability", "full (fsync each commit) or normal"),
     _f("stop_timeout", float, 5.0, "--stop-timeout", "seconds SIGINT/SIGTERM may take to stop"),
-    _f("max_inflight", int, 2000, "--max-inflight", "unacknowledged data messages per direction"),
+    _f("max_inflight", int, 4000, "--max-inflight", "unacknowledged data messages per direction"),
     _f("max_frame_bytes", int, 1 << 20, "--max-frame-bytes", "largest WebSocket frame"),
     _f("max_batch", int, 1000, "--max-batch", "most data messages per frame"),
     _f("heartbeat_interval", float, 5.0, "--heartbeat-interval", "seconds between heartbeats to a worker"),
