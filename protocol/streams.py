@@ -155,7 +155,7 @@ class Receiver:
         self.seen = hwm  # highest seq handed to the application in this session
         self.acked = hwm  # highest seq the application made durable (an ack may still wait)
         self.sent = hwm  # highest seq we told the peer is durable
-        self.sent_at = -math.inf  # when (None: an owner that keeps no clock)
+        self.sent_at = -math.inf  # when it went (-inf: none yet, or the owner keeps no clock)
         self.due_at: float | None = None  # when a held ack goes out
         self.window = window
 
