@@ -74,13 +74,12 @@ class OutboxActor(pykka.ThreadingActor):
         while not self.actor_inbox.empty():  # this thread is the only reader: get() won't block
             envelope = self.actor_inbox.get()
             if isinstance(envelope.message, Publish | PublishBatch):
-                items = (
+                items: Sequence[Publish] = (
                     envelope.message.items
                     if isinstance(envelope.message, PublishBatch)
                     else [envelope.message]
                 )
-                for item in items:
-                    self._accept(item)
+                self._accept(items)
                 if len(self._batch) >= self.config.max_batch:
                     self._commit()  # chunks: futures resolve as they go, no giant transaction
             elif envelope.reply_to is not None:
@@ -112,14 +111,8 @@ class OutboxActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Publish | PublishBatch):
-            if isinstance(message, PublishBatch):
-                if self._publisher.waiting:
-                    for item in message.items:
-                        self._publisher.wait(item)  # behind those waiting for room: order holds
-                else:
-                    self._batch.extend(message.items)  # into one batch: committed together below
-            else:
-                self._accept(message)
+            # A publish_many batch is taken whole: committed together below.
+            self._accept(message.items if isinstance(message, PublishBatch) else (message,))
             if message.backlog is not None:
                 message.backlog.taken()
             if self.actor_inbox.empty() or len(self._batch) >= _COMMIT_ROWS:
@@ -169,11 +162,11 @@ class OutboxActor(pykka.ThreadingActor):
             self._flush_pending = True
             self.actor_ref.tell(_Flush())
 
-    def _accept(self, publish: Publish) -> None:
+    def _accept(self, publishes: Sequence[Publish]) -> None:
         if self._publisher.waiting:
-            self._publisher.wait(publish)  # behind the publishes waiting for room: order holds
+            self._publisher.wait(publishes)  # behind the publishes waiting for room: order holds
         else:
-            self._batch.append(publish)
+            self._batch.extend(publishes)
 
     def _commit(self) -> None:
         if not self._batch:

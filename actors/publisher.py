@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -133,9 +133,9 @@ class Publisher:
 
     # ------------------------------------------------------------ publishing
 
-    def wait(self, publish: Publish) -> None:
-        """Queue ``publish`` behind those waiting for room (keeps their order)."""
-        self._blocked.add([publish])
+    def wait(self, publishes: Sequence[Publish]) -> None:
+        """Queue ``publishes`` behind those waiting for room (keeps their order)."""
+        self._blocked.add(publishes)
 
     def write(self, batch: list[Publish]) -> bool:
         """Commit ``batch`` in one transaction and resolve its futures; False when it must wait

@@ -224,7 +224,7 @@ def test_a_full_outbox_blocks_publishes_in_order(tmp_path: Path) -> None:
     assert pub.write([a]) is True and result(a) == 1
     assert pub.write([b]) is False  # no room: b waits
     assert waiting(pub) and h.counted("outbox_full") == 1
-    pub.wait(c)  # would fit, but must not overtake b (the actor queues behind what waits)
+    pub.wait([c])  # would fit, but must not overtake b (the actor queues behind what waits)
     pub.beat(h.clock.now)
     assert is_pending(b) and is_pending(c)
     assert h.committed_seqs() == [1]
