@@ -94,7 +94,7 @@ class ConnectionActor(pykka.ThreadingActor):
         config: WorkerConfig,
         *,
         marks: Callable[[], StreamMarks],
-        outbox: pykka.ActorRef[Any],
+        outbox: Tellable,
         router: pykka.ActorRef[Any],
         metrics: Tellable,
         subscribers: Sequence[Tellable] = (),

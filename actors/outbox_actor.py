@@ -14,6 +14,7 @@ import msgspec
 import pykka
 from loguru import logger
 
+from jobrelay.actors.ack_slot import AckSlot
 from jobrelay.actors.actor_messages import (
     Beat,
     DropSession,
@@ -55,9 +56,11 @@ class OutboxActor(pykka.ThreadingActor):
         *,
         metrics: Tellable,
         clock: Callable[[], float] = time.time,
+        acks: AckSlot | None = None,
     ) -> None:
         super().__init__()
         self.config = config
+        self._acks = acks  # the newest ack, read between the commits of a burst
         self._publisher = Publisher(config, report=lambda m: send(metrics, m), clock=clock)
         self._connection: pykka.ActorRef[Any] | None = None  # of the open session, from SessionOpened
         self._batch: list[Publish] = []
@@ -176,8 +179,12 @@ class OutboxActor(pykka.ThreadingActor):
         self._hand_over()
 
     def _hand_over(self) -> None:
-        items = self._publisher.fill()
-        session = self._publisher.session
+        publisher = self._publisher
+        newest = self._acks.newest() if self._acks is not None else None
+        if newest is not None and newest.session_id == publisher.session and not publisher.waiting:
+            publisher.acked(newest.upto, newest.limit)  # ahead of its copy in the mailbox
+        items = publisher.fill()
+        session = publisher.session
         if items and session is not None:
             send(self._connection, SendData(session, items))
 

@@ -320,9 +320,11 @@ class Publisher:
         """The facilitator holds our stream up to ``upto``; the window now reaches ``limit``."""
         # The window opens at once; the mark is stored later without an fsync of its own (see
         # _PERSIST_ACK_EVERY): losing it in a crash only sends again what the facilitator holds.
+        self._limit = max(self._limit, limit)
+        if upto <= self._acked:  # the Outbox read this ack early (actors/ack_slot.py)
+            return
         self._report(Count("acked", upto - self._acked))
         self._acked = upto
-        self._limit = max(self._limit, limit)
         self._drop_cached(upto)
         if self._blocked:  # publishers are waiting for room: free it now
             self.persist_ack()

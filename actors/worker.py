@@ -15,6 +15,7 @@ import pykka
 from loguru import logger
 from pykka.typing import ActorMemberMixin, proxy_method
 
+from jobrelay.actors.ack_slot import AckSlot, OutboxDoor
 from jobrelay.actors.actor_messages import ConnectionState
 from jobrelay.actors.call_server import worker_methods
 from jobrelay.actors.caller import Caller
@@ -273,7 +274,10 @@ def start_worker(
         metrics_ref = _Supervised.wrap(MetricsActor, crashed).start(book, config)
         refs.append(metrics_ref)
         metrics = MetricsSink(book, metrics_ref)  # what the others report to: counted in place
-        outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(config, metrics=metrics, clock=clock)
+        acks = AckSlot()  # the Connection's newest ack, which the Outbox reads between commits
+        outbox_ref = _Supervised.wrap(OutboxActor, crashed).start(
+            config, metrics=metrics, clock=clock, acks=acks
+        )
         refs.append(outbox_ref)
         backlog = PublishBacklog(limit=_PUBLISH_BACKLOG, timeout=config.publish_timeout)
         outbox = OutboxHandle(outbox_ref, backlog)
@@ -296,7 +300,7 @@ def start_worker(
         connection_ref = _Supervised.wrap(ConnectionActor, crashed).start(
             config,
             marks=marks,
-            outbox=outbox_ref,
+            outbox=OutboxDoor(outbox_ref, acks),
             router=router_ref,
             metrics=metrics,
             subscribers=[metrics],
