@@ -15,7 +15,7 @@ import msgspec
 from jobrelay.actors.actor_messages import Publish
 from jobrelay.actors.config import WorkerConfig
 from jobrelay.actors.latch_future import LatchFuture
-from jobrelay.protocol.codec import check_sendable
+from jobrelay.protocol.codec import check_sendable, plain_size_limit
 from jobrelay.protocol.errors import JobrelayError, LocalProtocolError
 from jobrelay.protocol.messages import WorkerBody
 from jobrelay.storage import Database, StatusResult, StatusUpdate, TerminalStatusError, UnknownJobError
@@ -117,7 +117,16 @@ def unsendable(
     """index → why that publish can never be sent (a body too large for a frame, or one a
     negotiable format cannot carry); checked before it is stored."""
     refused: dict[int, Exception] = {}
+    limits: dict[type, int | None] = {}  # per body type: the size below which it surely fits
     for i, (publish, (_, payload)) in enumerate(zip(publishes, encoded, strict=True)):
+        kind = type(publish.body)
+        if kind not in limits:
+            limits[kind] = plain_size_limit(
+                kind, max_frame_bytes=config.max_frame_bytes, formats=config.formats
+            )
+        limit = limits[kind]
+        if limit is not None and len(payload) <= limit:
+            continue
         try:
             check_sendable(
                 publish.body,

@@ -212,7 +212,7 @@ class Publisher:
             self._last_seq = assigned[-1]
         now = self._clock()
         # Only what is about to be handed over is kept decoded in memory; the rest is read back.
-        cache_limit = 2 * (self._limit - self._acked) if self.session else 0
+        room = 2 * (self._limit - self._acked) - len(self._cache) if self.session else 0
         seqs, cache = iter(assigned), self._cache
         for i, publish in enumerate(batch):
             if refused and i in refused:
@@ -221,8 +221,9 @@ class Publisher:
                 publish.future.set_exception(exc_info=(type(refusal), refusal, None))
                 continue
             seq = next(seqs)
-            if cache_limit and len(cache) < cache_limit:
+            if room > 0:
                 cache.keep(seq, publish.body, encoded[i][1], now)
+                room -= 1
             publish.future.set(seq)
         self._report(Count("published", len(batch) - len(refused)))
         self._busy = True
