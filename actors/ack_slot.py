@@ -30,6 +30,13 @@ class AckSlot:
         with self._lock:
             return self._newest
 
+    def clear(self) -> None:
+        """Forget what is kept: called by the Outbox when a session opens or closes. Every ack the
+        Connection put before it told that was of an earlier session (it tells in order, from one
+        thread), and a peer that reuses a session id must not have an old ack read as a new one."""
+        with self._lock:
+            self._newest = None
+
 
 class OutboxDoor:
     """What the Connection tells the Outbox through (``tell``, as to the actor): every message

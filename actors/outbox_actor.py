@@ -140,12 +140,14 @@ class OutboxActor(pykka.ThreadingActor):
             case _Flush():
                 self._flush_pending = False
             case SessionOpened(session_id=sid, resume_after=after, limit=limit, connection=connection):
+                self._forget_early_acks()
                 self._connection = connection
                 if publisher.opened(sid, after, limit, as_stored=message.as_stored):
                     self._hand_over()
                 else:
                     send(connection, DropSession(sid, f"cannot resume after seq {after}: acked before"))
             case SessionClosed(session_id=sid):
+                self._forget_early_acks()
                 publisher.closed(sid)
             case PeerAcked(session_id=sid, upto=upto, limit=limit) if sid == publisher.session:
                 publisher.acked(upto, limit)
@@ -177,6 +179,10 @@ class OutboxActor(pykka.ThreadingActor):
         batch, self._batch = self._batch, []
         self._publisher.write(batch)
         self._hand_over()
+
+    def _forget_early_acks(self) -> None:
+        if self._acks is not None:
+            self._acks.clear()
 
     def _hand_over(self) -> None:
         publisher = self._publisher

@@ -12,7 +12,14 @@ from typing import Any, NamedTuple
 import pytest
 
 from jobrelay.actors.ack_slot import AckSlot, OutboxDoor
-from jobrelay.actors.actor_messages import Count, PeerAcked, Publish, SendData, SessionOpened
+from jobrelay.actors.actor_messages import (
+    Count,
+    PeerAcked,
+    Publish,
+    SendData,
+    SessionClosed,
+    SessionOpened,
+)
 from jobrelay.actors.outbox_actor import OutboxActor
 from jobrelay.protocol.messages import WorkerEvent
 from tests.test_actors_worker import config
@@ -101,6 +108,19 @@ def test_an_ack_of_another_session_is_not_read_early(outbox: Outbox) -> None:
     slot.put(PeerAcked(session_id="s0", upto=3, limit=100))
     publish(actor, 6)
     assert connection.handed() == [1, 2, 3, 4]
+
+
+def test_an_ack_of_an_earlier_session_with_the_same_id_is_not_read_early(outbox: Outbox) -> None:
+    """A peer that reuses a session id: the old session's ack, left in the slot, must not count
+    for the new one (it would hand over past the new window and mark rows acknowledged)."""
+    actor, slot, connection, _ = outbox
+    slot.put(PeerAcked(session_id="s1", upto=4, limit=100))
+    actor.on_receive(SessionClosed(session_id="s1"))
+    actor.on_receive(SessionOpened(session_id="s1", resume_after=0, limit=4, connection=connection))
+    connection.told.clear()
+    publish(actor, 6)
+    assert connection.handed() == [1, 2, 3, 4]
+    assert actor.in_flight() == 4
 
 
 def test_without_a_slot_the_window_waits_for_the_mailbox(tmp_path: Path) -> None:
