@@ -31,9 +31,11 @@ class AckSlot:
             return self._newest
 
     def clear(self) -> None:
-        """Forget what is kept: called by the Outbox when a session opens or closes. Every ack the
-        Connection put before it told that was of an earlier session (it tells in order, from one
-        thread), and a peer that reuses a session id must not have an old ack read as a new one."""
+        """Forget what is kept: called by the Outbox when a session opens or closes. A kept ack
+        is then the closed session's, or the opening one's, whose copy in the mailbox still
+        comes; and a peer that reuses a session id must not have an old session's ack read as
+        the new one's. (A new session's first ack cannot come before the Outbox has handled the
+        old one's close: every attempt first asks the Outbox for its marks, behind it.)"""
         with self._lock:
             self._newest = None
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from loguru import logger
 
 import jobrelay
+from tests.alone import held
 
 if TYPE_CHECKING:
     from jobrelay.facilitator import Facilitator
@@ -29,6 +30,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # The library is quiet by default (jobrelay/__init__ disables its logger); tests read its lines.
 assert jobrelay.__name__ == "jobrelay"  # imported first, so its disable() runs before this enable()
 logger.enable("jobrelay")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "alone: run while no other test runs (tests/alone.py)")
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_together(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: tests already run one at a time
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # every worker's basetemp is a folder of it
+    with held(shared, exclusive=request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture

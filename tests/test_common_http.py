@@ -205,6 +205,7 @@ def test_a_handler_error_is_a_500_with_one_log_line_and_the_server_keeps_serving
     assert records[0]["message"].endswith("ValueError: boom") and records[0]["exception"] is not None
 
 
+@pytest.mark.alone  # reads the kernel's listen-queue drops of every socket
 @pytest.mark.parametrize("on_the_facilitators_loop", [False, True], ids=["own-loop", "facilitator-loop"])
 def test_64_concurrent_submitters_all_get_201(fac: Facilitator, on_the_facilitators_loop: bool) -> None:
     clients, per_client = 64, 4
@@ -246,7 +247,7 @@ def test_64_concurrent_submitters_all_get_201(fac: Facilitator, on_the_facilitat
 
 def listen_overflows() -> int:
     """The kernel's count of connections dropped because a listen queue was full (all sockets:
-    tests run one at a time)."""
+    the test that reads it runs alone)."""
     lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
     for names, values in zip(lines[::2], lines[1::2], strict=True):
         if names[0] == "TcpExt:" and "ListenOverflows" in names:
