@@ -36,15 +36,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "alone: run while no other test runs (tests/alone.py)")
 
 
-@pytest.fixture(autouse=True)
-def _alone_or_together(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: tests already run one at a time
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test's whole run (set-up, call, tear-down) holds the suite's lock: shared, or alone.
+    Outermost (tryfirst), so pytest-timeout's timer, which starts inside, does not count the
+    wait for the other process's test."""
+    worker_basetemp = item.config.option.basetemp  # pytest-xdist gives each worker a folder of one
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not worker_basetemp:  # one process: one at a time
         yield
         return
-    shared = tmp_path_factory.getbasetemp().parent  # every worker's basetemp is a folder of it
-    with held(shared, exclusive=request.node.get_closest_marker("alone") is not None):
+    with held(Path(worker_basetemp).parent, exclusive=item.get_closest_marker("alone") is not None):
         yield
 
 
