@@ -1,8 +1,7 @@
 # The worker's outgoing stream as a plain class (the Outbox actor drives it from its thread):
 # group commits of publishes together with their job-ledger records, publishes waiting in order
 # for room (actors/room_wait.py), the recent rows kept decoded for sending (actors/recent_rows.py),
-# and the hand-over of stored data to the session up to the limit the session's send window sets
-# (protocol.streams.Sender).
+# and the hand-over of stored data to the session up to its send window's limit (Sender).
 # Invariants: a publish future resolves only after its row is committed (durable before
 # acknowledged to the caller); publishes are stored in the order they were made, also when some
 # wait for room; nothing is handed over twice within a session, and after a new session handing
@@ -212,7 +211,7 @@ class Publisher:
             self._last_seq = assigned[-1]
         now = self._clock()
         # Only what is about to be handed over is kept decoded in memory; the rest is read back.
-        room = 2 * (self._limit - self._acked) - len(self._cache) if self.session else 0
+        cache_limit = 2 * (self._limit - self._acked) if self.session else 0
         seqs, cache = iter(assigned), self._cache
         for i, publish in enumerate(batch):
             if refused and i in refused:
@@ -221,9 +220,8 @@ class Publisher:
                 publish.future.set_exception(exc_info=(type(refusal), refusal, None))
                 continue
             seq = next(seqs)
-            if room > 0:
+            if cache_limit and len(cache) < cache_limit:
                 cache.keep(seq, publish.body, encoded[i][1], now)
-                room -= 1
             publish.future.set(seq)
         self._report(Count("published", len(batch) - len(refused)))
         self._busy = True
@@ -319,10 +317,10 @@ class Publisher:
 
     def acked(self, upto: int, limit: int) -> None:
         """The facilitator holds our stream up to ``upto``; the window now reaches ``limit``."""
-        # The window opens at once; the mark is stored later without an fsync of its own (see
-        # _PERSIST_ACK_EVERY): losing it in a crash only sends again what the facilitator holds.
+        # The window opens at once; the mark is stored later, with no fsync of its own (see
+        # _PERSIST_ACK_EVERY). An ack the Outbox read early (actors/ack_slot.py) comes again.
         self._limit = max(self._limit, limit)
-        if upto <= self._acked:  # the Outbox read this ack early (actors/ack_slot.py)
+        if upto <= self._acked:
             return
         self._report(Count("acked", upto - self._acked))
         self._acked = upto
