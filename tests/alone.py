@@ -4,8 +4,8 @@ count of connections dropped by full listen queues) or start hundreds of connect
 
 A readers-writer lock on a file every test process shares: each test holds it shared, an
 ``alone`` test exclusively. A turnstile taken first stops new shared holders while an ``alone``
-test waits, so a stream of ordinary tests cannot starve it. Module-scoped set-up (a Redis, an
-sdist build) happens before a test takes the lock and may still overlap.
+test waits, so a stream of ordinary tests cannot starve it. tests/conftest.py holds it around
+each test's whole run, its module's set-up and tear-down included.
 """
 
 from __future__ import annotations
