@@ -12,10 +12,12 @@ Prints one table from one run:
   at least one fdatasync, and for the whole of a stall it arrives in);
 - the CPU each process used per message in that latency run, and how busy the machine's CPUs
   were meanwhile, with the share the hypervisor gave to other machines (steal): at 1,000 msg/s
-  the two processes use over a core of two, and the latency's tail follows the steal.
+  the two processes use over a core of two, and the latency's tail follows the steal;
+- that latency run second by second: its p99, how many publishes took over 5 ms, and the
+  machine's busy and stolen shares in that second, so one run shows where its tail came from.
 Targets (issue 5): ≥ 20,000 msg/s, ratio ≥ 0.3, p99 < 10 ms; issue 16: p99 < 5 ms.
 
-Usage: scripts/bench_e2e.py [--messages N] [--quick]
+Usage: scripts/bench_e2e.py [--messages N] [--latency-seconds S] [--quick]
 """
 
 from __future__ import annotations
@@ -148,8 +150,10 @@ def fsync_floor(directory: Path, rate_per_s: int, seconds: float, name: str = "f
     return sorted(samples)
 
 
-def paced_latency(worker: Worker, rate_per_s: int, seconds: float) -> list[float]:
-    """publish() → durable latency of each message, publishing on a fixed schedule.
+def paced_latency(worker: Worker, rate_per_s: int, seconds: float) -> tuple[list[float], list[CpuUse]]:
+    """publish() → durable latency of each message in publish order, publishing on a fixed
+    schedule; and what the machine's CPUs did in each second of it (from /proc/stat, read by
+    the publishing thread once a second).
 
     A waiter thread resolves futures in publish order (they resolve in that order too), so the
     time it sees each one complete is within microseconds of the resolution itself.
@@ -166,8 +170,14 @@ def paced_latency(worker: Worker, rate_per_s: int, seconds: float) -> list[float
 
     thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
+    seconds_cpu: list[CpuUse] = []
+    second = cpu_sample([])
     start = time.perf_counter()
     for i in range(total):
+        if i and i % rate_per_s == 0:
+            now_sample = cpu_sample([])
+            seconds_cpu.append(cpu_use(second, now_sample))
+            second = now_sample
         target = start + i / rate_per_s
         now = time.perf_counter()
         if target > now:
@@ -176,7 +186,8 @@ def paced_latency(worker: Worker, rate_per_s: int, seconds: float) -> list[float
         sent.put((t_sent, worker.outbox.publish(body(i))))
     sent.put(None)
     thread.join(60)
-    return samples
+    seconds_cpu.append(cpu_use(second, cpu_sample([])))
+    return samples, seconds_cpu
 
 
 def main() -> int:
@@ -184,6 +195,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--messages", type=int, default=100_000, help="messages in the throughput run")
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=3.0,
+        help="seconds of the 1,000 msg/s latency run (default 3; a longer run gives a steadier p99)",
+    )
     parser.add_argument("--quick", action="store_true", help="10,000 messages and a 1 s latency run")
     parser.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -198,13 +215,15 @@ def main() -> int:
         serve_facilitator(*args.serve_facilitator)
         return 0
     n = 10_000 if args.quick else args.messages
+    if n < 1 or not 1 <= args.latency_seconds <= 3600:
+        parser.error("--messages must be ≥ 1 and --latency-seconds between 1 and 3600")
     logger.remove()
     logger.enable("jobrelay")  # the library is quiet unless an application enables it
     logger.add(sys.stderr, level="WARNING")
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = raw_ceiling(n)
-        result = measure_jobrelay(n, 1.0 if args.quick else 3.0, Path(tmp))
+        result = measure_jobrelay(n, 1.0 if args.quick else args.latency_seconds, Path(tmp))
     print_table(n, raw, result)
     return 0
 
@@ -213,6 +232,8 @@ class Result(NamedTuple):
     e2e_seconds: float  # publish of n → all acknowledged
     durable_seconds: float  # publish of n → all durable locally
     latencies: list[float]  # sorted, seconds
+    in_order: list[float]  # the same, in publish order
+    seconds_cpu: list[CpuUse]  # the machine in each second of the latency run
     floor: list[float]  # fdatasync alone at the same pace, two files at once, sorted, seconds
     snapshot: MetricsSnapshot
     cpu: CpuUse  # the machine during the latency run
@@ -265,7 +286,8 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         os.sync()
         floor = fsync_floor_pair(tmp, 1000, latency_seconds)
         before = cpu_sample([os.getpid(), fac_pid])
-        latencies = sorted(paced_latency(worker, 1000, latency_seconds))
+        in_order, seconds_cpu = paced_latency(worker, 1000, latency_seconds)
+        latencies = sorted(in_order)
         cpu = cpu_use(before, cpu_sample([os.getpid(), fac_pid]))
         per_message = [cpu.seconds[pid] / len(latencies) for pid in (os.getpid(), fac_pid)]
         t0 = time.perf_counter()
@@ -275,7 +297,9 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         durable = time.perf_counter() - t0
         wait_drained(worker, 300)
         e2e = time.perf_counter() - t0
-        return Result(e2e, durable, latencies, floor, worker.snapshot(), cpu, per_message)
+        return Result(
+            e2e, durable, latencies, in_order, seconds_cpu, floor, worker.snapshot(), cpu, per_message
+        )
 
 
 def percentile(sorted_seconds: list[float], q: float) -> float:
@@ -339,11 +363,32 @@ def print_table(n: int, raw: float, result: Result) -> None:
         "facilitator and raw sink in their own processes, loopback"
     )
     table(("measure", "jobrelay", "baseline: raw ws (no storage) / disk", "ratio", "target"), rows)
+    print_seconds(result)
     snap = result.snapshot
     print(
         f"(worker counters: sent={snap.counter('data_sent')}, acked={snap.counter('acked')}, "
         f"reconnects={snap.counter('reconnects')})"
     )
+
+
+def print_seconds(result: Result) -> None:
+    """The latency run second by second: on a shared virtual machine the slow publishes come
+    in the seconds the hypervisor took CPU time (and the disk stalled), not evenly."""
+    rows = []
+    for i, cpu in enumerate(result.seconds_cpu):
+        window = sorted(result.in_order[i * 1000 : (i + 1) * 1000])
+        if window:
+            slow = sum(1 for x in window if x > 0.005)
+            rows.append(
+                (
+                    f"{i + 1}",
+                    f"{percentile(window, 0.99):.2f} ms",
+                    f"{slow}",
+                    f"{cpu.busy:.0%} / {cpu.stolen:.0%}",
+                )
+            )
+    print("the 1,000 msg/s latency run, second by second:")
+    table(("second", "publish p99", "publishes over 5 ms", "CPUs busy / stolen"), rows)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """scripts/bench_e2e.py --quick runs a real worker against a real facilitator (a child process)
 and the raw sink, and prints every row of its table: throughput, publish latency beside the disk's
 fdatasync floor, and the CPU each process used per message with what the machine's CPUs did
-meanwhile (steal included: the latency's tail on a shared machine follows it). The numbers
-depend on the machine; only their shape is checked."""
+meanwhile (steal included: the latency's tail on a shared machine follows it), and that latency
+run second by second. The numbers depend on the machine; only their shape is checked."""
 
 from __future__ import annotations
 
@@ -43,3 +43,16 @@ def test_quick_run_prints_every_row() -> None:
     assert machine is not None, out
     busy, stolen = (int(v) for v in machine.groups())
     assert 0 < busy <= 100 and 0 <= stolen <= 100
+    # --quick's latency run is one second: one row, counting at most its 1,000 publishes.
+    seconds = re.findall(r"^\| (\d+)\s*\| ([\d.]+) ms\s*\| (\d+)\s*\| (\d+)% / (\d+)%", out, re.M)
+    assert [row[0] for row in seconds] == ["1"], out
+    assert 0 <= int(seconds[0][2]) <= 1000
+
+
+def test_bad_latency_seconds_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--latency-seconds", "0"],
+        check=False, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--latency-seconds between 1 and 3600" in proc.stderr
