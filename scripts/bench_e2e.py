@@ -231,8 +231,7 @@ def main() -> int:
 class Result(NamedTuple):
     e2e_seconds: float  # publish of n → all acknowledged
     durable_seconds: float  # publish of n → all durable locally
-    latencies: list[float]  # sorted, seconds
-    in_order: list[float]  # the same, in publish order
+    latencies: list[float]  # seconds, in publish order
     seconds_cpu: list[CpuUse]  # the machine in each second of the latency run
     floor: list[float]  # fdatasync alone at the same pace, two files at once, sorted, seconds
     snapshot: MetricsSnapshot
@@ -286,8 +285,7 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         os.sync()
         floor = fsync_floor_pair(tmp, 1000, latency_seconds)
         before = cpu_sample([os.getpid(), fac_pid])
-        in_order, seconds_cpu = paced_latency(worker, 1000, latency_seconds)
-        latencies = sorted(in_order)
+        latencies, seconds_cpu = paced_latency(worker, 1000, latency_seconds)
         cpu = cpu_use(before, cpu_sample([os.getpid(), fac_pid]))
         per_message = [cpu.seconds[pid] / len(latencies) for pid in (os.getpid(), fac_pid)]
         t0 = time.perf_counter()
@@ -297,9 +295,7 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         durable = time.perf_counter() - t0
         wait_drained(worker, 300)
         e2e = time.perf_counter() - t0
-        return Result(
-            e2e, durable, latencies, in_order, seconds_cpu, floor, worker.snapshot(), cpu, per_message
-        )
+        return Result(e2e, durable, latencies, seconds_cpu, floor, worker.snapshot(), cpu, per_message)
 
 
 def percentile(sorted_seconds: list[float], q: float) -> float:
@@ -309,7 +305,7 @@ def percentile(sorted_seconds: list[float], q: float) -> float:
 
 def print_table(n: int, raw: float, result: Result) -> None:
     rate = n / result.e2e_seconds
-    samples = result.latencies
+    samples = sorted(result.latencies)
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
     floor50, floor99 = percentile(result.floor, 0.5), percentile(result.floor, 0.99)
     rows = [
@@ -376,7 +372,7 @@ def print_seconds(result: Result) -> None:
     in the seconds the hypervisor took CPU time (and the disk stalled), not evenly."""
     rows = []
     for i, cpu in enumerate(result.seconds_cpu):
-        window = sorted(result.in_order[i * 1000 : (i + 1) * 1000])
+        window = sorted(result.latencies[i * 1000 : (i + 1) * 1000])
         if window:
             slow = sum(1 for x in window if x > 0.005)
             rows.append(
