@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end benchmark: worker publish() → facilitator commit → ack back, both ends durable.
 
-Prints one table from one run:
+Prints, from one run, a table and the latency run second by second:
 - durable end-to-end messages/s (durability "full" on both ends), beside raw websocket-client
   one-way throughput of the same frames into a `websockets` server that stores nothing (the
   ceiling; its frames are masked in C as the worker's are), with the ratio;
@@ -72,6 +72,9 @@ def serve_sink() -> None:
 # The session window (the facilitator's max_inflight): 1,000 in flight, what bench_peers gives
 # every peer (the facilitator's default is larger).
 WINDOW = 1_000
+
+# Messages a second in the latency run (its floor run syncs at the same pace).
+RATE = 1_000
 
 
 def serve_facilitator(db: str, worker_key: str, key_file: str) -> None:
@@ -283,9 +286,9 @@ def measure_jobrelay(n: int, latency_seconds: float, tmp: Path) -> Result:
         # says more about sharing a disk than about publish latency. The machine's dirty
         # pages (earlier runs, the raw phase) are flushed first for the same reason.
         os.sync()
-        floor = fsync_floor_pair(tmp, 1000, latency_seconds)
+        floor = fsync_floor_pair(tmp, RATE, latency_seconds)
         before = cpu_sample([os.getpid(), fac_pid])
-        latencies, seconds_cpu = paced_latency(worker, 1000, latency_seconds)
+        latencies, seconds_cpu = paced_latency(worker, RATE, latency_seconds)
         cpu = cpu_use(before, cpu_sample([os.getpid(), fac_pid]))
         per_message = [cpu.seconds[pid] / len(latencies) for pid in (os.getpid(), fac_pid)]
         t0 = time.perf_counter()
@@ -372,7 +375,7 @@ def print_seconds(result: Result) -> None:
     in the seconds the hypervisor took CPU time (and the disk stalled), not evenly."""
     rows = []
     for i, cpu in enumerate(result.seconds_cpu):
-        window = sorted(result.latencies[i * 1000 : (i + 1) * 1000])
+        window = sorted(result.latencies[i * RATE : (i + 1) * RATE])
         if window:
             slow = sum(1 for x in window if x > 0.005)
             rows.append(
